@@ -1,0 +1,344 @@
+package seal
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+)
+
+// Storage is what a File keeps its sealed bytes in; *os.File is one.
+type Storage interface {
+	io.ReaderAt
+	io.WriterAt
+	Truncate(size int64) error
+	Sync() error
+	Stat() (os.FileInfo, error)
+}
+
+// File is a sealed file open for random access: reads of any range cost one
+// segment of work per segment touched, and writes at any offset (in place,
+// past the end, or truncating) re-seal only the segments they touch with
+// fresh nonces. Changes become durable and verifiable at Sync or Close,
+// which write a new segment table and commit trailer. File is safe for
+// concurrent use.
+type File struct {
+	mu   sync.Mutex
+	st   Storage
+	h    *Header
+	k    *fileKeys
+	lay  layout
+	rand io.Reader
+
+	size  int64
+	seq   uint64
+	table []byte // nonce|tag per segment, as committed or as written since
+	dirty bool   // the table and commit must be rewritten
+
+	// A one-segment cache: plaintext of segment cIdx.
+	cIdx   int64
+	cBuf   []byte
+	cDirty bool
+	closed bool
+}
+
+// Create seals an empty file into st (which should be empty) and returns it
+// open for reading and writing.
+func Create(st Storage, opts *Options, wrappers ...KeyWrapper) (*File, error) {
+	h, k, err := newSealedHeader(opts, wrappers)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := st.WriteAt(h.raw, 0); err != nil {
+		return nil, fmt.Errorf("writing header: %w", err)
+	}
+	f := newFile(st, h, k, opts)
+	f.dirty = true
+	if err := f.Sync(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func newFile(st Storage, h *Header, k *fileKeys, opts *Options) *File {
+	return &File{
+		st: st, h: h, k: k, rand: opts.rand(),
+		lay:  layout{headerLen: int64(h.Len()), segSize: int64(h.SegmentSize)},
+		cIdx: -1, cBuf: make([]byte, 0, h.SegmentSize),
+	}
+}
+
+// Open opens the sealed file in st with a key slot that u can unwrap. It
+// authenticates the header, the commit trailer and the segment table (a
+// read of about 1/2300 of the file); each segment is authenticated when it
+// is read.
+func Open(st Storage, u KeyUnwrapper, opts *Options) (*File, error) {
+	h, err := ParseHeader(io.NewSectionReader(st, 0, maxHeaderLen))
+	if err != nil {
+		return nil, err
+	}
+	k, err := openHeader(h, u)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := st.Stat()
+	if err != nil {
+		return nil, err
+	}
+	f := newFile(st, h, k, opts)
+	total := fi.Size()
+	if total < f.lay.headerLen+commitLen {
+		return nil, integrityErr(total, "file ends without its commit trailer (truncated)")
+	}
+	cb := make([]byte, commitLen)
+	if _, err := st.ReadAt(cb, total-commitLen); err != nil {
+		return nil, fmt.Errorf("reading commit trailer: %w", err)
+	}
+	c, ok := parseCommit(cb)
+	if !ok || c.MAC != c.mac(k, h) {
+		return nil, integrityErr(total-commitLen, "commit trailer missing or failed authentication (truncated, extended, damaged, or torn by a crash)")
+	}
+	if c.Size > uint64(1)<<62 || f.lay.fileLen(int64(c.Size)) != total {
+		want := f.lay.fileLen(int64(c.Size))
+		return nil, integrityErr(min(want, total), "file is %d bytes but its commit says %d (truncated or extended)", total, want)
+	}
+	f.size, f.seq = int64(c.Size), c.Seq
+	n := f.lay.segments(f.size)
+	if n > maxSegments {
+		return nil, ErrTooLarge
+	}
+	f.table = make([]byte, n*tableEntryLen)
+	if _, err := st.ReadAt(f.table, f.lay.tableOff(f.size)); err != nil {
+		return nil, fmt.Errorf("reading segment table: %w", err)
+	}
+	if sha256.Sum256(f.table) != c.TableHash {
+		return nil, integrityErr(f.lay.tableOff(f.size), "segment table does not match its commit")
+	}
+	return f, nil
+}
+
+// Header returns the file's header.
+func (f *File) Header() *Header { return f.h }
+
+// Size returns the plaintext size, including unsynced writes.
+func (f *File) Size() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.size
+}
+
+// ReadAt implements io.ReaderAt over the plaintext.
+func (f *File) ReadAt(p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return 0, ErrClosed
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("seal: negative offset %d", off)
+	}
+	n := 0
+	for len(p) > 0 && off < f.size {
+		i := off / f.lay.segSize
+		seg, err := f.load(i)
+		if err != nil {
+			return n, err
+		}
+		c := copy(p, seg[off-i*f.lay.segSize:])
+		p, off, n = p[c:], off+int64(c), n+c
+	}
+	if len(p) > 0 {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// load puts segment i's plaintext into the cache and returns it.
+func (f *File) load(i int64) ([]byte, error) {
+	if f.cIdx == i {
+		return f.cBuf, nil
+	}
+	if err := f.flushCache(); err != nil {
+		return nil, err
+	}
+	f.cIdx, f.cBuf = -1, f.cBuf[:0]
+	if i >= f.lay.segments(f.size) {
+		f.cIdx = i // a new segment past the end
+		return f.cBuf, nil
+	}
+	off := f.lay.recordOff(i)
+	rec := make([]byte, f.lay.segLen(i, f.size)+recordOverhead)
+	if _, err := f.st.ReadAt(rec, off); err != nil {
+		return nil, fmt.Errorf("reading segment %d: %w", i, err)
+	}
+	want := f.table[i*tableEntryLen : (i+1)*tableEntryLen]
+	if string(rec[:nonceLen]) != string(want[:nonceLen]) || string(rec[len(rec)-tagLen:]) != string(want[nonceLen:]) {
+		return nil, integrityErr(off, "segment %d is not the committed version (an older copy, or a write torn by a crash)", i)
+	}
+	var aad [FileIDLen + 8]byte
+	out, err := f.k.seg.Open(f.cBuf[:0], rec[:nonceLen], rec[nonceLen:], segAAD(aad[:0], &f.h.FileID, uint64(i)))
+	if err != nil {
+		return nil, integrityErr(off, "segment %d failed authentication", i)
+	}
+	f.cIdx, f.cBuf = i, out
+	return out, nil
+}
+
+// flushCache seals the cached segment if it changed.
+func (f *File) flushCache() error {
+	if !f.cDirty {
+		return nil
+	}
+	i := f.cIdx
+	rec := make([]byte, nonceLen, len(f.cBuf)+recordOverhead)
+	if _, err := io.ReadFull(f.rand, rec); err != nil {
+		return fmt.Errorf("generating nonce: %w", err)
+	}
+	var aad [FileIDLen + 8]byte
+	rec = f.k.seg.Seal(rec, rec[:nonceLen], f.cBuf, segAAD(aad[:0], &f.h.FileID, uint64(i)))
+	if _, err := f.st.WriteAt(rec, f.lay.recordOff(i)); err != nil {
+		return fmt.Errorf("writing segment %d: %w", i, err)
+	}
+	entry := append(rec[:nonceLen:nonceLen], rec[len(rec)-tagLen:]...)
+	if need := (i + 1) * tableEntryLen; int64(len(f.table)) < need {
+		f.table = append(f.table, make([]byte, need-int64(len(f.table)))...)
+	}
+	copy(f.table[i*tableEntryLen:], entry)
+	f.cDirty = false
+	f.dirty = true
+	return nil
+}
+
+var zeros = make([]byte, MaxSegmentSize)
+
+// WriteAt implements io.WriterAt over the plaintext. Writing past the end
+// fills the gap with zeros.
+func (f *File) WriteAt(p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return 0, ErrClosed
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("seal: negative offset %d", off)
+	}
+	if off+int64(len(p)) > maxSegments*f.lay.segSize {
+		return 0, ErrTooLarge
+	}
+	for f.size < off {
+		if _, err := f.write(zeros[:min(off-f.size, f.lay.segSize)], f.size); err != nil {
+			return 0, err
+		}
+	}
+	return f.write(p, off)
+}
+
+func (f *File) write(p []byte, off int64) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		i := off / f.lay.segSize
+		seg, err := f.load(i)
+		if err != nil {
+			return n, err
+		}
+		o := int(off - i*f.lay.segSize)
+		end := min(o+len(p), int(f.lay.segSize))
+		if end > len(seg) {
+			seg = seg[:end]
+		}
+		c := copy(seg[o:end], p)
+		f.cBuf, f.cDirty = seg, true
+		p, off, n = p[c:], off+int64(c), n+c
+		if off > f.size {
+			f.size = off
+		}
+	}
+	return n, nil
+}
+
+// Truncate changes the plaintext size; growing fills with zeros.
+func (f *File) Truncate(size int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	if size < 0 {
+		return fmt.Errorf("seal: negative size %d", size)
+	}
+	if size > f.size {
+		for f.size < size {
+			if _, err := f.write(zeros[:min(size-f.size, f.lay.segSize)], f.size); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if size == f.size {
+		return nil
+	}
+	n := f.lay.segments(size)
+	if size%f.lay.segSize != 0 {
+		last := n - 1
+		seg, err := f.load(last)
+		if err != nil {
+			return err
+		}
+		f.cBuf, f.cDirty = seg[:size-last*f.lay.segSize], true
+	} else if f.cIdx >= n {
+		f.cIdx, f.cBuf, f.cDirty = -1, f.cBuf[:0], false
+	}
+	f.size = size
+	f.table = f.table[:min(int64(len(f.table)), n*tableEntryLen)]
+	f.dirty = true
+	return nil
+}
+
+// Sync seals pending writes, writes the segment table and a new commit
+// trailer, and syncs the storage.
+func (f *File) Sync() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	return f.sync()
+}
+
+func (f *File) sync() error {
+	if err := f.flushCache(); err != nil {
+		return err
+	}
+	if !f.dirty {
+		return nil
+	}
+	f.seq++
+	c := commit{Seq: f.seq, Size: uint64(f.size), TableHash: sha256.Sum256(f.table)}
+	c.MAC = c.mac(f.k, f.h)
+	end := f.lay.fileLen(f.size)
+	if err := f.st.Truncate(end); err != nil {
+		return fmt.Errorf("truncating: %w", err)
+	}
+	trailer := append(append(make([]byte, 0, len(f.table)+commitLen), f.table...), c.marshal()...)
+	if _, err := f.st.WriteAt(trailer, f.lay.tableOff(f.size)); err != nil {
+		return fmt.Errorf("writing commit trailer: %w", err)
+	}
+	if err := f.st.Sync(); err != nil {
+		return fmt.Errorf("syncing: %w", err)
+	}
+	f.dirty = false
+	return nil
+}
+
+// Close syncs pending writes. It does not close the storage.
+func (f *File) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	err := f.sync()
+	f.closed = true
+	return err
+}

@@ -1,0 +1,230 @@
+package seal
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// Options tune sealing. The zero value is valid.
+type Options struct {
+	// SegmentSize is the plaintext bytes per segment: a power of two from
+	// MinSegmentSize to MaxSegmentSize. Zero means DefaultSegmentSize.
+	SegmentSize int
+	// Concurrency is the number of goroutines that encrypt or decrypt.
+	// Zero means GOMAXPROCS.
+	Concurrency int
+	// Rand is the source of the DEK, file ID and nonces. Nil means
+	// crypto/rand; tests set it to make test vectors.
+	Rand io.Reader
+}
+
+func (o *Options) rand() io.Reader {
+	if o == nil || o.Rand == nil {
+		return rand.Reader
+	}
+	return o.Rand
+}
+
+func (o *Options) segmentSize() int {
+	if o == nil || o.SegmentSize == 0 {
+		return DefaultSegmentSize
+	}
+	return o.SegmentSize
+}
+
+func (o *Options) concurrency() int {
+	if o == nil {
+		return 0
+	}
+	return o.Concurrency
+}
+
+// newSealedHeader makes a header with a fresh DEK wrapped by every wrapper.
+func newSealedHeader(opts *Options, wrappers []KeyWrapper) (*Header, *fileKeys, error) {
+	if len(wrappers) == 0 {
+		return nil, nil, fmt.Errorf("%w: sealing needs at least one key", ErrWrongKey)
+	}
+	h := &Header{Version: Version1, Algorithm: AlgAES256GCM, SegmentSize: opts.segmentSize()}
+	if err := checkSegmentSize(h.SegmentSize); err != nil {
+		return nil, nil, err
+	}
+	dek := make([]byte, KeySize)
+	defer clear(dek)
+	if _, err := io.ReadFull(opts.rand(), dek); err != nil {
+		return nil, nil, fmt.Errorf("generating data key: %w", err)
+	}
+	if _, err := io.ReadFull(opts.rand(), h.FileID[:]); err != nil {
+		return nil, nil, fmt.Errorf("generating file id: %w", err)
+	}
+	for _, w := range wrappers {
+		s, err := w.WrapKey(dek, h.binding())
+		if err != nil {
+			return nil, nil, fmt.Errorf("wrapping data key: %w", err)
+		}
+		h.Slots = append(h.Slots, s)
+	}
+	k, err := deriveKeys(dek, &h.FileID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := h.seal(k); err != nil {
+		return nil, nil, err
+	}
+	return h, k, nil
+}
+
+// Writer seals a stream. Bytes written are sealed in segments on all cores
+// and written to the underlying writer in order; Close writes the last
+// segment and the commit trailer. The output is not valid until Close
+// returns nil.
+type Writer struct {
+	w    io.Writer
+	h    *Header
+	k    *fileKeys
+	rand io.Reader
+	pool *bufPool
+	pipe *pipeline
+	seg  int
+
+	cur   []byte // plaintext of the segment being filled
+	idx   uint64
+	size  int64
+	table []byte
+
+	mu     sync.Mutex
+	err    error // first error of the consumer
+	done   chan struct{}
+	closed bool
+}
+
+// NewWriter writes a sealed header to w and returns a Writer for the
+// plaintext. Each wrapper adds a key slot that can open the file.
+func NewWriter(w io.Writer, opts *Options, wrappers ...KeyWrapper) (*Writer, error) {
+	h, k, err := newSealedHeader(opts, wrappers)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(h.raw); err != nil {
+		return nil, fmt.Errorf("writing header: %w", err)
+	}
+	sw := &Writer{
+		w: w, h: h, k: k, rand: opts.rand(), seg: h.SegmentSize,
+		pool: newBufPool(h.SegmentSize + recordOverhead),
+		done: make(chan struct{}),
+	}
+	sw.cur = sw.pool.get()
+	sw.pipe = newPipeline(opts.concurrency(), sw.sealTask)
+	go sw.consume()
+	return sw, nil
+}
+
+// Header returns the header written at the start of the output.
+func (w *Writer) Header() *Header { return w.h }
+
+func (w *Writer) sealTask(t *task) {
+	out := w.pool.get()
+	out = append(out, t.nonce[:]...)
+	var aad [FileIDLen + 8]byte
+	out = w.k.seg.Seal(out, t.nonce[:], t.in, segAAD(aad[:0], &w.h.FileID, t.idx))
+	w.pool.put(t.in)
+	t.out = out
+}
+
+func (w *Writer) consume() {
+	defer close(w.done)
+	for t := range w.pipe.order {
+		<-t.done
+		w.table = append(w.table, t.out[:nonceLen]...)
+		w.table = append(w.table, t.out[len(t.out)-tagLen:]...)
+		if w.firstErr() == nil {
+			if _, err := w.w.Write(t.out); err != nil {
+				w.setErr(fmt.Errorf("writing segment %d: %w", t.idx, err))
+			}
+		}
+		w.pool.put(t.out)
+	}
+}
+
+func (w *Writer) setErr(err error) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	w.mu.Unlock()
+}
+
+func (w *Writer) firstErr() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// Write seals p. It returns an error if an earlier write to the
+// underlying writer failed.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.closed {
+		return 0, ErrClosed
+	}
+	if err := w.firstErr(); err != nil {
+		return 0, err
+	}
+	n := 0
+	for len(p) > 0 {
+		c := copy(w.cur[len(w.cur):w.seg], p)
+		w.cur = w.cur[:len(w.cur)+c]
+		p = p[c:]
+		n += c
+		if len(w.cur) == w.seg {
+			if err := w.flush(); err != nil {
+				return n, err
+			}
+		}
+	}
+	return n, nil
+}
+
+// flush submits the current segment.
+func (w *Writer) flush() error {
+	if w.idx >= maxSegments {
+		return ErrTooLarge
+	}
+	t := &task{idx: w.idx, in: w.cur}
+	if _, err := io.ReadFull(w.rand, t.nonce[:]); err != nil {
+		return fmt.Errorf("generating nonce: %w", err)
+	}
+	w.size += int64(len(w.cur))
+	w.idx++
+	w.pipe.submit(t)
+	w.cur = w.pool.get()
+	return nil
+}
+
+// Close seals the last segment, writes the table and commit trailer, and
+// returns the first error seen. It does not close the underlying writer.
+func (w *Writer) Close() error {
+	if w.closed {
+		return ErrClosed
+	}
+	w.closed = true
+	var err error
+	if len(w.cur) > 0 {
+		err = w.flush()
+	}
+	w.pipe.close()
+	<-w.done
+	if err != nil {
+		return err
+	}
+	if err := w.firstErr(); err != nil {
+		return err
+	}
+	c := commit{Seq: 1, Size: uint64(w.size), TableHash: sha256.Sum256(w.table)}
+	c.MAC = c.mac(w.k, w.h)
+	if _, err := w.w.Write(append(w.table, c.marshal()...)); err != nil {
+		return fmt.Errorf("writing commit trailer: %w", err)
+	}
+	return nil
+}
