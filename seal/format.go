@@ -311,7 +311,9 @@ func (l layout) segments(size int64) int64 { return (size + l.segSize - 1) / l.s
 func (l layout) recordOff(i int64) int64 { return l.headerLen + i*(l.segSize+recordOverhead) }
 
 // tableOff is where the table starts for a file of plaintext size.
-func (l layout) tableOff(size int64) int64 { return l.headerLen + size + l.segments(size)*recordOverhead }
+func (l layout) tableOff(size int64) int64 {
+	return l.headerLen + size + l.segments(size)*recordOverhead
+}
 
 // fileLen is the total stored length for a plaintext size.
 func (l layout) fileLen(size int64) int64 {

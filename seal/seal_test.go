@@ -237,9 +237,9 @@ func (memInfo) Name() string  { return "mem" }
 func (memInfo) Mode() os.FileMode {
 	return 0o600
 }
-func (memInfo) ModTime() time.Time     { return time.Time{} }
-func (memInfo) IsDir() bool            { return false }
-func (memInfo) Sys() any               { return nil }
+func (memInfo) ModTime() time.Time { return time.Time{} }
+func (memInfo) IsDir() bool        { return false }
+func (memInfo) Sys() any           { return nil }
 
 func TestRandomWritesAgainstModel(t *testing.T) {
 	k := testKey(t)
