@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
@@ -199,12 +200,15 @@ func (k *FileKey) slotAAD(binding []byte) []byte {
 	return append(aad, k.id...)
 }
 
-// WrapKey implements KeyWrapper.
+// WrapKey implements KeyWrapper. The nonce is derived from the key and the
+// binding, which holds the file's random 128-bit ID: a file's DEK is wrapped
+// once per key, so no (key, nonce) pair ever encrypts two different DEKs,
+// and sealing is reproducible from the file's randomness alone.
 func (k *FileKey) WrapKey(dek, binding []byte) (Slot, error) {
-	nonce := make([]byte, nonceLen, nonceLen+len(dek)+tagLen)
-	if _, err := rand.Read(nonce); err != nil {
-		return Slot{}, err
-	}
+	m := hmac.New(sha256.New, k.key[:])
+	m.Write([]byte("veil/seal/v1/slot-nonce\x00"))
+	m.Write(binding)
+	nonce := m.Sum(nil)[:nonceLen:nonceLen]
 	wrapped := k.aead.Seal(nonce, nonce, dek, k.slotAAD(binding))
 	return Slot{Kind: fileSlotKind, KeyID: k.id, Wrapped: wrapped}, nil
 }
