@@ -5,15 +5,27 @@ import (
 	"sync"
 )
 
-// task is one segment moving through a pipeline.
+// batchBytes is the plaintext a pipeline task carries (whole segments, at
+// least one): large enough to amortise hand-offs between goroutines.
+var batchBytes = 256 << 10
+
+func segmentsPerBatch(segSize int) int { return max(1, batchBytes/segSize) }
+
+// task is a batch of consecutive segments moving through a pipeline.
 type task struct {
-	idx   uint64
-	in    []byte // input: plaintext (sealing) or a record (opening)
-	out   []byte // output: a record (sealing) or plaintext (opening)
-	nonce [nonceLen]byte
-	tail  bool  // opening: the input's last, short read (no record to open)
-	err   error // set by the worker (opening: authentication failed) or the producer (read error)
-	done  chan struct{}
+	idx    uint64 // index of the first segment
+	in     []byte // input: plaintext (sealing) or records (opening)
+	out    []byte // output: records (sealing) or plaintext (opening)
+	nonces []byte // sealing: one nonce per segment, drawn in order by the producer
+	pooled bool   // in is a pool buffer (not borrowed from the caller)
+
+	// Opening.
+	tail   bool  // the input's last, short read
+	nOK    int   // leading records that authenticated
+	failed bool  // the record after the nOK-th failed to authenticate
+	err    error // a read error (set by the producer)
+
+	done chan struct{}
 }
 
 // pipeline runs fn over tasks on several goroutines and hands them back in
@@ -22,7 +34,6 @@ type task struct {
 type pipeline struct {
 	work  chan *task
 	order chan *task
-	wg    sync.WaitGroup
 }
 
 func newPipeline(workers int, fn func(*task)) *pipeline {
@@ -33,12 +44,10 @@ func newPipeline(workers int, fn func(*task)) *pipeline {
 		work:  make(chan *task, workers),
 		order: make(chan *task, 2*workers),
 	}
-	p.wg.Add(workers)
 	for i := 0; i < workers; i++ {
 		go func() {
-			defer p.wg.Done()
 			for t := range p.work {
-				if t.err == nil && !t.tail {
+				if t.err == nil {
 					fn(t)
 				}
 				close(t.done)
@@ -55,19 +64,30 @@ func (p *pipeline) submit(t *task) {
 	p.work <- t
 }
 
-// close stops the workers after the queued tasks; order is closed too, so a
+// close stops the workers after the queued tasks and closes order, so a
 // consumer ranging over it ends.
 func (p *pipeline) close() {
 	close(p.work)
 	close(p.order)
 }
 
-// bufPool recycles segment-sized buffers.
-type bufPool struct{ p sync.Pool }
-
-func newBufPool(size int) *bufPool {
-	return &bufPool{p: sync.Pool{New: func() any { b := make([]byte, size); return &b }}}
+// bufPool recycles batch-sized buffers.
+type bufPool struct {
+	p    sync.Pool
+	size int
 }
 
-func (b *bufPool) get() []byte  { return (*b.p.Get().(*[]byte))[:0] }
-func (b *bufPool) put(s []byte) { s = s[:0]; b.p.Put(&s) }
+func newBufPool(size int) *bufPool {
+	bp := &bufPool{size: size}
+	bp.p.New = func() any { b := make([]byte, size); return &b }
+	return bp
+}
+
+func (b *bufPool) get() []byte { return (*b.p.Get().(*[]byte))[:0] }
+
+func (b *bufPool) put(s []byte) {
+	if cap(s) == b.size {
+		s = s[:0]
+		b.p.Put(&s)
+	}
+}

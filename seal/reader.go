@@ -15,21 +15,31 @@ import (
 // complete when the trailer is reached: Read returns io.EOF only after they
 // pass, so a consumer must treat the data as valid only at io.EOF.
 type Reader struct {
-	h    *Header
-	k    *fileKeys
-	lay  layout
-	pool *bufPool
-	pipe *pipeline
-	quit chan struct{}
-	prod chan struct{} // closed when the producer stopped reading the source
+	h     *Header
+	k     *fileKeys
+	lay   layout
+	rec   int // stored bytes of a full record
+	pool  *bufPool
+	opool *bufPool
+	pipe  *pipeline
+	quit  chan struct{}
+	prod  chan struct{} // closed when the producer stopped reading the source
 
 	cur     []byte // plaintext not yet returned
 	curBuf  []byte // buffer backing cur, recycled when drained
 	idx     int64  // segments authenticated so far
 	table   []byte // nonce|tag of each authenticated segment
-	err     error  // sticky: io.EOF at a verified end, or the failure
+	pend    *pending
+	err     error // sticky: io.EOF at a verified end, or the failure
 	stopped bool
 	atEnd   bool // the whole file verified; cur holds the last segment
+}
+
+// pending is the end of the stream, to be checked once cur is drained.
+type pending struct {
+	tail   []byte // bytes after the last authenticated record
+	failed int64  // index of a full-size record that failed, or -1
+	more   bool   // the source has more bytes after tail
 }
 
 // NewReader parses the header from r, opens a key slot with u and checks
@@ -43,12 +53,15 @@ func NewReader(r io.Reader, u KeyUnwrapper, opts *Options) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
+	per := segmentsPerBatch(h.SegmentSize)
 	sr := &Reader{
 		h: h, k: k,
-		lay:  layout{headerLen: int64(h.Len()), segSize: int64(h.SegmentSize)},
-		pool: newBufPool(h.SegmentSize + recordOverhead),
-		quit: make(chan struct{}),
-		prod: make(chan struct{}),
+		lay:   layout{headerLen: int64(h.Len()), segSize: int64(h.SegmentSize)},
+		rec:   h.SegmentSize + recordOverhead,
+		pool:  newBufPool(per * (h.SegmentSize + recordOverhead)),
+		opool: newBufPool(per * h.SegmentSize),
+		quit:  make(chan struct{}),
+		prod:  make(chan struct{}),
 	}
 	sr.pipe = newPipeline(opts.concurrency(), sr.openTask)
 	go sr.produce(r)
@@ -78,9 +91,9 @@ func (r *Reader) Header() *Header { return r.h }
 func (r *Reader) produce(src io.Reader) {
 	defer close(r.prod)
 	defer r.pipe.close()
-	recLen := r.h.SegmentSize + recordOverhead
-	for idx := uint64(0); ; idx++ {
-		buf := r.pool.get()[:recLen]
+	batch := segmentsPerBatch(r.h.SegmentSize) * r.rec
+	for idx := uint64(0); ; {
+		buf := r.pool.get()[:batch]
 		n, err := io.ReadFull(src, buf)
 		t := &task{idx: idx, in: buf[:n]}
 		switch {
@@ -100,22 +113,27 @@ func (r *Reader) produce(src io.Reader) {
 		if last {
 			return
 		}
+		idx += uint64(n / r.rec)
 	}
 }
 
+// openTask authenticates the leading full-size records of a batch and stops
+// at the first that fails: that is either damage or the end of the data.
 func (r *Reader) openTask(t *task) {
 	var aad [FileIDLen + 8]byte
-	buf := r.pool.get()
-	out, err := r.k.seg.Open(buf, t.in[:nonceLen], t.in[nonceLen:], segAAD(aad[:0], &r.h.FileID, t.idx))
-	if err != nil {
-		r.pool.put(buf)
-		t.err = errSegmentAuth
-		return
+	out := r.opool.get()
+	for j := 0; (j+1)*r.rec <= len(t.in); j++ {
+		rec := t.in[j*r.rec : (j+1)*r.rec]
+		o, err := r.k.seg.Open(out, rec[:nonceLen], rec[nonceLen:], segAAD(aad[:0], &r.h.FileID, t.idx+uint64(j)))
+		if err != nil {
+			t.failed = true
+			break
+		}
+		out = o
+		t.nOK++
 	}
 	t.out = out
 }
-
-var errSegmentAuth = errors.New("segment authentication failed")
 
 // Read returns authenticated plaintext.
 func (r *Reader) Read(p []byte) (int, error) {
@@ -127,38 +145,75 @@ func (r *Reader) Read(p []byte) (int, error) {
 	}
 	n := copy(p, r.cur)
 	r.cur = r.cur[n:]
-	if len(r.cur) == 0 && r.curBuf != nil {
-		r.pool.put(r.curBuf)
-		r.curBuf = nil
-	}
+	r.recycle()
 	return n, nil
 }
 
-// next takes the next task; it returns a sticky error or nil.
+// WriteTo writes the authenticated plaintext to w without an extra copy. It
+// returns nil only if the whole file verified.
+func (r *Reader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		for len(r.cur) == 0 {
+			if r.err == io.EOF {
+				return total, nil
+			}
+			if r.err != nil {
+				return total, r.err
+			}
+			r.err = r.next()
+		}
+		n, err := w.Write(r.cur)
+		total += int64(n)
+		r.cur = r.cur[n:]
+		r.recycle()
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+func (r *Reader) recycle() {
+	if len(r.cur) == 0 && r.curBuf != nil {
+		r.opool.put(r.curBuf)
+		r.curBuf = nil
+	}
+}
+
+// next takes the next batch; it returns a sticky error or nil (possibly
+// with nothing in cur, in which case it is called again).
 func (r *Reader) next() error {
 	if r.atEnd {
 		return io.EOF
+	}
+	if p := r.pend; p != nil {
+		r.pend = nil
+		return r.finish(p)
 	}
 	t, ok := <-r.pipe.order
 	if !ok {
 		return r.stop(io.ErrUnexpectedEOF)
 	}
 	<-t.done
-	switch {
-	case t.err != nil && !errors.Is(t.err, errSegmentAuth):
+	if t.err != nil {
 		return r.stop(t.err)
-	case t.tail:
-		return r.finish(t.in, -1)
-	case t.err != nil:
-		// Either a damaged segment or the start of the trailer: collect
-		// the rest of the stream and decide from the commit trailer.
-		return r.finish(t.in, r.idx)
 	}
-	r.table = append(r.table, t.in[:nonceLen]...)
-	r.table = append(r.table, t.in[len(t.in)-tagLen:]...)
-	r.pool.put(t.in)
-	r.idx++
+	for j := 0; j < t.nOK; j++ {
+		rec := t.in[j*r.rec : (j+1)*r.rec]
+		r.table = append(r.table, rec[:nonceLen]...)
+		r.table = append(r.table, rec[len(rec)-tagLen:]...)
+	}
+	r.idx += int64(t.nOK)
 	r.cur, r.curBuf = t.out, t.out
+	if t.failed || t.tail {
+		p := &pending{tail: t.in[t.nOK*r.rec:], failed: -1, more: !t.tail}
+		if t.failed {
+			p.failed = r.idx
+		}
+		r.pend = p
+	} else {
+		r.pool.put(t.in)
+	}
 	return nil
 }
 
@@ -175,32 +230,31 @@ func (r *Reader) stop(err error) error {
 	return err
 }
 
-// finish handles the end of the stream: tail holds the bytes after the last
-// authenticated full record. failed is the index of a full record that did
-// not authenticate, or -1.
-func (r *Reader) finish(tail []byte, failed int64) error {
-	consumed := r.lay.recordOff(r.idx) // stored bytes before tail
+// finish handles the end of the stream: p.tail holds the bytes after the
+// last authenticated full record, and the source may hold more.
+func (r *Reader) finish(p *pending) error {
+	consumed := r.lay.recordOff(r.idx) // stored bytes before the tail
 	segErr := func() error {
-		if failed >= 0 {
-			return integrityErr(r.lay.recordOff(failed), "segment %d failed authentication", failed)
+		if p.failed >= 0 {
+			return integrityErr(r.lay.recordOff(p.failed), "segment %d failed authentication", p.failed)
 		}
 		return nil
 	}
 	// The legitimate rest is at most one short record, the table and the commit.
-	limit := int64(r.h.SegmentSize+recordOverhead) + (r.idx+1)*tableEntryLen + commitLen
-	buf := append([]byte(nil), tail...)
-	for !r.stopped {
+	limit := int64(r.rec) + (r.idx+1)*tableEntryLen + commitLen
+	buf := append([]byte(nil), p.tail...)
+	for more := p.more; more && !r.stopped; {
 		t, ok := <-r.pipe.order
 		if !ok {
 			break
 		}
 		<-t.done
-		if t.err != nil && !errors.Is(t.err, errSegmentAuth) {
+		if t.err != nil {
 			return r.stop(t.err)
 		}
 		buf = append(buf, t.in...)
 		if t.out != nil {
-			r.pool.put(t.out)
+			r.opool.put(t.out)
 		}
 		if int64(len(buf)) > limit {
 			if err := segErr(); err != nil {
@@ -208,9 +262,7 @@ func (r *Reader) finish(tail []byte, failed int64) error {
 			}
 			return r.stop(integrityErr(consumed, "unexpected data after the last segment"))
 		}
-		if t.tail {
-			break
-		}
+		more = !t.tail
 	}
 	r.stop(nil)
 	total := consumed + int64(len(buf))
@@ -237,8 +289,9 @@ func (r *Reader) finish(tail []byte, failed int64) error {
 	size := int64(c.Size)
 	n := r.lay.segments(size)
 	rest := buf[:len(buf)-commitLen]
+	var last []byte
 	if n > r.idx {
-		// One last, possibly short, record remains.
+		// One last, short record remains.
 		if n != r.idx+1 {
 			return integrityErr(consumed, "segment %d failed authentication", r.idx)
 		}
@@ -253,16 +306,16 @@ func (r *Reader) finish(tail []byte, failed int64) error {
 		r.table = append(r.table, rec[len(rec)-tagLen:]...)
 		r.idx++
 		rest = rest[recLen:]
-		r.cur = out
-	} else if err := segErr(); err != nil {
-		return err
+		last = out
 	}
+	// Otherwise every committed segment authenticated, and a failed
+	// full-size chunk (p.failed) was the trailer itself.
 	if err := checkTable(rest, r.table, c, r.lay, size); err != nil {
-		r.cur = nil
 		return err
 	}
-	if len(r.cur) > 0 {
-		r.atEnd = true
+	r.atEnd = true
+	if len(last) > 0 {
+		r.cur = last
 		return nil // return the last segment, then io.EOF
 	}
 	return io.EOF

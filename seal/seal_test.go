@@ -347,3 +347,21 @@ func TestNoNonceReuseUnderRewrites(t *testing.T) {
 		seen[nonce] = true
 	}
 }
+
+func TestDefaultBatches(t *testing.T) {
+	old := batchBytes
+	batchBytes = 1 << 20
+	defer func() { batchBytes = old }()
+	k := testKey(t)
+	for _, n := range []int{0, 100, 1 << 20, 1<<20 + 1, 5<<20 - 3} {
+		plain := randBytes(n)
+		got, err := openBytes(sealBytes(t, plain, nil, k), k)
+		if err != nil || !bytes.Equal(got, plain) {
+			t.Fatalf("size %d: %v", n, err)
+		}
+		got, err = openBytes(sealBytes(t, plain, &Options{SegmentSize: testSeg}, k), k)
+		if err != nil || !bytes.Equal(got, plain) {
+			t.Fatalf("size %d, small segments: %v", n, err)
+		}
+	}
+}

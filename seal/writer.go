@@ -79,17 +79,18 @@ func newSealedHeader(opts *Options, wrappers []KeyWrapper) (*Header, *fileKeys, 
 // Writer seals a stream. Bytes written are sealed in segments on all cores
 // and written to the underlying writer in order; Close writes the last
 // segment and the commit trailer. The output is not valid until Close
-// returns nil.
+// returns nil. Large writes are sealed straight from the caller's buffer.
 type Writer struct {
-	w    io.Writer
-	h    *Header
-	k    *fileKeys
-	rand io.Reader
-	pool *bufPool
-	pipe *pipeline
-	seg  int
+	w     io.Writer
+	h     *Header
+	k     *fileKeys
+	rand  io.Reader
+	pool  *bufPool
+	pipe  *pipeline
+	seg   int
+	batch int // plaintext bytes per task
 
-	cur   []byte // plaintext of the segment being filled
+	cur   []byte // plaintext of the batch being filled
 	idx   uint64
 	size  int64
 	table []byte
@@ -110,10 +111,12 @@ func NewWriter(w io.Writer, opts *Options, wrappers ...KeyWrapper) (*Writer, err
 	if _, err := w.Write(h.raw); err != nil {
 		return nil, fmt.Errorf("writing header: %w", err)
 	}
+	per := segmentsPerBatch(h.SegmentSize)
 	sw := &Writer{
 		w: w, h: h, k: k, rand: opts.rand(), seg: h.SegmentSize,
-		pool: newBufPool(h.SegmentSize + recordOverhead),
-		done: make(chan struct{}),
+		batch: per * h.SegmentSize,
+		pool:  newBufPool(per * (h.SegmentSize + recordOverhead)),
+		done:  make(chan struct{}),
 	}
 	sw.cur = sw.pool.get()
 	sw.pipe = newPipeline(opts.concurrency(), sw.sealTask)
@@ -126,10 +129,18 @@ func (w *Writer) Header() *Header { return w.h }
 
 func (w *Writer) sealTask(t *task) {
 	out := w.pool.get()
-	out = append(out, t.nonce[:]...)
 	var aad [FileIDLen + 8]byte
-	out = w.k.seg.Seal(out, t.nonce[:], t.in, segAAD(aad[:0], &w.h.FileID, t.idx))
-	w.pool.put(t.in)
+	for j, in := 0, t.in; len(in) > 0; j++ {
+		n := min(len(in), w.seg)
+		nonce := t.nonces[j*nonceLen : (j+1)*nonceLen]
+		out = append(out, nonce...)
+		out = w.k.seg.Seal(out, nonce, in[:n], segAAD(aad[:0], &w.h.FileID, t.idx+uint64(j)))
+		in = in[n:]
+	}
+	if t.pooled {
+		w.pool.put(t.in)
+	}
+	t.in = nil
 	t.out = out
 }
 
@@ -137,8 +148,12 @@ func (w *Writer) consume() {
 	defer close(w.done)
 	for t := range w.pipe.order {
 		<-t.done
-		w.table = append(w.table, t.out[:nonceLen]...)
-		w.table = append(w.table, t.out[len(t.out)-tagLen:]...)
+		for rec := t.out; len(rec) > 0; {
+			n := min(len(rec), w.seg+recordOverhead)
+			w.table = append(w.table, rec[:nonceLen]...)
+			w.table = append(w.table, rec[n-tagLen:n]...)
+			rec = rec[n:]
+		}
 		if w.firstErr() == nil {
 			if _, err := w.w.Write(t.out); err != nil {
 				w.setErr(fmt.Errorf("writing segment %d: %w", t.idx, err))
@@ -172,34 +187,50 @@ func (w *Writer) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	n := 0
+	var borrowed []*task
+	defer func() {
+		for _, t := range borrowed {
+			<-t.done
+		}
+	}()
 	for len(p) > 0 {
-		c := copy(w.cur[len(w.cur):w.seg], p)
-		w.cur = w.cur[:len(w.cur)+c]
-		p = p[c:]
-		n += c
-		if len(w.cur) == w.seg {
-			if err := w.flush(); err != nil {
+		if len(w.cur) == 0 && len(p) >= w.batch {
+			// Seal whole batches from p itself; wait for them before returning.
+			t, err := w.submit(p[:w.batch], false)
+			if err != nil {
 				return n, err
 			}
+			borrowed = append(borrowed, t)
+			p, n = p[w.batch:], n+w.batch
+			continue
+		}
+		c := copy(w.cur[len(w.cur):w.batch], p)
+		w.cur = w.cur[:len(w.cur)+c]
+		p, n = p[c:], n+c
+		if len(w.cur) == w.batch {
+			if _, err := w.submit(w.cur, true); err != nil {
+				return n, err
+			}
+			w.cur = w.pool.get()
 		}
 	}
 	return n, nil
 }
 
-// flush submits the current segment.
-func (w *Writer) flush() error {
-	if w.idx >= maxSegments {
-		return ErrTooLarge
+// submit sends plaintext in (whole segments but for the last) to be sealed.
+func (w *Writer) submit(in []byte, pooled bool) (*task, error) {
+	segs := (len(in) + w.seg - 1) / w.seg
+	if w.idx+uint64(segs) > maxSegments {
+		return nil, ErrTooLarge
 	}
-	t := &task{idx: w.idx, in: w.cur}
-	if _, err := io.ReadFull(w.rand, t.nonce[:]); err != nil {
-		return fmt.Errorf("generating nonce: %w", err)
+	t := &task{idx: w.idx, in: in, pooled: pooled, nonces: make([]byte, segs*nonceLen)}
+	if _, err := io.ReadFull(w.rand, t.nonces); err != nil {
+		return nil, fmt.Errorf("generating nonces: %w", err)
 	}
-	w.size += int64(len(w.cur))
-	w.idx++
+	w.size += int64(len(in))
+	w.idx += uint64(segs)
 	w.pipe.submit(t)
-	w.cur = w.pool.get()
-	return nil
+	return t, nil
 }
 
 // Close seals the last segment, writes the table and commit trailer, and
@@ -211,7 +242,7 @@ func (w *Writer) Close() error {
 	w.closed = true
 	var err error
 	if len(w.cur) > 0 {
-		err = w.flush()
+		_, err = w.submit(w.cur, true)
 	}
 	w.pipe.close()
 	<-w.done

@@ -1,0 +1,128 @@
+package seal
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"io"
+	mrand "math/rand/v2"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+const benchStream = 64 << 20
+
+// BenchmarkRawAESGCM is the limit: Go's AES-256-GCM sealing 64 KiB buffers
+// on one core, no framing, no I/O.
+func BenchmarkRawAESGCM(b *testing.B) {
+	block, _ := aes.NewCipher(make([]byte, 32))
+	aead, _ := cipher.NewGCM(block)
+	src := make([]byte, DefaultSegmentSize)
+	dst := make([]byte, 0, len(src)+tagLen)
+	nonce := make([]byte, nonceLen)
+	b.SetBytes(int64(len(src)))
+	for b.Loop() {
+		dst = aead.Seal(dst[:0], nonce, src, nil)
+	}
+}
+
+// BenchmarkRawAESGCMAllCores runs the limit on every core at once.
+func BenchmarkRawAESGCMAllCores(b *testing.B) {
+	block, _ := aes.NewCipher(make([]byte, 32))
+	aead, _ := cipher.NewGCM(block)
+	b.SetBytes(DefaultSegmentSize)
+	b.SetParallelism(1)
+	b.RunParallel(func(pb *testing.PB) {
+		src := make([]byte, DefaultSegmentSize)
+		dst := make([]byte, 0, len(src)+tagLen)
+		nonce := make([]byte, nonceLen)
+		for pb.Next() {
+			dst = aead.Seal(dst[:0], nonce, src, nil)
+		}
+	})
+}
+
+func BenchmarkSeal(b *testing.B) {
+	k := testKey(b)
+	src := make([]byte, benchStream)
+	b.SetBytes(benchStream)
+	b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "cores")
+	for b.Loop() {
+		w, err := NewWriter(io.Discard, nil, k)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := w.Write(src); err != nil {
+			b.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+var benchSealedOnce sync.Once
+var benchSealed []byte
+var benchKey *FileKey
+
+func sealedForBench(b *testing.B) ([]byte, *FileKey) {
+	benchSealedOnce.Do(func() {
+		benchKey = testKey(b)
+		benchSealed = sealBytes(b, make([]byte, benchStream), nil, benchKey)
+	})
+	return benchSealed, benchKey
+}
+
+func BenchmarkOpen(b *testing.B) {
+	sealed, k := sealedForBench(b)
+	b.SetBytes(benchStream)
+	b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "cores")
+	for b.Loop() {
+		r, err := NewReader(bytes.NewReader(sealed), k, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			b.Fatal(err)
+		}
+		r.Close()
+	}
+}
+
+func BenchmarkReadAt4K(b *testing.B) {
+	sealed, k := sealedForBench(b)
+	f, err := Open(memStorage(sealed), k, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rng := mrand.New(mrand.NewPCG(1, 1))
+	p := make([]byte, 4096)
+	b.SetBytes(4096)
+	for b.Loop() {
+		off := rng.Int64N(benchStream/4096) * 4096
+		if _, err := f.ReadAt(p, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkWriteAt4K(b *testing.B) {
+	sealed, k := sealedForBench(b)
+	f, err := Open(memStorage(sealed), k, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rng := mrand.New(mrand.NewPCG(1, 1))
+	p := make([]byte, 4096)
+	b.SetBytes(4096)
+	for b.Loop() {
+		off := rng.Int64N(benchStream/4096) * 4096
+		if _, err := f.WriteAt(p, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
+}
