@@ -97,6 +97,14 @@ func Open(st Storage, u KeyUnwrapper, opts *Options) (*File, error) {
 	}
 	c, ok := parseCommit(cb)
 	if !ok || c.MAC != c.mac(k, h) {
+		// Tell an extended file from a damaged one by the last 1 MiB.
+		start := max(f.lay.headerLen, total-1<<20)
+		end := make([]byte, total-start)
+		if _, err := st.ReadAt(end, start); err == nil {
+			if at, ok := findCommit(end, k, h); ok {
+				return nil, integrityErr(start+int64(at), "%d unexpected bytes after the commit trailer (extended)", len(end)-at)
+			}
+		}
 		return nil, integrityErr(total-commitLen, "commit trailer missing or failed authentication (truncated, extended, damaged, or torn by a crash)")
 	}
 	if c.Size > uint64(1)<<62 || f.lay.fileLen(int64(c.Size)) != total {

@@ -333,3 +333,18 @@ func segAAD(dst []byte, fileID *[FileIDLen]byte, i uint64) []byte {
 	dst = append(dst[:0], fileID[:]...)
 	return binary.BigEndian.AppendUint64(dst, i)
 }
+
+// findCommit looks for a valid commit trailer inside b that is not at its
+// end, to tell an extended file from a damaged one. It returns the offset
+// just past the trailer.
+func findCommit(b []byte, k *fileKeys, h *Header) (end int, ok bool) {
+	for i := bytes.LastIndex(b, []byte(commitMagic)); i >= 0; i = bytes.LastIndex(b[:i], []byte(commitMagic)) {
+		if i+commitLen > len(b) {
+			continue
+		}
+		if c, ok := parseCommit(b[i : i+commitLen]); ok && c.MAC == c.mac(k, h) {
+			return i + commitLen, true
+		}
+	}
+	return 0, false
+}

@@ -274,8 +274,11 @@ func (r *Reader) finish(p *pending) error {
 	}
 	c, ok := parseCommit(buf[len(buf)-commitLen:])
 	if !ok || c.MAC != c.mac(r.k, r.h) {
-		if err := segErr(); err != nil {
-			return err
+		if end, ok := findCommit(buf, r.k, r.h); ok {
+			return integrityErr(consumed+int64(end), "%d unexpected bytes after the commit trailer (extended)", len(buf)-end)
+		}
+		if p.failed >= 0 {
+			return integrityErr(r.lay.recordOff(p.failed), "segment %d or the commit trailer after it failed authentication (damaged, truncated or extended)", p.failed)
 		}
 		return integrityErr(total-commitLen, "commit trailer missing or failed authentication (truncated, extended or damaged)")
 	}
