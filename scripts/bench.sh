@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# make bench: run every package's benchmarks (medians of COUNT runs) and the
+# end-to-end 1 GiB seal/open measurement; print machine information first.
+# Results are copied by hand into docs/performance.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COUNT=${COUNT:-5}
+PKGS=${PKGS:-./...}
+out=${OUT:-bench.txt}
+BENCHSTAT_VERSION=v0.0.0-20260908200009-22c9c6c9d4da
+
+echo "== machine"
+echo "date:  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "cpu:   $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores)"
+echo "mem:   $(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
+echo "go:    $(go version)"
+echo "veil:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
+echo "== go benchmarks (count=$COUNT) -> $out"
+go test -run '^$' -bench . -benchmem -count "$COUNT" $PKGS | tee "$out" | grep -E '^(Benchmark|ok|FAIL)' || true
+if ! command -v benchstat >/dev/null; then
+	go install "golang.org/x/perf/cmd/benchstat@${BENCHSTAT_VERSION}" >/dev/null 2>&1 || true
+fi
+if command -v benchstat >/dev/null || [ -x "$(go env GOPATH)/bin/benchstat" ]; then
+	echo "== medians (benchstat)"
+	PATH=$PATH:$(go env GOPATH)/bin benchstat "$out" || true
+fi
+
+echo "== veil encrypt/decrypt of a 1 GiB file (page cache warm, medians of $COUNT)"
+tmp=$(mktemp -d /var/tmp/veil-bench.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+./bin/veil gen-key "$tmp/k" >/dev/null
+head -c $((1 << 30)) /dev/urandom >"$tmp/in"
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+calc() { awk "BEGIN {print $*}"; }
+secs() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); calc "$e - $s"; }
+enc=(); dec=(); cat=()
+for i in $(seq "$COUNT"); do
+	rm -f "$tmp/in.sealed" "$tmp/out"
+	cat+=("$(secs cp "$tmp/in" "$tmp/copy")"); rm -f "$tmp/copy"
+	enc+=("$(secs ./bin/veil encrypt --key "file:$tmp/k" -i "$tmp/in" -o "$tmp/in.sealed")")
+	dec+=("$(secs ./bin/veil decrypt --key "file:$tmp/k" -i "$tmp/in.sealed" -o "$tmp/out")")
+done
+cmp "$tmp/in" "$tmp/out"
+for name in cat enc dec; do
+	declare -n arr=$name
+	m=$(printf '%s\n' "${arr[@]}" | median)
+	printf '%-28s median %6.3f s  %7.0f MB/s\n' "$( [ $name = cat ] && echo 'cp (plain copy, the disk)' || echo "veil $( [ $name = enc ] && echo encrypt || echo decrypt)")" "$m" "$(calc "1073.741824 / $m")"
+done
+echo "== veil encrypt/decrypt of 1 GiB through pipes to /dev/null (no disk)"
+s=$(date +%s.%N); head -c $((1 << 30)) /dev/zero | ./bin/veil encrypt --key "file:$tmp/k" -i - -o - >"$tmp/zero.sealed"; e=$(date +%s.%N)
+printf 'encrypt stdin->file          %6.3f s  %7.0f MB/s\n' "$(calc "$e - $s")" "$(calc "1073.741824 / ($e - $s)")"
+s=$(date +%s.%N); ./bin/veil decrypt --key "file:$tmp/k" -i "$tmp/zero.sealed" -o - >/dev/null; e=$(date +%s.%N)
+printf 'decrypt file->/dev/null      %6.3f s  %7.0f MB/s\n' "$(calc "$e - $s")" "$(calc "1073.741824 / ($e - $s)")"
