@@ -77,3 +77,22 @@ func InspectReader(r io.ReaderAt, size int64) (*Info, error) {
 	}
 	return info, nil
 }
+
+// SizeFromStored returns the plaintext size of a sealed file with header h
+// that is stored in n bytes, or an error if no plaintext size gives that
+// length. It reads nothing and authenticates nothing: it is for listings
+// (stat) of files that are not open.
+func SizeFromStored(h *Header, n int64) (int64, error) {
+	lay := layout{headerLen: int64(h.Len()), segSize: int64(h.SegmentSize)}
+	rest := n - lay.headerLen - commitLen
+	if rest < 0 {
+		return 0, integrityErr(n, "file ends without its commit trailer (truncated)")
+	}
+	per := lay.segSize + recordOverhead + tableEntryLen
+	segs := (rest + per - 1) / per
+	size := rest - segs*(recordOverhead+tableEntryLen)
+	if size < 0 || lay.segments(size) != segs || lay.fileLen(size) != n {
+		return 0, integrityErr(n, "stored length %d matches no plaintext size (truncated or extended)", n)
+	}
+	return size, nil
+}

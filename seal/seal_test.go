@@ -365,3 +365,22 @@ func TestDefaultBatches(t *testing.T) {
 		}
 	}
 }
+
+func TestSizeFromStored(t *testing.T) {
+	k := testKey(t)
+	for _, n := range []int{0, 1, testSeg - 1, testSeg, testSeg + 1, 5*testSeg + 3} {
+		sealed := sealBytes(t, randBytes(n), &Options{SegmentSize: testSeg}, k)
+		h, _ := ParseHeader(bytes.NewReader(sealed))
+		got, err := SizeFromStored(h, int64(len(sealed)))
+		if err != nil || got != int64(n) {
+			t.Fatalf("size %d: got %d, %v", n, got, err)
+		}
+		// Lengths that no plaintext size produces: a record without data.
+		base := int64(h.Len()) + commitLen
+		for _, bad := range []int64{base - 1, base + 1, base + recordOverhead + tableEntryLen} {
+			if _, err := SizeFromStored(h, bad); !errors.Is(err, ErrIntegrity) {
+				t.Fatalf("stored length %d accepted: %v", bad, err)
+			}
+		}
+	}
+}
