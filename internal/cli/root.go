@@ -15,6 +15,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/veil-tee/veil/runtime/sandbox"
 )
 
 // Exit codes of the veil command; docs/cli.md lists them for users.
@@ -148,6 +150,9 @@ by remote attestation.`,
 
 // Main runs veil with args and returns the process exit code.
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if sandbox.IsInit() {
+		return sandbox.Init()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	env := &Env{Stdin: stdin, Stdout: stdout, Stderr: stderr}

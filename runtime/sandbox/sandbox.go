@@ -1,0 +1,271 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Options of Start.
+type Options struct {
+	// InitPath is the veil binary to run as the sandbox's init; empty
+	// means this executable (/proc/self/exe).
+	InitPath string
+	// Stdin, Stdout and Stderr of the main program; nil means /dev/null.
+	Stdin, Stdout, Stderr *os.File
+}
+
+// Sandbox is a running sandbox, seen from the supervisor.
+type Sandbox struct {
+	init *exec.Cmd
+	ctl  *conn
+	cg   *cgroup
+
+	// MainPID is the main program's PID inside the sandbox.
+	MainPID int
+	// Applied and NotApplied name the limits of the spec that the kernel
+	// did and did not let the sandbox enforce, with reasons.
+	Applied, NotApplied []string
+
+	mu      sync.Mutex
+	nextID  int
+	waiting map[int]chan *message // replies by request id
+	exits   map[int]chan int      // exit status by PID
+	done    chan struct{}
+	status  int
+	err     error
+}
+
+// ErrDenied wraps failures to create namespaces or mounts for lack of privilege.
+var ErrDenied = errors.New("not permitted to create a sandbox")
+
+// Start creates the sandbox and starts spec.Main in it. It returns once
+// the main program has started, or with the reason it could not.
+func Start(spec *Spec, opts Options) (*Sandbox, error) {
+	if err := spec.Check(); err != nil {
+		return nil, err
+	}
+	initPath := opts.InitPath
+	if initPath == "" {
+		initPath = "/proc/self/exe"
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("creating control socket: %w", err)
+	}
+	theirs := os.NewFile(uintptr(fds[1]), "ctl")
+	defer theirs.Close()
+	specR, specW, err := os.Pipe()
+	if err != nil {
+		unix.Close(fds[0])
+		return nil, err
+	}
+	defer specR.Close()
+	cmd := &exec.Cmd{
+		Path:       initPath,
+		Args:       []string{initArg0},
+		Env:        []string{},
+		Stdin:      opts.Stdin,
+		Stdout:     opts.Stdout,
+		Stderr:     opts.Stderr,
+		ExtraFiles: []*os.File{specR, theirs},
+		SysProcAttr: &syscall.SysProcAttr{
+			Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS,
+			Pdeathsig:  syscall.SIGKILL,
+		},
+	}
+	if err := cmd.Start(); err != nil {
+		unix.Close(fds[0])
+		specW.Close()
+		if errors.Is(err, syscall.EPERM) {
+			return nil, fmt.Errorf("%w: creating namespaces: %v (run as root, or where user namespaces are allowed)", ErrDenied, err)
+		}
+		return nil, fmt.Errorf("starting sandbox init: %w", err)
+	}
+	s := &Sandbox{
+		init: cmd, ctl: &conn{fd: fds[0]},
+		waiting: map[int]chan *message{}, exits: map[int]chan int{},
+		done: make(chan struct{}),
+	}
+	// Limits first, then let init go on: it waits for the spec's EOF.
+	s.cg, s.Applied, s.NotApplied = applyLimits(cmd.Process.Pid, spec.Limits)
+	err = json.NewEncoder(specW).Encode(spec)
+	specW.Close()
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		s.cg.remove()
+		return nil, fmt.Errorf("sending sandbox spec: %w", err)
+	}
+	m, _, err := s.ctl.recv()
+	if err == nil && m.Op != "ready" {
+		err = errors.New(m.Error)
+	}
+	if err != nil {
+		cmd.Wait()
+		s.cg.remove()
+		unix.Close(fds[0])
+		if errors.Is(err, errClosed) {
+			err = errors.New("sandbox init exited during setup")
+		}
+		return nil, fmt.Errorf("setting up sandbox: %w", err)
+	}
+	s.MainPID = m.PID
+	s.exits[m.PID] = make(chan int, 1)
+	go s.readLoop()
+	go func() {
+		err := cmd.Wait()
+		s.mu.Lock()
+		s.status = cmd.ProcessState.ExitCode()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			s.status = 128 + int(ws.Signal())
+		}
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			s.err = err
+		}
+		s.mu.Unlock()
+		s.cg.remove()
+		close(s.done)
+	}()
+	return s, nil
+}
+
+func (s *Sandbox) readLoop() {
+	defer unix.Close(s.ctl.fd)
+	for {
+		m, files, err := s.ctl.recv()
+		for _, f := range files {
+			f.Close()
+		}
+		if err != nil {
+			s.mu.Lock()
+			for id, ch := range s.waiting {
+				ch <- &message{Op: "error", Error: "sandbox ended"}
+				delete(s.waiting, id)
+			}
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Lock()
+		if m.Op == "exit" {
+			ch := s.exits[m.PID]
+			if ch == nil {
+				ch = make(chan int, 1)
+				s.exits[m.PID] = ch
+			}
+			ch <- m.Status
+		} else if ch := s.waiting[m.ID]; ch != nil {
+			ch <- m
+			delete(s.waiting, m.ID)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// request sends m (with files) and waits for init's reply.
+func (s *Sandbox) request(m *message, files ...*os.File) (*message, error) {
+	s.mu.Lock()
+	s.nextID++
+	m.ID = s.nextID
+	ch := make(chan *message, 1)
+	s.waiting[m.ID] = ch
+	s.mu.Unlock()
+	if err := s.ctl.send(m, files...); err != nil {
+		s.mu.Lock()
+		delete(s.waiting, m.ID)
+		s.mu.Unlock()
+		return nil, fmt.Errorf("sandbox not reachable: %w", err)
+	}
+	select {
+	case r := <-ch:
+		if r.Op == "error" {
+			return nil, errors.New(r.Error)
+		}
+		return r, nil
+	case <-s.done:
+		return nil, errors.New("sandbox ended")
+	}
+}
+
+// Exec starts another program in the sandbox with the given stdio and
+// returns its PID inside the sandbox.
+func (s *Sandbox) Exec(c Command, stdin, stdout, stderr *os.File) (int, error) {
+	if err := c.check("exec"); err != nil {
+		return 0, err
+	}
+	r, err := s.request(&message{Op: "spawn", Cmd: &c}, stdin, stdout, stderr)
+	if err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	if s.exits[r.PID] == nil {
+		s.exits[r.PID] = make(chan int, 1)
+	}
+	s.mu.Unlock()
+	return r.PID, nil
+}
+
+// WaitPID waits for a program the sandbox started and returns its status
+// (exit code, or 128 + signal number).
+func (s *Sandbox) WaitPID(pid int) (int, error) {
+	s.mu.Lock()
+	ch := s.exits[pid]
+	s.mu.Unlock()
+	if ch == nil {
+		return 0, fmt.Errorf("no process %d in the sandbox", pid)
+	}
+	select {
+	case st := <-ch:
+		return st, nil
+	case <-s.done:
+		select {
+		case st := <-ch:
+			return st, nil
+		default:
+			return 137, errors.New("sandbox ended")
+		}
+	}
+}
+
+// Signal sends sig to a process of the sandbox (0: the main program).
+func (s *Sandbox) Signal(pid int, sig syscall.Signal) error {
+	_, err := s.request(&message{Op: "signal", PID: pid, Sig: int(sig)})
+	return err
+}
+
+// Procs lists the processes that the sandbox's init started and that run.
+func (s *Sandbox) Procs() ([]Proc, error) {
+	r, err := s.request(&message{Op: "ps"})
+	if err != nil {
+		return nil, err
+	}
+	return r.Procs, nil
+}
+
+// Kill ends the whole sandbox at once.
+func (s *Sandbox) Kill() error {
+	err := s.init.Process.Kill()
+	if errors.Is(err, os.ErrProcessDone) {
+		return nil
+	}
+	return err
+}
+
+// Done is closed when the sandbox has ended.
+func (s *Sandbox) Done() <-chan struct{} { return s.done }
+
+// Wait waits until the sandbox ends and returns the main program's status:
+// its exit code, or 128 + the signal that killed it.
+func (s *Sandbox) Wait() (int, error) {
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status, s.err
+}

@@ -1,0 +1,109 @@
+// Package sandbox starts programs isolated from the host: new mount, PID,
+// IPC and UTS namespaces, the root switched to the instance's image, only
+// the declared mounts visible, no_new_privs set, every capability dropped,
+// and memory and process limits applied through cgroups where the kernel
+// allows.
+//
+// The sandbox's first process (init) is veil itself, re-executed inside the
+// new namespaces: it prepares the mounts, switches the root, drops its
+// privileges, and then starts programs on request — the main program and
+// any later `veil exec` — reaping every process and forwarding signals.
+//
+// What it protects against: the program seeing or changing host files
+// other than its mounts, signalling host processes, or regaining privileges
+// through set-uid binaries or file capabilities. What it does not: it is not
+// a security boundary against the host (the host is the adversary veil
+// guards data from by sealing and attestation, not by this sandbox), and it
+// does not filter system calls.
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+)
+
+// Mount types.
+const (
+	Bind  = "bind"
+	Tmpfs = "tmpfs"
+)
+
+// Mount is one file system made visible inside the sandbox.
+type Mount struct {
+	Type     string `json:"type"`             // Bind or Tmpfs
+	Source   string `json:"source,omitempty"` // host path, for Bind
+	Target   string `json:"target"`           // absolute path inside the root
+	ReadOnly bool   `json:"read_only,omitempty"`
+	Options  string `json:"options,omitempty"` // tmpfs options, e.g. "size=64m"
+}
+
+// Limits of the sandbox as a whole. Zero means no limit.
+type Limits struct {
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+	MaxProcs    int64 `json:"max_procs,omitempty"`
+}
+
+// Command is a program to start inside the sandbox.
+type Command struct {
+	Path string   `json:"path"` // absolute path inside the root
+	Args []string `json:"args"` // argv, argv[0] included
+	Env  []string `json:"env"`
+	Dir  string   `json:"dir,omitempty"` // working directory; "/" if empty
+}
+
+// Spec describes a sandbox.
+type Spec struct {
+	Root     string  `json:"root"` // host directory that becomes "/"
+	Mounts   []Mount `json:"mounts,omitempty"`
+	Hostname string  `json:"hostname,omitempty"`
+	Limits   Limits  `json:"limits,omitempty"`
+	Main     Command `json:"main"`
+	// DevFiles are host device nodes bind-mounted into a fresh /dev.
+	DevFiles []string `json:"dev_files,omitempty"`
+}
+
+// DefaultDevFiles are the devices a sandbox gets unless Spec.DevFiles says otherwise.
+var DefaultDevFiles = []string{"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
+
+// ErrSpec is wrapped by every error about an invalid Spec.
+var ErrSpec = errors.New("invalid sandbox spec")
+
+// Check validates the spec before anything is started.
+func (s *Spec) Check() error {
+	if s.Root == "" || !path.IsAbs(s.Root) {
+		return fmt.Errorf("%w: root %q must be an absolute host path", ErrSpec, s.Root)
+	}
+	for i, m := range s.Mounts {
+		if !path.IsAbs(m.Target) || path.Clean(m.Target) != m.Target || m.Target == "/" {
+			return fmt.Errorf("%w: mounts[%d].target %q must be a clean absolute path other than /", ErrSpec, i, m.Target)
+		}
+		switch m.Type {
+		case Bind:
+			if !path.IsAbs(m.Source) {
+				return fmt.Errorf("%w: mounts[%d].source %q must be an absolute host path", ErrSpec, i, m.Source)
+			}
+		case Tmpfs:
+			if strings.ContainsAny(m.Options, " \n") {
+				return fmt.Errorf("%w: mounts[%d].options %q", ErrSpec, i, m.Options)
+			}
+		default:
+			return fmt.Errorf("%w: mounts[%d].type %q (want bind or tmpfs)", ErrSpec, i, m.Type)
+		}
+	}
+	return s.Main.check("main")
+}
+
+func (c *Command) check(what string) error {
+	if !path.IsAbs(c.Path) {
+		return fmt.Errorf("%w: %s.path %q must be absolute inside the sandbox", ErrSpec, what, c.Path)
+	}
+	if len(c.Args) == 0 {
+		return fmt.Errorf("%w: %s.args must hold argv[0]", ErrSpec, what)
+	}
+	if c.Dir != "" && !path.IsAbs(c.Dir) {
+		return fmt.Errorf("%w: %s.dir %q must be absolute", ErrSpec, what, c.Dir)
+	}
+	return nil
+}
