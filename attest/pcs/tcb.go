@@ -121,6 +121,9 @@ type Result struct {
 	Status      attest.TCBStatus
 	AdvisoryIDs []string
 	QEStatus    attest.TCBStatus
+	// BelowAllLevels: the platform is older than every level the TCB info
+	// lists; Status is then OutOfDate.
+	BelowAllLevels bool
 }
 
 func sgxLevelMatches(l *TCBLevel, p *PCKInfo) bool {
@@ -147,7 +150,13 @@ func EvaluateSGX(t *TCBInfo, p *PCKInfo) (*Result, error) {
 			return &Result{Status: l.TCBStatus, AdvisoryIDs: l.AdvisoryIDs}, nil
 		}
 	}
-	return nil, fmt.Errorf("evaluating TCB: the platform's TCB is below every level of the TCB info (not supported): %w", attest.ErrCollateral)
+	return belowAll(), nil
+}
+
+// belowAll is the result for a platform older than every listed TCB level:
+// Intel lists levels newest first, so such a platform is out of date.
+func belowAll() *Result {
+	return &Result{Status: attest.TCBOutOfDate, BelowAllLevels: true}
 }
 
 func matchPlatform(t *TCBInfo, p *PCKInfo) error {
@@ -204,7 +213,7 @@ func EvaluateTDX(t *TCBInfo, p *PCKInfo, in TDXInput) (*Result, error) {
 		}
 	}
 	if res == nil {
-		return nil, fmt.Errorf("evaluating TDX TCB: below every level of the TCB info (not supported): %w", attest.ErrCollateral)
+		return belowAll(), nil
 	}
 	// TDX module versions >= 1 are rated by a module identity.
 	if in.TEETCBSVN[1] > 0 && len(t.TDXModuleIdentities) > 0 {
@@ -287,6 +296,8 @@ func Combine(platform, qe *Result) *Result {
 		Status:      combine(platform.Status, qe.Status),
 		AdvisoryIDs: union(platform.AdvisoryIDs, qe.AdvisoryIDs),
 		QEStatus:    qe.Status,
+
+		BelowAllLevels: platform.BelowAllLevels,
 	}
 }
 

@@ -162,7 +162,7 @@ func ParseQuote(b []byte) (*Quote, error) {
 		return nil, bad("%v", r.err)
 	}
 	q.Body = parseReportBody(body)
-	q.signed = b[:HeaderSize+ReportBodySize : HeaderSize+ReportBodySize]
+	q.signed = b[: HeaderSize+ReportBodySize : HeaderSize+ReportBodySize]
 	if rest := len(b) - r.off; int64(sigLen) != int64(rest) {
 		if int64(sigLen) < int64(rest) {
 			return nil, bad("%d trailing bytes after the signature data", int64(rest)-int64(sigLen))
