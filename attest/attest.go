@@ -138,3 +138,43 @@ func (h *Hex) UnmarshalJSON(b []byte) error {
 	*h = v
 	return nil
 }
+
+// Detect recognises the TEE type of a raw quote or report by its header:
+// the sim magic, a DCAP quote v3 for SGX (TEE type 0) or v4/v5 for TDX
+// (TEE type 0x81), or an SEV-SNP attestation report (1184 bytes, version
+// 2 to 5).
+func Detect(raw []byte) (TEE, error) {
+	switch {
+	case len(raw) >= 8 && string(raw[:8]) == "VEILSIMQ":
+		return TEESim, nil
+	case len(raw) >= 8 && raw[2] == 2 && raw[3] == 0: // attestation key type ECDSA-P256
+		ver := uint16(raw[0]) | uint16(raw[1])<<8
+		tee := uint32(raw[4]) | uint32(raw[5])<<8 | uint32(raw[6])<<16 | uint32(raw[7])<<24
+		switch {
+		case ver == 3 && tee == 0:
+			return TEESGX, nil
+		case (ver == 4 || ver == 5) && tee == 0x81:
+			return TEETDX, nil
+		case ver == 4 && tee == 0:
+			return "", fmt.Errorf("SGX quote v4 is not supported: %w", ErrUnsupported)
+		}
+	case len(raw) == 0x4a0 && raw[0] >= 2 && raw[0] <= 5 && raw[1] == 0 && raw[2] == 0 && raw[3] == 0:
+		return TEESNP, nil
+	}
+	return "", fmt.Errorf("unrecognised evidence: not a sim quote, SGX v3 or TDX v4 quote or SEV-SNP report: %w", ErrMalformed)
+}
+
+// Multi dispatches to a Verifier per TEE type.
+type Multi map[TEE]Verifier
+
+// Verify verifies ev with the verifier for its TEE type.
+func (m Multi) Verify(ctx context.Context, ev *Evidence) (*Claims, error) {
+	if ev == nil {
+		return nil, fmt.Errorf("verifying evidence: none: %w", ErrMalformed)
+	}
+	v, ok := m[ev.TEE]
+	if !ok || v == nil {
+		return nil, fmt.Errorf("verifying %s evidence: %w", ev.TEE, ErrNoBackend)
+	}
+	return v.Verify(ctx, ev)
+}
