@@ -30,6 +30,7 @@ import (
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/pcs"
 	"github.com/veil-tee/veil/attest/sgx"
+	"github.com/veil-tee/veil/attest/tsm"
 )
 
 // MaxQuoteSize bounds a TDX quote.
@@ -220,3 +221,7 @@ func le16(b []byte) uint16 {
 	}
 	return binary.LittleEndian.Uint16(b)
 }
+
+// NewIssuer returns an issuer of TDX quotes through the kernel's
+// configfs-tsm interface; it fails on machines that are not TDX guests.
+func NewIssuer() (*tsm.Issuer, error) { return tsm.NewLinuxIssuer(attest.TEETDX) }
