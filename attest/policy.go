@@ -317,8 +317,8 @@ func (p *Policy) EvaluateContext(c *Claims, ctx Context) (bool, []Unmet) {
 		add("min_svn", "svn %d is below the minimum %d", c.SVN, *p.MinSVN)
 	}
 	// Sim claims are always debug (the host can read everything); allow_sim
-	// already accepts that, so it is not counted twice.
-	if c.Debug && !p.AllowDebug && !(c.TEE == TEESim && p.AllowSim) {
+	// is the one gate for them, so debug is not counted twice.
+	if c.Debug && !p.AllowDebug && c.TEE != TEESim {
 		add("allow_debug", "the workload is debuggable (its memory can be read by the host); the policy does not set allow_debug")
 	}
 	if c.TCBStatus != TCBNotApplicable {

@@ -326,22 +326,52 @@ func LoadFS(fsys fs.FS, dir string) (*Collateral, error) {
 // ErrNoMatch: the collateral has no item for this platform.
 var ErrNoMatch = errors.New("no matching collateral")
 
-// FindTCBInfo returns the TCB info for id ("SGX" or "TDX") and fmspc.
-func (c *Collateral) FindTCBInfo(id, fmspc string) (*TCBInfo, error) {
+// pick chooses, among items with issue dates, the latest one issued at or
+// before now; if all are issued after now, the earliest (whose check then
+// reports it as not yet valid). -1 when there are none.
+func pick(issued []time.Time, now time.Time) int {
+	best := -1
+	for i, t := range issued {
+		switch {
+		case best == -1:
+			best = i
+		case !t.After(now) && (issued[best].After(now) || t.After(issued[best])):
+			best = i
+		case issued[best].After(now) && t.Before(issued[best]):
+			best = i
+		}
+	}
+	return best
+}
+
+// FindTCBInfo returns the TCB info for id ("SGX" or "TDX") and fmspc; when
+// several match, the newest one issued at or before now.
+func (c *Collateral) FindTCBInfo(id, fmspc string, now time.Time) (*TCBInfo, error) {
+	var cand []*TCBInfo
+	var dates []time.Time
 	for _, t := range c.TCBInfos {
 		if t.ID == id && strings.EqualFold(t.FMSPC, fmspc) {
-			return t, nil
+			cand, dates = append(cand, t), append(dates, t.IssueDate)
 		}
+	}
+	if i := pick(dates, now); i >= 0 {
+		return cand[i], nil
 	}
 	return nil, fmt.Errorf("no %s TCB info for FMSPC %s in the collateral: %w", id, strings.ToUpper(fmspc), errors.Join(ErrNoMatch, attest.ErrCollateral))
 }
 
-// FindQEIdentity returns the QE identity with id ("QE" or "TD_QE").
-func (c *Collateral) FindQEIdentity(id string) (*QEIdentity, error) {
+// FindQEIdentity returns the QE identity with id ("QE" or "TD_QE"); when
+// several match, the newest one issued at or before now.
+func (c *Collateral) FindQEIdentity(id string, now time.Time) (*QEIdentity, error) {
+	var cand []*QEIdentity
+	var dates []time.Time
 	for _, q := range c.QEIdentities {
 		if q.ID == id {
-			return q, nil
+			cand, dates = append(cand, q), append(dates, q.IssueDate)
 		}
+	}
+	if i := pick(dates, now); i >= 0 {
+		return cand[i], nil
 	}
 	return nil, fmt.Errorf("no %s identity in the collateral: %w", id, errors.Join(ErrNoMatch, attest.ErrCollateral))
 }

@@ -111,12 +111,12 @@ func (v *Verifier) VerifyQuote(q *Quote) (*attest.Claims, error) {
 		return nil, err
 	}
 	// Collateral: QE identity first, then TCB info.
-	qeID, err := col.FindQEIdentity("QE")
+	qeID, err := col.FindQEIdentity("QE", o.Now)
 	if err != nil {
 		return nil, err
 	}
 	if err := qeID.Verify(col, o); err != nil {
-		return nil, fmt.Errorf("verifying QE identity: %w", err)
+		return nil, err
 	}
 	qeRes, err := pcs.MatchQE(qeID, pcs.QEReport{
 		MiscSelect: q.QEReport.MiscSelect, Attributes: q.QEReport.Attributes[:],
@@ -125,12 +125,12 @@ func (v *Verifier) VerifyQuote(q *Quote) (*attest.Claims, error) {
 	if err != nil {
 		return nil, err
 	}
-	tcbInfo, err := col.FindTCBInfo("SGX", pck.FMSPC)
+	tcbInfo, err := col.FindTCBInfo("SGX", pck.FMSPC, o.Now)
 	if err != nil {
 		return nil, err
 	}
 	if err := tcbInfo.Verify(col, o); err != nil {
-		return nil, fmt.Errorf("verifying TCB info: %w", err)
+		return nil, err
 	}
 	platRes, err := pcs.EvaluateSGX(tcbInfo, pck)
 	if err != nil {

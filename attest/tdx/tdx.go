@@ -145,12 +145,12 @@ func (v *Verifier) Verify(_ context.Context, ev *attest.Evidence) (*attest.Claim
 	if err != nil {
 		return nil, err
 	}
-	qeID, err := col.FindQEIdentity("TD_QE")
+	qeID, err := col.FindQEIdentity("TD_QE", o.Now)
 	if err != nil {
 		return nil, err
 	}
 	if err := qeID.Verify(col, o); err != nil {
-		return nil, fmt.Errorf("verifying QE identity: %w", err)
+		return nil, err
 	}
 	qr := qeCert.GetQeReport()
 	qeRes, err := pcs.MatchQE(qeID, pcs.QEReport{
@@ -160,12 +160,12 @@ func (v *Verifier) Verify(_ context.Context, ev *attest.Evidence) (*attest.Claim
 	if err != nil {
 		return nil, err
 	}
-	tcbInfo, err := col.FindTCBInfo("TDX", pck.FMSPC)
+	tcbInfo, err := col.FindTCBInfo("TDX", pck.FMSPC, o.Now)
 	if err != nil {
 		return nil, err
 	}
 	if err := tcbInfo.Verify(col, o); err != nil {
-		return nil, fmt.Errorf("verifying TCB info: %w", err)
+		return nil, err
 	}
 	body := q.GetTdQuoteBody()
 	platRes, err := pcs.EvaluateTDX(tcbInfo, pck, pcs.TDXInput{

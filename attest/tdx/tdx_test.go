@@ -213,3 +213,18 @@ func BenchmarkVerifyV4(b *testing.B) {
 		}
 	}
 }
+
+// The shared directory holds two TD_QE identities and two TDX TCB infos;
+// the verifier picks the ones for the platform and time.
+func TestWholeDirectory(t *testing.T) {
+	c, err := pcs.LoadDir(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cl, err := verifyAt(c, goodTime, read(t, "quote_v4_tdx_ecdsa_p256.bin")); err != nil || cl.TCBStatus != attest.TCBUpToDate {
+		t.Fatalf("current quote: %v", err)
+	}
+	if cl, err := verifyAt(c, 1687091776, read(t, "quote_v4_tdx_ecdsa_p256_out_of_date.bin")); err != nil || cl.TCBStatus != attest.TCBOutOfDate {
+		t.Fatalf("out-of-date quote: %v", err)
+	}
+}
