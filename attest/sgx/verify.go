@@ -25,7 +25,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
-	"math/big"
 	"strings"
 	"time"
 
@@ -186,13 +185,12 @@ func P256Key(b []byte) (*ecdsa.PublicKey, error) {
 	if len(b) != 64 {
 		return nil, fmt.Errorf("attestation key has %d bytes: %w", len(b), attest.ErrMalformed)
 	}
-	x, y := new(big.Int).SetBytes(b[:32]), new(big.Int).SetBytes(b[32:])
-	// Validate the point through the ECDH form, which checks it is on the curve.
-	raw := append([]byte{4}, b...)
-	if _, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), raw); err != nil {
+	// Parsing checks that the point is on the curve.
+	k, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append([]byte{4}, b...))
+	if err != nil {
 		return nil, fmt.Errorf("attestation key is not a P-256 point: %w", attest.ErrMalformed)
 	}
-	return &ecdsa.PublicKey{Curve: elliptic.P256(), X: x, Y: y}, nil
+	return k, nil
 }
 
 // VerifyQESignatures checks the QE report signature with the PCK leaf key
