@@ -28,6 +28,7 @@ import (
 	"math/big"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"crypto/x509"
@@ -122,6 +123,10 @@ func VerifyChain(what string, chain []*x509.Certificate, o *Options) error {
 			return err
 		}
 	}
+	key := chainKey(chain, o.roots())
+	if _, ok := chainsVerified.get(key); ok {
+		return nil
+	}
 	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {
 		if !c.IsCA {
@@ -142,6 +147,7 @@ func VerifyChain(what string, chain []*x509.Certificate, o *Options) error {
 			return fmt.Errorf("%s: chain root %q is not a trusted root: %w", what, last.Subject.CommonName, attest.ErrChain)
 		}
 	}
+	chainsVerified.put(key, true)
 	return nil
 }
 
@@ -163,6 +169,9 @@ type signedItem struct {
 	signature  []byte
 	issueDate  time.Time
 	nextUpdate time.Time
+	// verifiedBy is the signing certificate the signature was last
+	// verified with (signatures do not depend on time).
+	verifiedBy atomic.Pointer[x509.Certificate]
 }
 
 // parseSigned splits {"<key>": {...}, "signature": "hex"} strictly.
@@ -203,9 +212,12 @@ func (s *signedItem) verify(what string, chain []*x509.Certificate, rootCRL *x50
 			return fmt.Errorf("verifying %s: %w", what, err)
 		}
 	}
-	pub, ok := chain[0].PublicKey.(*ecdsa.PublicKey)
-	if !ok || !VerifyP256(pub, s.raw, s.signature) {
-		return fmt.Errorf("verifying %s signature with %q: %w", what, chain[0].Subject.CommonName, attest.ErrSignature)
+	if s.verifiedBy.Load() != chain[0] {
+		pub, ok := chain[0].PublicKey.(*ecdsa.PublicKey)
+		if !ok || !VerifyP256(pub, s.raw, s.signature) {
+			return fmt.Errorf("verifying %s signature with %q: %w", what, chain[0].Subject.CommonName, attest.ErrSignature)
+		}
+		s.verifiedBy.Store(chain[0])
 	}
 	return s.checkWindow(what, o)
 }

@@ -167,7 +167,7 @@ func PCKChain(q *Quote) ([]*x509.Certificate, error) {
 
 // ParsePCKChain parses a PEM PCK chain: leaf, intermediate CA, root CA.
 func ParsePCKChain(b []byte) ([]*x509.Certificate, error) {
-	chain, err := pcs.ParsePEMChain(b)
+	chain, err := pcs.ParsePEMChainCached(b)
 	if err != nil {
 		return nil, fmt.Errorf("parsing PCK chain: %v: %w", err, attest.ErrMalformed)
 	}
