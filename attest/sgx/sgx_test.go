@@ -238,3 +238,21 @@ func BenchmarkVerifyV3(b *testing.B) {
 		}
 	}
 }
+
+// Cached chain and signature checks must never outlive validity windows.
+func TestCacheKeepsTimeChecks(t *testing.T) {
+	col := collateral(t)
+	quote := read(t, "quote_v3_ecdsa_p256_pck_chain.bin")
+	for i := 0; i < 2; i++ {
+		if _, err := verifyAt(t, col, goodTime, 0, quote); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ve *pcs.ValidityError
+	if _, err := verifyAt(t, col, 1891163522, 0, quote); !errors.As(err, &ve) || ve.What != "PCK certificate" {
+		t.Fatalf("expired after cached success: %v", err)
+	}
+	if _, err := verifyAt(t, col, goodTime+40*24*3600, 0, quote); !errors.As(err, &ve) || !ve.Expired {
+		t.Fatalf("collateral expired after cached success: %v", err)
+	}
+}

@@ -175,3 +175,35 @@ func BenchmarkIssueVerify(b *testing.B) {
 		}
 	}
 }
+
+// TestGoldenV1 decodes and verifies the committed version-1 test vector.
+func TestGoldenV1(t *testing.T) {
+	q, err := os.ReadFile("../testdata/sim/quote_v1.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := readCert("../testdata/sim/ca.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := NewVerifier(ca)
+	v.Now = func() time.Time { return time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC) }
+	c, err := v.Verify(context.Background(), &attest.Evidence{TEE: attest.TEESim, Quote: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m, s [32]byte
+	for i := range m {
+		m[i], s[i] = byte(i), byte(0xff-i)
+	}
+	var rd attest.ReportData
+	copy(rd[:], "veil sim quote v1 test vector")
+	if !bytes.Equal(c.Measurement, m[:]) || !bytes.Equal(c.Signer, s[:]) || c.ProductID != 7 || c.SVN != 3 ||
+		!bytes.Equal(c.ReportData, rd[:]) || !c.Debug || c.IssuedAt.Unix() != 1790000000 {
+		t.Fatalf("claims %+v", c)
+	}
+	p, _ := ParseQuote(q)
+	if p.Body.Attributes != AttrInit|AttrDebug|AttrMode64 || p.Body.XFRM != 3 || !bytes.Equal(p.Marshal(), q) {
+		t.Fatalf("body %+v", p.Body)
+	}
+}
