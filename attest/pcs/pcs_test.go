@@ -117,3 +117,19 @@ func FuzzCollateralAdd(f *testing.F) {
 		_, _ = c.Add("fuzz", b)
 	})
 }
+
+// BenchmarkP256Verify is the floor for quote verification: one ECDSA
+// P-256 signature check (SGX needs two per quote once collateral and the
+// PCK chain are cached, TDX four).
+func BenchmarkP256Verify(b *testing.B) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	msg := make([]byte, 432)
+	d := sha256.Sum256(msg)
+	r, s, _ := ecdsa.Sign(rand.Reader, k, d[:])
+	sig := append(r.FillBytes(make([]byte, 32)), s.FillBytes(make([]byte, 32))...)
+	for b.Loop() {
+		if !VerifyP256(&k.PublicKey, msg, sig) {
+			b.Fatal("verify failed")
+		}
+	}
+}
