@@ -138,6 +138,9 @@ func ParseTCBInfo(b []byte) (*TCBInfo, error) {
 	if len(t.TCBLevels) == 0 {
 		return nil, fmt.Errorf("parsing TCB info: no TCB levels: %w", attest.ErrCollateral)
 	}
+	if t.TCBType != 0 {
+		return nil, fmt.Errorf("parsing TCB info: tcbType %d, only 0 is defined: %w", t.TCBType, attest.ErrCollateral)
+	}
 	s.issueDate, s.nextUpdate = t.IssueDate, t.NextUpdate
 	t.signed = s
 	return &t, nil

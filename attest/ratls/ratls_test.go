@@ -6,10 +6,13 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +20,9 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/veil-tee/veil/attest"
+	"github.com/veil-tee/veil/attest/pcs"
 	"github.com/veil-tee/veil/attest/sim"
+	"github.com/veil-tee/veil/attest/verifier"
 )
 
 func setup(t testing.TB) (*sim.Platform, *sim.Issuer, attest.Verifier) {
@@ -253,5 +258,61 @@ func BenchmarkSimCertificate(b *testing.B) {
 		if _, err := p.VerifyCertificate(ctx, c.Leaf); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestLegacyAndCriticalExtensions(t *testing.T) {
+	_, iss, ver := setup(t)
+	ctx := context.Background()
+	c, _ := NewCertificate(ctx, iss, Options{})
+	p := &Peer{Verifier: ver, Policy: &attest.Policy{AllowSim: true}}
+	resign := func(exts []pkix.Extension) *x509.Certificate {
+		tmpl := *c.Leaf
+		tmpl.ExtraExtensions = exts
+		der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, c.Leaf.PublicKey, c.PrivateKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, _ := x509.ParseCertificate(der)
+		return cert
+	}
+	var tagged pkix.Extension
+	for _, e := range c.Leaf.Extensions {
+		if e.Id.Equal(OIDTaggedEvidence) {
+			tagged = e
+		}
+	}
+	// An unknown critical extension makes the certificate unacceptable.
+	crit := resign([]pkix.Extension{tagged, {Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1}, Critical: true, Value: []byte{5, 0}}})
+	if _, err := p.VerifyCertificate(ctx, crit); !errors.Is(err, ErrExtension) {
+		t.Fatalf("critical unknown extension: %v", err)
+	}
+	// Gramine's legacy extension with a real SGX quote that binds another key.
+	quote, err := os.ReadFile("../testdata/sgx/quote_v3_ecdsa_p256_pck_chain.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	col, err := pcs.LoadDir("../testdata/sgx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Unix(1671497404, 0)
+	sgxPeer := &Peer{Verifier: verifier.New(verifier.Options{Collateral: col, Now: func() time.Time { return at }}), Now: func() time.Time { return c.Leaf.NotBefore.Add(time.Minute) }}
+	legacy := resign([]pkix.Extension{{Id: OIDLegacySGXQuote, Value: quote}})
+	x, err := ParseExtension(legacy)
+	if err != nil || !x.Legacy {
+		t.Fatalf("legacy extension: %v", err)
+	}
+	if _, err := sgxPeer.VerifyCertificate(ctx, legacy); !errors.Is(err, attest.ErrBinding) {
+		t.Fatalf("legacy quote bound to another key: %v", err)
+	}
+	// The legacy extension carries SGX quotes only.
+	ev, _ := iss.Issue(ctx, attest.ReportData{})
+	if _, err := p.VerifyCertificate(ctx, resign([]pkix.Extension{{Id: OIDLegacySGXQuote, Value: ev.Quote}})); !errors.Is(err, ErrExtension) {
+		t.Fatalf("legacy extension with sim evidence: %v", err)
+	}
+	// No evidence at all.
+	if _, err := p.VerifyCertificate(ctx, resign(nil)); !errors.Is(err, ErrNotRATLS) {
+		t.Fatalf("plain certificate: %v", err)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	sevdata "github.com/google/go-sev-guest/verify/testdata"
 )
 
 var veil string
@@ -207,5 +209,58 @@ func TestRATLSCert(t *testing.T) {
 	r = run(t, home, "attest", "verify-cert", key)
 	if r.code != exitDenied || !strings.Contains(r.stderr, "not a certificate") {
 		t.Fatalf("key as cert: %+v", r)
+	}
+}
+
+func TestSNPSample(t *testing.T) {
+	home := t.TempDir()
+	rep := write(t, "report.bin", string(sevdata.AttestationBytes))
+	vcek := write(t, "vcek.der", string(sevdata.VcekBytes))
+	r := run(t, home, "attest", "verify", rep, "--certs", vcek, "--at", "2022-09-24T01:00:00Z")
+	if r.code != exitDenied || !strings.Contains(r.stderr, "allow_debug") || !strings.Contains(r.stdout, "tee:          snp") {
+		t.Fatalf("snp default policy: %+v", r)
+	}
+	r = run(t, home, "attest", "verify", rep, "--certs", vcek, "--at", "2022-09-24T01:00:00Z", "--policy", write(t, "p.json", `{"allow_debug": true, "tee": ["snp"]}`))
+	if r.code != 0 {
+		t.Fatalf("snp: %+v", r)
+	}
+	r = run(t, home, "attest", "verify", rep, "--at", "2022-09-24T01:00:00Z")
+	if r.code != exitDenied {
+		t.Fatalf("snp without VCEK: %+v", r)
+	}
+}
+
+func TestBadInputs(t *testing.T) {
+	home := t.TempDir()
+	run(t, home, "sim", "init")
+	big := write(t, "big.bin", strings.Repeat("A", 2<<20))
+	r := run(t, home, "attest", "verify", big)
+	if r.code != exitDenied || !strings.Contains(r.stderr, "larger than") {
+		t.Fatalf("oversized: %+v", r)
+	}
+	// An ordinary certificate (the sim CA) is not an RA-TLS certificate.
+	r = run(t, home, "attest", "verify-cert", filepath.Join(home, "sim", "ca.pem"))
+	if r.code != exitDenied || !strings.Contains(r.stderr, "not an RA-TLS certificate") {
+		t.Fatalf("plain certificate: %+v", r)
+	}
+	// The TRUSTED CERTIFICATE label is accepted.
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	if r = run(t, home, "attest", "ratls-cert", "-o", cert, "-k", key); r.code != 0 {
+		t.Fatal(r)
+	}
+	b, _ := os.ReadFile(cert)
+	trusted := strings.ReplaceAll(string(b), "CERTIFICATE", "TRUSTED CERTIFICATE")
+	r = run(t, home, "attest", "verify-cert", write(t, "t.pem", trusted), "--policy", write(t, "p.json", `{"allow_sim": true}`))
+	if r.code != 0 {
+		t.Fatalf("TRUSTED CERTIFICATE: %+v", r)
+	}
+	r = run(t, home, "attest", "quote", "--report-data", strings.Repeat("00", 65))
+	if r.code != exitUsage {
+		t.Fatalf("long report data: %+v", r)
+	}
+	r = run(t, home, "attest", "verify", filepath.Join(testdata, "sgx", "quote_v3_ecdsa_p256_pck_chain.bin"), "--at", "yesterday")
+	if r.code != exitUsage || !strings.Contains(r.stderr, "--at") {
+		t.Fatalf("bad --at: %+v", r)
 	}
 }
