@@ -13,6 +13,8 @@ package verifier
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/veil-tee/veil/attest"
@@ -69,4 +71,45 @@ func VerifyRaw(ctx context.Context, v attest.Verifier, raw, aux []byte) (*attest
 		return nil, err
 	}
 	return v.Verify(ctx, &attest.Evidence{TEE: tee, Quote: raw, Aux: aux})
+}
+
+// PlatformOf reads, without verifying anything, what is needed to fetch
+// collateral for an SGX or TDX quote: its TEE type, the FMSPC from its PCK
+// certificate and the PCK issuer CA ("platform" or "processor").
+func PlatformOf(raw []byte) (tee attest.TEE, fmspc, ca string, err error) {
+	tee, err = attest.Detect(raw)
+	if err != nil {
+		return "", "", "", err
+	}
+	var chain []*x509.Certificate
+	switch tee {
+	case attest.TEESGX:
+		q, err := sgx.ParseQuote(raw)
+		if err != nil {
+			return "", "", "", err
+		}
+		if chain, err = sgx.PCKChain(q); err != nil {
+			return "", "", "", err
+		}
+	case attest.TEETDX:
+		q, err := tdx.ParseQuote(raw)
+		if err != nil {
+			return "", "", "", err
+		}
+		data := q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetPckCertificateChainData().GetPckCertChain()
+		if chain, err = sgx.ParsePCKChain(data); err != nil {
+			return "", "", "", err
+		}
+	default:
+		return tee, "", "", fmt.Errorf("%s evidence needs no Intel collateral: %w", tee, attest.ErrUnsupported)
+	}
+	info, err := pcs.ParsePCKExtensions(chain[0])
+	if err != nil {
+		return "", "", "", err
+	}
+	ca = "platform"
+	if strings.Contains(chain[0].Issuer.CommonName, "Processor") {
+		ca = "processor"
+	}
+	return tee, info.FMSPC, ca, nil
 }

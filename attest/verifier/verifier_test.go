@@ -47,3 +47,20 @@ func TestDispatch(t *testing.T) {
 		t.Fatalf("garbage: %v", err)
 	}
 }
+
+func TestPlatformOf(t *testing.T) {
+	for _, tc := range []struct{ file, tee, fmspc string }{
+		{"../testdata/sgx/quote_v3_ecdsa_p256_pck_chain.bin", "sgx", "00606A000000"},
+		{"../testdata/tdx/quote_v4_tdx_ecdsa_p256.bin", "tdx", "C0806F000000"},
+	} {
+		b, _ := os.ReadFile(tc.file)
+		tee, fmspc, ca, err := PlatformOf(b)
+		if err != nil || string(tee) != tc.tee || fmspc != tc.fmspc || (ca != "platform" && ca != "processor") {
+			t.Fatalf("%s: %s %s %s %v", tc.file, tee, fmspc, ca, err)
+		}
+	}
+	b, _ := os.ReadFile("../testdata/sgx/quote_v3_ecdsa_p256_eppid.bin")
+	if _, _, _, err := PlatformOf(b); !errors.Is(err, attest.ErrUnsupported) {
+		t.Fatalf("eppid: %v", err)
+	}
+}

@@ -185,13 +185,15 @@ func newAttestQuoteCmd(env *Env) *cobra.Command {
 
 // verifyFlags are shared by verify and verify-cert.
 type verifyFlags struct {
-	collateral, at, policy, certs string
-	window                        time.Duration
-	asJSON                        bool
+	collateral, pccs, at, policy, certs string
+	window                              time.Duration
+	asJSON, noCRL                       bool
 }
 
 func (f *verifyFlags) add(c *cobra.Command) {
 	c.Flags().StringVar(&f.collateral, "collateral", "", "directory of Intel PCS collateral (TCB info, QE identity, chains, CRLs), recognised by content")
+	c.Flags().StringVar(&f.pccs, "pccs", "", "fetch SGX/TDX collateral from this PCS or PCCS base URL (e.g. "+pcs.IntelPCS+") instead of --collateral")
+	c.Flags().BoolVar(&f.noCRL, "no-crl", false, "with --pccs: do not fetch the PCK CRL (revocation is then not checked)")
 	c.Flags().StringVar(&f.at, "at", "", "verify at this time (RFC 3339) instead of now")
 	c.Flags().DurationVar(&f.window, "collateral-window", 0, "accept TCB info and QE identity for this long after their issue date (default: until their nextUpdate)")
 	c.Flags().StringVar(&f.policy, "policy", "", "policy JSON file (default: hardware TEE, no debug, TCB UpToDate or SWHardeningNeeded, no sim)")
@@ -199,7 +201,9 @@ func (f *verifyFlags) add(c *cobra.Command) {
 	c.Flags().BoolVar(&f.asJSON, "json", false, "print claims and verdict as JSON")
 }
 
-func (f *verifyFlags) setup() (attest.Verifier, *attest.Policy, time.Time, []byte, error) {
+// setup builds the verifier; raw is the evidence when it is known (for
+// --pccs, which needs the platform's FMSPC).
+func (f *verifyFlags) setup(ctx context.Context, raw []byte) (attest.Verifier, *attest.Policy, time.Time, []byte, error) {
 	now := time.Now()
 	if f.at != "" {
 		t, err := parseTime(f.at)
@@ -227,6 +231,20 @@ func (f *verifyFlags) setup() (attest.Verifier, *attest.Policy, time.Time, []byt
 			return nil, nil, now, nil, withHint(err, "--collateral takes a directory of Intel PCS responses: TCB info and QE identity JSON, PEM issuer chain, CRLs")
 		}
 		o.Collateral = col
+	} else if f.pccs != "" && raw != nil {
+		tee, fmspc, ca, err := verifier.PlatformOf(raw)
+		if f.noCRL {
+			ca = ""
+		}
+		if err == nil {
+			col, err := pcs.Fetch(ctx, pcs.FetchOptions{BaseURL: f.pccs, TDX: tee == attest.TEETDX, FMSPC: fmspc, CA: ca})
+			if err != nil {
+				return nil, nil, now, nil, err
+			}
+			o.Collateral = col
+		} else if !errors.Is(err, attest.ErrUnsupported) {
+			return nil, nil, now, nil, err
+		}
 	}
 	if dir, err := sim.DefaultDir(); err == nil {
 		if ca, err := sim.LoadCA(dir); err == nil {
@@ -360,11 +378,11 @@ func newAttestVerifyCmd(env *Env) *cobra.Command {
 		Short: "Verify evidence (sim, SGX v3, TDX v4, SEV-SNP) and apply a policy; exit 0 only if it holds",
 		Args:  exactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			v, pol, now, aux, err := f.setup()
+			raw, err := readBounded(args[0])
 			if err != nil {
 				return err
 			}
-			raw, err := readBounded(args[0])
+			v, pol, now, aux, err := f.setup(c.Context(), raw)
 			if err != nil {
 				return err
 			}
@@ -440,10 +458,6 @@ func newVerifyCertCmd(env *Env) *cobra.Command {
 		Short: "Verify an RA-TLS certificate's evidence and key binding, and apply a policy",
 		Args:  exactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			v, pol, now, _, err := f.setup()
-			if err != nil {
-				return err
-			}
 			b, err := readBounded(args[0])
 			if err != nil {
 				return err
@@ -451,6 +465,14 @@ func newVerifyCertCmd(env *Env) *cobra.Command {
 			cert, err := ratls.ParsePEM(b)
 			if err != nil {
 				return fmt.Errorf("%s: %v: %w", args[0], err, ratls.ErrNotRATLS)
+			}
+			var evidence []byte
+			if x, err := ratls.ParseExtension(cert); err == nil {
+				evidence = x.Evidence
+			}
+			v, pol, now, _, err := f.setup(c.Context(), evidence)
+			if err != nil {
+				return err
 			}
 			// Verify evidence and binding with a policy that accepts
 			// everything, then report against the real one so that the

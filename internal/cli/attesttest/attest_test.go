@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -262,5 +265,50 @@ func TestBadInputs(t *testing.T) {
 	r = run(t, home, "attest", "verify", filepath.Join(testdata, "sgx", "quote_v3_ecdsa_p256_pck_chain.bin"), "--at", "yesterday")
 	if r.code != exitUsage || !strings.Contains(r.stderr, "--at") {
 		t.Fatalf("bad --at: %+v", r)
+	}
+}
+
+// --pccs fetches collateral from a PCS/PCCS (here a stand-in on 127.0.0.1).
+func TestPCCS(t *testing.T) {
+	dir := filepath.Join(testdata, "sgx")
+	read := func(n string) []byte {
+		b, err := os.ReadFile(filepath.Join(dir, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	chain := url.QueryEscape(string(read("tcb_info_v3_fmspc_00606A000000_certs.pem")))
+	mux := http.NewServeMux()
+	mux.HandleFunc("/sgx/certification/v4/tcb", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("fmspc") != "00606A000000" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("TCB-Info-Issuer-Chain", chain)
+		w.Write(read("tcb_info_v3_fmspc_00606A000000.json"))
+	})
+	mux.HandleFunc("/sgx/certification/v4/qe/identity", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("SGX-Enclave-Identity-Issuer-Chain", chain)
+		w.Write(read("qe_identity_v2.json"))
+	})
+	mux.HandleFunc("/sgx/certification/v4/pckcrl", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no CRL here", http.StatusNotFound)
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	defer srv.Close()
+	r := run(t, t.TempDir(), "attest", "verify", filepath.Join(dir, "quote_v3_ecdsa_p256_pck_chain.bin"), "--pccs", "http://"+ln.Addr().String(), "--at", "@1671497404")
+	// The stand-in has no PCK CRL: fetching fails clearly.
+	if r.code != exitDenied || !strings.Contains(r.stderr, "pckcrl") {
+		t.Fatalf("pccs without CRL: %+v", r)
+	}
+	r = run(t, t.TempDir(), "attest", "verify", filepath.Join(dir, "quote_v3_ecdsa_p256_pck_chain.bin"), "--pccs", "http://"+ln.Addr().String(), "--no-crl", "--at", "@1671497404")
+	if r.code != 0 || !strings.Contains(r.stdout, "SWHardeningNeeded") {
+		t.Fatalf("pccs: %+v", r)
 	}
 }
