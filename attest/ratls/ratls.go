@@ -329,6 +329,9 @@ func (p *Peer) VerifyCertificate(ctx context.Context, cert *x509.Certificate) (*
 
 // verifyPeer is a tls.Config.VerifyPeerCertificate for an RA-TLS peer.
 func (p *Peer) verifyPeer(raw [][]byte, _ [][]*x509.Certificate) error {
+	if p == nil || p.Verifier == nil {
+		return errors.New("RA-TLS: no verifier configured for the peer's certificate")
+	}
 	if len(raw) != 1 {
 		return fmt.Errorf("RA-TLS peer sent %d certificates, want exactly one self-signed certificate: %w", len(raw), ErrNotRATLS)
 	}
@@ -344,7 +347,10 @@ func (p *Peer) verifyPeer(raw [][]byte, _ [][]*x509.Certificate) error {
 // RA-TLS certificate or an ordinary one). If peer is set, clients must
 // present an RA-TLS certificate that peer accepts (workload -> KMS).
 func ServerConfig(cert *tls.Certificate, peer *Peer) *tls.Config {
-	c := &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS13}
+	c := &tls.Config{MinVersion: tls.VersionTLS13}
+	if cert != nil {
+		c.Certificates = []tls.Certificate{*cert}
+	}
 	if peer != nil {
 		// The client's self-signed leaf has no chain to verify: it is
 		// verified by its evidence in VerifyPeerCertificate instead.
@@ -356,7 +362,8 @@ func ServerConfig(cert *tls.Certificate, peer *Peer) *tls.Config {
 
 // ClientConfig returns a TLS client configuration that verifies the
 // server's RA-TLS certificate with peer (for a server that runs in a TEE)
-// and, if cert is set, presents it (bidirectional attestation).
+// and, if cert is set, presents it (bidirectional attestation). With a nil
+// peer every handshake fails.
 func ClientConfig(cert *tls.Certificate, peer *Peer) *tls.Config {
 	c := &tls.Config{
 		MinVersion: tls.VersionTLS13,

@@ -316,3 +316,12 @@ func TestLegacyAndCriticalExtensions(t *testing.T) {
 		t.Fatalf("plain certificate: %v", err)
 	}
 }
+
+func TestNilPeerFailsClosed(t *testing.T) {
+	_, iss, _ := setup(t)
+	cert, _ := NewCertificate(context.Background(), iss, Options{})
+	_, cliErr := handshake(t, ServerConfig(cert, nil), ClientConfig(nil, nil))
+	if cliErr == nil {
+		t.Fatal("client without a verifier accepted the server")
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/pcs"
@@ -161,6 +162,9 @@ func newAttestQuoteCmd(env *Env) *cobra.Command {
 				return err
 			}
 			if out == "" || out == "-" {
+				if f, ok := env.Stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+					return usageErrorf("refusing to write binary evidence to a terminal; use -o FILE")
+				}
 				_, err := env.Stdout.Write(ev.Quote)
 				return err
 			}
