@@ -55,7 +55,24 @@ type TDXPolicy struct {
 	// MRTD: any of.
 	MRTD []Hex `json:"mrtd,omitempty"`
 	// RTMR: for each index, an exact value; empty means any.
-	RTMR [4]Hex `json:"rtmr,omitzero"`
+	RTMR RTMRs `json:"rtmr,omitzero"`
+}
+
+// RTMRs are up to four RTMR values; JSON arrays longer than four are errors.
+type RTMRs [4]Hex
+
+// UnmarshalJSON reads at most four hex strings.
+func (r *RTMRs) UnmarshalJSON(b []byte) error {
+	var l []Hex
+	if err := json.Unmarshal(b, &l); err != nil {
+		return err
+	}
+	if len(l) > len(r) {
+		return fmt.Errorf("%d values, TDX has %d RTMRs", len(l), len(r))
+	}
+	*r = RTMRs{}
+	copy(r[:], l)
+	return nil
 }
 
 // SNPPolicy constrains SEV-SNP claims.

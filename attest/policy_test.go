@@ -2,6 +2,7 @@ package attest
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -202,4 +203,28 @@ func FuzzParsePolicy(f *testing.F) {
 		}
 		p.Evaluate(hw())
 	})
+}
+
+func TestPolicyRoundTrip(t *testing.T) {
+	pid, svn := uint16(1), uint16(2)
+	p := Policy{
+		AllowSim: true, TEE: []TEE{TEESGX, TEETDX}, Measurements: []Hex{bytes.Repeat([]byte{1}, 32)},
+		Signer: bytes.Repeat([]byte{2}, 32), ProductID: &pid, MinSVN: &svn, AllowDebug: true,
+		TCBStatuses: []TCBStatus{TCBUpToDate}, AdvisoryIDs: []string{"INTEL-SA-00615"},
+		TDX:        &TDXPolicy{MRTD: []Hex{bytes.Repeat([]byte{3}, 48)}, RTMR: RTMRs{nil, bytes.Repeat([]byte{4}, 48)}},
+		SNP:        &SNPPolicy{PolicyMask: 1 << 19},
+		ReportData: Hex{9}, MaxEvidenceAge: Duration(time.Minute),
+	}
+	b1, err := json.Marshal(&p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := ParsePolicy(bytes.NewReader(b1))
+	if err != nil {
+		t.Fatalf("%s: %v", b1, err)
+	}
+	b2, _ := json.Marshal(q)
+	if !bytes.Equal(b1, b2) {
+		t.Fatalf("round trip\n%s\n%s", b1, b2)
+	}
 }
