@@ -109,9 +109,14 @@ func VerifyChain(what string, chain []*x509.Certificate, o *Options) error {
 	if len(chain) == 0 {
 		return fmt.Errorf("%s: empty certificate chain: %w", what, attest.ErrChain)
 	}
-	names := []string{what, what + " issuer CA", what + " root CA"}
 	for i, c := range chain {
-		n := names[min(i, 2)]
+		n := what
+		switch {
+		case i > 0 && bytes.Equal(c.RawIssuer, c.RawSubject):
+			n = what + " root CA"
+		case i > 0:
+			n = what + " issuer CA"
+		}
 		if err := CheckCertTime(n, c, o.Now); err != nil {
 			return err
 		}
@@ -119,9 +124,6 @@ func VerifyChain(what string, chain []*x509.Certificate, o *Options) error {
 	roots := x509.NewCertPool()
 	for _, r := range o.roots() {
 		roots.AddCert(r)
-		if err := CheckCertTime("trusted root CA", r, o.Now); err != nil {
-			return err
-		}
 	}
 	key := chainKey(chain, o.roots())
 	if _, ok := chainsVerified.get(key); ok {
@@ -208,7 +210,7 @@ func (s *signedItem) verify(what string, chain []*x509.Certificate, rootCRL *x50
 		return fmt.Errorf("verifying %s: %w", what, err)
 	}
 	if rootCRL != nil {
-		if err := CheckRevoked(what+" signing certificate", chain[0], rootCRL, o); err != nil {
+		if err := CheckRevoked(what+" signing certificate", chain[0], rootCRL, o, chain[len(chain)-1]); err != nil {
 			return fmt.Errorf("verifying %s: %w", what, err)
 		}
 	}
@@ -251,8 +253,12 @@ func CheckRevoked(what string, cert *x509.Certificate, crl *x509.RevocationList,
 	if o.Now.Before(crl.ThisUpdate) {
 		return &ValidityError{What: "CRL of " + crl.Issuer.CommonName, Now: o.Now, Start: crl.ThisUpdate, End: crl.NextUpdate, base: attest.ErrCollateral}
 	}
-	if !crl.NextUpdate.IsZero() && o.Now.After(crl.NextUpdate) && o.Window == 0 {
-		return &ValidityError{What: "CRL of " + crl.Issuer.CommonName, Now: o.Now, Start: crl.ThisUpdate, End: crl.NextUpdate, Expired: true, base: attest.ErrCollateral}
+	end := crl.NextUpdate
+	if o.Window > 0 {
+		end = crl.ThisUpdate.Add(o.Window)
+	}
+	if !end.IsZero() && o.Now.After(end) {
+		return &ValidityError{What: "CRL of " + crl.Issuer.CommonName, Now: o.Now, Start: crl.ThisUpdate, End: end, Expired: true, base: attest.ErrCollateral}
 	}
 	for _, e := range crl.RevokedCertificateEntries {
 		if e.SerialNumber.Cmp(cert.SerialNumber) == 0 {
