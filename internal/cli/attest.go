@@ -190,6 +190,7 @@ func newAttestQuoteCmd(env *Env) *cobra.Command {
 // verifyFlags are shared by verify and verify-cert.
 type verifyFlags struct {
 	collateral, pccs, at, policy, certs string
+	simCA                               string
 	window                              time.Duration
 	asJSON, noCRL                       bool
 }
@@ -201,6 +202,7 @@ func (f *verifyFlags) add(c *cobra.Command) {
 	c.Flags().StringVar(&f.at, "at", "", "verify at this time (RFC 3339) instead of now")
 	c.Flags().DurationVar(&f.window, "collateral-window", 0, "accept TCB info and QE identity for this long after their issue date (default: until their nextUpdate)")
 	c.Flags().StringVar(&f.policy, "policy", "", "policy JSON file (default: hardware TEE, no debug, TCB UpToDate or SWHardeningNeeded, no sim)")
+	c.Flags().StringVar(&f.simCA, "sim-ca", "", "trust this sim root CA (PEM) instead of the local one made by 'veil sim init'")
 	c.Flags().StringVar(&f.certs, "certs", "", "SEV-SNP: certificate table or VCEK (DER) file")
 	c.Flags().BoolVar(&f.asJSON, "json", false, "print claims and verdict as JSON")
 }
@@ -250,7 +252,17 @@ func (f *verifyFlags) setup(ctx context.Context, raw []byte) (attest.Verifier, *
 			return nil, nil, now, nil, err
 		}
 	}
-	if dir, err := sim.DefaultDir(); err == nil {
+	if f.simCA != "" {
+		b, err := readBounded(f.simCA)
+		if err != nil {
+			return nil, nil, now, nil, err
+		}
+		ca, err := ratls.ParsePEM(b)
+		if err != nil {
+			return nil, nil, now, nil, fmt.Errorf("--sim-ca %s: %w", f.simCA, err)
+		}
+		o.SimRoots = []*x509.Certificate{ca}
+	} else if dir, err := sim.DefaultDir(); err == nil {
 		if ca, err := sim.LoadCA(dir); err == nil {
 			o.SimRoots = []*x509.Certificate{ca}
 		}

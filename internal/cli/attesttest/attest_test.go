@@ -124,6 +124,18 @@ func TestSimQuoteVerify(t *testing.T) {
 	if r.code == 0 || !strings.Contains(r.stderr, `"allow_sims"`) {
 		t.Fatalf("bad policy: %+v", r)
 	}
+	// Another machine verifies with the platform's CA given explicitly; a
+	// different CA is refused.
+	other := t.TempDir()
+	r = run(t, other, "attest", "verify", q, "--sim-ca", filepath.Join(home, "sim", "ca.pem"), "--policy", write(t, "p.json", `{"allow_sim": true}`))
+	if r.code != 0 {
+		t.Fatalf("--sim-ca: %+v", r)
+	}
+	run(t, other, "sim", "init")
+	r = run(t, other, "attest", "verify", q, "--policy", write(t, "p.json", `{"allow_sim": true}`))
+	if r.code != exitDenied || !strings.Contains(r.stderr, "certificate") {
+		t.Fatalf("foreign sim platform: %+v", r)
+	}
 	// Tampered evidence.
 	b, _ := os.ReadFile(q)
 	b[20] ^= 1
