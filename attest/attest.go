@@ -17,7 +17,7 @@
 // the report data (see Context.ReportData and the ratls package); sim
 // evidence, which anyone who can read the sim platform key can forge.
 //
-// Backends live in sub-packages (sim, sgx, tdx, snp); package dispatch
+// Backends live in sub-packages (sim, sgx, tdx, snp); package verifier
 // combines them into one Verifier configured with trust roots.
 package attest
 
