@@ -118,6 +118,10 @@ func (r *Reader) loadTree(root []byte) error {
 		return fmt.Errorf("reading hash tree: %w", err)
 	}
 	sizes := levelSizes(r.info.DataBlocks)
+	if len(sizes) == 0 { // one data block: its hash is the root hash
+		r.leaves = root
+		return nil
+	}
 	// Check from the top: the single top block against the root hash, then
 	// every block of each level against the hashes in the level above.
 	top := len(sizes) - 1

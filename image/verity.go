@@ -30,9 +30,14 @@ type verityParams struct {
 
 // levels returns the number of hash blocks on each tree level, from the
 // level just above the data (index 0) to the top (one block).
+// As in veritysetup, a single data block needs no hash block: its hash is
+// the root hash.
 func levelSizes(dataBlocks uint64) []uint64 {
 	var sizes []uint64
 	n := dataBlocks
+	if n <= 1 {
+		return nil
+	}
 	for {
 		n = (n + hashesPerBlock - 1) / hashesPerBlock
 		sizes = append(sizes, n)
