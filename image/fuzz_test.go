@@ -9,7 +9,7 @@ import (
 // back to identical bytes.
 func FuzzParseRecord(f *testing.F) {
 	rec := &Record{Format: RecordFormat, Runtime: RuntimeIdentity, Measurement: pin1,
-		Image: ImageInfo{File: ImageFile, DataBlocks: 10, HashOffset: 40960, Size: 40960 + 2*BlockSize, BlockSize: BlockSize, Hash: "sha256", Salt: pin1, RootHash: pin2},
+		Image:  ImageInfo{File: ImageFile, DataBlocks: 10, HashOffset: 40960, Size: 40960 + 2*BlockSize, BlockSize: BlockSize, Hash: "sha256", Salt: pin1, RootHash: pin2},
 		Signer: SignerInfo{Algorithm: "ed25519", PublicKey: "AA=="}, Signature: "AA=="}
 	seed, _ := rec.Marshal()
 	f.Add(seed)
