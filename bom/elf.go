@@ -4,10 +4,18 @@ import (
 	"debug/elf"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"strings"
 )
+
+// mayBeELF limits the files opened to look for the ELF magic: the loader
+// only maps executables and shared objects, which have an execute bit or
+// ".so" in their name (Python extension modules are "*.so").
+func mayBeELF(host string, mode fs.FileMode) bool {
+	return mode&0o111 != 0 || strings.Contains(path.Base(host), ".so")
+}
 
 func (p *planner) queueIfELF(host, origin string) {
 	if p.elfSeen[host] {
@@ -113,19 +121,28 @@ func (p *planner) cacheEntries() []LDCacheEntry {
 	return p.ldcache
 }
 
+type elfKind struct {
+	ok      bool
+	class   elf.Class
+	machine elf.Machine
+}
+
 // matches reports whether host is an ELF object for class and machine.
-func matches(host string, class elf.Class, machine elf.Machine) bool {
-	f, err := elf.Open(host)
-	if err != nil {
-		return false
+func (p *planner) matches(host string, class elf.Class, machine elf.Machine) bool {
+	k, seen := p.elfKinds[host]
+	if !seen {
+		if f, err := elf.Open(host); err == nil {
+			k = elfKind{ok: true, class: f.Class, machine: f.Machine}
+			f.Close()
+		}
+		p.elfKinds[host] = k
 	}
-	defer f.Close()
-	return f.Class == class && f.Machine == machine
+	return k.ok && k.class == class && k.machine == machine
 }
 
 func (p *planner) findLib(name string, d *elfDeps) (string, bool) {
 	if strings.Contains(name, "/") {
-		return name, matches(name, d.class, d.machine)
+		return name, p.matches(name, d.class, d.machine)
 	}
 	var cands []string
 	if len(d.runpath) == 0 {
@@ -145,7 +162,7 @@ func (p *planner) findLib(name string, d *elfDeps) (string, bool) {
 		cands = append(cands, path.Join(dir, name))
 	}
 	for _, c := range cands {
-		if matches(c, d.class, d.machine) {
+		if p.matches(c, d.class, d.machine) {
 			return c, true
 		}
 	}

@@ -55,6 +55,7 @@ type planner struct {
 	ldLoaded bool
 	elfSeen  map[string]bool
 	elfQueue []elfJob
+	elfKinds map[string]elfKind
 	resolve  bool
 	included map[string]bool
 }
@@ -67,7 +68,7 @@ func Plan(imageDir string, b config.BOM, opts Options) ([]Entry, error) {
 	if opts.LDCache == "" {
 		opts.LDCache = "/etc/ld.so.cache"
 	}
-	p := &planner{opts: opts, entries: map[string]*Entry{}, elfSeen: map[string]bool{}, resolve: b.ResolveELFEnabled(), included: map[string]bool{}}
+	p := &planner{opts: opts, entries: map[string]*Entry{}, elfSeen: map[string]bool{}, elfKinds: map[string]elfKind{}, resolve: b.ResolveELFEnabled(), included: map[string]bool{}}
 	p.entries["/"] = &Entry{Path: "/", Kind: Dir, Mode: 0o755, Origin: "image/"}
 	if err := p.walkImage(imageDir); err != nil {
 		return nil, err
@@ -141,7 +142,7 @@ func (p *planner) addHost(host, ip, origin string, fromBOM bool) error {
 		if err := p.add(e); err != nil {
 			return err
 		}
-		if fromBOM && p.resolve {
+		if fromBOM && p.resolve && mayBeELF(host, fi.Mode()) {
 			p.queueIfELF(host, origin)
 		}
 		return nil

@@ -113,6 +113,10 @@ func Build(ctx context.Context, dir string, opts Options) (*LoadedBuild, *Stats,
 	if err != nil {
 		return nil, nil, fmt.Errorf("creating the build directory: %w", err)
 	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		os.RemoveAll(tmp)
+		return nil, nil, err
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -277,6 +281,10 @@ func buildImage(ctx context.Context, tmp string, entries []bom.Entry, sqArgs []s
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, "", err
+	}
+	if f, ok := stdin.(*os.File); ok {
+		// A larger pipe means fewer context switches; best effort.
+		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, 1<<20)
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, "", fmt.Errorf("%w: starting: %v", ErrMksquashfs, err)

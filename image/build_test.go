@@ -487,3 +487,46 @@ func TestEmptyImage(t *testing.T) {
 		t.Fatalf("corrupted single block: %v", err)
 	}
 }
+
+// TestDiskFull builds on a small tmpfs: a build that does not fit fails
+// with one clear error, leaves no temporary directory and keeps the
+// previous build. It needs permission to mount (root).
+func TestDiskFull(t *testing.T) {
+	needTool(t, "mksquashfs")
+	mnt := t.TempDir()
+	if err := exec.Command("mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", mnt).Run(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	dir := filepath.Join(mnt, "app")
+	newInstance(t, dir, "", map[string]string{"app/job.py": "print(1)\n"})
+	b, _ := build(t, dir, nil)
+	rec, _ := os.ReadFile(filepath.Join(dir, "build", RecordFile))
+	// Incompressible content larger than the space left.
+	big := filepath.Join(t.TempDir(), "big")
+	os.WriteFile(big, []byte(noise(4<<20)), 0o644)
+	newInstance(t, dir, `, "bom": {"copy": [{"from": "`+big+`", "to": "/app/big"}]}`, nil)
+	_, _, err := Build(context.Background(), dir, Options{SignKey: signKey(t), Compression: CompressNone})
+	if err == nil {
+		t.Fatal("build on a full disk succeeded")
+	}
+	t.Logf("disk full error: %v", err)
+	if now, _ := os.ReadFile(filepath.Join(dir, "build", RecordFile)); !bytes.Equal(now, rec) {
+		t.Fatal("previous build record changed")
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".build") {
+			t.Errorf("leftover %s", e.Name())
+		}
+	}
+	newInstance(t, dir, "", nil)
+	r, err := b.Open(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Verify(context.Background(), nil); err != nil {
+		t.Fatalf("previous image damaged: %v", err)
+	}
+}
