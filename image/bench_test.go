@@ -15,6 +15,15 @@ import (
 // pandasInstance makes an instance whose BOM is Debian's python3 with
 // numpy and pandas; it skips when they are not installed.
 func pandasInstance(b *testing.B) (string, []bom.Entry, int64) {
+	dir, ents := pandasDir(b)
+	var n int64
+	for _, e := range ents {
+		n += e.Size
+	}
+	return dir, ents, n
+}
+
+func pandasDir(b testing.TB) (string, []bom.Entry) {
 	if _, err := os.Stat("/usr/lib/python3/dist-packages/pandas"); err != nil {
 		b.Skip("python3-pandas not installed")
 	}
@@ -30,11 +39,7 @@ func pandasInstance(b *testing.B) (string, []bom.Entry, int64) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var n int64
-	for _, e := range ents {
-		n += e.Size
-	}
-	return dir, ents, n
+	return dir, ents
 }
 
 func benchBuild(b *testing.B, opts Options) {

@@ -265,7 +265,10 @@ func buildImage(ctx context.Context, tmp string, entries []bom.Entry, sqArgs []s
 		mksq = p
 	}
 	out := filepath.Join(tmp, ImageFile)
-	total := st.ContentBytes * 2
+	total := st.ContentBytes * 2 // content, then the image (about as large uncompressed)
+	if opts.Compression == CompressZstd {
+		total = st.ContentBytes + st.ContentBytes/3
+	}
 	var done int64
 	progress := func(n int64) {
 		done += n

@@ -119,6 +119,7 @@ func newBuildCmd(env *Env) *cobra.Command {
 				if bar == nil {
 					bar = newProgress(env, "building", total)
 				}
+				bar.total = total // the image size is known once mksquashfs is done
 				bar.Add(done - last)
 				last = done
 			}
