@@ -101,3 +101,15 @@ func BenchmarkSHA256Pandas(b *testing.B) {
 		h.Sum(nil)
 	}
 }
+
+// BenchmarkPlanPandas is the planning step alone (walks, ELF resolution).
+func BenchmarkPlanPandas(b *testing.B) {
+	dir, _, n := pandasInstance(b)
+	cfg, _ := config.Load(filepath.Join(dir, config.FileName))
+	b.SetBytes(n)
+	for i := 0; i < b.N; i++ {
+		if _, err := bom.Plan(filepath.Join(dir, "image"), cfg.BOM, bom.Options{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
