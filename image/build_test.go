@@ -530,3 +530,43 @@ func TestDiskFull(t *testing.T) {
 		t.Fatalf("previous image damaged: %v", err)
 	}
 }
+
+// TestLocateNamesFile corrupts a block inside a known file and checks that
+// Locate names that file.
+func TestLocateNamesFile(t *testing.T) {
+	needTool(t, "mksquashfs")
+	dir := t.TempDir()
+	files := map[string]string{"app/job.py": "print(1)\n", "app/big.bin": noise(300 << 10)}
+	newInstance(t, dir, "", files)
+	b, _ := buildWith(t, dir, Options{SignKey: signKey(t), Compression: CompressNone})
+	img, _ := os.ReadFile(b.ImagePath)
+	off := bytes.Index(img, []byte(files["app/big.bin"][:64]))
+	if off < 0 {
+		t.Fatal("big.bin not found in the uncompressed image")
+	}
+	// A block in big.bin's first full squashfs data block (not a fragment).
+	off += 5 * BlockSize
+	corrupt(t, b.ImagePath, int64(off))
+	r, err := b.Open(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var be *BlockError
+	if err := r.Verify(context.Background(), nil); !errors.As(err, &be) {
+		t.Fatalf("verify: %v", err)
+	}
+	if got := r.Locate(be.Block); got != "/app/big.bin" {
+		t.Fatalf("Locate(%d) = %q", be.Block, got)
+	}
+	// The superblock of the file system itself.
+	restore, _ := os.ReadFile(b.ImagePath)
+	restore[off] ^= 0x40
+	os.WriteFile(b.ImagePath, restore, 0o644)
+	corrupt(t, b.ImagePath, 3)
+	r2, _ := b.Open(nil)
+	defer r2.Close()
+	if got := r2.Locate(0); !strings.HasPrefix(got, "squashfs metadata") {
+		t.Fatalf("Locate(0) = %q", got)
+	}
+}

@@ -7,8 +7,6 @@ import (
 	"os"
 	"testing"
 
-	"github.com/diskfs/go-diskfs/backend/file"
-	"github.com/diskfs/go-diskfs/filesystem/squashfs"
 	"github.com/veil-tee/veil/bom"
 )
 
@@ -31,7 +29,7 @@ func TestPandasImageReadsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	sq, err := squashfs.Read(file.New(squashFile{io.NewSectionReader(r, 0, r.Size()), r.Size()}, true), r.Size(), 0, 0)
+	sq, err := r.SquashFS()
 	if err != nil {
 		t.Fatal(err)
 	}

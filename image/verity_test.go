@@ -7,16 +7,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"testing"
-	"time"
-
-	"github.com/diskfs/go-diskfs/backend/file"
-	"github.com/diskfs/go-diskfs/filesystem/squashfs"
 )
 
 // TestTreeMatchesVeritysetup formats random data with veritysetup and
@@ -85,24 +80,6 @@ func TestVeritysetupVerifiesImage(t *testing.T) {
 	}
 }
 
-// squashFile adapts a Reader to the file interface go-diskfs reads from.
-type squashFile struct {
-	*io.SectionReader
-	size int64
-}
-
-func (s squashFile) Stat() (fs.FileInfo, error) { return fakeInfo(s.size), nil }
-func (s squashFile) Close() error               { return nil }
-
-type fakeInfo int64
-
-func (f fakeInfo) Name() string       { return ImageFile }
-func (f fakeInfo) Size() int64        { return int64(f) }
-func (f fakeInfo) Mode() fs.FileMode  { return 0o444 }
-func (f fakeInfo) ModTime() time.Time { return time.Time{} }
-func (f fakeInfo) IsDir() bool        { return false }
-func (f fakeInfo) Sys() any           { return nil }
-
 // TestGoSquashfsReadsThroughReader reads files of a built (encrypted) image
 // with the go-diskfs squashfs reader over our verifying, decrypting Reader:
 // the path a FUSE mount takes.
@@ -118,8 +95,7 @@ func TestGoSquashfsReadsThroughReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	sf := squashFile{io.NewSectionReader(r, 0, r.Size()), r.Size()}
-	sq, err := squashfs.Read(file.New(sf, true), r.Size(), 0, 0)
+	sq, err := r.SquashFS()
 	if err != nil {
 		t.Fatalf("go-diskfs cannot read the image: %v", err)
 	}

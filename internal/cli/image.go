@@ -203,9 +203,9 @@ func loadHint(err error) error {
 }
 
 func newVerifyCmd(env *Env) *cobra.Command {
-	var dir string
+	var dir, imageKey string
 	c := &cobra.Command{
-		Use:   "verify [-C DIR]",
+		Use:   "verify [-C DIR] [--image-key FILE]",
 		Short: "Check the build's signature, that veil.json still matches it, and every image block against the hash tree",
 		Args:  exactArgs(0),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -213,7 +213,14 @@ func newVerifyCmd(env *Env) *cobra.Command {
 			if err != nil {
 				return loadHint(err)
 			}
-			r, err := b.Open(nil)
+			var key []byte
+			if imageKey != "" {
+				if key, err = image.LoadImageKey(imageKey); err != nil {
+					return err
+				}
+				defer clear(key)
+			}
+			r, err := b.Open(key)
 			if err != nil {
 				return fmt.Errorf("verifying %s: %w", b.ImagePath, err)
 			}
@@ -221,6 +228,16 @@ func newVerifyCmd(env *Env) *cobra.Command {
 			bar := newProgress(env, "verifying", r.Size())
 			err = r.Verify(c.Context(), bar.Add)
 			bar.Done()
+			var be *image.BlockError
+			if errors.As(err, &be) && be.Area == "data" {
+				// Name the file too, when the file system can be read.
+				if where := r.Locate(be.Block); where != "" {
+					return fmt.Errorf("verifying %s: %w (in %s)", b.ImagePath, err, where)
+				}
+				if b.Encrypted() && key == nil {
+					return withHint(fmt.Errorf("verifying %s: %w", b.ImagePath, err), "give --image-key to name the file the block belongs to")
+				}
+			}
 			if err != nil {
 				return fmt.Errorf("verifying %s: %w", b.ImagePath, err)
 			}
@@ -230,6 +247,7 @@ func newVerifyCmd(env *Env) *cobra.Command {
 		},
 	}
 	addDirFlag(c, &dir)
+	c.Flags().StringVar(&imageKey, "image-key", "", "image key of an encrypted image (only used to name the file holding a bad block)")
 	return c
 }
 

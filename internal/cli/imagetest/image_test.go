@@ -148,7 +148,7 @@ func TestAcceptance(t *testing.T) {
 	fh.WriteAt(buf, 3*4096+17)
 	fh.Close()
 	r = run(t, home, "verify", "-C", a)
-	if r.code != 3 || !strings.Contains(r.stderr, "image block 3 ") {
+	if r.code != 3 || !strings.Contains(r.stderr, "image block 3 ") || !strings.Contains(r.stderr, "(in /usr/") {
 		t.Fatalf("verify of a corrupted image: %+v", r)
 	}
 
