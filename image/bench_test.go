@@ -113,3 +113,38 @@ func BenchmarkPlanPandas(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReaderReadAt reads the pandas image through the verifying (and
+// decrypting) Reader in 128 KiB requests, as a FUSE mount would.
+func BenchmarkReaderReadAt(b *testing.B) {
+	for _, enc := range []bool{false, true} {
+		name := "plain"
+		var key []byte
+		if enc {
+			name, key = "encrypted", make([]byte, 32)
+		}
+		b.Run(name, func(b *testing.B) {
+			dir, _, _ := pandasInstance(b)
+			k, _ := GenerateSignKey()
+			lb, _, err := Build(context.Background(), dir, Options{SignKey: k, ImageKey: key})
+			if err != nil {
+				b.Fatal(err)
+			}
+			r, err := lb.Open(key)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer r.Close()
+			buf := make([]byte, 128<<10)
+			b.SetBytes(r.Size())
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				for off := int64(0); off < r.Size(); off += int64(len(buf)) {
+					if _, err := r.ReadAt(buf, off); err != nil && err != io.EOF {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	}
+}

@@ -570,3 +570,43 @@ func TestLocateNamesFile(t *testing.T) {
 		t.Fatalf("Locate(0) = %q", got)
 	}
 }
+
+// TestReaderConcurrent reads one image from several goroutines (run with
+// -race) and compares with a sequential read.
+func TestReaderConcurrent(t *testing.T) {
+	needTool(t, "mksquashfs")
+	key := make([]byte, 32)
+	rand.Read(key)
+	dir := t.TempDir()
+	newInstance(t, dir, "", testFiles)
+	b, _ := build(t, dir, key)
+	r, err := b.Open(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	want := readAll(t, r)
+	errs := make(chan error, 4)
+	for g := 0; g < 4; g++ {
+		go func(g int) {
+			buf := make([]byte, 1000+g*777)
+			for off := int64(g * 13); off < r.Size(); off += int64(len(buf)) {
+				n, err := r.ReadAt(buf, off)
+				if err != nil && err != io.EOF {
+					errs <- err
+					return
+				}
+				if !bytes.Equal(buf[:n], want[off:off+int64(n)]) {
+					errs <- errors.New("concurrent read differs")
+					return
+				}
+			}
+			errs <- nil
+		}(g)
+	}
+	for g := 0; g < 4; g++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

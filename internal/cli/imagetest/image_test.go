@@ -138,6 +138,24 @@ func TestAcceptance(t *testing.T) {
 	if r := mustRun(t, home, "verify", "-C", a); !strings.HasPrefix(r.stdout, "ok:") {
 		t.Fatalf("verify: %+v", r)
 	}
+	// An outside tool accepts the image: veritysetup verify.
+	if _, err := exec.LookPath("veritysetup"); err == nil {
+		var rec struct {
+			Image struct {
+				RootHash   string `json:"root_hash"`
+				HashOffset int64  `json:"hash_offset"`
+			} `json:"image"`
+		}
+		data, _ := os.ReadFile(filepath.Join(a, "build", "build.json"))
+		if err := json.Unmarshal(data, &rec); err != nil {
+			t.Fatal(err)
+		}
+		img := filepath.Join(a, "build", "rootfs.img")
+		out, err := exec.Command("veritysetup", "verify", img, img, rec.Image.RootHash, "--hash-offset", fmt.Sprint(rec.Image.HashOffset)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("veritysetup verify: %v: %s", err, out)
+		}
+	}
 
 	// Corrupt one byte: verify fails with the integrity code, naming the block.
 	img := filepath.Join(a, "build", "rootfs.img")
