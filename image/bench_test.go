@@ -50,9 +50,13 @@ func benchBuild(b *testing.B, opts Options) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		os.RemoveAll(filepath.Join(dir, "build")) // no cache: a full build
-		if _, _, err := Build(context.Background(), dir, opts); err != nil {
+		_, st, err := Build(context.Background(), dir, opts)
+		if err != nil {
 			b.Fatal(err)
 		}
+		b.ReportMetric(st.PlanTime.Seconds(), "plan-s")
+		b.ReportMetric(st.PackTime.Seconds(), "pack-s")
+		b.ReportMetric(st.TreeTime.Seconds(), "tree-s")
 	}
 }
 

@@ -57,6 +57,9 @@ type Stats struct {
 	ContentBytes int64 // bytes of regular files
 	ImageBytes   int64 // size of the image file
 	Duration     time.Duration
+	// Phases of a full build: planning, packing (streaming the inputs
+	// through mksquashfs) and the hash tree (with encryption).
+	PlanTime, PackTime, TreeTime time.Duration
 }
 
 func mksquashfsArgs(compression string) ([]string, error) {
@@ -100,7 +103,7 @@ func Build(ctx context.Context, dir string, opts Options) (*LoadedBuild, *Stats,
 	if err != nil {
 		return nil, nil, fmt.Errorf("planning the image: %w", err)
 	}
-	st := &Stats{}
+	st := &Stats{PlanTime: time.Since(start)}
 	for _, e := range entries {
 		if e.Kind == bom.File {
 			st.Files++
@@ -277,6 +280,7 @@ func buildImage(ctx context.Context, tmp string, entries []bom.Entry, sqArgs []s
 		}
 	}
 
+	packStart := time.Now()
 	cmd := exec.CommandContext(ctx, mksq, append([]string{"-", out}, sqArgs...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -306,6 +310,9 @@ func buildImage(ctx context.Context, tmp string, entries []bom.Entry, sqArgs []s
 		return nil, "", fmt.Errorf("%w: %v: %s", ErrMksquashfs, err, lastLine(stderr.String()))
 	}
 
+	st.PackTime = time.Since(packStart)
+	treeStart := time.Now()
+	defer func() { st.TreeTime = time.Since(treeStart) }()
 	f, err := os.OpenFile(out, os.O_RDWR, 0)
 	if err != nil {
 		return nil, "", err
