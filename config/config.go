@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"strings"
 )
 
@@ -184,6 +185,9 @@ func Load(path string) (*Config, error) {
 // Parse decodes data strictly (unknown fields, trailing data and type
 // mismatches are errors naming the field), applies defaults and validates.
 func Parse(data []byte) (*Config, error) {
+	if err := checkUnknown(data, reflect.TypeOf(Config{})); err != nil {
+		return nil, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var c Config

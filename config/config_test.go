@@ -26,7 +26,8 @@ const kmsOK = `"kms": [{"name": "main", "address": "k:1", "pin_sha256": "` + "aa
 func TestParseErrorsNameField(t *testing.T) {
 	cases := map[string]struct{ json, field string }{
 		"unknown top":      {`{"entrypoints": ["/"], "bogus": 1}`, "bogus"},
-		"unknown nested":   {`{"entrypoints": ["/"], "metadata": {"svm": 1}}`, "svm"},
+		"unknown nested":   {`{"entrypoints": ["/"], "metadata": {"svm": 1}}`, "metadata.svm"},
+		"unknown in array": {`{"entrypoints": ["/"], "mounts": [{"target": "/t", "type": "tmpfs", "sorce": "/x"}]}`, "mounts[0].sorce"},
 		"type":             {`{"entrypoints": ["/"], "args": {"passthrough": "yes"}}`, "args.passthrough"},
 		"svn range":        {`{"entrypoints": ["/"], "metadata": {"svn": 70000}}`, "metadata.svn"},
 		"no entrypoints":   {`{}`, "entrypoints"},

@@ -100,6 +100,11 @@ func newBuildCmd(env *Env) *cobra.Command {
 		Short: "Pack image/ and the BOM into a signed, hash-tree protected (optionally encrypted) image in DIR/build",
 		Args:  exactArgs(0),
 		RunE: func(c *cobra.Command, args []string) error {
+			// Check veil.json first: a bad configuration should not create
+			// a development key.
+			if _, err := config.Load(filepath.Join(dir, config.FileName)); err != nil {
+				return buildHint(err)
+			}
 			k, err := loadSignKey(env, signKey)
 			if err != nil {
 				return err
