@@ -285,3 +285,23 @@ func FuzzParseSnippet(f *testing.F) {
 		ParseSnippet(data)
 	})
 }
+
+// TestOriginIsPathFound: Debian's openblas libblas.so.3 has RUNPATH
+// $ORIGIN and is reached through /usr/lib/x86_64-linux-gnu/libblas.so.3 ->
+// /etc/alternatives -> openblas-pthread/. The loader expands $ORIGIN to the
+// directory it found the library in (symlinks unresolved), so its
+// libopenblas.so.0 must be planned in /usr/lib/x86_64-linux-gnu too.
+func TestOriginIsPathFound(t *testing.T) {
+	const blas = "/usr/lib/x86_64-linux-gnu/libblas.so.3"
+	real, err := filepath.EvalSymlinks(blas)
+	if err != nil || !strings.Contains(real, "openblas") {
+		t.Skip("Debian openblas not installed")
+	}
+	ents, err := Plan(filepath.Join(t.TempDir(), "image"), config.BOM{Copy: []config.Copy{{From: blas}}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if find(ents, "/usr/lib/x86_64-linux-gnu/libopenblas.so.0") == nil {
+		t.Fatal("libopenblas.so.0 not planned where $ORIGIN points")
+	}
+}

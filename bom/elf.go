@@ -140,9 +140,12 @@ func (p *planner) matches(host string, class elf.Class, machine elf.Machine) boo
 	return k.ok && k.class == class && k.machine == machine
 }
 
-func (p *planner) findLib(name string, d *elfDeps) (string, bool) {
+// findLib finds a DT_NEEDED library the way the loader does. viaCache
+// reports a library found only through ld.so.cache in a directory the
+// loader does not search by default.
+func (p *planner) findLib(name string, d *elfDeps) (lib string, viaCache, ok bool) {
 	if strings.Contains(name, "/") {
-		return name, p.matches(name, d.class, d.machine)
+		return name, false, p.matches(name, d.class, d.machine)
 	}
 	var cands []string
 	if len(d.runpath) == 0 {
@@ -153,20 +156,27 @@ func (p *planner) findLib(name string, d *elfDeps) (string, bool) {
 	for _, dir := range d.runpath {
 		cands = append(cands, path.Join(dir, name))
 	}
+	nSearch := len(cands)
 	for _, e := range p.cacheEntries() {
 		if e.Name == name {
 			cands = append(cands, e.Path)
 		}
 	}
-	for _, dir := range defaultLibDirs(d.class, d.machine) {
+	nCache := len(cands)
+	defaults := defaultLibDirs(d.class, d.machine)
+	for _, dir := range defaults {
 		cands = append(cands, path.Join(dir, name))
 	}
-	for _, c := range cands {
+	for i, c := range cands {
 		if p.matches(c, d.class, d.machine) {
-			return c, true
+			inDefault := false
+			for _, dir := range defaults {
+				inDefault = inDefault || path.Dir(c) == dir
+			}
+			return c, i >= nSearch && i < nCache && !inDefault, true
 		}
 	}
-	return "", false
+	return "", false, false
 }
 
 func (p *planner) resolveELF(j elfJob) error {
@@ -180,15 +190,17 @@ func (p *planner) resolveELF(j elfJob) error {
 		}
 	}
 	for _, name := range d.needed {
-		lib, ok := p.findLib(name, d)
+		lib, viaCache, ok := p.findLib(name, d)
 		if !ok {
 			return fmt.Errorf("%s (needed by %s, %s): %w in its RPATH/RUNPATH, ld.so.cache or the default directories", name, j.host, j.origin, ErrUnresolved)
 		}
-		real, _, err := p.addHostPath(lib, "ELF dependency of "+j.host)
-		if err != nil {
+		p.needCache = p.needCache || viaCache
+		if _, _, err := p.addHostPath(lib, "ELF dependency of "+j.host); err != nil {
 			return err
 		}
-		p.queueIfELF(real, "ELF dependency of "+j.host)
+		// The loader sets $ORIGIN from the path it found the library
+		// by, symbolic links unresolved: keep that path.
+		p.queueIfELF(lib, "ELF dependency of "+j.host)
 	}
 	return nil
 }

@@ -49,18 +49,21 @@ type Options struct {
 }
 
 type planner struct {
-	opts     Options
-	entries  map[string]*Entry
-	ldcache  []LDCacheEntry
-	ldLoaded bool
-	elfSeen  map[string]bool
-	elfQueue []elfJob
-	elfKinds map[string]elfKind
-	resolve  bool
-	included map[string]bool
+	opts      Options
+	entries   map[string]*Entry
+	ldcache   []LDCacheEntry
+	ldLoaded  bool
+	elfSeen   map[string]bool
+	elfQueue  []elfJob
+	elfKinds  map[string]elfKind
+	needCache bool // a library is only found through ld.so.cache
+	resolve   bool
+	included  map[string]bool
 }
 
 type elfJob struct{ host, origin string }
+
+const ldCachePath = "/etc/ld.so.cache"
 
 // Plan returns the entries of the image, sorted by path, with "/" first.
 // imageDir may not exist (an empty image/).
@@ -80,6 +83,12 @@ func Plan(imageDir string, b config.BOM, opts Options) ([]Entry, error) {
 		j := p.elfQueue[0]
 		p.elfQueue = p.elfQueue[1:]
 		if err := p.resolveELF(j); err != nil {
+			return nil, err
+		}
+	}
+	if _, ok := p.entries[ldCachePath]; p.needCache && !ok {
+		// Without the cache the loader would not find those libraries.
+		if err := p.addHost(opts.LDCache, ldCachePath, "loader cache (libraries outside the default directories)", false); err != nil {
 			return nil, err
 		}
 	}
@@ -348,6 +357,11 @@ func (p *planner) applyCopy(c config.Copy, origin string, excl []string) error {
 		}
 		if c.SHA256 != "" {
 			p.entries[real].SHA256 = c.SHA256
+		}
+		if from := strings.TrimSuffix(c.From, "/"); p.resolve && from != real {
+			// $ORIGIN is the real directory for a program but the
+			// directory it was found in for a library: resolve both.
+			p.queueIfELF(from, origin)
 		}
 		return nil
 	}
