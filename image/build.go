@@ -111,7 +111,8 @@ func Build(ctx context.Context, dir string, opts Options) (*LoadedBuild, *Stats,
 		}
 	}
 	buildDir := filepath.Join(dir, "build")
-	cache := loadCache(buildDir)
+	cachePath := filepath.Join(dir, cacheFile)
+	cache := loadCache(cachePath)
 	tmp, err := os.MkdirTemp(dir, ".build.tmp-")
 	if err != nil {
 		return nil, nil, fmt.Errorf("creating the build directory: %w", err)
@@ -136,7 +137,7 @@ func Build(ctx context.Context, dir string, opts Options) (*LoadedBuild, *Stats,
 	var info *ImageInfo
 	// Fast path: every input unchanged since the last build.
 	if digest, hit := cache.digest(entries, newCache); hit && cache.Settings == settings && digest == cache.Digest {
-		if prev, err := reusePrevious(buildDir, tmp, opts.ImageKey); err == nil {
+		if prev, err := reusePrevious(buildDir, tmp, opts.ImageKey, cache.RootHash); err == nil {
 			info = prev
 			st.Reused = true
 			newCache.Digest = digest
@@ -167,7 +168,6 @@ func Build(ctx context.Context, dir string, opts Options) (*LoadedBuild, *Stats,
 		Image:       *info,
 		Signer:      SignerInfo{Algorithm: "ed25519", PublicKey: base64.StdEncoding.EncodeToString(opts.SignKey.PublicKeyDER())},
 		Signature:   base64.StdEncoding.EncodeToString(opts.SignKey.Sign(meas, md.ProductID, md.SVN, md.Debuggable)),
-		Content:     ContentInfo{Files: int64(st.Files), Bytes: st.ContentBytes},
 	}
 	data, err := rec.Marshal()
 	if err != nil {
@@ -176,11 +176,6 @@ func Build(ctx context.Context, dir string, opts Options) (*LoadedBuild, *Stats,
 	if err := fsutil.WriteFile(filepath.Join(tmp, RecordFile), data, 0o644, false); err != nil {
 		return nil, nil, err
 	}
-	if cdata, err := newCache.marshal(); err == nil {
-		if err := fsutil.WriteFile(filepath.Join(tmp, cacheFile), cdata, 0o644, false); err != nil {
-			return nil, nil, err
-		}
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
@@ -188,6 +183,13 @@ func Build(ctx context.Context, dir string, opts Options) (*LoadedBuild, *Stats,
 		return nil, nil, fmt.Errorf("installing the build: %w", err)
 	}
 	ok = true
+	// The cache names every input file: it stays beside veil.json, out of
+	// build/, which may be shipped to the untrusted host. It is a speed-up
+	// only, so failing to write it is not an error.
+	newCache.RootHash = info.RootHash
+	if cdata, err := newCache.marshal(); err == nil {
+		fsutil.WriteFile(cachePath, cdata, 0o600, true)
+	}
 	st.Duration = time.Since(start)
 	b, err := LoadBuild(dir)
 	if err != nil {
@@ -226,7 +228,7 @@ func replaceDir(tmp, dst string) error {
 
 // reusePrevious verifies the previous image in full and hard-links (or
 // copies) it into tmp.
-func reusePrevious(buildDir, tmp string, key []byte) (*ImageInfo, error) {
+func reusePrevious(buildDir, tmp string, key []byte, rootHash string) (*ImageInfo, error) {
 	data, err := os.ReadFile(filepath.Join(buildDir, RecordFile))
 	if err != nil {
 		return nil, err
@@ -237,6 +239,9 @@ func reusePrevious(buildDir, tmp string, key []byte) (*ImageInfo, error) {
 	}
 	if (rec.Image.Encryption != nil) != (key != nil) {
 		return nil, errors.New("encryption differs")
+	}
+	if rec.Image.RootHash != rootHash {
+		return nil, errors.New("the cache describes another build")
 	}
 	src := filepath.Join(buildDir, ImageFile)
 	r, err := OpenFile(src, rec.Image, nil)

@@ -6,12 +6,12 @@ import (
 	"encoding/json"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/veil-tee/veil/bom"
 )
 
-const cacheFile = "cache.json"
+// cacheFile is the rebuild cache's name in the instance directory.
+const cacheFile = ".veil-build-cache.json"
 
 // buildCache remembers the SHA-256 of every input file by (path, size,
 // mtime, inode) and the content digest of the last build, so a rebuild of
@@ -20,6 +20,7 @@ const cacheFile = "cache.json"
 type buildCache struct {
 	Settings string                `json:"settings"`
 	Digest   string                `json:"digest"`
+	RootHash string                `json:"root_hash"` // of the build the cache describes
 	Files    map[string]cacheEntry `json:"files"`
 }
 
@@ -30,9 +31,9 @@ type cacheEntry struct {
 	SHA256  string `json:"sha256"`
 }
 
-func loadCache(buildDir string) *buildCache {
+func loadCache(path string) *buildCache {
 	c := &buildCache{Files: map[string]cacheEntry{}}
-	data, err := os.ReadFile(filepath.Join(buildDir, cacheFile))
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return c
 	}

@@ -35,16 +35,15 @@ var ErrBadRecord = errors.New("bad build record")
 
 // Record is DIR/build/build.json: what was built and who signed it.
 type Record struct {
-	Format      string      `json:"format"`
-	Runtime     string      `json:"runtime"`
-	Measurement string      `json:"measurement"`
-	ProductID   uint16      `json:"product_id"`
-	SVN         uint16      `json:"svn"`
-	Debuggable  bool        `json:"debuggable"`
-	Image       ImageInfo   `json:"image"`
-	Signer      SignerInfo  `json:"signer"`
-	Signature   string      `json:"signature"` // base64, see SignedMessage
-	Content     ContentInfo `json:"content"`
+	Format      string     `json:"format"`
+	Runtime     string     `json:"runtime"`
+	Measurement string     `json:"measurement"`
+	ProductID   uint16     `json:"product_id"`
+	SVN         uint16     `json:"svn"`
+	Debuggable  bool       `json:"debuggable"`
+	Image       ImageInfo  `json:"image"`
+	Signer      SignerInfo `json:"signer"`
+	Signature   string     `json:"signature"` // base64, see SignedMessage
 }
 
 // ImageInfo locates and describes the image file.
@@ -65,12 +64,6 @@ type EncryptionInfo struct {
 	Cipher  string `json:"cipher"`
 	KeySalt string `json:"key_salt"` // hex; per-image subkey derivation salt
 	KeyID   string `json:"key_id"`   // hex; identifies the image key without revealing it
-}
-
-// ContentInfo is unsigned bookkeeping used by rebuilds.
-type ContentInfo struct {
-	Files int64 `json:"files"`
-	Bytes int64 `json:"bytes"`
 }
 
 // SignerInfo is the signer's public key.
