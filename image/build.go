@@ -344,7 +344,14 @@ func buildImage(ctx context.Context, tmp string, entries []bom.Entry, sqArgs []s
 	var ks []byte
 	var bc *blockCipher
 	if opts.ImageKey != nil {
-		ks = keySalt(opts.ImageKey, digest[:])
+		// The subkey derives from the plaintext image itself, so two
+		// different images never share a keystream, even when the same
+		// inputs give different bytes (another mksquashfs version).
+		ph, err := hashFile(f, size)
+		if err != nil {
+			return nil, "", err
+		}
+		ks = keySalt(opts.ImageKey, ph)
 		bc, err = newBlockCipher(opts.ImageKey, ks)
 		if err != nil {
 			return nil, "", err
@@ -376,6 +383,15 @@ func buildImage(ctx context.Context, tmp string, entries []bom.Entry, sqArgs []s
 	info.Salt = hex.EncodeToString(salt)
 	info.RootHash = hex.EncodeToString(root[:])
 	return info, hex.EncodeToString(digest[:]), nil
+}
+
+// hashFile returns SHA-256 of the first size bytes of f.
+func hashFile(f *os.File, size int64) ([]byte, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, size)); err != nil {
+		return nil, fmt.Errorf("reading the image: %w", err)
+	}
+	return h.Sum(nil), nil
 }
 
 func encryptAndHash(f *os.File, dataBlocks uint64, salt []byte, bc *blockCipher, progress func(int64)) ([]byte, error) {

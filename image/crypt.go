@@ -42,11 +42,12 @@ func KeyID(key []byte) string {
 	return hex.EncodeToString(hmacSHA256(key, []byte(labelKeyID))[:16])
 }
 
-// keySalt derives the per-image salt from the key and the content digest:
-// the same content under the same key gives the same ciphertext (builds are
-// reproducible), different content never shares a subkey.
-func keySalt(key, contentDigest []byte) []byte {
-	return hmacSHA256(key, []byte(labelKeySalt), contentDigest)
+// keySalt derives the per-image salt from the key and the SHA-256 of the
+// plaintext image: the same image under the same key gives the same
+// ciphertext (builds are reproducible), two different images never share a
+// subkey, hence never a keystream.
+func keySalt(key, plainDigest []byte) []byte {
+	return hmacSHA256(key, []byte(labelKeySalt), plainDigest)
 }
 
 // blockCipher encrypts image blocks with AES-256-CTR under the per-image
