@@ -17,7 +17,7 @@ func TestGoldenBuilds(t *testing.T) {
 		encrypted      bool
 	}{
 		{"v1-plain", "fc528118da023f025cae7b5671973de529f352f51a7f9e11962b1172cdbcd24b", false},
-		{"v1-encrypted", "971da75dda68570eb0a8c8957fc1c4858ee6b7c7f49f1282589c2e8a7cf233f9", true},
+		{"v1-encrypted", "ff97af865a7a07b1cdc397715eee0abd55757d9a2b8d88769b4214fe1b542853", true},
 	}
 	key, err := os.ReadFile("testdata/golden/image.key")
 	if err != nil {

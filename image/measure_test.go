@@ -136,6 +136,14 @@ func TestMeasuredFields(t *testing.T) {
 		"data_blocks": func(im *ImageInfo) { im.DataBlocks++ },
 		"encrypted":   func(im *ImageInfo) { im.Encryption = &EncryptionInfo{Cipher: CipherAES256CTR} },
 	}
+	// For an encrypted image the key salt is measured too.
+	enc := testInfo
+	enc.Encryption = &EncryptionInfo{Cipher: CipherAES256CTR, KeySalt: pin1}
+	enc2 := enc
+	enc2.Encryption = &EncryptionInfo{Cipher: CipherAES256CTR, KeySalt: pin2}
+	if measure(t, enc, mustParse(t, baseConfig)) == measure(t, enc2, mustParse(t, baseConfig)) {
+		t.Error("changing the key salt did not change the measurement")
+	}
 	for name, mut := range imageChanges {
 		im := testInfo
 		mut(&im)

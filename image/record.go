@@ -145,6 +145,9 @@ type MeasuredImage struct {
 	Salt       string `json:"salt"`
 	RootHash   string `json:"root_hash"`
 	Encrypted  bool   `json:"encrypted"`
+	// KeySalt binds an encrypted image's subkey derivation; absent for a
+	// plain image.
+	KeySalt string `json:"key_salt,omitempty"`
 }
 
 // MeasuredDocument is what the measurement is the SHA-256 of, in its
@@ -159,12 +162,17 @@ type MeasuredDocument struct {
 // MeasuredDoc returns the measured document of an image described by im
 // and a configuration.
 func MeasuredDoc(im ImageInfo, cfg *config.Config) MeasuredDocument {
+	keySalt := ""
+	if im.Encryption != nil {
+		keySalt = im.Encryption.KeySalt
+	}
 	return MeasuredDocument{
 		Format:  MeasurementFormat,
 		Runtime: RuntimeIdentity,
 		Image: MeasuredImage{
 			Hash: im.Hash, BlockSize: im.BlockSize, DataBlocks: im.DataBlocks,
 			Salt: im.Salt, RootHash: im.RootHash, Encrypted: im.Encryption != nil,
+			KeySalt: keySalt,
 		},
 		Config: cfg.Measured(),
 	}
