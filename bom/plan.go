@@ -1,0 +1,435 @@
+// Package bom plans the contents of an instance image: the files of the
+// instance's image/ directory plus the host files its bill of materials
+// (the bom section of veil.json) names, with every ELF file's shared
+// libraries resolved the way the dynamic loader would (DT_RPATH, DT_RUNPATH,
+// ld.so.cache, default directories) and added.
+//
+// What it protects against: silently incomplete or surprising images — a
+// missing BOM file, an unresolvable library, a symbolic link that escapes
+// the image root, two sources claiming one path, special files: each is an
+// error naming the path and where it came from. Host symbolic links on the
+// way to a copied path are reproduced, so the image has the host's layout
+// (for example Debian's /lib -> usr/lib).
+//
+// What it does not do: it does not copy anything (the image builder streams
+// the planned files) and it trusts the host it runs on, which is the
+// developer's trusted build machine; the sha256 pins of the BOM are checked
+// by the builder as it reads each file.
+package bom
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/veil-tee/veil/config"
+)
+
+// Plan errors.
+var (
+	ErrMissing        = errors.New("BOM file not found")
+	ErrConflict       = errors.New("two sources for one image path")
+	ErrEscape         = errors.New("symbolic link escapes the image root")
+	ErrUnresolved     = errors.New("shared library not found")
+	ErrUnsupported    = errors.New("unsupported file type")
+	ErrUnknownInclude = errors.New("unknown BOM snippet")
+)
+
+// Options configure Plan.
+type Options struct {
+	// LDCache is the loader cache to consult; default /etc/ld.so.cache
+	// (a missing cache is not an error).
+	LDCache string
+}
+
+type planner struct {
+	opts      Options
+	entries   map[string]*Entry
+	ldcache   []LDCacheEntry
+	ldLoaded  bool
+	elfSeen   map[string]bool
+	elfQueue  []elfJob
+	elfKinds  map[string]elfKind
+	needCache bool // a library is only found through ld.so.cache
+	resolve   bool
+	included  map[string]bool
+}
+
+type elfJob struct{ host, origin string }
+
+const ldCachePath = "/etc/ld.so.cache"
+
+// Plan returns the entries of the image, sorted by path, with "/" first.
+// imageDir may not exist (an empty image/).
+func Plan(imageDir string, b config.BOM, opts Options) ([]Entry, error) {
+	if opts.LDCache == "" {
+		opts.LDCache = "/etc/ld.so.cache"
+	}
+	p := &planner{opts: opts, entries: map[string]*Entry{}, elfSeen: map[string]bool{}, elfKinds: map[string]elfKind{}, resolve: b.ResolveELFEnabled(), included: map[string]bool{}}
+	p.entries["/"] = &Entry{Path: "/", Kind: Dir, Mode: 0o755, Origin: "image/"}
+	if err := p.walkImage(imageDir); err != nil {
+		return nil, err
+	}
+	if err := p.applyBOM(b, "bom", nil); err != nil {
+		return nil, err
+	}
+	for len(p.elfQueue) > 0 {
+		j := p.elfQueue[0]
+		p.elfQueue = p.elfQueue[1:]
+		if err := p.resolveELF(j); err != nil {
+			return nil, err
+		}
+	}
+	if _, ok := p.entries[ldCachePath]; p.needCache && !ok {
+		// Without the cache the loader would not find those libraries.
+		if err := p.addHost(opts.LDCache, ldCachePath, "loader cache (libraries outside the default directories)", false); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]Entry, 0, len(p.entries))
+	for _, e := range p.entries {
+		out = append(out, *e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out, nil
+}
+
+func (p *planner) walkImage(dir string) error {
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading image/: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s: %w: image/ must be a directory", dir, ErrUnsupported)
+	}
+	return filepath.WalkDir(dir, func(host string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", host, err)
+		}
+		rel, _ := filepath.Rel(dir, host)
+		if rel == "." {
+			return nil
+		}
+		ip := "/" + filepath.ToSlash(rel)
+		return p.addHost(host, ip, "image/"+filepath.ToSlash(rel), false)
+	})
+}
+
+// addHost adds the host file, directory or symlink at host as image path
+// ip (not recursing into directories).
+func (p *planner) addHost(host, ip, origin string, fromBOM bool) error {
+	fi, err := os.Lstat(host)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s (%s): %w", host, origin, ErrMissing)
+		}
+		return fmt.Errorf("reading %s (%s): %w", host, origin, err)
+	}
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		t, err := os.Readlink(host)
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", host, err)
+		}
+		return p.add(&Entry{Path: ip, Kind: Symlink, Mode: 0o777, Link: t, Origin: origin})
+	case fi.IsDir():
+		return p.add(&Entry{Path: ip, Kind: Dir, Mode: fi.Mode().Perm(), Origin: origin})
+	case fi.Mode().IsRegular():
+		e := &Entry{Path: ip, Kind: File, Mode: fi.Mode().Perm(), Source: host, Origin: origin, Size: fi.Size(), ModTime: fi.ModTime()}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			e.Inode = st.Ino
+		}
+		if err := p.add(e); err != nil {
+			return err
+		}
+		if fromBOM && p.resolve && mayBeELF(host, fi.Mode()) {
+			p.queueIfELF(host, origin)
+		}
+		return nil
+	}
+	return fmt.Errorf("%s (%s): %w: %v (only files, directories and symbolic links)", host, origin, ErrUnsupported, fi.Mode().Type())
+}
+
+// add inserts e, merging directories and identical entries.
+func (p *planner) add(e *Entry) error {
+	if e.Kind == Symlink {
+		if linkEscapes(e.Path, e.Link) {
+			return fmt.Errorf("%s -> %s (%s): %w", e.Path, e.Link, e.Origin, ErrEscape)
+		}
+	}
+	if old, ok := p.entries[e.Path]; ok {
+		if old.Kind == Dir && e.Kind == Dir {
+			return nil
+		}
+		if old.Kind == e.Kind && old.Link == e.Link && sameFile(old.Source, e.Source) {
+			return nil
+		}
+		return fmt.Errorf("%s: %w: %s (%s) and %s (%s)", e.Path, ErrConflict, old.Origin, old.Kind, e.Origin, e.Kind)
+	}
+	if err := p.ensureParents(e.Path, e.Origin); err != nil {
+		return err
+	}
+	p.entries[e.Path] = e
+	return nil
+}
+
+func sameFile(a, b string) bool {
+	if a == b {
+		return true
+	}
+	fa, err1 := os.Stat(a)
+	fb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(fa, fb)
+}
+
+func (p *planner) ensureParents(ip, origin string) error {
+	dir := path.Dir(ip)
+	if dir == ip {
+		return nil
+	}
+	if e, ok := p.entries[dir]; ok {
+		if e.Kind != Dir {
+			return fmt.Errorf("%s (%s): %w: its parent %s is a %s (%s)", ip, origin, ErrConflict, dir, e.Kind, e.Origin)
+		}
+		return nil
+	}
+	if err := p.ensureParents(dir, origin); err != nil {
+		return err
+	}
+	p.entries[dir] = &Entry{Path: dir, Kind: Dir, Mode: 0o755, Origin: origin}
+	return nil
+}
+
+// linkEscapes reports whether a relative symlink target climbs above the
+// image root from the link's directory. Absolute targets are resolved in
+// the workload's root, which is the image, so they cannot escape it.
+func linkEscapes(link, target string) bool {
+	if strings.HasPrefix(target, "/") {
+		return false
+	}
+	depth := strings.Count(strings.Trim(path.Dir(link), "/"), "/") + 1
+	if path.Dir(link) == "/" {
+		depth = 0
+	}
+	for _, c := range strings.Split(target, "/") {
+		switch c {
+		case "", ".":
+		case "..":
+			depth--
+			if depth < 0 {
+				return true
+			}
+		default:
+			depth++
+		}
+	}
+	return false
+}
+
+// addHostPath adds host path hp at the same image path, reproducing every
+// symbolic link met on the way (directories included), and returns the
+// resolved real path and whether it is a directory.
+func (p *planner) addHostPath(hp, origin string) (string, bool, error) {
+	rest := splitPath(hp)
+	cur := "/"
+	for hops := 0; len(rest) > 0; {
+		next := path.Join(cur, rest[0])
+		rest = rest[1:]
+		fi, err := os.Lstat(next)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return "", false, fmt.Errorf("%s (%s): %w", hp, origin, ErrMissing)
+			}
+			return "", false, fmt.Errorf("reading %s (%s): %w", next, origin, err)
+		}
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			if hops++; hops > 40 {
+				return "", false, fmt.Errorf("%s (%s): too many levels of symbolic links", hp, origin)
+			}
+			if err := p.addHost(next, next, origin, true); err != nil {
+				return "", false, err
+			}
+			t, _ := os.Readlink(next)
+			if !strings.HasPrefix(t, "/") {
+				t = path.Join(cur, t)
+			}
+			rest = append(splitPath(t), rest...)
+			cur = "/"
+		case fi.IsDir():
+			if err := p.addHost(next, next, origin, true); err != nil {
+				return "", false, err
+			}
+			cur = next
+		default:
+			if len(rest) > 0 {
+				return "", false, fmt.Errorf("%s (%s): %w: %s is not a directory", hp, origin, ErrMissing, next)
+			}
+			if err := p.addHost(next, next, origin, true); err != nil {
+				return "", false, err
+			}
+			return next, false, nil
+		}
+	}
+	return cur, true, nil
+}
+
+func splitPath(p string) []string {
+	var out []string
+	for _, c := range strings.Split(p, "/") {
+		if c != "" && c != "." {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func excluded(pats []string, ip string) bool {
+	base := path.Base(ip)
+	for _, pat := range pats {
+		target := base
+		if strings.Contains(pat, "/") {
+			target = ip
+		}
+		if ok, _ := path.Match(pat, target); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *planner) applyBOM(b config.BOM, field string, inherited []string) error {
+	if err := b.Validate(); err != nil {
+		return fmt.Errorf("%s: %w", field, err)
+	}
+	for i, name := range b.Include {
+		sn, err := Snippet(name)
+		if err != nil {
+			return fmt.Errorf("%s.include[%d]: %w", field, i, err)
+		}
+		if p.included[name] {
+			continue
+		}
+		p.included[name] = true
+		if err := p.applyBOM(sn, "snippet "+name, append(append([]string{}, inherited...), b.Exclude...)); err != nil {
+			return err
+		}
+	}
+	excl := append(append([]string{}, inherited...), b.Exclude...)
+	for i, c := range b.Copy {
+		origin := fmt.Sprintf("%s.copy[%d]", field, i)
+		if err := p.applyCopy(c, origin, append(append([]string{}, excl...), c.Exclude...)); err != nil {
+			return err
+		}
+	}
+	for i, s := range b.Symlinks {
+		if err := p.add(&Entry{Path: s.Link, Kind: Symlink, Mode: 0o777, Link: s.Target, Origin: fmt.Sprintf("%s.symlinks[%d]", field, i)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *planner) applyCopy(c config.Copy, origin string, excl []string) error {
+	to := c.To
+	if to == "" {
+		to = c.From
+	}
+	if strings.TrimSuffix(to, "/") == strings.TrimSuffix(c.From, "/") {
+		real, isDir, err := p.addHostPath(strings.TrimSuffix(c.From, "/"), origin)
+		if err != nil {
+			return err
+		}
+		if isDir {
+			if c.SHA256 != "" {
+				return fmt.Errorf("%s: sha256 pins only apply to files, %s is a directory", origin, c.From)
+			}
+			return p.walkBOMDir(real, real, origin, excl)
+		}
+		if c.SHA256 != "" {
+			p.entries[real].SHA256 = c.SHA256
+		}
+		if from := strings.TrimSuffix(c.From, "/"); p.resolve && from != real {
+			// $ORIGIN is the real directory for a program but the
+			// directory it was found in for a library: resolve both.
+			p.queueIfELF(from, origin)
+		}
+		return nil
+	}
+	// Renamed: copy the dereferenced file or directory to its new path.
+	fi, err := os.Stat(c.From)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s (%s): %w", c.From, origin, ErrMissing)
+		}
+		return fmt.Errorf("reading %s (%s): %w", c.From, origin, err)
+	}
+	real, err := filepath.EvalSymlinks(c.From)
+	if err != nil {
+		return fmt.Errorf("reading %s (%s): %w", c.From, origin, err)
+	}
+	to = strings.TrimSuffix(to, "/")
+	if fi.IsDir() {
+		if c.SHA256 != "" {
+			return fmt.Errorf("%s: sha256 pins only apply to files, %s is a directory", origin, c.From)
+		}
+		if err := p.add(&Entry{Path: to, Kind: Dir, Mode: fi.Mode().Perm(), Origin: origin}); err != nil {
+			return err
+		}
+		return p.walkBOMDir(real, to, origin, excl)
+	}
+	if err := p.addHost(real, to, origin, true); err != nil {
+		return err
+	}
+	if c.SHA256 != "" {
+		p.entries[to].SHA256 = c.SHA256
+	}
+	return nil
+}
+
+// walkBOMDir adds the tree under host directory hostDir at image path ip.
+// Symbolic links are kept as links; when the tree is copied to its own
+// path, the target of each link is added too so that it does not dangle.
+func (p *planner) walkBOMDir(hostDir, ip, origin string, excl []string) error {
+	same := hostDir == ip
+	return filepath.WalkDir(hostDir, func(host string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("reading %s (%s): %w", host, origin, err)
+		}
+		rel, _ := filepath.Rel(hostDir, host)
+		if rel == "." {
+			return nil
+		}
+		target := path.Join(ip, filepath.ToSlash(rel))
+		if excluded(excl, target) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if err := p.addHost(host, target, origin, true); err != nil {
+			return err
+		}
+		if same && d.Type()&fs.ModeSymlink != 0 {
+			t, _ := os.Readlink(host)
+			if !strings.HasPrefix(t, "/") {
+				t = path.Join(path.Dir(target), t)
+			}
+			if _, err := os.Stat(t); err == nil && !strings.HasPrefix(t, ip+"/") {
+				if _, _, err := p.addHostPath(t, origin+" (link target)"); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
