@@ -1,0 +1,1013 @@
+package kms
+
+import (
+	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/veil-tee/veil/kms/api"
+	"github.com/veil-tee/veil/kms/audit"
+	"github.com/veil-tee/veil/kms/store"
+)
+
+// Limits on request contents.
+const (
+	MaxPlaintext   = 4096     // encrypt
+	MaxAAD         = 4096     // additional data
+	MaxSecretValue = 64 << 10 // one secret version
+	MaxPolicyDoc   = 16 << 10 // one policy document
+	MaxDescription = 256
+	MaxPendingDays = 30
+)
+
+type txFunc func(tx store.Tx, k *keyring, e *audit.Entry) error
+
+// mutate runs fn in a write transaction that also appends the audit entry;
+// a refusal is audited as denied in a commit of its own.
+func (s *Service) mutate(ctx context.Context, c Caller, ev audit.Entry, fn txFunc) error {
+	k, err := s.keyring()
+	if err != nil {
+		return err
+	}
+	ev.Actor = c.actor()
+	last := ev
+	err = s.st.Update(ctx, func(tx store.Tx) error {
+		e := ev
+		e.Time = s.now()
+		err := fn(tx, k, &e)
+		last = e
+		if err != nil {
+			return err
+		}
+		e.Result = audit.Granted
+		return s.appendAudit(tx, k, e)
+	})
+	var se *Error
+	if errors.As(err, &se) {
+		s.auditBatch(ctx, last, err)
+	}
+	return err
+}
+
+// read runs fn in a read transaction and audits the outcome.
+func (s *Service) read(ctx context.Context, c Caller, ev audit.Entry, fn txFunc) error {
+	k, err := s.keyring()
+	if err != nil {
+		return err
+	}
+	ev.Actor = c.actor()
+	err = s.st.View(ctx, func(tx store.Tx) error { return fn(tx, k, &ev) })
+	var se *Error
+	if err == nil || errors.As(err, &se) {
+		s.auditBatch(ctx, ev, err)
+	}
+	if c.Kind == KindWorkload && (ev.Key != "" || ev.Secret != "") {
+		s.metrics.release(err == nil)
+	}
+	return err
+}
+
+func require(c Caller, kinds ...string) error {
+	if slices.Contains(kinds, c.Kind) {
+		return nil
+	}
+	return fail(ErrForbidden, "%s callers may not use this operation (it is for: %s)", c.Kind, strings.Join(kinds, ", "))
+}
+
+// ---- apps (admin) ----
+
+// Enroll registers an app and returns its API key, which is not stored.
+func (s *Service) Enroll(ctx context.Context, c Caller, req api.EnrollRequest) (api.EnrollResponse, error) {
+	if err := require(c, KindAdmin); err != nil {
+		return api.EnrollResponse{}, err
+	}
+	if err := validName("name", req.Name); err != nil {
+		return api.EnrollResponse{}, err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return api.EnrollResponse{}, err
+	}
+	apiKey := "vak_" + fmt.Sprintf("%x", raw)
+	clear(raw)
+	id := newID("a")
+	err := s.mutate(ctx, c, audit.Entry{Op: "app.enroll", App: id}, func(tx store.Tx, k *keyring, e *audit.Entry) error {
+		if _, err := tx.Get("names", "app/"+req.Name); err == nil {
+			return fail(ErrAlreadyExists, "an app named %q is already enrolled", req.Name)
+		}
+		sk := api.SigningKey(apiKey)
+		sealed, err := k.seal("app/"+id, sk)
+		clear(sk)
+		if err != nil {
+			return err
+		}
+		if err := putJSON(tx, "apps", id, appRecord{ID: id, Name: req.Name, Created: s.now().UTC(), SigningKey: sealed}); err != nil {
+			return err
+		}
+		return tx.Put("names", "app/"+req.Name, []byte(id))
+	})
+	if err != nil {
+		return api.EnrollResponse{}, err
+	}
+	return api.EnrollResponse{AppID: id, APIKey: apiKey}, nil
+}
+
+// ListApps lists enrolled apps.
+func (s *Service) ListApps(ctx context.Context, c Caller) (api.AppList, error) {
+	out := api.AppList{Apps: []api.App{}}
+	if err := require(c, KindAdmin); err != nil {
+		return out, err
+	}
+	err := s.read(ctx, c, audit.Entry{Op: "app.list"}, func(tx store.Tx, _ *keyring, _ *audit.Entry) error {
+		return tx.List("apps", "", func(_ string, v []byte) error {
+			var a appRecord
+			if err := json.Unmarshal(v, &a); err != nil {
+				return err
+			}
+			out.Apps = append(out.Apps, api.App{AppID: a.ID, Name: a.Name, Created: a.Created})
+			return nil
+		})
+	})
+	return out, err
+}
+
+// ---- keys ----
+
+func (s *Service) effectiveState(k *keyRecord) string {
+	if k.State == api.StatePendingDeletion && k.DeletionTime != nil && !s.now().Before(*k.DeletionTime) {
+		return api.StateDeleted
+	}
+	return k.State
+}
+
+func (s *Service) loadKey(tx store.Tx, c Caller, ref string) (*keyRecord, error) {
+	id := ref
+	if !isID(ref, "k") {
+		if c.Kind != KindApp {
+			return nil, fail(ErrKeyNotFound, "key %q not found (workloads name keys by id)", ref)
+		}
+		b, err := tx.Get("names", "key/"+c.AppID+"/"+ref)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fail(ErrKeyNotFound, "key %q not found", ref)
+		} else if err != nil {
+			return nil, err
+		}
+		id = string(b)
+	}
+	var k keyRecord
+	err := getJSON(tx, "keys", id, &k)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && c.Kind == KindApp && k.Owner != c.AppID) {
+		return nil, fail(ErrKeyNotFound, "key %q not found", ref)
+	}
+	if err != nil {
+		return nil, err
+	}
+	k.State = s.effectiveState(&k)
+	return &k, nil
+}
+
+func usable(k *keyRecord) error {
+	switch k.State {
+	case api.StateEnabled:
+		return nil
+	case api.StateDisabled:
+		return fail(ErrKeyDisabled, "key %s is disabled", k.ID)
+	case api.StatePendingDeletion:
+		return fail(ErrKeyPendingDelete, "key %s is scheduled for deletion on %s", k.ID, k.DeletionTime.UTC().Format(time.RFC3339))
+	default:
+		return fail(ErrKeyDeleted, "key %s was deleted", k.ID)
+	}
+}
+
+// CreateKey creates a customer master key owned by the calling app.
+func (s *Service) CreateKey(ctx context.Context, c Caller, req api.CreateKeyRequest) (api.Key, error) {
+	if err := require(c, KindApp); err != nil {
+		return api.Key{}, err
+	}
+	if err := validName("name", req.Name); err != nil {
+		return api.Key{}, err
+	}
+	if req.Spec == "" {
+		req.Spec = api.SpecAES256GCM
+	}
+	if req.Spec != api.SpecAES256GCM {
+		return api.Key{}, fail(ErrInvalidField, "field \"spec\": %q is not supported (supported: %s)", req.Spec, api.SpecAES256GCM)
+	}
+	if len(req.Description) > MaxDescription {
+		return api.Key{}, fail(ErrInvalidField, "field \"description\" is longer than %d bytes", MaxDescription)
+	}
+	var out api.Key
+	id := newID("k")
+	err := s.mutate(ctx, c, audit.Entry{Op: "key.create", Key: id, Owner: c.AppID, KeyVersion: 1}, func(tx store.Tx, k *keyring, e *audit.Entry) error {
+		if _, err := tx.Get("names", "key/"+c.AppID+"/"+req.Name); err == nil {
+			return fail(ErrAlreadyExists, "you already have a key named %q", req.Name)
+		}
+		mat := make([]byte, 32)
+		if _, err := rand.Read(mat); err != nil {
+			return err
+		}
+		sealed, err := k.seal(fmt.Sprintf("key/%s/1", id), mat)
+		clear(mat)
+		if err != nil {
+			return err
+		}
+		now := s.now().UTC()
+		rec := keyRecord{ID: id, Owner: c.AppID, Name: req.Name, Description: req.Description, Spec: req.Spec,
+			State: api.StateEnabled, Created: now, Primary: 1, Policies: []string{},
+			Versions: []keyVersionRecord{{Version: 1, Created: now, Material: sealed}}}
+		if err := putJSON(tx, "keys", id, rec); err != nil {
+			return err
+		}
+		out = rec.info()
+		return tx.Put("names", "key/"+c.AppID+"/"+req.Name, []byte(id))
+	})
+	return out, err
+}
+
+// ListKeys lists the calling app's keys.
+func (s *Service) ListKeys(ctx context.Context, c Caller) (api.KeyList, error) {
+	out := api.KeyList{Keys: []api.Key{}}
+	if err := require(c, KindApp); err != nil {
+		return out, err
+	}
+	err := s.read(ctx, c, audit.Entry{Op: "key.list", Owner: c.AppID}, func(tx store.Tx, _ *keyring, _ *audit.Entry) error {
+		return tx.List("names", "key/"+c.AppID+"/", func(_ string, v []byte) error {
+			var k keyRecord
+			if err := getJSON(tx, "keys", string(v), &k); err != nil {
+				return err
+			}
+			k.State = s.effectiveState(&k)
+			out.Keys = append(out.Keys, k.info())
+			return nil
+		})
+	})
+	return out, err
+}
+
+// DescribeKey returns a key's metadata.
+func (s *Service) DescribeKey(ctx context.Context, c Caller, ref string) (api.Key, error) {
+	var out api.Key
+	if err := require(c, KindApp); err != nil {
+		return out, err
+	}
+	err := s.read(ctx, c, audit.Entry{Op: "key.describe"}, func(tx store.Tx, _ *keyring, e *audit.Entry) error {
+		k, err := s.loadKey(tx, c, ref)
+		if err != nil {
+			return err
+		}
+		e.Key, e.Owner = k.ID, k.Owner
+		out = k.info()
+		return nil
+	})
+	return out, err
+}
+
+// KeyAction is a state change of a key.
+type KeyAction string
+
+// Key actions.
+const (
+	ActionEnable         KeyAction = "enable"
+	ActionDisable        KeyAction = "disable"
+	ActionRotate         KeyAction = "rotate"
+	ActionScheduleDelete KeyAction = "schedule-deletion"
+	ActionCancelDelete   KeyAction = "cancel-deletion"
+)
+
+// UpdateKey applies action to the calling app's key. pendingDays is used by
+// ActionScheduleDelete (0 means the maximum, 30).
+func (s *Service) UpdateKey(ctx context.Context, c Caller, ref string, action KeyAction, pendingDays int) (api.Key, error) {
+	var out api.Key
+	if err := require(c, KindApp); err != nil {
+		return out, err
+	}
+	err := s.mutate(ctx, c, audit.Entry{Op: "key." + string(action)}, func(tx store.Tx, kr *keyring, e *audit.Entry) error {
+		k, err := s.loadKey(tx, c, ref)
+		if err != nil {
+			return err
+		}
+		e.Key, e.Owner, e.KeyVersion = k.ID, k.Owner, k.Primary
+		if k.State == api.StateDeleted {
+			return fail(ErrKeyDeleted, "key %s was deleted", k.ID)
+		}
+		now := s.now().UTC()
+		switch action {
+		case ActionEnable, ActionDisable:
+			if k.State == api.StatePendingDeletion {
+				return fail(ErrKeyPendingDelete, "key %s is scheduled for deletion; cancel the deletion first", k.ID)
+			}
+			k.State = map[KeyAction]string{ActionEnable: api.StateEnabled, ActionDisable: api.StateDisabled}[action]
+		case ActionRotate:
+			if err := usable(k); err != nil {
+				return err
+			}
+			v := k.Versions[len(k.Versions)-1].Version + 1
+			mat := make([]byte, 32)
+			if _, err := rand.Read(mat); err != nil {
+				return err
+			}
+			sealed, err := kr.seal(fmt.Sprintf("key/%s/%d", k.ID, v), mat)
+			clear(mat)
+			if err != nil {
+				return err
+			}
+			k.Versions = append(k.Versions, keyVersionRecord{Version: v, Created: now, Material: sealed})
+			k.Primary = v
+			e.KeyVersion = v
+		case ActionScheduleDelete:
+			if k.State == api.StatePendingDeletion {
+				return fail(ErrKeyPendingDelete, "key %s is already scheduled for deletion", k.ID)
+			}
+			if pendingDays == 0 {
+				pendingDays = MaxPendingDays
+			}
+			if pendingDays < 1 || pendingDays > MaxPendingDays {
+				return fail(ErrInvalidField, "field \"pending_days\" must be 1-%d", MaxPendingDays)
+			}
+			t := now.Add(time.Duration(pendingDays) * 24 * time.Hour)
+			k.State, k.DeletionTime = api.StatePendingDeletion, &t
+		case ActionCancelDelete:
+			if k.State != api.StatePendingDeletion {
+				return fail(ErrInvalidState, "key %s is not scheduled for deletion", k.ID)
+			}
+			k.State, k.DeletionTime = api.StateDisabled, nil
+		default:
+			return fail(ErrBadRequest, "unknown key action %q", action)
+		}
+		out = k.info()
+		return putJSON(tx, "keys", k.ID, k)
+	})
+	return out, err
+}
+
+// Sweep deletes the material of keys whose deletion time has passed. The
+// server runs it periodically; it returns how many keys it deleted.
+func (s *Service) Sweep(ctx context.Context) (int, error) {
+	k, err := s.keyring()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	err = s.st.Update(ctx, func(tx store.Tx) error {
+		n = 0
+		var due []keyRecord
+		err := tx.List("keys", "", func(_ string, v []byte) error {
+			var r keyRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			if r.State == api.StatePendingDeletion && s.effectiveState(&r) == api.StateDeleted {
+				due = append(due, r)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, r := range due {
+			r.State = api.StateDeleted
+			for i := range r.Versions {
+				r.Versions[i].Material = nil
+			}
+			if err := putJSON(tx, "keys", r.ID, r); err != nil {
+				return err
+			}
+			if err := tx.Delete("names", "key/"+r.Owner+"/"+r.Name); err != nil {
+				return err
+			}
+			e := audit.Entry{Time: s.now(), Actor: audit.Actor{Kind: "system"}, Op: "key.delete", Key: r.ID, Owner: r.Owner, Result: audit.Granted}
+			if err := s.appendAudit(tx, k, e); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// ---- release decisions ----
+
+// authorizeUse lets an app use its own objects (ownership was checked when
+// loading) and a workload use objects whose policies it satisfies.
+func (s *Service) authorizeUse(tx store.Tx, c Caller, what string, policies []string) error {
+	switch c.Kind {
+	case KindApp:
+		return nil
+	case KindWorkload:
+	default:
+		return fail(ErrForbidden, "%s callers may not use keys or secrets", c.Kind)
+	}
+	if len(policies) == 0 {
+		return &Error{Status: ErrPolicyDenied.Status, Code: ErrPolicyDenied.Code,
+			Detail: what + " has no release policy, so no workload may use it", Unmet: []string{"no release policy attached"}}
+	}
+	if s.opt.Evaluator == nil {
+		return fail(ErrNoPolicyEvaluator, "this server has no policy evaluator configured")
+	}
+	var unmet []string
+	for _, pid := range policies {
+		var p policyRecord
+		if err := getJSON(tx, "policies", pid, &p); err != nil {
+			unmet = append(unmet, fmt.Sprintf("policy %s: unreadable", pid))
+			continue
+		}
+		ok, why := s.opt.Evaluator.Evaluate(p.Document, *c.Workload)
+		if ok {
+			return nil
+		}
+		for _, w := range why {
+			unmet = append(unmet, p.Name+": "+w)
+		}
+	}
+	return &Error{Status: ErrPolicyDenied.Status, Code: ErrPolicyDenied.Code,
+		Detail: what + ": the workload satisfies none of the release policies: " + strings.Join(unmet, "; "), Unmet: unmet}
+}
+
+func (s *Service) keyAEAD(kr *keyring, k *keyRecord, version int) (cipher.AEAD, error) {
+	for _, v := range k.Versions {
+		if v.Version != version {
+			continue
+		}
+		mat, err := kr.open(fmt.Sprintf("key/%s/%d", k.ID, v.Version), v.Material)
+		if err != nil {
+			return nil, err
+		}
+		blk, err := aes.NewCipher(mat)
+		clear(mat)
+		if err != nil {
+			return nil, err
+		}
+		return cipher.NewGCM(blk)
+	}
+	return nil, fail(ErrDecryptFailed, "key %s has no version %d", k.ID, version)
+}
+
+func checkAAD(aad []byte) error {
+	if len(aad) > MaxAAD {
+		return fail(ErrInvalidField, "field \"aad\" is longer than %d bytes", MaxAAD)
+	}
+	return nil
+}
+
+// encryptWith seals plaintext under the key's primary version.
+func (s *Service) encryptWith(kr *keyring, k *keyRecord, plaintext, aad []byte) ([]byte, error) {
+	a, err := s.keyAEAD(kr, k, k.Primary)
+	if err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, blobNonceLen)
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	b := blob{KeyID: k.ID, Version: uint32(k.Primary), Nonce: nonce}
+	b.Sealed = a.Seal(nil, nonce, plaintext, blobAAD(k.ID, k.Owner, b.Version, aad))
+	return b.marshal(), nil
+}
+
+// Encrypt encrypts a small plaintext under a key.
+func (s *Service) Encrypt(ctx context.Context, c Caller, ref string, req api.EncryptRequest) (api.CipherResponse, error) {
+	var out api.CipherResponse
+	if err := require(c, KindApp, KindWorkload); err != nil {
+		return out, err
+	}
+	if len(req.Plaintext) > MaxPlaintext {
+		return out, fail(ErrInvalidField, "field \"plaintext\" is longer than %d bytes; encrypt a data key instead", MaxPlaintext)
+	}
+	if err := checkAAD(req.AAD); err != nil {
+		return out, err
+	}
+	err := s.read(ctx, c, audit.Entry{Op: "key.encrypt"}, func(tx store.Tx, kr *keyring, e *audit.Entry) error {
+		k, err := s.loadKey(tx, c, ref)
+		if err != nil {
+			return err
+		}
+		e.Key, e.Owner, e.KeyVersion = k.ID, k.Owner, k.Primary
+		if err := usable(k); err != nil {
+			return err
+		}
+		if err := s.authorizeUse(tx, c, "key "+k.ID, k.Policies); err != nil {
+			return err
+		}
+		ct, err := s.encryptWith(kr, k, req.Plaintext, req.AAD)
+		out = api.CipherResponse{KeyID: k.ID, KeyVersion: k.Primary, Ciphertext: ct}
+		return err
+	})
+	return out, err
+}
+
+// GenerateDataKey returns a fresh data key wrapped under a key, and the
+// plaintext too unless withoutPlaintext.
+func (s *Service) GenerateDataKey(ctx context.Context, c Caller, ref string, req api.DataKeyRequest, withoutPlaintext bool) (api.CipherResponse, error) {
+	var out api.CipherResponse
+	if err := require(c, KindApp, KindWorkload); err != nil {
+		return out, err
+	}
+	if req.Length == 0 {
+		req.Length = 32
+	}
+	if req.Length < 16 || req.Length > 64 {
+		return out, fail(ErrInvalidField, "field \"length\" must be 16-64 bytes")
+	}
+	if err := checkAAD(req.AAD); err != nil {
+		return out, err
+	}
+	op := "key.generate-data-key"
+	if withoutPlaintext {
+		op += "-without-plaintext"
+	}
+	err := s.read(ctx, c, audit.Entry{Op: op}, func(tx store.Tx, kr *keyring, e *audit.Entry) error {
+		k, err := s.loadKey(tx, c, ref)
+		if err != nil {
+			return err
+		}
+		e.Key, e.Owner, e.KeyVersion = k.ID, k.Owner, k.Primary
+		if err := usable(k); err != nil {
+			return err
+		}
+		if err := s.authorizeUse(tx, c, "key "+k.ID, k.Policies); err != nil {
+			return err
+		}
+		dk := make([]byte, req.Length)
+		if _, err := rand.Read(dk); err != nil {
+			return err
+		}
+		ct, err := s.encryptWith(kr, k, dk, req.AAD)
+		if err != nil {
+			return err
+		}
+		out = api.CipherResponse{KeyID: k.ID, KeyVersion: k.Primary, Ciphertext: ct}
+		if !withoutPlaintext {
+			out.Plaintext = dk
+		} else {
+			clear(dk)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Decrypt opens a blob made by Encrypt or GenerateDataKey; the blob names
+// its key and version.
+func (s *Service) Decrypt(ctx context.Context, c Caller, req api.DecryptRequest) (api.DecryptResponse, error) {
+	var out api.DecryptResponse
+	if err := require(c, KindApp, KindWorkload); err != nil {
+		return out, err
+	}
+	if err := checkAAD(req.AAD); err != nil {
+		return out, err
+	}
+	b, err := parseBlob(req.Ciphertext)
+	if err != nil {
+		return out, fail(ErrInvalidField, "field \"ciphertext\": %v", err)
+	}
+	err = s.read(ctx, c, audit.Entry{Op: "decrypt", Key: b.KeyID, KeyVersion: int(b.Version)}, func(tx store.Tx, kr *keyring, e *audit.Entry) error {
+		if !isID(b.KeyID, "k") {
+			return fail(ErrKeyNotFound, "the ciphertext names key %q, which does not exist", b.KeyID)
+		}
+		k, err := s.loadKey(tx, c, b.KeyID)
+		if err != nil {
+			return err
+		}
+		e.Owner = k.Owner
+		if err := usable(k); err != nil {
+			return err
+		}
+		if err := s.authorizeUse(tx, c, "key "+k.ID, k.Policies); err != nil {
+			return err
+		}
+		a, err := s.keyAEAD(kr, k, int(b.Version))
+		if err != nil {
+			return err
+		}
+		pt, err := a.Open(nil, b.Nonce, b.Sealed, blobAAD(k.ID, k.Owner, b.Version, req.AAD))
+		if err != nil {
+			return fail(ErrDecryptFailed, "the ciphertext does not authenticate under key %s version %d with this aad", k.ID, b.Version)
+		}
+		out = api.DecryptResponse{KeyID: k.ID, KeyVersion: int(b.Version), Plaintext: pt}
+		return nil
+	})
+	return out, err
+}
+
+// ---- policies ----
+
+func (s *Service) loadPolicy(tx store.Tx, c Caller, ref string) (*policyRecord, error) {
+	id := ref
+	if !isID(ref, "p") {
+		b, err := tx.Get("names", "policy/"+c.AppID+"/"+ref)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fail(ErrPolicyNotFound, "policy %q not found", ref)
+		} else if err != nil {
+			return nil, err
+		}
+		id = string(b)
+	}
+	var p policyRecord
+	err := getJSON(tx, "policies", id, &p)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && p.Owner != c.AppID) {
+		return nil, fail(ErrPolicyNotFound, "policy %q not found", ref)
+	}
+	return &p, err
+}
+
+// CreatePolicy stores a release policy document owned by the calling app.
+func (s *Service) CreatePolicy(ctx context.Context, c Caller, req api.CreatePolicyRequest) (api.Policy, error) {
+	var out api.Policy
+	if err := require(c, KindApp); err != nil {
+		return out, err
+	}
+	if err := validName("name", req.Name); err != nil {
+		return out, err
+	}
+	if len(req.Document) > MaxPolicyDoc {
+		return out, fail(ErrInvalidField, "field \"document\" is longer than %d bytes", MaxPolicyDoc)
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(req.Document, &obj); err != nil || obj == nil {
+		return out, fail(ErrInvalidField, "field \"document\" must be a JSON object")
+	}
+	var doc bytes.Buffer
+	if err := json.Compact(&doc, req.Document); err != nil {
+		return out, fail(ErrInvalidField, "field \"document\": %v", err)
+	}
+	if v, ok := s.opt.Evaluator.(PolicyValidator); ok {
+		if err := v.ValidatePolicy(doc.Bytes()); err != nil {
+			return out, fail(ErrInvalidField, "field \"document\": %v", err)
+		}
+	}
+	id := newID("p")
+	err := s.mutate(ctx, c, audit.Entry{Op: "policy.create", Policy: id, Owner: c.AppID}, func(tx store.Tx, _ *keyring, _ *audit.Entry) error {
+		if _, err := tx.Get("names", "policy/"+c.AppID+"/"+req.Name); err == nil {
+			return fail(ErrAlreadyExists, "you already have a policy named %q", req.Name)
+		}
+		p := policyRecord{ID: id, Owner: c.AppID, Name: req.Name, Created: s.now().UTC(), Document: doc.Bytes()}
+		if err := putJSON(tx, "policies", id, p); err != nil {
+			return err
+		}
+		out = p.info()
+		return tx.Put("names", "policy/"+c.AppID+"/"+req.Name, []byte(id))
+	})
+	return out, err
+}
+
+// ListPolicies lists the calling app's policies.
+func (s *Service) ListPolicies(ctx context.Context, c Caller) (api.PolicyList, error) {
+	out := api.PolicyList{Policies: []api.Policy{}}
+	if err := require(c, KindApp); err != nil {
+		return out, err
+	}
+	err := s.read(ctx, c, audit.Entry{Op: "policy.list", Owner: c.AppID}, func(tx store.Tx, _ *keyring, _ *audit.Entry) error {
+		return tx.List("names", "policy/"+c.AppID+"/", func(_ string, v []byte) error {
+			var p policyRecord
+			if err := getJSON(tx, "policies", string(v), &p); err != nil {
+				return err
+			}
+			out.Policies = append(out.Policies, p.info())
+			return nil
+		})
+	})
+	return out, err
+}
+
+// GetPolicy returns one of the calling app's policies.
+func (s *Service) GetPolicy(ctx context.Context, c Caller, ref string) (api.Policy, error) {
+	var out api.Policy
+	if err := require(c, KindApp); err != nil {
+		return out, err
+	}
+	err := s.read(ctx, c, audit.Entry{Op: "policy.get"}, func(tx store.Tx, _ *keyring, e *audit.Entry) error {
+		p, err := s.loadPolicy(tx, c, ref)
+		if err != nil {
+			return err
+		}
+		e.Policy, e.Owner = p.ID, p.Owner
+		out = p.info()
+		return nil
+	})
+	return out, err
+}
+
+// DeletePolicy deletes a policy that is attached to nothing.
+func (s *Service) DeletePolicy(ctx context.Context, c Caller, ref string) error {
+	if err := require(c, KindApp); err != nil {
+		return err
+	}
+	return s.mutate(ctx, c, audit.Entry{Op: "policy.delete"}, func(tx store.Tx, _ *keyring, e *audit.Entry) error {
+		p, err := s.loadPolicy(tx, c, ref)
+		if err != nil {
+			return err
+		}
+		e.Policy, e.Owner = p.ID, p.Owner
+		var users []string
+		for _, b := range []string{"keys", "secrets"} {
+			err := tx.List(b, "", func(id string, v []byte) error {
+				var r struct {
+					Owner    string   `json:"owner"`
+					Policies []string `json:"policies"`
+				}
+				if err := json.Unmarshal(v, &r); err != nil {
+					return err
+				}
+				if r.Owner == c.AppID && slices.Contains(r.Policies, p.ID) {
+					users = append(users, id)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if len(users) > 0 {
+			return fail(ErrPolicyInUse, "policy %s is attached to %s; detach it first", p.ID, strings.Join(users, ", "))
+		}
+		if err := tx.Delete("policies", p.ID); err != nil {
+			return err
+		}
+		return tx.Delete("names", "policy/"+c.AppID+"/"+p.Name)
+	})
+}
+
+// SetKeyPolicy attaches (or detaches) a policy to one of the app's keys.
+func (s *Service) SetKeyPolicy(ctx context.Context, c Caller, keyRef, policyRef string, attach bool) (api.Key, error) {
+	var out api.Key
+	if err := require(c, KindApp); err != nil {
+		return out, err
+	}
+	op := map[bool]string{true: "key.policy.attach", false: "key.policy.detach"}[attach]
+	err := s.mutate(ctx, c, audit.Entry{Op: op}, func(tx store.Tx, _ *keyring, e *audit.Entry) error {
+		k, err := s.loadKey(tx, c, keyRef)
+		if err != nil {
+			return err
+		}
+		e.Key, e.Owner = k.ID, k.Owner
+		p, err := s.loadPolicy(tx, c, policyRef)
+		if err != nil {
+			return err
+		}
+		e.Policy = p.ID
+		k.Policies, err = editPolicies(k.Policies, p.ID, attach)
+		if err != nil {
+			return err
+		}
+		out = k.info()
+		return putJSON(tx, "keys", k.ID, k)
+	})
+	return out, err
+}
+
+func editPolicies(list []string, id string, attach bool) ([]string, error) {
+	i := slices.Index(list, id)
+	if attach {
+		if i >= 0 {
+			return nil, fail(ErrAlreadyExists, "policy %s is already attached", id)
+		}
+		return append(list, id), nil
+	}
+	if i < 0 {
+		return nil, fail(ErrPolicyNotFound, "policy %s is not attached", id)
+	}
+	return slices.Delete(list, i, i+1), nil
+}
+
+// ---- secrets ----
+
+func (s *Service) loadSecret(tx store.Tx, c Caller, ref string) (*secretRecord, error) {
+	id := ref
+	if !isID(ref, "s") {
+		if c.Kind != KindApp {
+			return nil, fail(ErrSecretNotFound, "secret %q not found (workloads name secrets by id)", ref)
+		}
+		b, err := tx.Get("names", "secret/"+c.AppID+"/"+ref)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fail(ErrSecretNotFound, "secret %q not found", ref)
+		} else if err != nil {
+			return nil, err
+		}
+		id = string(b)
+	}
+	var r secretRecord
+	err := getJSON(tx, "secrets", id, &r)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && c.Kind == KindApp && r.Owner != c.AppID) {
+		return nil, fail(ErrSecretNotFound, "secret %q not found", ref)
+	}
+	return &r, err
+}
+
+// PutSecret stores a new version of the calling app's named secret.
+func (s *Service) PutSecret(ctx context.Context, c Caller, name string, req api.PutSecretRequest) (api.Secret, error) {
+	var out api.Secret
+	if err := require(c, KindApp); err != nil {
+		return out, err
+	}
+	if err := validName("name", name); err != nil {
+		return out, err
+	}
+	if len(req.Value) == 0 || len(req.Value) > MaxSecretValue {
+		return out, fail(ErrInvalidField, "field \"value\" must be 1-%d bytes", MaxSecretValue)
+	}
+	if len(req.Description) > MaxDescription {
+		return out, fail(ErrInvalidField, "field \"description\" is longer than %d bytes", MaxDescription)
+	}
+	err := s.mutate(ctx, c, audit.Entry{Op: "secret.put", Owner: c.AppID}, func(tx store.Tx, kr *keyring, e *audit.Entry) error {
+		now := s.now().UTC()
+		r, err := s.loadSecret(tx, c, name)
+		if errors.Is(err, ErrSecretNotFound) {
+			r = &secretRecord{ID: newID("s"), Owner: c.AppID, Name: name, Created: now, Policies: []string{}}
+			if err := tx.Put("names", "secret/"+c.AppID+"/"+name, []byte(r.ID)); err != nil {
+				return err
+			}
+		} else if err != nil {
+			return err
+		}
+		if req.Description != "" {
+			r.Description = req.Description
+		}
+		v := 1
+		if n := len(r.Versions); n > 0 {
+			v = r.Versions[n-1].Version + 1
+		}
+		sealed, err := kr.seal(fmt.Sprintf("secret/%s/%d", r.ID, v), req.Value)
+		if err != nil {
+			return err
+		}
+		r.Versions = append(r.Versions, secretVersionRecord{Version: v, Created: now, Value: sealed})
+		e.Secret = r.ID
+		out = r.info()
+		return putJSON(tx, "secrets", r.ID, r)
+	})
+	return out, err
+}
+
+// GetSecret returns a secret's value (version 0 means the latest) to its
+// owner or to a workload that satisfies one of its policies.
+func (s *Service) GetSecret(ctx context.Context, c Caller, ref string, version int) (api.Secret, error) {
+	var out api.Secret
+	if err := require(c, KindApp, KindWorkload); err != nil {
+		return out, err
+	}
+	err := s.read(ctx, c, audit.Entry{Op: "secret.get"}, func(tx store.Tx, kr *keyring, e *audit.Entry) error {
+		r, err := s.loadSecret(tx, c, ref)
+		if err != nil {
+			return err
+		}
+		e.Secret, e.Owner = r.ID, r.Owner
+		if err := s.authorizeUse(tx, c, "secret "+r.ID, r.Policies); err != nil {
+			return err
+		}
+		out = r.info()
+		for _, v := range r.Versions {
+			if v.Version == version || (version == 0 && v.Version == out.Version) {
+				pt, err := kr.open(fmt.Sprintf("secret/%s/%d", r.ID, v.Version), v.Value)
+				if err != nil {
+					return err
+				}
+				out.Version, out.Value = v.Version, pt
+				return nil
+			}
+		}
+		return fail(ErrSecretNotFound, "secret %s has no version %d", r.ID, version)
+	})
+	return out, err
+}
+
+// ListSecrets lists the calling app's secrets (without values).
+func (s *Service) ListSecrets(ctx context.Context, c Caller) (api.SecretList, error) {
+	out := api.SecretList{Secrets: []api.Secret{}}
+	if err := require(c, KindApp); err != nil {
+		return out, err
+	}
+	err := s.read(ctx, c, audit.Entry{Op: "secret.list", Owner: c.AppID}, func(tx store.Tx, _ *keyring, _ *audit.Entry) error {
+		return tx.List("names", "secret/"+c.AppID+"/", func(_ string, v []byte) error {
+			var r secretRecord
+			if err := getJSON(tx, "secrets", string(v), &r); err != nil {
+				return err
+			}
+			out.Secrets = append(out.Secrets, r.info())
+			return nil
+		})
+	})
+	return out, err
+}
+
+// DeleteSecret deletes all versions of a secret.
+func (s *Service) DeleteSecret(ctx context.Context, c Caller, ref string) error {
+	if err := require(c, KindApp); err != nil {
+		return err
+	}
+	return s.mutate(ctx, c, audit.Entry{Op: "secret.delete"}, func(tx store.Tx, _ *keyring, e *audit.Entry) error {
+		r, err := s.loadSecret(tx, c, ref)
+		if err != nil {
+			return err
+		}
+		e.Secret, e.Owner = r.ID, r.Owner
+		if err := tx.Delete("secrets", r.ID); err != nil {
+			return err
+		}
+		return tx.Delete("names", "secret/"+c.AppID+"/"+r.Name)
+	})
+}
+
+// SetSecretPolicy attaches (or detaches) a policy to one of the app's secrets.
+func (s *Service) SetSecretPolicy(ctx context.Context, c Caller, secretRef, policyRef string, attach bool) (api.Secret, error) {
+	var out api.Secret
+	if err := require(c, KindApp); err != nil {
+		return out, err
+	}
+	op := map[bool]string{true: "secret.policy.attach", false: "secret.policy.detach"}[attach]
+	err := s.mutate(ctx, c, audit.Entry{Op: op}, func(tx store.Tx, _ *keyring, e *audit.Entry) error {
+		r, err := s.loadSecret(tx, c, secretRef)
+		if err != nil {
+			return err
+		}
+		e.Secret, e.Owner = r.ID, r.Owner
+		p, err := s.loadPolicy(tx, c, policyRef)
+		if err != nil {
+			return err
+		}
+		e.Policy = p.ID
+		r.Policies, err = editPolicies(r.Policies, p.ID, attach)
+		if err != nil {
+			return err
+		}
+		out = r.info()
+		return putJSON(tx, "secrets", r.ID, r)
+	})
+	return out, err
+}
+
+// ---- audit (admin) ----
+
+// AuditEntries returns up to limit stored entries after seq after,
+// optionally only those naming key (a key id).
+func (s *Service) AuditEntries(ctx context.Context, c Caller, key string, after uint64, limit int) (api.AuditPage, error) {
+	out := api.AuditPage{Entries: []json.RawMessage{}}
+	if err := require(c, KindAdmin); err != nil {
+		return out, err
+	}
+	if limit <= 0 || limit > 1000 {
+		limit = 1000
+	}
+	if _, err := s.keyring(); err != nil {
+		return out, err
+	}
+	errStop := errors.New("page full")
+	err := s.st.View(ctx, func(tx store.Tx) error {
+		return tx.List("audit", "", func(k string, v []byte) error {
+			var seq uint64
+			fmt.Sscan(k, &seq)
+			if seq <= after {
+				return nil
+			}
+			if len(out.Entries) == limit {
+				out.Next = seq - 1
+				return errStop
+			}
+			if key != "" {
+				var e struct {
+					Key string `json:"key"`
+				}
+				if json.Unmarshal(v, &e) != nil || e.Key != key {
+					return nil
+				}
+			}
+			out.Entries = append(out.Entries, append(json.RawMessage(nil), v...))
+			return nil
+		})
+	})
+	if errors.Is(err, errStop) {
+		err = nil
+	}
+	return out, err
+}
+
+// AuditHead returns the stored head of the chain and whether its MAC
+// verifies under the root key.
+func (s *Service) AuditHead(ctx context.Context, c Caller) (api.AuditHead, error) {
+	var out api.AuditHead
+	if err := require(c, KindAdmin); err != nil {
+		return out, err
+	}
+	k, err := s.keyring()
+	if err != nil {
+		return out, err
+	}
+	var h auditHead
+	err = s.st.View(ctx, func(tx store.Tx) error { return getJSON(tx, "meta", "audit_head", &h) })
+	if errors.Is(err, store.ErrNotFound) {
+		return api.AuditHead{Authentic: true}, nil
+	}
+	if err != nil {
+		return out, err
+	}
+	return api.AuditHead{Seq: h.Seq, Hash: h.Hash, Authentic: hmac.Equal([]byte(k.headMAC(h.Seq, h.Hash)), []byte(h.MAC))}, nil
+}
