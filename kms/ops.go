@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -963,8 +964,10 @@ func (s *Service) AuditEntries(ctx context.Context, c Caller, key string, after 
 	errStop := errors.New("page full")
 	err := s.st.View(ctx, func(tx store.Tx) error {
 		return tx.List("audit", "", func(k string, v []byte) error {
-			var seq uint64
-			fmt.Sscan(k, &seq)
+			seq, err := strconv.ParseUint(k, 10, 64)
+			if err != nil {
+				return fmt.Errorf("audit key %q: %w", k, err)
+			}
 			if seq <= after {
 				return nil
 			}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -268,8 +269,8 @@ func (s *Service) AuthenticateApp(ctx context.Context, appID, tsStr, nonce, sig,
 	if err != nil {
 		return Caller{}, err
 	}
-	var ts int64
-	if _, err := fmt.Sscan(tsStr, &ts); err != nil || fmt.Sprint(ts) != tsStr {
+	ts, err := strconv.ParseInt(tsStr, 10, 64)
+	if err != nil || strconv.FormatInt(ts, 10) != tsStr {
 		return Caller{}, fail(ErrBadSignature, "header %s must be a decimal Unix time", api.HeaderTimestamp)
 	}
 	if len(nonce) < 16 || len(nonce) > 64 || !isToken(nonce) {
