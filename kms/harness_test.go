@@ -15,11 +15,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"net"
 	"net/http"
 	"os"
-	"strings"
-	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -216,6 +216,7 @@ func (s *server) stop() {
 	if err := <-s.done; err != nil {
 		s.t.Errorf("serve: %v", err)
 	}
+	s.svc.Close()
 	s.st.Close()
 	s.cancel = nil
 }

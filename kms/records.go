@@ -78,7 +78,9 @@ var (
 	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 )
 
-func isID(ref, prefix string) bool { return len(ref) > 2 && ref[:2] == prefix+"_" && idRE.MatchString(ref) }
+func isID(ref, prefix string) bool {
+	return len(ref) > 2 && ref[:2] == prefix+"_" && idRE.MatchString(ref)
+}
 
 func validName(field, name string) error {
 	if !nameRE.MatchString(name) {

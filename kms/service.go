@@ -63,6 +63,11 @@ type Service struct {
 	meta    *rootMeta // nil: not initialized
 	keys    *keyring  // nil: sealed
 	pending [][]byte  // shares received while sealed
+
+	auditQ     chan auditReq
+	closed     chan struct{}
+	closeOnce  sync.Once
+	writerDone chan struct{}
 }
 
 // New opens the service over opt.Store. It starts sealed.
@@ -89,11 +94,13 @@ func New(ctx context.Context, opt Options) (*Service, error) {
 		opt.Registry = prometheus.NewRegistry()
 	}
 	s := &Service{opt: opt, st: opt.Store, now: opt.Clock, log: opt.Logger,
-		nonces: newNonceCache(opt.MaxNonces)}
+		nonces: newNonceCache(opt.MaxNonces), auditQ: make(chan auditReq, 4096),
+		closed: make(chan struct{}), writerDone: make(chan struct{})}
 	s.metrics = newMetrics(opt.Registry, s)
 	if err := s.loadMeta(ctx); err != nil {
 		return nil, err
 	}
+	go s.auditWriter()
 	return s, nil
 }
 
@@ -400,8 +407,8 @@ func (s *Service) appendAudit(tx store.Tx, k *keyring, e audit.Entry) error {
 	return putJSON(tx, "meta", "audit_head", nh)
 }
 
-// auditBatch appends one entry in a group commit; opErr, when non-nil,
-// marks it denied with the reason.
+// auditBatch appends one entry through the group-commit writer and waits
+// until it is durable; opErr, when non-nil, marks it denied with the reason.
 func (s *Service) auditBatch(ctx context.Context, e audit.Entry, opErr error) {
 	k, err := s.keyring()
 	if err != nil {
@@ -413,9 +420,64 @@ func (s *Service) auditBatch(ctx context.Context, e audit.Entry, opErr error) {
 	} else {
 		e.Result = audit.Granted
 	}
-	if err := s.st.Batch(ctx, func(tx store.Tx) error { return s.appendAudit(tx, k, e) }); err != nil {
+	req := auditReq{e: e, k: k, done: make(chan error, 1)}
+	select {
+	case s.auditQ <- req:
+	case <-s.closed:
+		return
+	}
+	if err := <-req.done; err != nil {
 		s.log.Error("appending audit entry", "op", e.Op, "err", err)
 	}
+}
+
+type auditReq struct {
+	e    audit.Entry
+	k    *keyring
+	done chan error
+}
+
+// auditWriter commits queued audit entries: each commit takes everything
+// queued while the previous one was being synced (group commit), so one
+// fsync serves many concurrent requests without an artificial delay.
+func (s *Service) auditWriter() {
+	defer close(s.writerDone)
+	const maxGroup = 1024
+	for {
+		var group []auditReq
+		select {
+		case r := <-s.auditQ:
+			group = append(group, r)
+		case <-s.closed:
+			return
+		}
+	drain:
+		for len(group) < maxGroup {
+			select {
+			case r := <-s.auditQ:
+				group = append(group, r)
+			default:
+				break drain
+			}
+		}
+		err := s.st.Update(context.Background(), func(tx store.Tx) error {
+			for _, r := range group {
+				if err := s.appendAudit(tx, r.k, r.e); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		for _, r := range group {
+			r.done <- err
+		}
+	}
+}
+
+// Close stops the audit writer. Call it after the server has stopped.
+func (s *Service) Close() {
+	s.closeOnce.Do(func() { close(s.closed) })
+	<-s.writerDone
 }
 
 func reason(err error) string {

@@ -63,8 +63,8 @@ var errAuditBroken = errors.New("the audit log failed verification")
 // kmsOpts are the client settings shared by the kms verbs.
 type kmsOpts struct {
 	url, ca, appID, apiKeyFile, adminTokenFile, profile string
-	json                                               bool
-	timeout                                            time.Duration
+	json                                                bool
+	timeout                                             time.Duration
 }
 
 type kmsProfile struct {
@@ -277,6 +277,7 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			defer svc.Close()
 			st0 := svc.Status()
 			if !st0.Initialized {
 				return withHint(errors.New("the data directory is not initialized"), "run 'veil kms init --data "+dataDir+" --shares 5 --threshold 3' first, or use --dev")
@@ -937,7 +938,9 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 	}
 	del := &cobra.Command{
 		Use: "delete POLICY", Short: "Delete a policy attached to nothing", Args: exactArgs(1),
-		RunE: run(func(c *cobra.Command, cl *client.Client, args []string) error { return cl.DeletePolicy(o.ctx(c), args[0]) }),
+		RunE: run(func(c *cobra.Command, cl *client.Client, args []string) error {
+			return cl.DeletePolicy(o.ctx(c), args[0])
+		}),
 	}
 	var aKey, aSecret string
 	attach := func(on bool) *cobra.Command {

@@ -37,7 +37,7 @@ func OpenBolt(dir string, opt BoltOptions) (*Bolt, error) {
 		return nil, fmt.Errorf("creating data directory: %w", err)
 	}
 	path := filepath.Join(dir, BoltFile)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opt.LockTimeout})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opt.LockTimeout, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("opening %s: %w", path, ErrLocked)
