@@ -376,9 +376,12 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 		}
 		for _, r := range due {
 			r.State = api.StateDeleted
+			k.mu.Lock()
 			for i := range r.Versions {
 				r.Versions[i].Material = nil
+				delete(k.aeads, fmt.Sprintf("key/%s/%d", r.ID, r.Versions[i].Version))
 			}
+			k.mu.Unlock()
 			if err := putJSON(tx, "keys", r.ID, r); err != nil {
 				return err
 			}
@@ -436,19 +439,22 @@ func (s *Service) authorizeUse(tx store.Tx, c Caller, what string, policies []st
 
 func (s *Service) keyAEAD(kr *keyring, k *keyRecord, version int) (cipher.AEAD, error) {
 	for _, v := range k.Versions {
-		if v.Version != version {
+		if v.Version != version || v.Material == nil {
 			continue
 		}
-		mat, err := kr.open(fmt.Sprintf("key/%s/%d", k.ID, v.Version), v.Material)
-		if err != nil {
-			return nil, err
-		}
-		blk, err := aes.NewCipher(mat)
-		clear(mat)
-		if err != nil {
-			return nil, err
-		}
-		return cipher.NewGCM(blk)
+		label := fmt.Sprintf("key/%s/%d", k.ID, v.Version)
+		return cached(kr, kr.aeads, label, func() (cipher.AEAD, error) {
+			mat, err := kr.open(label, v.Material)
+			if err != nil {
+				return nil, err
+			}
+			blk, err := aes.NewCipher(mat)
+			clear(mat)
+			if err != nil {
+				return nil, err
+			}
+			return cipher.NewGCM(blk)
+		})
 	}
 	return nil, fail(ErrDecryptFailed, "key %s has no version %d", k.ID, version)
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/veil-tee/veil/kms/shamir"
@@ -129,10 +130,35 @@ func ParseShare(s string) ([]byte, error) {
 	return b, nil
 }
 
-// keyring holds the keys derived from the root key.
+// keyring holds the keys derived from the root key, and caches of opened
+// per-record keys (immutable once written), all dropped when sealing.
 type keyring struct {
 	records cipher.AEAD // encrypts key material, secrets and app signing keys
 	auditK  []byte      // MACs the audit head
+
+	mu      sync.RWMutex
+	appKeys map[string][]byte      // app id -> HMAC signing key
+	aeads   map[string]cipher.AEAD // "key id/version" -> AEAD of that key version
+}
+
+// cached returns the value cached under k in m, or computes and caches it.
+func cached[V any](kr *keyring, m map[string]V, k string, compute func() (V, error)) (V, error) {
+	kr.mu.RLock()
+	v, ok := m[k]
+	kr.mu.RUnlock()
+	if ok {
+		return v, nil
+	}
+	v, err := compute()
+	if err != nil {
+		return v, err
+	}
+	kr.mu.Lock()
+	if len(m) < 100_000 {
+		m[k] = v
+	}
+	kr.mu.Unlock()
+	return v, nil
 }
 
 func newKeyring(root []byte) (*keyring, error) {
@@ -156,7 +182,7 @@ func newKeyring(root []byte) (*keyring, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &keyring{records: aead, auditK: ak}, nil
+	return &keyring{records: aead, auditK: ak, appKeys: map[string][]byte{}, aeads: map[string]cipher.AEAD{}}, nil
 }
 
 // seal encrypts plaintext under the record key, bound to label.

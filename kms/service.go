@@ -287,20 +287,20 @@ func (s *Service) AuthenticateApp(ctx context.Context, appID, tsStr, nonce, sig,
 	if err != nil || len(mac) != sha256.Size {
 		return Caller{}, fail(ErrBadSignature, "header %s must be 64 hex digits", api.HeaderSignature)
 	}
-	var app appRecord
-	err = s.st.View(ctx, func(tx store.Tx) error { return getJSON(tx, "apps", appID, &app) })
+	key, err := cached(k, k.appKeys, appID, func() ([]byte, error) {
+		var app appRecord
+		if err := s.st.View(ctx, func(tx store.Tx) error { return getJSON(tx, "apps", appID, &app) }); err != nil {
+			return nil, err
+		}
+		return k.open("app/"+app.ID, app.SigningKey)
+	})
 	if errors.Is(err, store.ErrNotFound) {
 		return Caller{}, fail(ErrBadSignature, "unknown app id or bad signature")
 	}
 	if err != nil {
 		return Caller{}, err
 	}
-	key, err := k.open("app/"+app.ID, app.SigningKey)
-	if err != nil {
-		return Caller{}, err
-	}
 	m := hmac.New(sha256.New, key)
-	clear(key)
 	m.Write(api.StringToSign(method, requestURI, ts, nonce, body))
 	if !hmac.Equal(m.Sum(nil), mac) {
 		return Caller{}, fail(ErrBadSignature, "unknown app id or bad signature")
@@ -314,7 +314,7 @@ func (s *Service) AuthenticateApp(ctx context.Context, appID, tsStr, nonce, sig,
 	if err := s.nonces.add(appID+"\x00"+nonce, t.Add(w+time.Second), now); err != nil {
 		return Caller{}, err
 	}
-	return Caller{Kind: KindApp, AppID: app.ID}, nil
+	return Caller{Kind: KindApp, AppID: appID}, nil
 }
 
 func isToken(s string) bool {
