@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,7 +40,10 @@ var claimsOID = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 55555, 1}
 
 type testVerifier struct{}
 
+var verifyCalls atomic.Int64
+
 func (testVerifier) VerifyPeer(certs []*x509.Certificate) (kms.Workload, error) {
+	verifyCalls.Add(1)
 	for _, ext := range certs[0].Extensions {
 		if ext.Id.Equal(claimsOID) {
 			var w kms.Workload

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -424,9 +425,24 @@ func (s *Service) authenticate(r *http.Request, body []byte) (Caller, error) {
 			r.Header.Get(api.HeaderSignature), r.Method, r.RequestURI, body)
 	}
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		// The evidence is verified once per connection: its certificate
+		// cannot change while the connection lives.
+		if ci, ok := r.Context().Value(connKey{}).(*connIdentity); ok {
+			ci.once.Do(func() { ci.caller, ci.err = s.AuthenticateWorkload(r.TLS.PeerCertificates) })
+			return ci.caller, ci.err
+		}
 		return s.AuthenticateWorkload(r.TLS.PeerCertificates)
 	}
 	return Caller{}, fail(ErrUnauthenticated, "no credentials: send an admin token, a signed app request or an attested client certificate")
+}
+
+type connKey struct{}
+
+// connIdentity caches a workload's verified identity for one connection.
+type connIdentity struct {
+	once   sync.Once
+	caller Caller
+	err    error
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -479,6 +495,9 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener, cert tls.Certifica
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, &connIdentity{})
+		},
 	}
 	tln := tls.NewListener(ln, TLSConfig(cert))
 	errc := make(chan error, 1)

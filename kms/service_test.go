@@ -540,3 +540,16 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 		}
 	}
 }
+
+func TestWorkloadVerifiedOncePerConnection(t *testing.T) {
+	s := newServer(t, false)
+	wl := s.workload(t, kms.Workload{TEE: "sim", Measurement: "aa"})
+	before := verifyCalls.Load()
+	for range 10 {
+		_, err := wl.Decrypt(ctx, []byte{1, 1, 'k', 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, nil)
+		wantCode(t, err, client.ErrKeyNotFound)
+	}
+	if n := verifyCalls.Load() - before; n != 1 {
+		t.Fatalf("evidence verified %d times over one kept-alive connection, want 1", n)
+	}
+}
