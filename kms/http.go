@@ -208,6 +208,40 @@ func (s *Service) Handler() http.Handler {
 			return ok(s.GenerateDataKey(ctx, q.caller, q.r.PathValue("ref"), req, without))
 		})
 	}
+	h("POST /v1/keys/{ref}/sign", authCaller, func(ctx context.Context, q *request) (int, any, error) {
+		var req api.SignRequest
+		if err := q.decode(&req); err != nil {
+			return 0, nil, err
+		}
+		return ok(s.Sign(ctx, q.caller, q.r.PathValue("ref"), req))
+	})
+	h("POST /v1/keys/{ref}/verify", authCaller, func(ctx context.Context, q *request) (int, any, error) {
+		var req api.VerifyRequest
+		if err := q.decode(&req); err != nil {
+			return 0, nil, err
+		}
+		return ok(s.Verify(ctx, q.caller, q.r.PathValue("ref"), req))
+	})
+	h("GET /v1/keys/{ref}/public-key", authCaller, func(ctx context.Context, q *request) (int, any, error) {
+		v, err := q.query("version")
+		if err != nil {
+			return 0, nil, err
+		}
+		ver := 0
+		if vs := v.Get("version"); vs != "" {
+			if ver, err = strconv.Atoi(vs); err != nil || ver < 1 {
+				return 0, nil, fail(ErrInvalidField, "query parameter \"version\" must be a positive integer")
+			}
+		}
+		return ok(s.PublicKey(ctx, q.caller, q.r.PathValue("ref"), ver))
+	})
+	h("POST /v1/keys/{ref}/asymmetric-decrypt", authCaller, func(ctx context.Context, q *request) (int, any, error) {
+		var req api.AsymmetricDecryptRequest
+		if err := q.decode(&req); err != nil {
+			return 0, nil, err
+		}
+		return ok(s.AsymmetricDecrypt(ctx, q.caller, q.r.PathValue("ref"), req))
+	})
 	h("POST /v1/decrypt", authCaller, func(ctx context.Context, q *request) (int, any, error) {
 		var req api.DecryptRequest
 		if err := q.decode(&req); err != nil {

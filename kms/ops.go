@@ -200,24 +200,22 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, req api.CreateKeyRequ
 	if req.Spec == "" {
 		req.Spec = api.SpecAES256GCM
 	}
-	if req.Spec != api.SpecAES256GCM {
-		return api.Key{}, fail(ErrInvalidField, "field \"spec\": %q is not supported (supported: %s)", req.Spec, api.SpecAES256GCM)
-	}
 	if len(req.Description) > MaxDescription {
 		return api.Key{}, fail(ErrInvalidField, "field \"description\" is longer than %d bytes", MaxDescription)
 	}
 	var out api.Key
 	id := newID("k")
-	err := s.mutate(ctx, c, audit.Entry{Op: "key.create", Key: id, Owner: c.AppID, KeyVersion: 1}, func(tx store.Tx, k *keyring, e *audit.Entry) error {
+	// Generate outside the write transaction: RSA takes a while.
+	mat, err := newMaterial(req.Spec)
+	if err != nil {
+		return out, err
+	}
+	defer clear(mat)
+	err = s.mutate(ctx, c, audit.Entry{Op: "key.create", Key: id, Owner: c.AppID, KeyVersion: 1}, func(tx store.Tx, k *keyring, e *audit.Entry) error {
 		if _, err := tx.Get("names", "key/"+c.AppID+"/"+req.Name); err == nil {
 			return fail(ErrAlreadyExists, "you already have a key named %q", req.Name)
 		}
-		mat := make([]byte, 32)
-		if _, err := rand.Read(mat); err != nil {
-			return err
-		}
 		sealed, err := k.seal(fmt.Sprintf("key/%s/1", id), mat)
-		clear(mat)
 		if err != nil {
 			return err
 		}
@@ -291,6 +289,24 @@ func (s *Service) UpdateKey(ctx context.Context, c Caller, ref string, action Ke
 	if err := require(c, KindApp); err != nil {
 		return out, err
 	}
+	var mat []byte
+	if action == ActionRotate {
+		// Generate the new version outside the write transaction.
+		var spec string
+		err := s.st.View(ctx, func(tx store.Tx) error {
+			k, err := s.loadKey(tx, c, ref)
+			if err == nil {
+				spec = k.Spec
+			}
+			return err
+		})
+		if err == nil { // else the transaction below reports (and audits) the refusal
+			if mat, err = newMaterial(spec); err != nil {
+				return out, err
+			}
+			defer clear(mat)
+		}
+	}
 	err := s.mutate(ctx, c, audit.Entry{Op: "key." + string(action)}, func(tx store.Tx, kr *keyring, e *audit.Entry) error {
 		k, err := s.loadKey(tx, c, ref)
 		if err != nil {
@@ -312,12 +328,10 @@ func (s *Service) UpdateKey(ctx context.Context, c Caller, ref string, action Ke
 				return err
 			}
 			v := k.Versions[len(k.Versions)-1].Version + 1
-			mat := make([]byte, 32)
-			if _, err := rand.Read(mat); err != nil {
-				return err
+			if mat == nil {
+				return fail(ErrInvalidState, "key %s changed during rotation; retry", k.ID)
 			}
 			sealed, err := kr.seal(fmt.Sprintf("key/%s/%d", k.ID, v), mat)
-			clear(mat)
 			if err != nil {
 				return err
 			}
@@ -438,6 +452,9 @@ func (s *Service) authorizeUse(tx store.Tx, c Caller, what string, policies []st
 }
 
 func (s *Service) keyAEAD(kr *keyring, k *keyRecord, version int) (cipher.AEAD, error) {
+	if err := needSpec(k, "symmetric encryption", api.SpecAES256GCM); err != nil {
+		return nil, err
+	}
 	for _, v := range k.Versions {
 		if v.Version != version || v.Material == nil {
 			continue

@@ -584,7 +584,7 @@ func newKMSKeyCmd(env *Env, o *kmsOpts) *cobra.Command {
 		}),
 	}
 	create.Flags().StringVar(&name, "name", "", "key name (unique for the app)")
-	create.Flags().StringVar(&spec, "spec", api.SpecAES256GCM, "key spec")
+	create.Flags().StringVar(&spec, "spec", api.SpecAES256GCM, "key spec: AES_256_GCM, EC_P256 or RSA_3072")
 	create.Flags().StringVar(&desc, "description", "", "description")
 	list := &cobra.Command{
 		Use: "list", Short: "List the app's keys", Args: exactArgs(0),
@@ -706,7 +706,60 @@ func newKMSKeyCmd(env *Env, o *kmsOpts) *cobra.Command {
 		cc.Flags().StringVar(&aad, "aad", "", "additional authenticated data (text)")
 	}
 	gdk.Flags().BoolVar(&withoutPT, "without-plaintext", false, "return only the wrapped key")
-	c.AddCommand(sched, encrypt, decrypt, gdk)
+	sign := &cobra.Command{
+		Use: "sign KEY", Short: "Sign standard input (at most 4 KiB) with an EC_P256 or RSA_3072 key; prints base64", Args: exactArgs(1),
+		RunE: withClient(func(c *cobra.Command, cl *client.Client, args []string) error {
+			msg, err := io.ReadAll(io.LimitReader(env.Stdin, kms.MaxPlaintext+1))
+			if err != nil {
+				return err
+			}
+			r, err := cl.Sign(o.ctx(c), args[0], msg)
+			if err != nil {
+				return err
+			}
+			return o.print(env, r, func(w io.Writer) { fmt.Fprintln(w, base64.StdEncoding.EncodeToString(r.Signature)) })
+		}),
+	}
+	var sigB64 string
+	var version int
+	verify := &cobra.Command{
+		Use: "verify KEY --signature BASE64", Short: "Verify a signature over standard input", Args: exactArgs(1),
+		RunE: withClient(func(c *cobra.Command, cl *client.Client, args []string) error {
+			sig, err := base64.StdEncoding.DecodeString(sigB64)
+			if err != nil {
+				return usageErrorf("--signature is not base64: %v", err)
+			}
+			msg, err := io.ReadAll(io.LimitReader(env.Stdin, kms.MaxPlaintext+1))
+			if err != nil {
+				return err
+			}
+			r, err := cl.Verify(o.ctx(c), args[0], msg, sig, version)
+			if err != nil {
+				return err
+			}
+			if err := o.print(env, r, func(w io.Writer) { fmt.Fprintf(w, "valid: %v (key %s version %d)\n", r.Valid, r.KeyID, r.KeyVersion) }); err != nil {
+				return err
+			}
+			if !r.Valid {
+				return &Error{Err: errors.New("the signature does not verify"), Code: ExitIntegrity}
+			}
+			return nil
+		}),
+	}
+	verify.Flags().StringVar(&sigB64, "signature", "", "signature (base64)")
+	verify.Flags().IntVar(&version, "version", 0, "key version (default: primary)")
+	pubkey := &cobra.Command{
+		Use: "public-key KEY", Short: "Print the PEM public key of an EC_P256 or RSA_3072 key", Args: exactArgs(1),
+		RunE: withClient(func(c *cobra.Command, cl *client.Client, args []string) error {
+			r, err := cl.PublicKey(o.ctx(c), args[0], version)
+			if err != nil {
+				return err
+			}
+			return o.print(env, r, func(w io.Writer) { fmt.Fprint(w, r.PublicKey) })
+		}),
+	}
+	pubkey.Flags().IntVar(&version, "version", 0, "key version (default: primary)")
+	c.AddCommand(sched, encrypt, decrypt, gdk, sign, verify, pubkey)
 	return c
 }
 

@@ -290,3 +290,53 @@ type AuditPage struct {
 	Entries []json.RawMessage `json:"entries"`
 	Next    uint64            `json:"next,omitempty"` // pass as ?after= for the next page
 }
+
+// Asymmetric key specs.
+const (
+	SpecECP256  = "EC_P256"  // ECDSA with SHA-256 (ASN.1 signatures)
+	SpecRSA3072 = "RSA_3072" // RSASSA-PSS with SHA-256; RSA-OAEP with SHA-256
+)
+
+// SignRequest is POST /v1/keys/{ref}/sign: exactly one of Message (hashed
+// with SHA-256 by the service) and Digest (a SHA-256 digest).
+type SignRequest struct {
+	Message []byte `json:"message,omitempty"`
+	Digest  []byte `json:"digest,omitempty"`
+}
+
+// SignResponse answers sign.
+type SignResponse struct {
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+	Signature  []byte `json:"signature"`
+}
+
+// VerifyRequest is POST /v1/keys/{ref}/verify; KeyVersion 0 means primary.
+type VerifyRequest struct {
+	Message    []byte `json:"message,omitempty"`
+	Digest     []byte `json:"digest,omitempty"`
+	Signature  []byte `json:"signature"`
+	KeyVersion int    `json:"key_version,omitempty"`
+}
+
+// VerifyResponse answers verify.
+type VerifyResponse struct {
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+	Valid      bool   `json:"valid"`
+}
+
+// PublicKeyResponse is GET /v1/keys/{ref}/public-key.
+type PublicKeyResponse struct {
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+	Spec       string `json:"spec"`
+	PublicKey  string `json:"public_key"` // PEM, PKIX
+}
+
+// AsymmetricDecryptRequest is POST /v1/keys/{ref}/asymmetric-decrypt
+// (RSA-OAEP with SHA-256); KeyVersion 0 means primary.
+type AsymmetricDecryptRequest struct {
+	Ciphertext []byte `json:"ciphertext"`
+	KeyVersion int    `json:"key_version,omitempty"`
+}

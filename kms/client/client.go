@@ -402,3 +402,30 @@ func (c *Client) GetPolicy(ctx context.Context, ref string) (p api.Policy, err e
 func (c *Client) DeletePolicy(ctx context.Context, ref string) error {
 	return c.do(ctx, "DELETE", "/v1/policies/"+esc(ref), nil, asPrincipal, nil)
 }
+
+// ---- asymmetric keys ----
+
+// Sign signs a message (hashed with SHA-256 by the service) with an EC_P256
+// or RSA_3072 key.
+func (c *Client) Sign(ctx context.Context, ref string, message []byte) (r api.SignResponse, err error) {
+	return r, c.do(ctx, "POST", "/v1/keys/"+esc(ref)+"/sign", api.SignRequest{Message: message}, asPrincipal, &r)
+}
+
+// Verify checks a signature with a key version (0: primary).
+func (c *Client) Verify(ctx context.Context, ref string, message, signature []byte, version int) (r api.VerifyResponse, err error) {
+	return r, c.do(ctx, "POST", "/v1/keys/"+esc(ref)+"/verify", api.VerifyRequest{Message: message, Signature: signature, KeyVersion: version}, asPrincipal, &r)
+}
+
+// PublicKey returns the PEM public key of a key version (0: primary).
+func (c *Client) PublicKey(ctx context.Context, ref string, version int) (r api.PublicKeyResponse, err error) {
+	p := "/v1/keys/" + esc(ref) + "/public-key"
+	if version > 0 {
+		p += "?version=" + strconv.Itoa(version)
+	}
+	return r, c.do(ctx, "GET", p, nil, asPrincipal, &r)
+}
+
+// AsymmetricDecrypt decrypts RSA-OAEP-SHA256 ciphertext with an RSA_3072 key.
+func (c *Client) AsymmetricDecrypt(ctx context.Context, ref string, ciphertext []byte, version int) (r api.DecryptResponse, err error) {
+	return r, c.do(ctx, "POST", "/v1/keys/"+esc(ref)+"/asymmetric-decrypt", api.AsymmetricDecryptRequest{Ciphertext: ciphertext, KeyVersion: version}, asPrincipal, &r)
+}
