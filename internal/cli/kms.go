@@ -254,6 +254,7 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 			defer ln.Close()
 			var cert tls.Certificate
 			var root []byte
+			var ready string // printed once the server is about to accept connections
 			devDir := filepath.Join(dataDir, "dev")
 			if dev {
 				var token string
@@ -262,7 +263,7 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 					return err
 				}
 				defer clear(root)
-				fmt.Fprintf(env.Stdout, "export VEIL_KMS_URL=https://%s\nexport VEIL_KMS_CA=%s\nexport VEIL_ADMIN_TOKEN=%s\n",
+				ready = fmt.Sprintf("export VEIL_KMS_URL=https://%s\nexport VEIL_KMS_CA=%s\nexport VEIL_ADMIN_TOKEN=%s\n",
 					ln.Addr(), filepath.Join(devDir, "ca.pem"), token)
 			} else {
 				if certFile == "" || keyFile == "" {
@@ -271,7 +272,7 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 				if cert, err = tls.LoadX509KeyPair(certFile, keyFile); err != nil {
 					return fmt.Errorf("loading the TLS certificate: %w", err)
 				}
-				fmt.Fprintf(env.Stdout, "export VEIL_KMS_URL=https://%s\n", ln.Addr())
+				ready = fmt.Sprintf("export VEIL_KMS_URL=https://%s\n", ln.Addr())
 			}
 			svc, err := kms.New(ctx, opt)
 			if err != nil {
@@ -290,9 +291,7 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 				return withHint(errors.New("this data directory was created with --dev"), "start it with --dev")
 			}
 			log.Info("serving", "addr", ln.Addr().String(), "sealed", svc.Status().Sealed, "dev", dev)
-			if f, ok := env.Stdout.(interface{ Sync() error }); ok {
-				f.Sync()
-			}
+			fmt.Fprint(env.Stdout, ready)
 			return svc.Serve(ctx, ln, cert)
 		},
 	}

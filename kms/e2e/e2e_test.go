@@ -196,6 +196,17 @@ func TestDevServerCLIFlow(t *testing.T) {
 	}
 	bob := merge(p.env, "VEIL_APP_ID", enr.AppID, "VEIL_API_KEY", enr.APIKey)
 	must(t, bob, "", "kms", "key", "create", "--name", "bob-cmk")
+	// The same settings from a profile file; unknown profile fields are refused.
+	prof := filepath.Join(t.TempDir(), "profile.json")
+	pj, _ := json.Marshal(map[string]string{"url": p.env["VEIL_KMS_URL"], "ca": p.env["VEIL_KMS_CA"], "app_id": enr.AppID, "api_key": enr.APIKey})
+	os.WriteFile(prof, pj, 0o600)
+	if out := must(t, nil, "", "kms", "key", "list", "--profile", prof); !strings.Contains(out, "bob-cmk") {
+		t.Fatalf("key list via profile: %s", out)
+	}
+	os.WriteFile(prof, []byte(`{"url":"https://x","colour":"red"}`), 0o600)
+	if _, errs, code := run(t, nil, "", "kms", "key", "list", "--profile", prof); code != 1 || !strings.Contains(errs, `"colour"`) {
+		t.Fatalf("bad profile: %d %s", code, errs)
+	}
 	ct := must(t, bob, "people,42\n", "kms", "key", "encrypt", "bob-cmk", "--aad", "people.csv")
 	if got := must(t, bob, ct, "kms", "key", "decrypt", "--aad", "people.csv"); got != "people,42\n" {
 		t.Fatalf("decrypt: %q", got)
