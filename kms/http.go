@@ -91,6 +91,22 @@ func (q *request) query(allowed ...string) (url.Values, error) {
 	return v, nil
 }
 
+// policyCaller is the caller of a policy endpoint: the app itself, or the
+// admin acting for the app named by ?app=APPID.
+func (s *Service) policyCaller(ctx context.Context, q *request) (Caller, error) {
+	v, err := q.query("app")
+	if err != nil {
+		return Caller{}, err
+	}
+	if app := v.Get("app"); app != "" {
+		return s.OnBehalfOf(ctx, q.caller, app)
+	}
+	if q.caller.Kind == KindAdmin {
+		return Caller{}, fail(ErrForbidden, "an admin manages an app's policies by naming it: ?app=APPID")
+	}
+	return q.caller, nil
+}
+
 type handlerFunc func(ctx context.Context, q *request) (int, any, error)
 
 const (
@@ -181,10 +197,18 @@ func (s *Service) Handler() http.Handler {
 		if err := q.decode(&req); err != nil {
 			return 0, nil, err
 		}
-		return ok(s.SetKeyPolicy(ctx, q.caller, q.r.PathValue("ref"), req.Policy, true))
+		pc, err := s.policyCaller(ctx, q)
+		if err != nil {
+			return 0, nil, err
+		}
+		return ok(s.SetKeyPolicy(ctx, pc, q.r.PathValue("ref"), req.Policy, true))
 	})
 	h("DELETE /v1/keys/{ref}/policies/{policy}", authCaller, func(ctx context.Context, q *request) (int, any, error) {
-		return ok(s.SetKeyPolicy(ctx, q.caller, q.r.PathValue("ref"), q.r.PathValue("policy"), false))
+		pc, err := s.policyCaller(ctx, q)
+		if err != nil {
+			return 0, nil, err
+		}
+		return ok(s.SetKeyPolicy(ctx, pc, q.r.PathValue("ref"), q.r.PathValue("policy"), false))
 	})
 	h("POST /v1/keys/{ref}/encrypt", authCaller, func(ctx context.Context, q *request) (int, any, error) {
 		var req api.EncryptRequest
@@ -279,10 +303,18 @@ func (s *Service) Handler() http.Handler {
 		if err := q.decode(&req); err != nil {
 			return 0, nil, err
 		}
-		return ok(s.SetSecretPolicy(ctx, q.caller, q.r.PathValue("ref"), req.Policy, true))
+		pc, err := s.policyCaller(ctx, q)
+		if err != nil {
+			return 0, nil, err
+		}
+		return ok(s.SetSecretPolicy(ctx, pc, q.r.PathValue("ref"), req.Policy, true))
 	})
 	h("DELETE /v1/secrets/{ref}/policies/{policy}", authCaller, func(ctx context.Context, q *request) (int, any, error) {
-		return ok(s.SetSecretPolicy(ctx, q.caller, q.r.PathValue("ref"), q.r.PathValue("policy"), false))
+		pc, err := s.policyCaller(ctx, q)
+		if err != nil {
+			return 0, nil, err
+		}
+		return ok(s.SetSecretPolicy(ctx, pc, q.r.PathValue("ref"), q.r.PathValue("policy"), false))
 	})
 
 	h("POST /v1/policies", authCaller, func(ctx context.Context, q *request) (int, any, error) {
@@ -290,14 +322,32 @@ func (s *Service) Handler() http.Handler {
 		if err := q.decode(&req); err != nil {
 			return 0, nil, err
 		}
-		return created(s.CreatePolicy(ctx, q.caller, req))
+		pc, err := s.policyCaller(ctx, q)
+		if err != nil {
+			return 0, nil, err
+		}
+		return created(s.CreatePolicy(ctx, pc, req))
 	})
-	h("GET /v1/policies", authCaller, func(ctx context.Context, q *request) (int, any, error) { return ok(s.ListPolicies(ctx, q.caller)) })
+	h("GET /v1/policies", authCaller, func(ctx context.Context, q *request) (int, any, error) {
+		pc, err := s.policyCaller(ctx, q)
+		if err != nil {
+			return 0, nil, err
+		}
+		return ok(s.ListPolicies(ctx, pc))
+	})
 	h("GET /v1/policies/{ref}", authCaller, func(ctx context.Context, q *request) (int, any, error) {
-		return ok(s.GetPolicy(ctx, q.caller, q.r.PathValue("ref")))
+		pc, err := s.policyCaller(ctx, q)
+		if err != nil {
+			return 0, nil, err
+		}
+		return ok(s.GetPolicy(ctx, pc, q.r.PathValue("ref")))
 	})
 	h("DELETE /v1/policies/{ref}", authCaller, func(ctx context.Context, q *request) (int, any, error) {
-		return http.StatusNoContent, nil, s.DeletePolicy(ctx, q.caller, q.r.PathValue("ref"))
+		pc, err := s.policyCaller(ctx, q)
+		if err != nil {
+			return 0, nil, err
+		}
+		return http.StatusNoContent, nil, s.DeletePolicy(ctx, pc, q.r.PathValue("ref"))
 	})
 
 	h("GET /v1/audit", authCaller, func(ctx context.Context, q *request) (int, any, error) {

@@ -228,6 +228,9 @@ type Caller struct {
 	Kind     string // "admin", "app", "workload"
 	AppID    string
 	Workload *Workload
+	// ViaAdmin marks an admin managing an app's policies on its behalf
+	// (Kind is then "app" and AppID the app).
+	ViaAdmin bool
 }
 
 // Caller kinds.
@@ -239,6 +242,9 @@ const (
 
 func (c Caller) actor() audit.Actor {
 	a := audit.Actor{Kind: c.Kind, AppID: c.AppID}
+	if c.ViaAdmin {
+		a = audit.Actor{Kind: KindAdmin}
+	}
 	if c.Workload != nil {
 		w := audit.Claims(*c.Workload)
 		a.Workload = &w
@@ -358,6 +364,22 @@ func (c *nonceCache) add(key string, expiry, now time.Time) error {
 	}
 	c.m[key] = expiry
 	return nil
+}
+
+// OnBehalfOf lets the admin manage the policies of app: it returns a caller
+// acting as that app, audited as the admin. Only the policy endpoints use it.
+func (s *Service) OnBehalfOf(ctx context.Context, c Caller, app string) (Caller, error) {
+	if c.Kind != KindAdmin {
+		return Caller{}, fail(ErrUnknownField, "query parameter \"app\" is for admin callers")
+	}
+	err := s.st.View(ctx, func(tx store.Tx) error { _, err := tx.Get("apps", app); return err })
+	if errors.Is(err, store.ErrNotFound) {
+		return Caller{}, fail(ErrAppNotFound, "app %q is not enrolled", app)
+	}
+	if err != nil {
+		return Caller{}, err
+	}
+	return Caller{Kind: KindApp, AppID: app, ViaAdmin: true}, nil
 }
 
 // AuthenticateWorkload verifies a workload's client certificate chain.

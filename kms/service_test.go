@@ -553,3 +553,44 @@ func TestWorkloadVerifiedOncePerConnection(t *testing.T) {
 		t.Fatalf("evidence verified %d times over one kept-alive connection, want 1", n)
 	}
 }
+
+func TestAdminManagesAnAppsPolicies(t *testing.T) {
+	s := newServer(t, false)
+	bob, bobID := s.app(t, "bob")
+	k, _ := bob.CreateKey(ctx, "bob-cmk", "", "")
+	dk, _ := bob.GenerateDataKey(ctx, "bob-cmk", 32, nil)
+	adm := s.adminClient(t)
+	meas := hexString("9a").repeat32()
+	p, err := adm.AdminFor(bobID).CreatePolicy(ctx, "prod", json.RawMessage(`{"measurements":["`+meas+`"]}`))
+	if err != nil || p.Owner != bobID {
+		t.Fatalf("admin creates bob's policy: %+v %v", p, err)
+	}
+	if _, err := adm.AdminFor(bobID).AttachKeyPolicy(ctx, k.ID, "prod"); err != nil {
+		t.Fatal(err)
+	}
+	wl := s.workload(t, kms.Workload{TEE: "sim", Measurement: meas})
+	if _, err := wl.Decrypt(ctx, dk.Ciphertext, nil); err != nil {
+		t.Fatalf("workload after admin-registered policy: %v", err)
+	}
+	if l, _ := bob.ListPolicies(ctx); len(l.Policies) != 1 {
+		t.Fatalf("bob sees %d policies", len(l.Policies))
+	}
+	// Without naming the app, or for an unknown app, the admin is refused;
+	// apps may not name another app; the admin still cannot use the key.
+	err = adm.Raw(ctx, "POST", "/v1/policies", []byte(`{"name":"x","document":{}}`), true, nil)
+	wantCode(t, err, client.ErrForbidden)
+	_, err = adm.AdminFor("a_00000000000000000000000000000000").ListPolicies(ctx)
+	wantCode(t, err, client.Code("app_not_found"))
+	err = bob.Raw(ctx, "GET", "/v1/policies?app="+bobID, nil, false, nil)
+	wantCode(t, err, client.ErrUnknownField)
+	err = adm.Raw(ctx, "POST", "/v1/keys/"+k.ID+"/encrypt?app="+bobID, []byte(`{"plaintext":"eA=="}`), true, nil)
+	wantCode(t, err, client.ErrForbidden)
+	es, _ := adm.AuditEntries(ctx, k.ID, 0, 0)
+	found := false
+	for _, e := range es {
+		found = found || (e.Op == "key.policy.attach" && e.Actor.Kind == "admin" && e.Owner == bobID)
+	}
+	if !found {
+		t.Fatal("admin's attach not audited as the admin")
+	}
+}

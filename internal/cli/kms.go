@@ -868,12 +868,17 @@ func checkHex(flag string, vals []string, n int) error {
 }
 
 func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
-	c := &cobra.Command{Use: "policy", Short: "Manage release policies for workloads (app)"}
+	c := &cobra.Command{Use: "policy", Short: "Manage release policies for workloads (app, or admin with --app)"}
+	var forApp string
+	c.PersistentFlags().StringVar(&forApp, "app", "", "act as the admin on behalf of this app id (needs VEIL_ADMIN_TOKEN)")
 	run := func(fn func(c *cobra.Command, cl *client.Client, args []string) error) func(*cobra.Command, []string) error {
 		return func(c *cobra.Command, args []string) error {
 			cl, err := o.client()
 			if err != nil {
 				return err
+			}
+			if forApp != "" {
+				cl = cl.AdminFor(forApp)
 			}
 			return kmsErr(fn(c, cl, args))
 		}

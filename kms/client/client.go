@@ -52,10 +52,28 @@ type Config struct {
 
 // Client calls the key service. It is safe for concurrent use.
 type Client struct {
-	cfg     Config
-	base    *url.URL
-	hc      *http.Client
-	signKey []byte
+	cfg      Config
+	base     *url.URL
+	hc       *http.Client
+	signKey  []byte
+	adminFor string
+}
+
+// AdminFor returns a client whose policy calls (create, list, show, delete,
+// attach, detach) are made by the admin on behalf of app. It shares c's
+// connections.
+func (c *Client) AdminFor(app string) *Client {
+	cc := *c
+	cc.adminFor = app
+	return &cc
+}
+
+// pol returns the path and identity of a policy call.
+func (c *Client) pol(p string) (string, auth) {
+	if c.adminFor == "" {
+		return p, asPrincipal
+	}
+	return p + "?app=" + url.QueryEscape(c.adminFor), asAdmin
 }
 
 // ErrConfig is wrapped by New for an unusable configuration.
@@ -317,12 +335,14 @@ func (c *Client) ScheduleKeyDeletion(ctx context.Context, ref string, pendingDay
 
 // AttachKeyPolicy attaches a policy (id or name) to a key.
 func (c *Client) AttachKeyPolicy(ctx context.Context, ref, policy string) (k api.Key, err error) {
-	return k, c.do(ctx, "POST", "/v1/keys/"+esc(ref)+"/policies", api.AttachPolicyRequest{Policy: policy}, asPrincipal, &k)
+	p, a := c.pol("/v1/keys/"+esc(ref)+"/policies")
+	return k, c.do(ctx, "POST", p, api.AttachPolicyRequest{Policy: policy}, a, &k)
 }
 
 // DetachKeyPolicy detaches a policy from a key.
 func (c *Client) DetachKeyPolicy(ctx context.Context, ref, policy string) (k api.Key, err error) {
-	return k, c.do(ctx, "DELETE", "/v1/keys/"+esc(ref)+"/policies/"+esc(policy), nil, asPrincipal, &k)
+	p, a := c.pol("/v1/keys/"+esc(ref)+"/policies/"+esc(policy))
+	return k, c.do(ctx, "DELETE", p, nil, a, &k)
 }
 
 // Encrypt encrypts up to 4 KiB under a key.
@@ -373,34 +393,40 @@ func (c *Client) DeleteSecret(ctx context.Context, ref string) error {
 
 // AttachSecretPolicy attaches a policy to a secret.
 func (c *Client) AttachSecretPolicy(ctx context.Context, ref, policy string) (s api.Secret, err error) {
-	return s, c.do(ctx, "POST", "/v1/secrets/"+esc(ref)+"/policies", api.AttachPolicyRequest{Policy: policy}, asPrincipal, &s)
+	p, a := c.pol("/v1/secrets/"+esc(ref)+"/policies")
+	return s, c.do(ctx, "POST", p, api.AttachPolicyRequest{Policy: policy}, a, &s)
 }
 
 // DetachSecretPolicy detaches a policy from a secret.
 func (c *Client) DetachSecretPolicy(ctx context.Context, ref, policy string) (s api.Secret, err error) {
-	return s, c.do(ctx, "DELETE", "/v1/secrets/"+esc(ref)+"/policies/"+esc(policy), nil, asPrincipal, &s)
+	p, a := c.pol("/v1/secrets/"+esc(ref)+"/policies/"+esc(policy))
+	return s, c.do(ctx, "DELETE", p, nil, a, &s)
 }
 
 // ---- policies ----
 
 // CreatePolicy stores a release policy document.
 func (c *Client) CreatePolicy(ctx context.Context, name string, document json.RawMessage) (p api.Policy, err error) {
-	return p, c.do(ctx, "POST", "/v1/policies", api.CreatePolicyRequest{Name: name, Document: document}, asPrincipal, &p)
+	path, a := c.pol("/v1/policies")
+	return p, c.do(ctx, "POST", path, api.CreatePolicyRequest{Name: name, Document: document}, a, &p)
 }
 
 // ListPolicies lists the app's policies.
 func (c *Client) ListPolicies(ctx context.Context) (r api.PolicyList, err error) {
-	return r, c.do(ctx, "GET", "/v1/policies", nil, asPrincipal, &r)
+	p, a := c.pol("/v1/policies")
+	return r, c.do(ctx, "GET", p, nil, a, &r)
 }
 
 // GetPolicy returns one policy.
 func (c *Client) GetPolicy(ctx context.Context, ref string) (p api.Policy, err error) {
-	return p, c.do(ctx, "GET", "/v1/policies/"+esc(ref), nil, asPrincipal, &p)
+	path, a := c.pol("/v1/policies/"+esc(ref))
+	return p, c.do(ctx, "GET", path, nil, a, &p)
 }
 
 // DeletePolicy deletes a policy attached to nothing.
 func (c *Client) DeletePolicy(ctx context.Context, ref string) error {
-	return c.do(ctx, "DELETE", "/v1/policies/"+esc(ref), nil, asPrincipal, nil)
+	p, a := c.pol("/v1/policies/"+esc(ref))
+	return c.do(ctx, "DELETE", p, nil, a, nil)
 }
 
 // ---- asymmetric keys ----
