@@ -335,13 +335,13 @@ func (c *Client) ScheduleKeyDeletion(ctx context.Context, ref string, pendingDay
 
 // AttachKeyPolicy attaches a policy (id or name) to a key.
 func (c *Client) AttachKeyPolicy(ctx context.Context, ref, policy string) (k api.Key, err error) {
-	p, a := c.pol("/v1/keys/"+esc(ref)+"/policies")
+	p, a := c.pol("/v1/keys/" + esc(ref) + "/policies")
 	return k, c.do(ctx, "POST", p, api.AttachPolicyRequest{Policy: policy}, a, &k)
 }
 
 // DetachKeyPolicy detaches a policy from a key.
 func (c *Client) DetachKeyPolicy(ctx context.Context, ref, policy string) (k api.Key, err error) {
-	p, a := c.pol("/v1/keys/"+esc(ref)+"/policies/"+esc(policy))
+	p, a := c.pol("/v1/keys/" + esc(ref) + "/policies/" + esc(policy))
 	return k, c.do(ctx, "DELETE", p, nil, a, &k)
 }
 
@@ -393,13 +393,13 @@ func (c *Client) DeleteSecret(ctx context.Context, ref string) error {
 
 // AttachSecretPolicy attaches a policy to a secret.
 func (c *Client) AttachSecretPolicy(ctx context.Context, ref, policy string) (s api.Secret, err error) {
-	p, a := c.pol("/v1/secrets/"+esc(ref)+"/policies")
+	p, a := c.pol("/v1/secrets/" + esc(ref) + "/policies")
 	return s, c.do(ctx, "POST", p, api.AttachPolicyRequest{Policy: policy}, a, &s)
 }
 
 // DetachSecretPolicy detaches a policy from a secret.
 func (c *Client) DetachSecretPolicy(ctx context.Context, ref, policy string) (s api.Secret, err error) {
-	p, a := c.pol("/v1/secrets/"+esc(ref)+"/policies/"+esc(policy))
+	p, a := c.pol("/v1/secrets/" + esc(ref) + "/policies/" + esc(policy))
 	return s, c.do(ctx, "DELETE", p, nil, a, &s)
 }
 
@@ -419,13 +419,13 @@ func (c *Client) ListPolicies(ctx context.Context) (r api.PolicyList, err error)
 
 // GetPolicy returns one policy.
 func (c *Client) GetPolicy(ctx context.Context, ref string) (p api.Policy, err error) {
-	path, a := c.pol("/v1/policies/"+esc(ref))
+	path, a := c.pol("/v1/policies/" + esc(ref))
 	return p, c.do(ctx, "GET", path, nil, a, &p)
 }
 
 // DeletePolicy deletes a policy attached to nothing.
 func (c *Client) DeletePolicy(ctx context.Context, ref string) error {
-	p, a := c.pol("/v1/policies/"+esc(ref))
+	p, a := c.pol("/v1/policies/" + esc(ref))
 	return c.do(ctx, "DELETE", p, nil, a, nil)
 }
 
