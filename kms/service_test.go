@@ -3,6 +3,8 @@ package kms_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -592,5 +594,28 @@ func TestAdminManagesAnAppsPolicies(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("admin's attach not audited as the admin")
+	}
+}
+
+func TestTLS12Refused(t *testing.T) {
+	s := newServer(t, false)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(s.ca)
+	conn, err := tls.Dial("tcp", strings.TrimPrefix(s.url, "https://"), &tls.Config{RootCAs: pool, MaxVersion: tls.VersionTLS12})
+	if err == nil {
+		conn.Close()
+		t.Fatal("a TLS 1.2 client was accepted")
+	}
+	conn, err = tls.Dial("tcp", strings.TrimPrefix(s.url, "https://"), &tls.Config{RootCAs: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if v := conn.ConnectionState().Version; v != tls.VersionTLS13 {
+		t.Fatalf("negotiated %x", v)
+	}
+	// A client that does not trust the server's CA refuses it.
+	if _, err := tls.Dial("tcp", strings.TrimPrefix(s.url, "https://"), &tls.Config{RootCAs: x509.NewCertPool()}); err == nil {
+		t.Fatal("untrusted server certificate accepted")
 	}
 }
