@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -409,7 +410,15 @@ func (s *Service) wrap(op string, auth int, fn handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		q := &request{r: r}
-		status, err := s.serve(w, q, auth, fn)
+		status, err := func() (status int, err error) {
+			defer func() {
+				if p := recover(); p != nil {
+					err = fmt.Errorf("handler panic: %v", p)
+					status = writeProblem(w, err)
+				}
+			}()
+			return s.serve(w, q, auth, fn)
+		}()
 		code := ""
 		var se *Error
 		if errors.As(err, &se) {

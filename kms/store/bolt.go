@@ -75,14 +75,6 @@ func (b *Bolt) Update(ctx context.Context, fn func(Tx) error) error {
 	return b.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
 }
 
-// Batch implements Store with bbolt's group commit.
-func (b *Bolt) Batch(ctx context.Context, fn func(Tx) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return b.db.Batch(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
-}
-
 // Close implements Store.
 func (b *Bolt) Close() error { return b.db.Close() }
 

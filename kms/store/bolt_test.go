@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 )
@@ -84,34 +83,5 @@ func TestBoltSecondOpenRefused(t *testing.T) {
 	}
 	if time.Since(start) > 5*time.Second {
 		t.Fatal("lock wait not bounded")
-	}
-}
-
-func TestBoltBatchCoalesces(t *testing.T) {
-	s, err := OpenBolt(t.TempDir(), BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	ctx := context.Background()
-	var wg sync.WaitGroup
-	for i := range 50 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := s.Batch(ctx, func(tx Tx) error {
-				return tx.Put("audit", fmt.Sprintf("%04d", i), []byte("x"))
-			}); err != nil {
-				t.Error(err)
-			}
-		}()
-	}
-	wg.Wait()
-	n := 0
-	_ = s.View(ctx, func(tx Tx) error {
-		return tx.List("audit", "", func(string, []byte) error { n++; return nil })
-	})
-	if n != 50 {
-		t.Fatalf("batched writes = %d, want 50", n)
 	}
 }

@@ -35,10 +35,6 @@ type Store interface {
 	// Update runs fn in a read-write transaction and commits it durably
 	// when fn returns nil.
 	Update(ctx context.Context, fn func(Tx) error) error
-	// Batch is Update that may coalesce concurrent calls into one durable
-	// commit. fn may run more than once and must only depend on the
-	// transaction's state.
-	Batch(ctx context.Context, fn func(Tx) error) error
 	Close() error
 }
 
