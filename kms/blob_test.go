@@ -33,3 +33,21 @@ func FuzzParseBlob(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseShare(f *testing.F) {
+	f.Add(sharePrefix + "01" + "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
+	f.Add("vks1-")
+	f.Add("garbage")
+	f.Fuzz(func(t *testing.T, s string) {
+		b, err := ParseShare(s)
+		if err != nil {
+			if !errors.Is(err, ErrBadShares) {
+				t.Fatalf("error %v is not ErrBadShares", err)
+			}
+			return
+		}
+		if len(b) != 1+RootKeySize || b[0] == 0 {
+			t.Fatalf("accepted a share of %d bytes, index %d", len(b), b[0])
+		}
+	})
+}
