@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -155,6 +156,8 @@ func (s *syncBuffer) String() string {
 // service on 127.0.0.1 and unseals it unless sealed is set.
 func newServer(t testing.TB, sealed bool) *server {
 	t.Helper()
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() { checkGoroutines(t, before) }) // runs last
 	s := &server{t: t, dir: t.TempDir(), clock: &fakeClock{}, logs: &syncBuffer{}}
 	st, err := store.OpenBolt(s.dir, store.BoltOptions{})
 	if err != nil {
@@ -280,3 +283,17 @@ func readFile(p string) ([]byte, error) { return os.ReadFile(p) }
 type hexString string
 
 func (h hexString) repeat32() string { return strings.Repeat(string(h), 32) }
+
+// checkGoroutines fails the test if goroutines started by it (server,
+// audit writer, connections) are still running shortly after it ended.
+func checkGoroutines(t testing.TB, before int) {
+	deadline := time.Now().Add(3 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Errorf("goroutine leak: %d running, %d before the test\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
