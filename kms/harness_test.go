@@ -133,6 +133,8 @@ type server struct {
 	cancel context.CancelFunc
 	done   chan error
 	certs  *kms.DevCertificates
+	// adminCAs, if set before start, authenticates admin client certificates.
+	adminCAs *x509.CertPool
 }
 
 type syncBuffer struct {
@@ -188,7 +190,7 @@ func (s *server) start(certs *kms.DevCertificates, sealed bool) {
 	s.st = st
 	svc, err := kms.New(context.Background(), kms.Options{Store: st, Clock: s.clock.Now,
 		Logger:   slog.New(slog.NewJSONHandler(s.logs, nil)),
-		Verifier: testVerifier{}, Evaluator: testEvaluator{}})
+		Verifier: testVerifier{}, Evaluator: testEvaluator{}, AdminClientCAs: s.adminCAs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -517,6 +517,9 @@ func (s *Service) authenticate(r *http.Request, body []byte) (Caller, error) {
 		return s.AuthenticateApp(r.Context(), app, r.Header.Get(api.HeaderTimestamp), r.Header.Get(api.HeaderNonce),
 			r.Header.Get(api.HeaderSignature), r.Method, r.RequestURI, body)
 	}
+	if r.TLS != nil && s.authenticateAdminCert(r.TLS.PeerCertificates) {
+		return Caller{Kind: KindAdmin}, nil
+	}
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		// The evidence is verified once per connection: its certificate
 		// cannot change while the connection lives.

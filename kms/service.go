@@ -38,6 +38,10 @@ type Options struct {
 	// Evaluator decides release policies; nil means every workload
 	// release is denied.
 	Evaluator PolicyEvaluator
+	// AdminClientCAs, when set, makes a client certificate that chains to
+	// one of these CAs (for client authentication) an admin credential,
+	// like the admin token. Other client certificates are workloads'.
+	AdminClientCAs *x509.CertPool
 	// SignatureWindow is how far an app request's timestamp may be from
 	// the server's clock (default 5 minutes).
 	SignatureWindow time.Duration
@@ -380,6 +384,20 @@ func (s *Service) OnBehalfOf(ctx context.Context, c Caller, app string) (Caller,
 		return Caller{}, err
 	}
 	return Caller{Kind: KindApp, AppID: app, ViaAdmin: true}, nil
+}
+
+// authenticateAdminCert reports whether certs chain to an admin client CA.
+func (s *Service) authenticateAdminCert(certs []*x509.Certificate) bool {
+	if s.opt.AdminClientCAs == nil || len(certs) == 0 {
+		return false
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	_, err := certs[0].Verify(x509.VerifyOptions{Roots: s.opt.AdminClientCAs, Intermediates: inter,
+		CurrentTime: s.now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	return err == nil
 }
 
 // AuthenticateWorkload verifies a workload's client certificate chain.

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -63,6 +64,7 @@ var errAuditBroken = errors.New("the audit log failed verification")
 // kmsOpts are the client settings shared by the kms verbs.
 type kmsOpts struct {
 	url, ca, appID, apiKeyFile, adminTokenFile, profile string
+	clientCert, clientKey                              string
 	json                                                bool
 	timeout                                             time.Duration
 }
@@ -94,6 +96,8 @@ directory) holding {"url","ca","app_id","api_key","admin_token"}.`,
 	pf.StringVar(&o.apiKeyFile, "api-key-file", "", "file holding the app's API key (env VEIL_API_KEY holds the key itself)")
 	pf.StringVar(&o.adminTokenFile, "admin-token-file", "", "file holding the admin token (env VEIL_ADMIN_TOKEN holds the token itself)")
 	pf.StringVar(&o.profile, "profile", "", "profile file (env VEIL_KMS_PROFILE)")
+	pf.StringVar(&o.clientCert, "client-cert", "", "TLS client certificate (PEM) to present, e.g. an admin client certificate")
+	pf.StringVar(&o.clientKey, "client-key", "", "private key (PEM) of --client-cert")
 	pf.BoolVar(&o.json, "json", false, "print JSON for scripts")
 	pf.DurationVar(&o.timeout, "timeout", 30*time.Second, "time limit of each call")
 	c.AddCommand(newKMSServeCmd(env), newKMSInitCmd(env, o), newKMSUnsealCmd(env, o), newKMSSealCmd(env, o),
@@ -173,6 +177,16 @@ func (o *kmsOpts) client() (*client.Client, error) {
 	} else {
 		cfg.AdminToken = pick("", "VEIL_ADMIN_TOKEN", p.AdminToken)
 	}
+	if (o.clientCert == "") != (o.clientKey == "") {
+		return nil, usageErrorf("give --client-cert and --client-key together")
+	}
+	if o.clientCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.clientCert, o.clientKey)
+		if err != nil {
+			return nil, fmt.Errorf("loading the client certificate: %w", err)
+		}
+		cfg.WorkloadCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
+	}
 	if cfg.AppID == "" {
 		cfg.APIKey = ""
 	}
@@ -215,7 +229,7 @@ func kmsErr(err error) error {
 // ---- serve ----
 
 func newKMSServeCmd(env *Env) *cobra.Command {
-	var dataDir, listen, certFile, keyFile, logLevel string
+	var dataDir, listen, certFile, keyFile, logLevel, adminCA string
 	var dev bool
 	c := &cobra.Command{
 		Use:   "serve --data DIR --listen ADDR",
@@ -239,6 +253,16 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 			}
 			defer st.Close()
 			opt := kms.Options{Store: st, Logger: log}
+			if adminCA != "" {
+				b, err := os.ReadFile(adminCA)
+				if err != nil {
+					return fmt.Errorf("reading --admin-client-ca: %w", err)
+				}
+				opt.AdminClientCAs = x509.NewCertPool()
+				if !opt.AdminClientCAs.AppendCertsFromPEM(b) {
+					return usageErrorf("--admin-client-ca %s holds no PEM certificate", adminCA)
+				}
+			}
 			if KMSWorkloadAuth != nil {
 				if opt.Verifier, opt.Evaluator, err = KMSWorkloadAuth(dev); err != nil {
 					return fmt.Errorf("setting up workload attestation: %w", err)
@@ -302,6 +326,7 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 	f.StringVar(&certFile, "tls-cert", "", "server certificate chain (PEM)")
 	f.StringVar(&keyFile, "tls-key", "", "server private key (PEM)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&adminCA, "admin-client-ca", "", "PEM CA certificates whose client certificates authenticate as the admin")
 	return c
 }
 

@@ -39,7 +39,9 @@ type Config struct {
 	AdminToken string
 	// AppID and APIKey authenticate app calls (HMAC-signed requests).
 	AppID, APIKey string
-	// WorkloadCertificate returns the RA-TLS client certificate a workload
+	// WorkloadCertificate returns the TLS client certificate to present:
+	// the RA-TLS certificate of a workload, or an admin client certificate
+	// (then admin calls need no AdminToken).
 	// presents; it is asked during each TLS handshake.
 	WorkloadCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 	// Clock returns the time used to sign requests (default time.Now).
@@ -230,6 +232,9 @@ func (c *Client) NewRequest(ctx context.Context, method, path string, body []byt
 	switch {
 	case admin:
 		if c.cfg.AdminToken == "" {
+			if c.cfg.WorkloadCertificate != nil {
+				break // an admin client certificate
+			}
 			return nil, fmt.Errorf("%w: this call needs the admin token (VEIL_ADMIN_TOKEN)", ErrConfig)
 		}
 		req.Header.Set("Authorization", "Bearer "+c.cfg.AdminToken)
