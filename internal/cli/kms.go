@@ -64,7 +64,7 @@ var errAuditBroken = errors.New("the audit log failed verification")
 // kmsOpts are the client settings shared by the kms verbs.
 type kmsOpts struct {
 	url, ca, appID, apiKeyFile, adminTokenFile, profile string
-	clientCert, clientKey                              string
+	clientCert, clientKey                               string
 	json                                                bool
 	timeout                                             time.Duration
 }
