@@ -1,0 +1,342 @@
+// Package api holds the wire format of the veil key service, shared by the
+// server (kms) and the client (kms/client): request and response bodies,
+// the problem document, and the canonical string that app requests sign.
+// Nothing else builds or parses these bytes.
+package api
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+)
+
+// Headers of a signed app request.
+const (
+	HeaderAppID     = "X-Veil-App-Id"
+	HeaderTimestamp = "X-Veil-Timestamp"
+	HeaderNonce     = "X-Veil-Nonce"
+	HeaderSignature = "X-Veil-Signature"
+)
+
+// ProblemContentType is the media type of error bodies (RFC 7807).
+const ProblemContentType = "application/problem+json"
+
+// ProblemTypeBase prefixes the stable code in Problem.Type.
+const ProblemTypeBase = "https://veil-tee.github.io/problems/"
+
+// Problem is an RFC 7807 problem document with veil's stable code.
+type Problem struct {
+	Type   string   `json:"type"`
+	Title  string   `json:"title"`
+	Status int      `json:"status"`
+	Detail string   `json:"detail,omitempty"`
+	Code   string   `json:"code"`
+	Unmet  []string `json:"unmet,omitempty"`
+}
+
+// SigningKey derives the HMAC key of an app from its API key. The server
+// stores only this value (encrypted under its root key), never the API key.
+func SigningKey(apiKey string) []byte {
+	h := sha256.Sum256([]byte("veil-kms-app-signing-key-v1\n" + apiKey))
+	return h[:]
+}
+
+// StringToSign is the canonical form of a request that an app signs.
+// requestURI is the path and query exactly as sent on the request line.
+func StringToSign(method, requestURI string, ts int64, nonce string, body []byte) []byte {
+	bh := sha256.Sum256(body)
+	var b bytes.Buffer
+	b.WriteString("VEIL-HMAC-SHA256\n")
+	b.WriteString(method + "\n")
+	b.WriteString(requestURI + "\n")
+	b.WriteString(strconv.FormatInt(ts, 10) + "\n")
+	b.WriteString(nonce + "\n")
+	b.WriteString(hex.EncodeToString(bh[:]))
+	return b.Bytes()
+}
+
+// Sign returns the hex HMAC-SHA256 signature of a request.
+func Sign(signingKey []byte, method, requestURI string, ts int64, nonce string, body []byte) string {
+	m := hmac.New(sha256.New, signingKey)
+	m.Write(StringToSign(method, requestURI, ts, nonce, body))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// ErrUnknownField is wrapped by DecodeStrict for a field the type lacks.
+var ErrUnknownField = errors.New("unknown field")
+
+// ErrMalformed is wrapped by DecodeStrict for any other decoding error.
+var ErrMalformed = errors.New("malformed JSON")
+
+// UnknownFieldError names the offending field.
+type UnknownFieldError struct{ Field string }
+
+func (e *UnknownFieldError) Error() string { return fmt.Sprintf("unknown field %q", e.Field) }
+func (e *UnknownFieldError) Unwrap() error { return ErrUnknownField }
+
+// DecodeStrict decodes exactly one JSON value from b into v, rejecting
+// unknown fields (naming them) and trailing data.
+func DecodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		const pfx = "json: unknown field \""
+		if s := err.Error(); len(s) > len(pfx) && s[:len(pfx)] == pfx {
+			return &UnknownFieldError{Field: s[len(pfx) : len(s)-1]}
+		}
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return fmt.Errorf("%w: field %q must be %s, not %s", ErrMalformed, te.Field, te.Type, te.Value)
+		}
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%w: empty body", ErrMalformed)
+		}
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: data after the JSON value", ErrMalformed)
+	}
+	return nil
+}
+
+// Key specs.
+const (
+	SpecAES256GCM = "AES_256_GCM"
+)
+
+// Key states.
+const (
+	StateEnabled         = "enabled"
+	StateDisabled        = "disabled"
+	StatePendingDeletion = "pending_deletion"
+	StateDeleted         = "deleted"
+)
+
+// Status is GET /v1/sys/status.
+type Status struct {
+	Initialized bool   `json:"initialized"`
+	Sealed      bool   `json:"sealed"`
+	Mode        string `json:"mode,omitempty"`
+	Threshold   int    `json:"threshold,omitempty"`
+	Shares      int    `json:"shares,omitempty"`
+	Progress    int    `json:"progress"`
+}
+
+// UnsealRequest is POST /v1/sys/unseal.
+type UnsealRequest struct {
+	Share string `json:"share"`
+}
+
+// EnrollRequest is POST /v1/apps.
+type EnrollRequest struct {
+	Name string `json:"name"`
+}
+
+// EnrollResponse carries the API key, shown once.
+type EnrollResponse struct {
+	AppID  string `json:"app_id"`
+	APIKey string `json:"api_key"`
+}
+
+// App describes an enrolled app.
+type App struct {
+	AppID   string    `json:"app_id"`
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+}
+
+// AppList is GET /v1/apps.
+type AppList struct {
+	Apps []App `json:"apps"`
+}
+
+// CreateKeyRequest is POST /v1/keys.
+type CreateKeyRequest struct {
+	Name        string `json:"name"`
+	Spec        string `json:"spec,omitempty"`
+	Description string `json:"description,omitempty"`
+}
+
+// KeyVersion is one version of a key.
+type KeyVersion struct {
+	Version int       `json:"version"`
+	Created time.Time `json:"created"`
+}
+
+// Key describes a customer master key (never its material).
+type Key struct {
+	ID             string       `json:"id"`
+	Name           string       `json:"name"`
+	Owner          string       `json:"owner"`
+	Description    string       `json:"description,omitempty"`
+	Spec           string       `json:"spec"`
+	State          string       `json:"state"`
+	Created        time.Time    `json:"created"`
+	DeletionTime   *time.Time   `json:"deletion_time,omitempty"`
+	PrimaryVersion int          `json:"primary_version"`
+	Versions       []KeyVersion `json:"versions"`
+	Policies       []string     `json:"policies"`
+}
+
+// KeyList is GET /v1/keys.
+type KeyList struct {
+	Keys []Key `json:"keys"`
+}
+
+// ScheduleDeletionRequest is POST /v1/keys/{ref}/schedule-deletion.
+type ScheduleDeletionRequest struct {
+	PendingDays int `json:"pending_days"`
+}
+
+// AttachPolicyRequest attaches a policy to a key or secret.
+type AttachPolicyRequest struct {
+	Policy string `json:"policy"`
+}
+
+// EncryptRequest is POST /v1/keys/{ref}/encrypt.
+type EncryptRequest struct {
+	Plaintext []byte `json:"plaintext"`
+	AAD       []byte `json:"aad,omitempty"`
+}
+
+// DataKeyRequest is POST /v1/keys/{ref}/generate-data-key[-without-plaintext].
+type DataKeyRequest struct {
+	Length int    `json:"length,omitempty"` // bytes, default 32
+	AAD    []byte `json:"aad,omitempty"`
+}
+
+// CipherResponse answers encrypt and the data-key calls.
+type CipherResponse struct {
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+	Ciphertext []byte `json:"ciphertext"`
+	Plaintext  []byte `json:"plaintext,omitempty"`
+}
+
+// DecryptRequest is POST /v1/decrypt.
+type DecryptRequest struct {
+	Ciphertext []byte `json:"ciphertext"`
+	AAD        []byte `json:"aad,omitempty"`
+}
+
+// DecryptResponse answers decrypt.
+type DecryptResponse struct {
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+	Plaintext  []byte `json:"plaintext"`
+}
+
+// PutSecretRequest is PUT /v1/secrets/{name}.
+type PutSecretRequest struct {
+	Value       []byte `json:"value"`
+	Description string `json:"description,omitempty"`
+}
+
+// Secret describes a secret; Value is set only by get.
+type Secret struct {
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	Owner       string    `json:"owner"`
+	Description string    `json:"description,omitempty"`
+	Created     time.Time `json:"created"`
+	Version     int       `json:"version"`
+	Versions    int       `json:"versions"`
+	Policies    []string  `json:"policies"`
+	Value       []byte    `json:"value,omitempty"`
+}
+
+// SecretList is GET /v1/secrets.
+type SecretList struct {
+	Secrets []Secret `json:"secrets"`
+}
+
+// CreatePolicyRequest is POST /v1/policies.
+type CreatePolicyRequest struct {
+	Name     string          `json:"name"`
+	Document json.RawMessage `json:"document"`
+}
+
+// Policy is a stored release policy.
+type Policy struct {
+	ID       string          `json:"id"`
+	Name     string          `json:"name"`
+	Owner    string          `json:"owner"`
+	Created  time.Time       `json:"created"`
+	Document json.RawMessage `json:"document"`
+}
+
+// PolicyList is GET /v1/policies.
+type PolicyList struct {
+	Policies []Policy `json:"policies"`
+}
+
+// AuditHead is GET /v1/audit/head.
+type AuditHead struct {
+	Seq       uint64 `json:"seq"`
+	Hash      string `json:"hash"`
+	Authentic bool   `json:"authentic"`
+}
+
+// AuditPage is GET /v1/audit; entries are audit.Entry values kept raw so
+// that a verifier hashes exactly what was stored.
+type AuditPage struct {
+	Entries []json.RawMessage `json:"entries"`
+	Next    uint64            `json:"next,omitempty"` // pass as ?after= for the next page
+}
+
+// Asymmetric key specs.
+const (
+	SpecECP256  = "EC_P256"  // ECDSA with SHA-256 (ASN.1 signatures)
+	SpecRSA3072 = "RSA_3072" // RSASSA-PSS with SHA-256; RSA-OAEP with SHA-256
+)
+
+// SignRequest is POST /v1/keys/{ref}/sign: exactly one of Message (hashed
+// with SHA-256 by the service) and Digest (a SHA-256 digest).
+type SignRequest struct {
+	Message []byte `json:"message,omitempty"`
+	Digest  []byte `json:"digest,omitempty"`
+}
+
+// SignResponse answers sign.
+type SignResponse struct {
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+	Signature  []byte `json:"signature"`
+}
+
+// VerifyRequest is POST /v1/keys/{ref}/verify; KeyVersion 0 means primary.
+type VerifyRequest struct {
+	Message    []byte `json:"message,omitempty"`
+	Digest     []byte `json:"digest,omitempty"`
+	Signature  []byte `json:"signature"`
+	KeyVersion int    `json:"key_version,omitempty"`
+}
+
+// VerifyResponse answers verify.
+type VerifyResponse struct {
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+	Valid      bool   `json:"valid"`
+}
+
+// PublicKeyResponse is GET /v1/keys/{ref}/public-key.
+type PublicKeyResponse struct {
+	KeyID      string `json:"key_id"`
+	KeyVersion int    `json:"key_version"`
+	Spec       string `json:"spec"`
+	PublicKey  string `json:"public_key"` // PEM, PKIX
+}
+
+// AsymmetricDecryptRequest is POST /v1/keys/{ref}/asymmetric-decrypt
+// (RSA-OAEP with SHA-256); KeyVersion 0 means primary.
+type AsymmetricDecryptRequest struct {
+	Ciphertext []byte `json:"ciphertext"`
+	KeyVersion int    `json:"key_version,omitempty"`
+}

@@ -1,0 +1,191 @@
+// Package audit defines the key service's audit log: a sequence of entries,
+// each carrying the SHA-256 hash of the previous one, and the verification
+// that recomputes the chain.
+//
+// The chain detects an entry that was edited, reordered or deleted after it
+// was written, as long as the verifier knows the authentic head (the last
+// sequence number and hash): the key service keeps the head MACed under a
+// key derived from its root key, so rewriting the whole tail of the chain is
+// detected too. It does not prevent tampering, only reveals it; it does not
+// hide entries from whoever can read the store (entries hold identities and
+// key ids, never key material or plaintext).
+package audit
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Results of an audited operation.
+const (
+	Granted = "granted"
+	Denied  = "denied"
+)
+
+// ZeroHash is the Prev of the first entry.
+var ZeroHash = strings.Repeat("0", 64)
+
+// ErrMalformed is returned by Parse for an entry that is not valid JSON of
+// the expected shape.
+var ErrMalformed = errors.New("malformed audit entry")
+
+// Claims is the attested identity of a workload as recorded in the log.
+type Claims struct {
+	TEE         string `json:"tee"`
+	Measurement string `json:"measurement"`
+	Signer      string `json:"signer"`
+	ProductID   uint16 `json:"product_id"`
+	SVN         uint16 `json:"svn"`
+	Debug       bool   `json:"debug"`
+}
+
+// Actor says who asked.
+type Actor struct {
+	Kind     string  `json:"kind"` // "admin", "app", "workload", "operator", "anonymous"
+	AppID    string  `json:"app_id,omitempty"`
+	Workload *Claims `json:"workload,omitempty"`
+}
+
+// Entry is one audit record.
+type Entry struct {
+	Seq        uint64    `json:"seq"`
+	Time       time.Time `json:"time"`
+	Actor      Actor     `json:"actor"`
+	Op         string    `json:"op"`
+	Owner      string    `json:"owner,omitempty"` // app owning the object
+	Key        string    `json:"key,omitempty"`
+	KeyVersion int       `json:"key_version,omitempty"`
+	Secret     string    `json:"secret,omitempty"`
+	Policy     string    `json:"policy,omitempty"`
+	App        string    `json:"app,omitempty"` // app acted upon (enroll)
+	Result     string    `json:"result"`
+	Reason     string    `json:"reason,omitempty"`
+	Prev       string    `json:"prev"`
+	Hash       string    `json:"hash"`
+}
+
+// ComputeHash returns the hex SHA-256 of e's canonical form (its JSON
+// encoding with Hash empty), which covers Prev and therefore the chain.
+func ComputeHash(e Entry) string {
+	e.Hash = ""
+	e.Time = e.Time.UTC()
+	b, err := json.Marshal(e)
+	if err != nil { // only plain fields: cannot fail
+		panic(err)
+	}
+	h := sha256.New()
+	h.Write([]byte("veil-audit-v1\n"))
+	h.Write(b)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Link sets e.Seq, e.Prev and e.Hash so that e follows an entry with seq
+// prevSeq and hash prevHash (0 and ZeroHash for the first entry).
+func Link(e *Entry, prevSeq uint64, prevHash string) {
+	e.Seq = prevSeq + 1
+	e.Prev = prevHash
+	e.Time = e.Time.UTC()
+	e.Hash = ComputeHash(*e)
+}
+
+// Marshal encodes e for storage.
+func Marshal(e Entry) []byte {
+	b, err := json.Marshal(e)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// Parse decodes a stored entry strictly.
+func Parse(b []byte) (Entry, error) {
+	var e Entry
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&e); err != nil {
+		return Entry{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if dec.More() {
+		return Entry{}, fmt.Errorf("%w: trailing data", ErrMalformed)
+	}
+	return e, nil
+}
+
+// Head is the authentic end of the chain.
+type Head struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+// Kinds of Problem.
+const (
+	Edited    = "edited"
+	Reordered = "reordered"
+	Deleted   = "deleted"
+)
+
+// Problem is one finding of Verify.
+type Problem struct {
+	Seq    uint64 `json:"seq"`
+	Kind   string `json:"kind"`
+	Detail string `json:"detail"`
+}
+
+func (p Problem) String() string { return fmt.Sprintf("entry %d %s: %s", p.Seq, p.Kind, p.Detail) }
+
+// Verify recomputes the chain over entries, as stored (in storage order),
+// against head, and returns every problem found (none for an intact log).
+func Verify(entries []Entry, head Head) []Problem {
+	var probs []Problem
+	add := func(seq uint64, kind, format string, a ...any) {
+		probs = append(probs, Problem{Seq: seq, Kind: kind, Detail: fmt.Sprintf(format, a...)})
+	}
+	bySeq := map[uint64]Entry{}
+	var maxSeq uint64
+	for i, e := range entries {
+		if i > 0 && e.Seq <= entries[i-1].Seq {
+			add(e.Seq, Reordered, "stored after entry %d", entries[i-1].Seq)
+		}
+		if ComputeHash(e) != e.Hash {
+			add(e.Seq, Edited, "content does not match its hash")
+		}
+		if _, dup := bySeq[e.Seq]; dup {
+			add(e.Seq, Reordered, "sequence number appears twice")
+		}
+		bySeq[e.Seq] = e
+		maxSeq = max(maxSeq, e.Seq)
+	}
+	last := max(maxSeq, head.Seq)
+	for seq := uint64(1); seq <= last; seq++ {
+		e, ok := bySeq[seq]
+		if !ok {
+			add(seq, Deleted, "missing from the log")
+			continue
+		}
+		want := ZeroHash
+		if p, ok := bySeq[seq-1]; ok {
+			want = p.Hash
+		} else if seq > 1 {
+			continue // predecessor missing: already reported
+		}
+		if e.Prev != want {
+			add(seq-1, Edited, "rewritten: entry %d does not link to it", seq)
+		}
+	}
+	if head.Seq != 0 || head.Hash != "" {
+		if e, ok := bySeq[head.Seq]; ok && e.Hash != head.Hash {
+			add(head.Seq, Edited, "does not match the authenticated head of the log")
+		}
+		if maxSeq > head.Seq {
+			add(maxSeq, Edited, "appended beyond the authenticated head %d", head.Seq)
+		}
+	}
+	sort.SliceStable(probs, func(i, j int) bool { return probs[i].Seq < probs[j].Seq })
+	return probs
+}

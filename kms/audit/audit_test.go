@@ -1,0 +1,117 @@
+package audit
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+func chain(n int) ([]Entry, Head) {
+	var es []Entry
+	prevSeq, prev := uint64(0), ZeroHash
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for i := range n {
+		e := Entry{Time: t0.Add(time.Duration(i) * time.Second), Actor: Actor{Kind: "app", AppID: "a_1"}, Op: "decrypt", Key: fmt.Sprintf("k_%d", i), Result: Granted}
+		Link(&e, prevSeq, prev)
+		es = append(es, e)
+		prevSeq, prev = e.Seq, e.Hash
+	}
+	return es, Head{Seq: prevSeq, Hash: prev}
+}
+
+func kinds(ps []Problem) map[string][]uint64 {
+	m := map[string][]uint64{}
+	for _, p := range ps {
+		m[p.Kind] = append(m[p.Kind], p.Seq)
+	}
+	return m
+}
+
+func TestIntactChain(t *testing.T) {
+	es, head := chain(6)
+	if ps := Verify(es, head); len(ps) != 0 {
+		t.Fatalf("intact chain: %v", ps)
+	}
+	// Round trip through storage encoding.
+	for _, e := range es {
+		got, err := Parse(Marshal(e))
+		if err != nil || got.Hash != ComputeHash(got) {
+			t.Fatalf("round trip: %v", err)
+		}
+	}
+}
+
+func TestDetectsTampering(t *testing.T) {
+	t.Run("edited", func(t *testing.T) {
+		es, head := chain(6)
+		es[2].Result = Denied
+		if got := kinds(Verify(es, head)); len(got[Edited]) == 0 || got[Edited][0] != 3 {
+			t.Fatalf("got %v", got)
+		}
+	})
+	t.Run("edited and rehashed", func(t *testing.T) {
+		es, head := chain(6)
+		es[2].Actor.AppID = "a_evil"
+		es[2].Hash = ComputeHash(es[2])
+		got := kinds(Verify(es, head))
+		if len(got[Edited]) != 1 || got[Edited][0] != 3 {
+			t.Fatalf("got %v", got)
+		}
+	})
+	t.Run("whole tail rewritten", func(t *testing.T) {
+		es, head := chain(6)
+		es[4].Op = "nothing"
+		Link(&es[4], es[3].Seq, es[3].Hash)
+		Link(&es[5], es[4].Seq, es[4].Hash)
+		if got := kinds(Verify(es, head)); len(got[Edited]) == 0 {
+			t.Fatalf("rewritten tail not detected: %v", got)
+		}
+	})
+	t.Run("reordered", func(t *testing.T) {
+		es, head := chain(6)
+		es[1], es[2] = es[2], es[1]
+		if got := kinds(Verify(es, head)); len(got[Reordered]) == 0 {
+			t.Fatalf("got %v", got)
+		}
+	})
+	t.Run("deleted middle", func(t *testing.T) {
+		es, head := chain(6)
+		es = append(es[:2], es[3:]...)
+		if got := kinds(Verify(es, head)); len(got[Deleted]) != 1 || got[Deleted][0] != 3 {
+			t.Fatalf("got %v", got)
+		}
+	})
+	t.Run("deleted tail", func(t *testing.T) {
+		es, head := chain(6)
+		if got := kinds(Verify(es[:4], head)); len(got[Deleted]) != 2 {
+			t.Fatalf("got %v", got)
+		}
+	})
+}
+
+func TestParseStrict(t *testing.T) {
+	if _, err := Parse([]byte(`{"seq":1,"bogus":2}`)); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("unknown field: %v", err)
+	}
+	if _, err := Parse([]byte(`{"seq":1} {}`)); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("trailing: %v", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	es, _ := chain(2)
+	f.Add(Marshal(es[0]))
+	f.Add(Marshal(es[1]))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := Parse(b)
+		if err != nil {
+			return
+		}
+		e2, err := Parse(Marshal(e))
+		if err != nil || ComputeHash(e2) != ComputeHash(e) {
+			t.Fatalf("re-encoding changed the entry: %v", err)
+		}
+	})
+}

@@ -1,0 +1,462 @@
+// Package client is the Go client of the veil key service, used by the veil
+// command line and by the runtime. It verifies the server's certificate
+// against the configured CA (there is no option to skip verification), signs
+// app requests with the app's API key (which never travels on the wire), and
+// presents an attested client certificate for workload calls.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/veil-tee/veil/kms/api"
+)
+
+// Config says where the key service is and who the client is. Several
+// identities may be set: admin calls use AdminToken; key, secret and policy
+// calls use the app credentials when AppID is set and otherwise the
+// workload certificate.
+type Config struct {
+	// URL is the service's base URL, https://HOST:PORT.
+	URL string
+	// CAPEM holds the PEM certificates that may sign the server's
+	// certificate; empty means the system roots.
+	CAPEM []byte
+	// AdminToken authenticates admin calls.
+	AdminToken string
+	// AppID and APIKey authenticate app calls (HMAC-signed requests).
+	AppID, APIKey string
+	// WorkloadCertificate returns the TLS client certificate to present:
+	// the RA-TLS certificate of a workload, or an admin client certificate
+	// (then admin calls need no AdminToken).
+	// presents; it is asked during each TLS handshake.
+	WorkloadCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
+	// Clock returns the time used to sign requests (default time.Now).
+	Clock func() time.Time
+	// Timeout bounds each call (default 30 s).
+	Timeout time.Duration
+	// MaxConnsPerHost bounds kept-alive connections (default 64).
+	MaxConnsPerHost int
+}
+
+// Client calls the key service. It is safe for concurrent use.
+type Client struct {
+	cfg      Config
+	base     *url.URL
+	hc       *http.Client
+	signKey  []byte
+	adminFor string
+}
+
+// AdminFor returns a client whose policy calls (create, list, show, delete,
+// attach, detach) are made by the admin on behalf of app. It shares c's
+// connections.
+func (c *Client) AdminFor(app string) *Client {
+	cc := *c
+	cc.adminFor = app
+	return &cc
+}
+
+// pol returns the path and identity of a policy call.
+func (c *Client) pol(p string) (string, auth) {
+	if c.adminFor == "" {
+		return p, asPrincipal
+	}
+	return p + "?app=" + url.QueryEscape(c.adminFor), asAdmin
+}
+
+// ErrConfig is wrapped by New for an unusable configuration.
+var ErrConfig = errors.New("invalid key service client configuration")
+
+// New returns a client for cfg.
+func New(cfg Config) (*Client, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		return nil, fmt.Errorf("%w: the URL must be https://HOST:PORT, got %q", ErrConfig, cfg.URL)
+	}
+	u.Path = ""
+	tc := &tls.Config{MinVersion: tls.VersionTLS13, GetClientCertificate: cfg.WorkloadCertificate}
+	if len(cfg.CAPEM) > 0 {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(cfg.CAPEM) {
+			return nil, fmt.Errorf("%w: the CA file holds no PEM certificate", ErrConfig)
+		}
+		tc.RootCAs = pool
+	}
+	if (cfg.AppID == "") != (cfg.APIKey == "") {
+		return nil, fmt.Errorf("%w: set both the app id and the API key, or neither", ErrConfig)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.MaxConnsPerHost == 0 {
+		cfg.MaxConnsPerHost = 64
+	}
+	tr := &http.Transport{
+		TLSClientConfig:     tc,
+		ForceAttemptHTTP2:   false,
+		MaxIdleConns:        cfg.MaxConnsPerHost,
+		MaxIdleConnsPerHost: cfg.MaxConnsPerHost,
+		MaxConnsPerHost:     cfg.MaxConnsPerHost,
+		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: 10 * time.Second,
+	}
+	c := &Client{cfg: cfg, base: u, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}}
+	if cfg.APIKey != "" {
+		c.signKey = api.SigningKey(cfg.APIKey)
+	}
+	return c, nil
+}
+
+// Close releases idle connections.
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
+
+// Error is a problem returned by the service. errors.Is matches on Code, so
+// it matches the Err* values of this package.
+type Error struct {
+	Status  int
+	Problem api.Problem
+}
+
+func (e *Error) Error() string {
+	if e.Problem.Detail != "" {
+		return fmt.Sprintf("key service: %s (%s)", e.Problem.Detail, e.Problem.Code)
+	}
+	return fmt.Sprintf("key service: %s (HTTP %d)", e.Problem.Code, e.Status)
+}
+
+// Is matches another *Error with the same code.
+func (e *Error) Is(target error) bool {
+	var t *Error
+	return errors.As(target, &t) && t.Problem.Code == e.Problem.Code
+}
+
+// Code returns a sentinel matching service errors with code.
+func Code(code string) *Error { return &Error{Problem: api.Problem{Code: code}} }
+
+// Sentinels for the codes callers most often branch on (docs/kms.md has
+// the full list).
+var (
+	ErrUnauthenticated = Code("unauthenticated")
+	ErrBadSignature    = Code("bad_signature")
+	ErrStaleTimestamp  = Code("stale_timestamp")
+	ErrReplayed        = Code("replayed_request")
+	ErrForbidden       = Code("forbidden")
+	ErrPolicyDenied    = Code("policy_denied")
+	ErrKeyNotFound     = Code("key_not_found")
+	ErrSecretNotFound  = Code("secret_not_found")
+	ErrKeyDisabled     = Code("key_disabled")
+	ErrKeyPendingDel   = Code("key_pending_deletion")
+	ErrKeyDeleted      = Code("key_deleted")
+	ErrDecryptFailed   = Code("decrypt_failed")
+	ErrSealed          = Code("sealed")
+	ErrUnknownField    = Code("unknown_field")
+	ErrBodyTooLarge    = Code("body_too_large")
+	ErrAlreadyExists   = Code("already_exists")
+	ErrWorkloadAuth    = Code("workload_unverified")
+)
+
+type auth int
+
+const (
+	asNone auth = iota
+	asAdmin
+	asPrincipal // the app when configured, else the workload certificate
+)
+
+// Raw sends one request and decodes the JSON answer into out (if non-nil).
+// It is exported for tests and tools that need exact control of the body.
+func (c *Client) Raw(ctx context.Context, method, path string, body []byte, admin bool, out any) error {
+	a := asPrincipal
+	if admin {
+		a = asAdmin
+	}
+	return c.send(ctx, method, path, body, a, out)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in any, a auth, out any) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return err
+		}
+	}
+	return c.send(ctx, method, path, body, a, out)
+}
+
+func (c *Client) send(ctx context.Context, method, path string, body []byte, a auth, out any) error {
+	req, err := c.NewRequest(ctx, method, path, body, a == asAdmin)
+	if err != nil {
+		return err
+	}
+	if a == asNone {
+		req.Header.Del("Authorization")
+		for _, h := range []string{api.HeaderAppID, api.HeaderTimestamp, api.HeaderNonce, api.HeaderSignature} {
+			req.Header.Del(h)
+		}
+	}
+	return c.Do(req, out)
+}
+
+// NewRequest builds an authenticated request (admin, or app-signed when the
+// client has app credentials). Tests use it to replay or alter requests.
+func (c *Client) NewRequest(ctx context.Context, method, path string, body []byte, admin bool) (*http.Request, error) {
+	u := *c.base
+	p, q, _ := strings.Cut(path, "?")
+	u.Path, u.RawQuery = p, q
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > 0 {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	switch {
+	case admin:
+		if c.cfg.AdminToken == "" {
+			if c.cfg.WorkloadCertificate != nil {
+				break // an admin client certificate
+			}
+			return nil, fmt.Errorf("%w: this call needs the admin token (VEIL_ADMIN_TOKEN)", ErrConfig)
+		}
+		req.Header.Set("Authorization", "Bearer "+c.cfg.AdminToken)
+	case c.signKey != nil:
+		nb := make([]byte, 18)
+		if _, err := rand.Read(nb); err != nil {
+			return nil, err
+		}
+		nonce := base64.RawURLEncoding.EncodeToString(nb)
+		ts := c.cfg.Clock().Unix()
+		req.Header.Set(api.HeaderAppID, c.cfg.AppID)
+		req.Header.Set(api.HeaderTimestamp, strconv.FormatInt(ts, 10))
+		req.Header.Set(api.HeaderNonce, nonce)
+		req.Header.Set(api.HeaderSignature, api.Sign(c.signKey, method, req.URL.RequestURI(), ts, nonce, body))
+	}
+	return req, nil
+}
+
+// Do sends req and decodes the answer into out, or returns an *Error.
+func (c *Client) Do(req *http.Request, out any) error {
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("calling the key service: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return fmt.Errorf("reading the key service's answer: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		e := &Error{Status: resp.StatusCode}
+		if json.Unmarshal(b, &e.Problem) != nil || e.Problem.Code == "" {
+			e.Problem = api.Problem{Code: "http_" + strconv.Itoa(resp.StatusCode), Status: resp.StatusCode, Detail: strings.TrimSpace(string(b))}
+		}
+		return e
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("decoding the key service's answer: %w", err)
+	}
+	return nil
+}
+
+func esc(s string) string { return url.PathEscape(s) }
+
+// ---- sys ----
+
+// Status returns the seal state.
+func (c *Client) Status(ctx context.Context) (st api.Status, err error) {
+	return st, c.do(ctx, "GET", "/v1/sys/status", nil, asNone, &st)
+}
+
+// Unseal hands one share to the service.
+func (c *Client) Unseal(ctx context.Context, share string) (st api.Status, err error) {
+	return st, c.do(ctx, "POST", "/v1/sys/unseal", api.UnsealRequest{Share: share}, asNone, &st)
+}
+
+// Seal makes the service forget its root key (admin).
+func (c *Client) Seal(ctx context.Context) (st api.Status, err error) {
+	return st, c.do(ctx, "POST", "/v1/sys/seal", nil, asAdmin, &st)
+}
+
+// ---- apps (admin) ----
+
+// Enroll registers an app; the API key in the answer is shown only once.
+func (c *Client) Enroll(ctx context.Context, name string) (r api.EnrollResponse, err error) {
+	return r, c.do(ctx, "POST", "/v1/apps", api.EnrollRequest{Name: name}, asAdmin, &r)
+}
+
+// ListApps lists enrolled apps.
+func (c *Client) ListApps(ctx context.Context) (r api.AppList, err error) {
+	return r, c.do(ctx, "GET", "/v1/apps", nil, asAdmin, &r)
+}
+
+// ---- keys ----
+
+// CreateKey creates a customer master key ("" spec means AES_256_GCM).
+func (c *Client) CreateKey(ctx context.Context, name, spec, description string) (k api.Key, err error) {
+	return k, c.do(ctx, "POST", "/v1/keys", api.CreateKeyRequest{Name: name, Spec: spec, Description: description}, asPrincipal, &k)
+}
+
+// ListKeys lists the app's keys.
+func (c *Client) ListKeys(ctx context.Context) (r api.KeyList, err error) {
+	return r, c.do(ctx, "GET", "/v1/keys", nil, asPrincipal, &r)
+}
+
+// DescribeKey returns a key's metadata; ref is a key id or the app's key name.
+func (c *Client) DescribeKey(ctx context.Context, ref string) (k api.Key, err error) {
+	return k, c.do(ctx, "GET", "/v1/keys/"+esc(ref), nil, asPrincipal, &k)
+}
+
+// KeyAction is "enable", "disable", "rotate" or "cancel-deletion".
+func (c *Client) KeyAction(ctx context.Context, ref, action string) (k api.Key, err error) {
+	return k, c.do(ctx, "POST", "/v1/keys/"+esc(ref)+"/"+esc(action), nil, asPrincipal, &k)
+}
+
+// ScheduleKeyDeletion schedules deletion after pendingDays (0: 30).
+func (c *Client) ScheduleKeyDeletion(ctx context.Context, ref string, pendingDays int) (k api.Key, err error) {
+	return k, c.do(ctx, "POST", "/v1/keys/"+esc(ref)+"/schedule-deletion", api.ScheduleDeletionRequest{PendingDays: pendingDays}, asPrincipal, &k)
+}
+
+// AttachKeyPolicy attaches a policy (id or name) to a key.
+func (c *Client) AttachKeyPolicy(ctx context.Context, ref, policy string) (k api.Key, err error) {
+	p, a := c.pol("/v1/keys/" + esc(ref) + "/policies")
+	return k, c.do(ctx, "POST", p, api.AttachPolicyRequest{Policy: policy}, a, &k)
+}
+
+// DetachKeyPolicy detaches a policy from a key.
+func (c *Client) DetachKeyPolicy(ctx context.Context, ref, policy string) (k api.Key, err error) {
+	p, a := c.pol("/v1/keys/" + esc(ref) + "/policies/" + esc(policy))
+	return k, c.do(ctx, "DELETE", p, nil, a, &k)
+}
+
+// Encrypt encrypts up to 4 KiB under a key.
+func (c *Client) Encrypt(ctx context.Context, ref string, plaintext, aad []byte) (r api.CipherResponse, err error) {
+	return r, c.do(ctx, "POST", "/v1/keys/"+esc(ref)+"/encrypt", api.EncryptRequest{Plaintext: plaintext, AAD: aad}, asPrincipal, &r)
+}
+
+// GenerateDataKey returns a new data key and its wrapped form.
+func (c *Client) GenerateDataKey(ctx context.Context, ref string, length int, aad []byte) (r api.CipherResponse, err error) {
+	return r, c.do(ctx, "POST", "/v1/keys/"+esc(ref)+"/generate-data-key", api.DataKeyRequest{Length: length, AAD: aad}, asPrincipal, &r)
+}
+
+// GenerateDataKeyWithoutPlaintext returns only the wrapped data key.
+func (c *Client) GenerateDataKeyWithoutPlaintext(ctx context.Context, ref string, length int, aad []byte) (r api.CipherResponse, err error) {
+	return r, c.do(ctx, "POST", "/v1/keys/"+esc(ref)+"/generate-data-key-without-plaintext", api.DataKeyRequest{Length: length, AAD: aad}, asPrincipal, &r)
+}
+
+// Decrypt opens a ciphertext made by Encrypt or GenerateDataKey.
+func (c *Client) Decrypt(ctx context.Context, ciphertext, aad []byte) (r api.DecryptResponse, err error) {
+	return r, c.do(ctx, "POST", "/v1/decrypt", api.DecryptRequest{Ciphertext: ciphertext, AAD: aad}, asPrincipal, &r)
+}
+
+// ---- secrets ----
+
+// PutSecret stores a new version of a named secret.
+func (c *Client) PutSecret(ctx context.Context, name string, value []byte, description string) (s api.Secret, err error) {
+	return s, c.do(ctx, "PUT", "/v1/secrets/"+esc(name), api.PutSecretRequest{Value: value, Description: description}, asPrincipal, &s)
+}
+
+// GetSecret returns a secret's value; version 0 means the latest.
+func (c *Client) GetSecret(ctx context.Context, ref string, version int) (s api.Secret, err error) {
+	p := "/v1/secrets/" + esc(ref)
+	if version > 0 {
+		p += "?version=" + strconv.Itoa(version)
+	}
+	return s, c.do(ctx, "GET", p, nil, asPrincipal, &s)
+}
+
+// ListSecrets lists the app's secrets without values.
+func (c *Client) ListSecrets(ctx context.Context) (r api.SecretList, err error) {
+	return r, c.do(ctx, "GET", "/v1/secrets", nil, asPrincipal, &r)
+}
+
+// DeleteSecret deletes a secret and all its versions.
+func (c *Client) DeleteSecret(ctx context.Context, ref string) error {
+	return c.do(ctx, "DELETE", "/v1/secrets/"+esc(ref), nil, asPrincipal, nil)
+}
+
+// AttachSecretPolicy attaches a policy to a secret.
+func (c *Client) AttachSecretPolicy(ctx context.Context, ref, policy string) (s api.Secret, err error) {
+	p, a := c.pol("/v1/secrets/" + esc(ref) + "/policies")
+	return s, c.do(ctx, "POST", p, api.AttachPolicyRequest{Policy: policy}, a, &s)
+}
+
+// DetachSecretPolicy detaches a policy from a secret.
+func (c *Client) DetachSecretPolicy(ctx context.Context, ref, policy string) (s api.Secret, err error) {
+	p, a := c.pol("/v1/secrets/" + esc(ref) + "/policies/" + esc(policy))
+	return s, c.do(ctx, "DELETE", p, nil, a, &s)
+}
+
+// ---- policies ----
+
+// CreatePolicy stores a release policy document.
+func (c *Client) CreatePolicy(ctx context.Context, name string, document json.RawMessage) (p api.Policy, err error) {
+	path, a := c.pol("/v1/policies")
+	return p, c.do(ctx, "POST", path, api.CreatePolicyRequest{Name: name, Document: document}, a, &p)
+}
+
+// ListPolicies lists the app's policies.
+func (c *Client) ListPolicies(ctx context.Context) (r api.PolicyList, err error) {
+	p, a := c.pol("/v1/policies")
+	return r, c.do(ctx, "GET", p, nil, a, &r)
+}
+
+// GetPolicy returns one policy.
+func (c *Client) GetPolicy(ctx context.Context, ref string) (p api.Policy, err error) {
+	path, a := c.pol("/v1/policies/" + esc(ref))
+	return p, c.do(ctx, "GET", path, nil, a, &p)
+}
+
+// DeletePolicy deletes a policy attached to nothing.
+func (c *Client) DeletePolicy(ctx context.Context, ref string) error {
+	p, a := c.pol("/v1/policies/" + esc(ref))
+	return c.do(ctx, "DELETE", p, nil, a, nil)
+}
+
+// ---- asymmetric keys ----
+
+// Sign signs a message (hashed with SHA-256 by the service) with an EC_P256
+// or RSA_3072 key.
+func (c *Client) Sign(ctx context.Context, ref string, message []byte) (r api.SignResponse, err error) {
+	return r, c.do(ctx, "POST", "/v1/keys/"+esc(ref)+"/sign", api.SignRequest{Message: message}, asPrincipal, &r)
+}
+
+// Verify checks a signature with a key version (0: primary).
+func (c *Client) Verify(ctx context.Context, ref string, message, signature []byte, version int) (r api.VerifyResponse, err error) {
+	return r, c.do(ctx, "POST", "/v1/keys/"+esc(ref)+"/verify", api.VerifyRequest{Message: message, Signature: signature, KeyVersion: version}, asPrincipal, &r)
+}
+
+// PublicKey returns the PEM public key of a key version (0: primary).
+func (c *Client) PublicKey(ctx context.Context, ref string, version int) (r api.PublicKeyResponse, err error) {
+	p := "/v1/keys/" + esc(ref) + "/public-key"
+	if version > 0 {
+		p += "?version=" + strconv.Itoa(version)
+	}
+	return r, c.do(ctx, "GET", p, nil, asPrincipal, &r)
+}
+
+// AsymmetricDecrypt decrypts RSA-OAEP-SHA256 ciphertext with an RSA_3072 key.
+func (c *Client) AsymmetricDecrypt(ctx context.Context, ref string, ciphertext []byte, version int) (r api.DecryptResponse, err error) {
+	return r, c.do(ctx, "POST", "/v1/keys/"+esc(ref)+"/asymmetric-decrypt", api.AsymmetricDecryptRequest{Ciphertext: ciphertext, KeyVersion: version}, asPrincipal, &r)
+}

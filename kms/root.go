@@ -1,0 +1,221 @@
+package kms
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/veil-tee/veil/kms/shamir"
+	"github.com/veil-tee/veil/kms/store"
+)
+
+// RootKeySize is the size of the root key in bytes.
+const RootKeySize = 32
+
+// Root key modes stored in the data directory.
+const (
+	ModeShamir = "shamir" // root key split into shares, never stored
+	ModeDev    = "dev"    // root key in a local file (veil kms serve --dev)
+)
+
+const sharePrefix = "vks1-"
+
+// rootMeta is the "meta/root" record: how the root key is held and a blob
+// that only the right root key opens.
+type rootMeta struct {
+	Version   int       `json:"version"`
+	Mode      string    `json:"mode"`
+	Shares    int       `json:"shares,omitempty"`
+	Threshold int       `json:"threshold,omitempty"`
+	Created   time.Time `json:"created"`
+	Check     []byte    `json:"check"`
+}
+
+type adminMeta struct {
+	TokenHash string `json:"token_hash"` // hex SHA-256 of the admin token
+}
+
+// InitResult is what Initialize returns once: the shares (or, in dev mode,
+// the root key) and the admin token. None of it is stored.
+type InitResult struct {
+	Shares     []string
+	RootKey    []byte // dev mode only
+	AdminToken string
+}
+
+// Initialize creates the root key and the admin token of an empty store.
+// In ModeShamir the root key is split into shares (threshold of shares
+// recover it) and forgotten; in ModeDev it is returned for a local file.
+func Initialize(ctx context.Context, st store.Store, mode string, shares, threshold int, now time.Time) (*InitResult, error) {
+	root := make([]byte, RootKeySize)
+	if _, err := rand.Read(root); err != nil {
+		return nil, err
+	}
+	defer clear(root)
+	res := &InitResult{}
+	meta := rootMeta{Version: 1, Mode: mode, Created: now.UTC()}
+	switch mode {
+	case ModeShamir:
+		parts, err := shamir.Split(root, shares, threshold)
+		if err != nil {
+			return nil, fmt.Errorf("splitting root key: %w", err)
+		}
+		for _, p := range parts {
+			res.Shares = append(res.Shares, sharePrefix+hex.EncodeToString(p))
+			clear(p)
+		}
+		meta.Shares, meta.Threshold = shares, threshold
+	case ModeDev:
+		res.RootKey = append([]byte(nil), root...)
+	default:
+		return nil, fmt.Errorf("unknown root key mode %q", mode)
+	}
+	k, err := newKeyring(root)
+	if err != nil {
+		return nil, err
+	}
+	meta.Check, err = k.seal("root-check", []byte("veil kms root key check"))
+	if err != nil {
+		return nil, err
+	}
+	tok := make([]byte, 32)
+	if _, err := rand.Read(tok); err != nil {
+		return nil, err
+	}
+	res.AdminToken = "vat_" + hex.EncodeToString(tok)
+	err = st.Update(ctx, func(tx store.Tx) error {
+		if _, err := tx.Get("meta", "root"); err == nil {
+			return ErrAlreadyInit
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		mb, _ := json.Marshal(meta)
+		ab, _ := json.Marshal(adminMeta{TokenHash: hashToken(res.AdminToken)})
+		if err := tx.Put("meta", "root", mb); err != nil {
+			return err
+		}
+		return tx.Put("meta", "admin", ab)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storing root key metadata: %w", err)
+	}
+	return res, nil
+}
+
+func hashToken(tok string) string {
+	h := sha256.Sum256([]byte("veil-kms-admin-token-v1\n" + tok))
+	return hex.EncodeToString(h[:])
+}
+
+// ParseShare decodes a share printed by Initialize.
+func ParseShare(s string) ([]byte, error) {
+	s = strings.TrimSpace(s)
+	if !strings.HasPrefix(s, sharePrefix) {
+		return nil, fail(ErrBadShares, "a share starts with %q", sharePrefix)
+	}
+	b, err := hex.DecodeString(s[len(sharePrefix):])
+	if err != nil || len(b) != 1+RootKeySize || b[0] == 0 {
+		return nil, fail(ErrBadShares, "share is not %d hex bytes with a non-zero index", 1+RootKeySize)
+	}
+	return b, nil
+}
+
+// keyring holds the keys derived from the root key, and caches of opened
+// per-record keys (immutable once written), all dropped when sealing.
+type keyring struct {
+	records cipher.AEAD // encrypts key material, secrets and app signing keys
+	auditK  []byte      // MACs the audit head
+
+	mu      sync.RWMutex
+	appKeys map[string][]byte      // app id -> HMAC signing key
+	aeads   map[string]cipher.AEAD // "key id/version" -> AEAD of that key version
+}
+
+// cached returns the value cached under k in m, or computes and caches it.
+func cached[V any](kr *keyring, m map[string]V, k string, compute func() (V, error)) (V, error) {
+	kr.mu.RLock()
+	v, ok := m[k]
+	kr.mu.RUnlock()
+	if ok {
+		return v, nil
+	}
+	v, err := compute()
+	if err != nil {
+		return v, err
+	}
+	kr.mu.Lock()
+	if len(m) < 100_000 {
+		m[k] = v
+	}
+	kr.mu.Unlock()
+	return v, nil
+}
+
+func newKeyring(root []byte) (*keyring, error) {
+	if len(root) != RootKeySize {
+		return nil, fmt.Errorf("root key is %d bytes, want %d", len(root), RootKeySize)
+	}
+	rk, err := hkdf.Key(sha256.New, root, nil, "veil kms record key v1", 32)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(rk)
+	ak, err := hkdf.Key(sha256.New, root, nil, "veil kms audit head key v1", 32)
+	if err != nil {
+		return nil, err
+	}
+	blk, err := aes.NewCipher(rk)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(blk)
+	if err != nil {
+		return nil, err
+	}
+	return &keyring{records: aead, auditK: ak, appKeys: map[string][]byte{}, aeads: map[string]cipher.AEAD{}}, nil
+}
+
+// seal encrypts plaintext under the record key, bound to label.
+func (k *keyring) seal(label string, plaintext []byte) ([]byte, error) {
+	nonce := make([]byte, k.records.NonceSize(), k.records.NonceSize()+len(plaintext)+k.records.Overhead())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	return k.records.Seal(nonce, nonce, plaintext, []byte("veil-kms-record-v1\x00"+label)), nil
+}
+
+var errRecordAuth = errors.New("stored record does not authenticate under the root key")
+
+func (k *keyring) open(label string, blob []byte) ([]byte, error) {
+	ns := k.records.NonceSize()
+	if len(blob) < ns+k.records.Overhead() {
+		return nil, errRecordAuth
+	}
+	pt, err := k.records.Open(nil, blob[:ns], blob[ns:], []byte("veil-kms-record-v1\x00"+label))
+	if err != nil {
+		return nil, errRecordAuth
+	}
+	return pt, nil
+}
+
+// checkRoot verifies a candidate root key against the stored check blob.
+func checkRoot(meta rootMeta, root []byte) (*keyring, error) {
+	k, err := newKeyring(root)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := k.open("root-check", meta.Check); err != nil {
+		return nil, err
+	}
+	return k, nil
+}

@@ -1,0 +1,548 @@
+package kms
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/veil-tee/veil/kms/api"
+	"github.com/veil-tee/veil/kms/audit"
+	"github.com/veil-tee/veil/kms/shamir"
+	"github.com/veil-tee/veil/kms/store"
+)
+
+// Options configures a Service. Store is required.
+type Options struct {
+	Store store.Store
+	// Clock returns the current time (default time.Now).
+	Clock func() time.Time
+	// Logger receives request logs; it never sees key material, API keys,
+	// tokens or plaintext (default: discard).
+	Logger *slog.Logger
+	// Verifier authenticates workloads; nil means no workload can
+	// authenticate.
+	Verifier WorkloadVerifier
+	// Evaluator decides release policies; nil means every workload
+	// release is denied.
+	Evaluator PolicyEvaluator
+	// AdminClientCAs, when set, makes a client certificate that chains to
+	// one of these CAs (for client authentication) an admin credential,
+	// like the admin token. Other client certificates are workloads'.
+	AdminClientCAs *x509.CertPool
+	// SignatureWindow is how far an app request's timestamp may be from
+	// the server's clock (default 5 minutes).
+	SignatureWindow time.Duration
+	// MaxBody bounds request bodies (default 1 MiB).
+	MaxBody int64
+	// MaxNonces bounds the replay cache (default 1,000,000).
+	MaxNonces int
+	// Registerer receives the Prometheus metrics (default: a new registry
+	// served at /metrics).
+	Registry *prometheus.Registry
+}
+
+// Service is the key service. Its methods are safe for concurrent use.
+type Service struct {
+	opt     Options
+	st      store.Store
+	now     func() time.Time
+	log     *slog.Logger
+	nonces  *nonceCache
+	metrics *metrics
+
+	mu      sync.RWMutex
+	meta    *rootMeta // nil: not initialized
+	keys    *keyring  // nil: sealed
+	pending [][]byte  // shares received while sealed
+
+	auditQ     chan auditReq
+	closed     chan struct{}
+	closeOnce  sync.Once
+	writerDone chan struct{}
+}
+
+// New opens the service over opt.Store. It starts sealed.
+func New(ctx context.Context, opt Options) (*Service, error) {
+	if opt.Store == nil {
+		return nil, errors.New("kms: Options.Store is required")
+	}
+	if opt.Clock == nil {
+		opt.Clock = time.Now
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.SignatureWindow == 0 {
+		opt.SignatureWindow = 5 * time.Minute
+	}
+	if opt.MaxBody == 0 {
+		opt.MaxBody = 1 << 20
+	}
+	if opt.MaxNonces == 0 {
+		opt.MaxNonces = 1_000_000
+	}
+	if opt.Registry == nil {
+		opt.Registry = prometheus.NewRegistry()
+	}
+	s := &Service{opt: opt, st: opt.Store, now: opt.Clock, log: opt.Logger,
+		nonces: newNonceCache(opt.MaxNonces), auditQ: make(chan auditReq, 4096),
+		closed: make(chan struct{}), writerDone: make(chan struct{})}
+	s.metrics = newMetrics(opt.Registry, s)
+	if err := s.loadMeta(ctx); err != nil {
+		return nil, err
+	}
+	go s.auditWriter()
+	return s, nil
+}
+
+func (s *Service) loadMeta(ctx context.Context) error {
+	return s.st.View(ctx, func(tx store.Tx) error {
+		b, err := tx.Get("meta", "root")
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var m rootMeta
+		if err := json.Unmarshal(b, &m); err != nil {
+			return fmt.Errorf("reading root key metadata: %w", err)
+		}
+		s.mu.Lock()
+		s.meta = &m
+		s.mu.Unlock()
+		return nil
+	})
+}
+
+// Status reports initialization and seal state.
+func (s *Service) Status() api.Status {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	st := api.Status{Initialized: s.meta != nil, Sealed: s.keys == nil, Progress: len(s.pending)}
+	if s.meta != nil {
+		st.Mode, st.Threshold, st.Shares = s.meta.Mode, s.meta.Threshold, s.meta.Shares
+	}
+	return st
+}
+
+// Unseal adds one share; when the threshold is reached it recombines the
+// root key and checks it. A wrong combination resets the progress.
+func (s *Service) Unseal(ctx context.Context, share string) (api.Status, error) {
+	b, err := ParseShare(share)
+	if err != nil {
+		return s.Status(), err
+	}
+	s.mu.Lock()
+	if s.meta == nil {
+		s.mu.Unlock()
+		return s.Status(), ErrNotInitialized
+	}
+	if s.keys != nil {
+		s.mu.Unlock()
+		return s.Status(), nil
+	}
+	if s.meta.Mode != ModeShamir {
+		s.mu.Unlock()
+		return s.Status(), fail(ErrInvalidState, "the root key of this server is not split into shares")
+	}
+	for _, p := range s.pending {
+		if p[0] == b[0] {
+			s.mu.Unlock()
+			return s.Status(), fail(ErrBadShares, "share %d was already given", b[0])
+		}
+	}
+	s.pending = append(s.pending, b)
+	if len(s.pending) < s.meta.Threshold {
+		s.mu.Unlock()
+		return s.Status(), nil
+	}
+	root, err := shamir.Combine(s.pending)
+	for _, p := range s.pending {
+		clear(p)
+	}
+	s.pending = nil
+	if err != nil {
+		s.mu.Unlock()
+		return s.Status(), fail(ErrBadShares, "combining shares: %v", err)
+	}
+	k, err := checkRoot(*s.meta, root)
+	clear(root)
+	if err != nil {
+		s.mu.Unlock()
+		return s.Status(), fail(ErrBadShares, "the shares do not recombine into this server's root key; start again")
+	}
+	s.keys = k
+	s.mu.Unlock()
+	s.log.Info("unsealed")
+	s.auditBatch(ctx, audit.Entry{Actor: audit.Actor{Kind: "operator"}, Op: "unseal"}, nil)
+	return s.Status(), nil
+}
+
+// UnsealWithRootKey unseals with the whole root key (dev mode).
+func (s *Service) UnsealWithRootKey(root []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.meta == nil {
+		return ErrNotInitialized
+	}
+	k, err := checkRoot(*s.meta, root)
+	if err != nil {
+		return fail(ErrBadShares, "the root key file does not match this data directory")
+	}
+	s.keys, s.pending = k, nil
+	return nil
+}
+
+// Seal forgets the root key.
+func (s *Service) Seal() {
+	s.mu.Lock()
+	s.keys, s.pending = nil, nil
+	s.mu.Unlock()
+}
+
+// keyring returns the unsealed keyring or a sealed/not-initialized error.
+func (s *Service) keyring() (*keyring, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.meta == nil {
+		return nil, ErrNotInitialized
+	}
+	if s.keys == nil {
+		return nil, fail(ErrSealed, "the key service is sealed; unseal it with 'veil kms unseal'")
+	}
+	return s.keys, nil
+}
+
+// Caller is an authenticated identity.
+type Caller struct {
+	Kind     string // "admin", "app", "workload"
+	AppID    string
+	Workload *Workload
+	// ViaAdmin marks an admin managing an app's policies on its behalf
+	// (Kind is then "app" and AppID the app).
+	ViaAdmin bool
+}
+
+// Caller kinds.
+const (
+	KindAdmin    = "admin"
+	KindApp      = "app"
+	KindWorkload = "workload"
+)
+
+func (c Caller) actor() audit.Actor {
+	a := audit.Actor{Kind: c.Kind, AppID: c.AppID}
+	if c.ViaAdmin {
+		a = audit.Actor{Kind: KindAdmin}
+	}
+	if c.Workload != nil {
+		w := audit.Claims(*c.Workload)
+		a.Workload = &w
+	}
+	return a
+}
+
+// AuthenticateAdmin checks an admin bearer token in constant time.
+func (s *Service) AuthenticateAdmin(ctx context.Context, token string) (Caller, error) {
+	var am adminMeta
+	err := s.st.View(ctx, func(tx store.Tx) error {
+		b, err := tx.Get("meta", "admin")
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(b, &am)
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return Caller{}, ErrNotInitialized
+	}
+	if err != nil {
+		return Caller{}, err
+	}
+	want, _ := hex.DecodeString(am.TokenHash)
+	got, _ := hex.DecodeString(hashToken(token))
+	if len(want) == 0 || subtle.ConstantTimeCompare(want, got) != 1 {
+		return Caller{}, fail(ErrUnauthenticated, "the admin token is not valid")
+	}
+	return Caller{Kind: KindAdmin}, nil
+}
+
+// AuthenticateApp verifies a signed app request.
+func (s *Service) AuthenticateApp(ctx context.Context, appID, tsStr, nonce, sig, method, requestURI string, body []byte) (Caller, error) {
+	k, err := s.keyring()
+	if err != nil {
+		return Caller{}, err
+	}
+	ts, err := strconv.ParseInt(tsStr, 10, 64)
+	if err != nil || strconv.FormatInt(ts, 10) != tsStr {
+		return Caller{}, fail(ErrBadSignature, "header %s must be a decimal Unix time", api.HeaderTimestamp)
+	}
+	if len(nonce) < 16 || len(nonce) > 64 || !isToken(nonce) {
+		return Caller{}, fail(ErrBadSignature, "header %s must be 16-64 characters of [A-Za-z0-9_-]", api.HeaderNonce)
+	}
+	mac, err := hex.DecodeString(sig)
+	if err != nil || len(mac) != sha256.Size {
+		return Caller{}, fail(ErrBadSignature, "header %s must be 64 hex digits", api.HeaderSignature)
+	}
+	key, err := cached(k, k.appKeys, appID, func() ([]byte, error) {
+		var app appRecord
+		if err := s.st.View(ctx, func(tx store.Tx) error { return getJSON(tx, "apps", appID, &app) }); err != nil {
+			return nil, err
+		}
+		return k.open("app/"+app.ID, app.SigningKey)
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return Caller{}, fail(ErrBadSignature, "unknown app id or bad signature")
+	}
+	if err != nil {
+		return Caller{}, err
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write(api.StringToSign(method, requestURI, ts, nonce, body))
+	if !hmac.Equal(m.Sum(nil), mac) {
+		return Caller{}, fail(ErrBadSignature, "unknown app id or bad signature")
+	}
+	now := s.now()
+	t := time.Unix(ts, 0)
+	w := s.opt.SignatureWindow
+	if t.Before(now.Add(-w)) || t.After(now.Add(w)) {
+		return Caller{}, fail(ErrStaleTimestamp, "request time %s is outside the %s window around the server time", t.UTC().Format(time.RFC3339), w)
+	}
+	if err := s.nonces.add(appID+"\x00"+nonce, t.Add(w+time.Second), now); err != nil {
+		return Caller{}, err
+	}
+	return Caller{Kind: KindApp, AppID: appID}, nil
+}
+
+func isToken(s string) bool {
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// nonceCache remembers (app, nonce) pairs until their timestamp leaves the
+// window, so a captured request cannot be replayed.
+type nonceCache struct {
+	mu        sync.Mutex
+	max       int
+	m         map[string]time.Time
+	lastSweep time.Time
+}
+
+func newNonceCache(max int) *nonceCache {
+	return &nonceCache{max: max, m: map[string]time.Time{}}
+}
+
+func (c *nonceCache) add(key string, expiry, now time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now.Sub(c.lastSweep) > 10*time.Second || len(c.m) >= c.max {
+		for k, e := range c.m {
+			if !e.After(now) {
+				delete(c.m, k)
+			}
+		}
+		c.lastSweep = now
+	}
+	if e, ok := c.m[key]; ok && e.After(now) {
+		return fail(ErrReplayed, "this request's nonce was already used")
+	}
+	if len(c.m) >= c.max {
+		return fail(ErrReplayCacheFull, "too many signed requests in the time window; retry later")
+	}
+	c.m[key] = expiry
+	return nil
+}
+
+// OnBehalfOf lets the admin manage the policies of app: it returns a caller
+// acting as that app, audited as the admin. Only the policy endpoints use it.
+func (s *Service) OnBehalfOf(ctx context.Context, c Caller, app string) (Caller, error) {
+	if c.Kind != KindAdmin {
+		return Caller{}, fail(ErrUnknownField, "query parameter \"app\" is for admin callers")
+	}
+	err := s.st.View(ctx, func(tx store.Tx) error { _, err := tx.Get("apps", app); return err })
+	if errors.Is(err, store.ErrNotFound) {
+		return Caller{}, fail(ErrAppNotFound, "app %q is not enrolled", app)
+	}
+	if err != nil {
+		return Caller{}, err
+	}
+	return Caller{Kind: KindApp, AppID: app, ViaAdmin: true}, nil
+}
+
+// authenticateAdminCert reports whether certs chain to an admin client CA.
+func (s *Service) authenticateAdminCert(certs []*x509.Certificate) bool {
+	if s.opt.AdminClientCAs == nil || len(certs) == 0 {
+		return false
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	_, err := certs[0].Verify(x509.VerifyOptions{Roots: s.opt.AdminClientCAs, Intermediates: inter,
+		CurrentTime: s.now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	return err == nil
+}
+
+// AuthenticateWorkload verifies a workload's client certificate chain.
+func (s *Service) AuthenticateWorkload(certs []*x509.Certificate) (Caller, error) {
+	if s.opt.Verifier == nil {
+		return Caller{}, fail(ErrWorkloadAuth, "this server has no workload verifier configured")
+	}
+	w, err := s.opt.Verifier.VerifyPeer(certs)
+	if err != nil {
+		return Caller{}, fail(ErrWorkloadAuth, "verifying the workload's evidence: %v", err)
+	}
+	return Caller{Kind: KindWorkload, Workload: &w}, nil
+}
+
+// auditHead is the "meta/audit_head" record.
+type auditHead struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+	MAC  string `json:"mac"`
+}
+
+func (k *keyring) headMAC(seq uint64, hash string) string {
+	m := hmac.New(sha256.New, k.auditK)
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], seq)
+	m.Write(b[:])
+	m.Write([]byte(hash))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+func auditKey(seq uint64) string { return fmt.Sprintf("%020d", seq) }
+
+// appendAudit links e to the chain inside tx.
+func (s *Service) appendAudit(tx store.Tx, k *keyring, e audit.Entry) error {
+	var h auditHead
+	if err := getJSON(tx, "meta", "audit_head", &h); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	if h.Seq == 0 {
+		h.Hash = audit.ZeroHash
+	}
+	audit.Link(&e, h.Seq, h.Hash)
+	if err := tx.Put("audit", auditKey(e.Seq), audit.Marshal(e)); err != nil {
+		return err
+	}
+	nh := auditHead{Seq: e.Seq, Hash: e.Hash, MAC: k.headMAC(e.Seq, e.Hash)}
+	return putJSON(tx, "meta", "audit_head", nh)
+}
+
+// auditBatch appends one entry through the group-commit writer and waits
+// until it is durable; opErr, when non-nil, marks it denied with the reason.
+func (s *Service) auditBatch(ctx context.Context, e audit.Entry, opErr error) {
+	k, err := s.keyring()
+	if err != nil {
+		return
+	}
+	e.Time = s.now()
+	if opErr != nil {
+		e.Result, e.Reason = audit.Denied, reason(opErr)
+	} else {
+		e.Result = audit.Granted
+	}
+	req := auditReq{e: e, k: k, done: make(chan error, 1)}
+	select {
+	case s.auditQ <- req:
+	case <-s.closed:
+		return
+	}
+	if err := <-req.done; err != nil {
+		s.log.Error("appending audit entry", "op", e.Op, "err", err)
+	}
+}
+
+type auditReq struct {
+	e    audit.Entry
+	k    *keyring
+	done chan error
+}
+
+// auditWriter commits queued audit entries: each commit takes everything
+// queued while the previous one was being synced (group commit), so one
+// fsync serves many concurrent requests without an artificial delay.
+func (s *Service) auditWriter() {
+	defer close(s.writerDone)
+	const maxGroup = 1024
+	for {
+		var group []auditReq
+		select {
+		case r := <-s.auditQ:
+			group = append(group, r)
+		case <-s.closed:
+			return
+		}
+	drain:
+		for len(group) < maxGroup {
+			select {
+			case r := <-s.auditQ:
+				group = append(group, r)
+			default:
+				break drain
+			}
+		}
+		err := s.st.Update(context.Background(), func(tx store.Tx) error {
+			for _, r := range group {
+				if err := s.appendAudit(tx, r.k, r.e); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		for _, r := range group {
+			r.done <- err
+		}
+	}
+}
+
+// Close stops the audit writer. Call it after the server has stopped.
+func (s *Service) Close() {
+	s.closeOnce.Do(func() { close(s.closed) })
+	<-s.writerDone
+}
+
+func reason(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Error()
+	}
+	return "internal error"
+}
+
+func getJSON(tx store.Tx, bucket, key string, v any) error {
+	b, err := tx.Get(bucket, key)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("decoding %s/%s: %w", bucket, key, err)
+	}
+	return nil
+}
+
+func putJSON(tx store.Tx, bucket, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return tx.Put(bucket, key, b)
+}

@@ -1,0 +1,52 @@
+// Package store is the persistence seam of the key service: a small
+// transactional key/value interface over named buckets, and its embedded
+// implementation on a bbolt file.
+//
+// The store protects against lost acknowledged writes (every committed
+// transaction is fsynced before Update returns) and against two servers
+// writing the same data directory (an exclusive file lock). It does not
+// protect confidentiality: callers encrypt key material under the root key
+// before it reaches the store, and anyone who can write the file can edit
+// or delete records (the audit chain detects that for the audit log only).
+//
+// A networked backend (PostgreSQL, for stateless replicas) implements the
+// same interface with one table (bucket, key, value) and serializable
+// transactions; the service logic never sees which backend it runs on.
+package store
+
+import (
+	"context"
+	"errors"
+)
+
+// ErrNotFound is returned by Tx.Get for a missing key.
+var ErrNotFound = errors.New("not found")
+
+// ErrLocked is returned by Open when another process holds the data directory.
+var ErrLocked = errors.New("data directory is in use by another process")
+
+// Buckets used by the key service. A backend creates them on open.
+var Buckets = []string{"meta", "apps", "keys", "names", "secrets", "policies", "audit"}
+
+// Store is a transactional key/value store over named buckets.
+type Store interface {
+	// View runs fn in a read-only transaction.
+	View(ctx context.Context, fn func(Tx) error) error
+	// Update runs fn in a read-write transaction and commits it durably
+	// when fn returns nil.
+	Update(ctx context.Context, fn func(Tx) error) error
+	Close() error
+}
+
+// Tx is one transaction. Byte slices returned by Get and passed to List's
+// callback are valid only until the transaction ends; copy them to keep them.
+type Tx interface {
+	Get(bucket, key string) ([]byte, error)
+	Put(bucket, key string, value []byte) error
+	Delete(bucket, key string) error
+	// List calls fn for every key starting with prefix, in byte order,
+	// stopping at the first error.
+	List(bucket, prefix string, fn func(key string, value []byte) error) error
+	// Last returns the greatest key of bucket and its value, or ErrNotFound.
+	Last(bucket string) (string, []byte, error)
+}
