@@ -27,6 +27,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+
+	"github.com/veil-tee/veil/attest"
 )
 
 // Workload is the identity of an attested workload: the verified claims of
@@ -38,6 +40,9 @@ type Workload struct {
 	ProductID   uint16 `json:"product_id"`
 	SVN         uint16 `json:"svn"`
 	Debug       bool   `json:"debug"`
+	// Claims are the verified claims in full (TCB status, platform, TDX
+	// and SNP fields) for policy evaluation; nil for test verifiers.
+	Claims *attest.Claims `json:"-"`
 }
 
 // WorkloadVerifier authenticates a workload from the certificate chain it

@@ -250,8 +250,8 @@ func (c Caller) actor() audit.Actor {
 		a = audit.Actor{Kind: KindAdmin}
 	}
 	if c.Workload != nil {
-		w := audit.Claims(*c.Workload)
-		a.Workload = &w
+		w := c.Workload
+		a.Workload = &audit.Claims{TEE: w.TEE, Measurement: w.Measurement, Signer: w.Signer, ProductID: w.ProductID, SVN: w.SVN, Debug: w.Debug}
 	}
 	return a
 }

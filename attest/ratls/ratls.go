@@ -255,6 +255,11 @@ type Peer struct {
 	Now func() time.Time
 	// OnVerified, when set, receives the verified claims.
 	OnVerified func(*attest.Claims)
+	// DeferPolicy skips the policy decision: the certificate and its
+	// evidence are verified and bound, and the caller decides on the
+	// returned claims later (the key service applies each key's own
+	// policy). Policy must then be nil.
+	DeferPolicy bool
 }
 
 // VerifyCertificate checks that cert is a valid self-signed RA-TLS
@@ -314,12 +319,18 @@ func (p *Peer) VerifyCertificate(ctx context.Context, cert *x509.Certificate) (*
 	if claims.IssuedAt.IsZero() {
 		claims.IssuedAt = cert.NotBefore
 	}
-	pol := p.Policy
-	if pol == nil {
-		pol = &attest.Policy{}
-	}
-	if err := pol.Enforce(claims, attest.Context{Now: now}); err != nil {
-		return claims, err
+	if p.DeferPolicy {
+		if p.Policy != nil {
+			return nil, errors.New("RA-TLS: a peer with DeferPolicy must not have a Policy")
+		}
+	} else {
+		pol := p.Policy
+		if pol == nil {
+			pol = &attest.Policy{}
+		}
+		if err := pol.Enforce(claims, attest.Context{Now: now}); err != nil {
+			return claims, err
+		}
 	}
 	if p.OnVerified != nil {
 		p.OnVerified(claims)

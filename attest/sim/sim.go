@@ -179,6 +179,9 @@ func LoadCA(dir string) (*x509.Certificate, error) {
 	return readCert(filepath.Join(dir, CAFile))
 }
 
+// LoadCAFile reads a sim platform CA certificate (PEM) from path.
+func LoadCAFile(path string) (*x509.Certificate, error) { return readCert(path) }
+
 func readCert(path string) (*x509.Certificate, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {

@@ -41,11 +41,10 @@ func init() {
 	})
 }
 
-// KMSWorkloadAuth, when set (by the attestation packages' wiring), supplies
-// the workload verifier and policy evaluator of `veil kms serve`; dev is
-// true for --dev, where the local sim platform is trusted. While nil, no
-// workload can authenticate.
-var KMSWorkloadAuth func(dev bool) (kms.WorkloadVerifier, kms.PolicyEvaluator, error)
+// KMSWorkloadAuth, when set (by the attestation packages' wiring in
+// wiring.go), supplies the workload verifier and policy evaluator of
+// `veil kms serve`. While nil, no workload can authenticate.
+var KMSWorkloadAuth func(WorkloadAuthOptions) (kms.WorkloadVerifier, kms.PolicyEvaluator, error)
 
 // KMSInstanceIdentity, when set (by the image packages' wiring), reads the
 // identity of a built instance for `veil kms policy create --from-instance`.
@@ -229,7 +228,7 @@ func kmsErr(err error) error {
 // ---- serve ----
 
 func newKMSServeCmd(env *Env) *cobra.Command {
-	var dataDir, listen, certFile, keyFile, logLevel, adminCA string
+	var dataDir, listen, certFile, keyFile, logLevel, adminCA, simCA, collateral string
 	var dev bool
 	c := &cobra.Command{
 		Use:   "serve --data DIR --listen ADDR",
@@ -264,7 +263,7 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 				}
 			}
 			if KMSWorkloadAuth != nil {
-				if opt.Verifier, opt.Evaluator, err = KMSWorkloadAuth(dev); err != nil {
+				if opt.Verifier, opt.Evaluator, err = KMSWorkloadAuth(WorkloadAuthOptions{Dev: dev, SimCA: simCA, Collateral: collateral}); err != nil {
 					return fmt.Errorf("setting up workload attestation: %w", err)
 				}
 			} else {
@@ -327,6 +326,8 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 	f.StringVar(&keyFile, "tls-key", "", "server private key (PEM)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&adminCA, "admin-client-ca", "", "PEM CA certificates whose client certificates authenticate as the admin")
+	f.StringVar(&simCA, "sim-ca", "", "trust sim evidence from the platform with this CA certificate (PEM); --dev trusts the local one (veil sim init)")
+	f.StringVar(&collateral, "collateral", "", "Intel PCS collateral directory for verifying SGX and TDX workloads")
 	return c
 }
 
@@ -872,10 +873,13 @@ func newKMSSecretCmd(env *Env, o *kmsOpts) *cobra.Command {
 // policyDocument is the release policy built from flags. Its fields follow
 // the attestation policy (docs/attestation.md); the service stores it as
 // given and the attestation evaluator decides.
+// policyDocument is what the flags of `veil kms policy create` say, in the
+// attestation policy language (docs/attestation.md).
 type policyDocument struct {
 	TEE          []string `json:"tee,omitempty"`
 	Measurements []string `json:"measurements,omitempty"`
-	Signers      []string `json:"signers,omitempty"`
+	Signers      []string `json:"-"` // one at most: the document's "signer"
+	Signer       string   `json:"signer,omitempty"`
 	ProductID    *uint16  `json:"product_id,omitempty"`
 	MinSVN       uint16   `json:"min_svn,omitempty"`
 	AllowDebug   bool     `json:"allow_debug,omitempty"`
@@ -951,6 +955,13 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 				}
 				if err := checkHex("mrsigner", doc.Signers, 32); err != nil {
 					return err
+				}
+				switch len(doc.Signers) {
+				case 0:
+				case 1:
+					doc.Signer = doc.Signers[0]
+				default:
+					return usageErrorf("a policy names one signer; create one policy per signer")
 				}
 				if c.Flags().Changed("product-id") {
 					if productID < 0 || productID > 65535 {

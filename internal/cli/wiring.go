@@ -1,0 +1,167 @@
+package cli
+
+// This file connects the packages that were built apart: the key service's
+// workload login and release policies run on the attestation layer, its
+// --from-instance reads built images, and sealed files accept kms: keys.
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/veil-tee/veil/attest"
+	"github.com/veil-tee/veil/attest/pcs"
+	"github.com/veil-tee/veil/attest/ratls"
+	"github.com/veil-tee/veil/attest/sim"
+	"github.com/veil-tee/veil/attest/verifier"
+	"github.com/veil-tee/veil/image"
+	"github.com/veil-tee/veil/kms"
+	"github.com/veil-tee/veil/kms/client"
+	"github.com/veil-tee/veil/seal"
+)
+
+func init() {
+	KMSWorkloadAuth = attestWorkloadAuth
+	KMSInstanceIdentity = imageInstanceIdentity
+	keySources["kms"] = kmsKeySource{}
+}
+
+// WorkloadAuthOptions are the trust inputs of `veil kms serve` for workloads.
+type WorkloadAuthOptions struct {
+	Dev        bool   // trust the local sim platform (veil sim init)
+	SimCA      string // a sim platform CA certificate to trust (PEM)
+	Collateral string // Intel PCS collateral directory for SGX and TDX evidence
+}
+
+// attestWorkloadAuth builds the key service's workload verifier and policy
+// evaluator over the attestation packages.
+func attestWorkloadAuth(o WorkloadAuthOptions) (kms.WorkloadVerifier, kms.PolicyEvaluator, error) {
+	var vo verifier.Options
+	if o.Dev {
+		dir, err := sim.DefaultDir()
+		if err != nil {
+			return nil, nil, err
+		}
+		p, _, err := sim.Init(dir)
+		if err != nil {
+			return nil, nil, fmt.Errorf("initialising the sim platform: %w", err)
+		}
+		vo.SimRoots = append(vo.SimRoots, p.CA)
+	}
+	if o.SimCA != "" {
+		ca, err := sim.LoadCAFile(o.SimCA)
+		if err != nil {
+			return nil, nil, err
+		}
+		vo.SimRoots = append(vo.SimRoots, ca)
+	}
+	if o.Collateral != "" {
+		col, err := pcs.LoadDir(o.Collateral)
+		if err != nil {
+			return nil, nil, fmt.Errorf("loading collateral: %w", err)
+		}
+		vo.Collateral = col
+	}
+	v := verifier.New(vo)
+	return &ratlsWorkloads{peer: &ratls.Peer{Verifier: v, DeferPolicy: true}}, attestPolicies{}, nil
+}
+
+// ratlsWorkloads verifies a workload's RA-TLS certificate and its evidence;
+// the decision is left to each key's policy.
+type ratlsWorkloads struct{ peer *ratls.Peer }
+
+func (r *ratlsWorkloads) VerifyPeer(certs []*x509.Certificate) (kms.Workload, error) {
+	if len(certs) == 0 {
+		return kms.Workload{}, errors.New("no client certificate")
+	}
+	c, err := r.peer.VerifyCertificate(context.Background(), certs[0])
+	if err != nil {
+		return kms.Workload{}, err
+	}
+	return kms.Workload{
+		TEE: string(c.TEE), Measurement: hex.EncodeToString(c.Measurement), Signer: hex.EncodeToString(c.Signer),
+		ProductID: c.ProductID, SVN: c.SVN, Debug: c.Debug, Claims: c,
+	}, nil
+}
+
+// attestPolicies evaluates release policies written in the attestation
+// policy language (docs/attestation.md).
+type attestPolicies struct{}
+
+func (attestPolicies) ValidatePolicy(doc []byte) error {
+	_, err := attest.ParsePolicy(bytes.NewReader(doc))
+	return err
+}
+
+func (attestPolicies) Evaluate(doc []byte, w kms.Workload) (bool, []string) {
+	p, err := attest.ParsePolicy(bytes.NewReader(doc))
+	if err != nil {
+		return false, []string{"policy: " + err.Error()}
+	}
+	if w.Claims == nil {
+		return false, []string{"claims: the workload's evidence was not verified"}
+	}
+	ok, unmet := p.Evaluate(w.Claims)
+	reasons := make([]string, len(unmet))
+	for i, u := range unmet {
+		reasons[i] = u.Field + ": " + u.Reason
+	}
+	return ok, reasons
+}
+
+// imageInstanceIdentity reads a built instance's verified identity.
+func imageInstanceIdentity(dir string) (InstanceIdentity, error) {
+	b, err := image.LoadBuild(dir)
+	if err != nil {
+		return InstanceIdentity{}, err
+	}
+	return InstanceIdentity{
+		Measurement: hex.EncodeToString(b.Measurement[:]),
+		Signer:      hex.EncodeToString(b.MrSigner[:]),
+		ProductID:   b.ProductID(),
+		SVN:         b.SVN(),
+	}, nil
+}
+
+// kmsKeySource resolves kms:KEY references with the key service configured
+// like `veil kms` (flags are not available here: environment or profile).
+type kmsKeySource struct{}
+
+func (kmsKeySource) slot(ref string) (*kmsSlot, error) {
+	cl, err := (&kmsOpts{}).client()
+	if err != nil {
+		return nil, err
+	}
+	return &kmsSlot{&client.Slot{Client: cl, KeyRef: ref}}, nil
+}
+
+func (k kmsKeySource) wrapper(_ context.Context, ref string) (seal.KeyWrapper, error) {
+	return k.slot(ref)
+}
+
+func (k kmsKeySource) unwrapper(_ context.Context, ref string) (seal.KeyUnwrapper, error) {
+	return k.slot(ref)
+}
+
+// auto opens kms slots without --key when a key service is configured.
+func (k kmsKeySource) auto(context.Context) (seal.KeyUnwrapper, error) {
+	s, err := k.slot("")
+	if err != nil {
+		return nil, nil // no key service configured: kms slots stay closed
+	}
+	return s, nil
+}
+
+// kmsSlot reports a slot the key service refuses to open as seal.ErrWrongKey.
+type kmsSlot struct{ *client.Slot }
+
+func (s *kmsSlot) UnwrapKey(sl seal.Slot, binding []byte) ([]byte, error) {
+	dek, err := s.Slot.UnwrapKey(sl, binding)
+	if err != nil && !errors.Is(err, seal.ErrSlotMismatch) && (errors.Is(err, client.ErrDecryptFailed) || errors.Is(err, client.ErrPolicyDenied) || errors.Is(err, client.ErrKeyNotFound)) {
+		return nil, fmt.Errorf("%w: %w", seal.ErrWrongKey, kmsErr(err))
+	}
+	return dek, kmsErr(err)
+}
