@@ -9,6 +9,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -44,6 +46,10 @@ type Config struct {
 	// (then admin calls need no AdminToken).
 	// presents; it is asked during each TLS handshake.
 	WorkloadCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
+	// PinSHA256, when set, accepts the service only if its certificate
+	// chain holds a key whose DER SubjectPublicKeyInfo has this SHA-256
+	// (veil.json's kms[].pin_sha256); with CAPEM too, both must hold.
+	PinSHA256 []byte
 	// Clock returns the time used to sign requests (default time.Now).
 	Clock func() time.Time
 	// Timeout bounds each call (default 30 s).
@@ -95,6 +101,40 @@ func New(cfg Config) (*Client, error) {
 			return nil, fmt.Errorf("%w: the CA file holds no PEM certificate", ErrConfig)
 		}
 		tc.RootCAs = pool
+	}
+	if len(cfg.PinSHA256) > 0 {
+		if len(cfg.PinSHA256) != sha256.Size {
+			return nil, fmt.Errorf("%w: a key pin is %d bytes of SHA-256, got %d", ErrConfig, sha256.Size, len(cfg.PinSHA256))
+		}
+		if tc.RootCAs == nil {
+			// The chain is not verified against a CA: the pin below is the
+			// whole verification of the service's identity.
+			tc.InsecureSkipVerify = true
+		}
+		pin := cfg.PinSHA256
+		tc.VerifyConnection = func(cs tls.ConnectionState) error {
+			certs := cs.PeerCertificates
+			for i, cert := range certs {
+				h := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+				if subtle.ConstantTimeCompare(h[:], pin) != 1 {
+					continue
+				}
+				if i == 0 {
+					return nil // the handshake proved possession of the leaf key
+				}
+				// A pinned CA: the leaf must chain to it.
+				roots, inter := x509.NewCertPool(), x509.NewCertPool()
+				roots.AddCert(cert)
+				for _, c := range certs[1:i] {
+					inter.AddCert(c)
+				}
+				if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+					return fmt.Errorf("the key service's certificate does not chain to the pinned key: %w", err)
+				}
+				return nil
+			}
+			return fmt.Errorf("the key service's certificate does not match the pinned key %x", pin)
+		}
 	}
 	if (cfg.AppID == "") != (cfg.APIKey == "") {
 		return nil, fmt.Errorf("%w: set both the app id and the API key, or neither", ErrConfig)

@@ -44,7 +44,13 @@ func Init() int {
 	if err := dropPrivileges(); err != nil {
 		return fail(err)
 	}
-	in := &initProc{ctl: ctl, procs: map[int]*Proc{}, spawned: make(chan struct{}, 1)}
+	in := &initProc{ctl: ctl, procs: map[int]*Proc{}, spawned: make(chan struct{}, 1), shutdown: make(chan int, 1)}
+	if spec.Main.Path == "" {
+		ctl.send(&message{Op: "ready"})
+		go in.serve()
+		go in.reap()
+		return <-in.shutdown
+	}
 	pid, err := in.spawn(&spec.Main, []*os.File{os.Stdin, os.Stdout, os.Stderr}, true)
 	if err != nil {
 		return fail(fmt.Errorf("starting %s: %w", spec.Main.Path, err))
@@ -57,11 +63,12 @@ func Init() int {
 }
 
 type initProc struct {
-	ctl     *conn
-	mu      sync.Mutex
-	procs   map[int]*Proc
-	mainPID int
-	spawned chan struct{}
+	shutdown chan int // a sandbox without a main program ends with this status
+	ctl      *conn
+	mu       sync.Mutex
+	procs    map[int]*Proc
+	mainPID  int
+	spawned  chan struct{}
 }
 
 func (in *initProc) spawn(c *Command, stdio []*os.File, main bool) (int, error) {
@@ -123,7 +130,9 @@ func (in *initProc) serve() {
 	for {
 		m, files, err := in.ctl.recv()
 		if err != nil {
-			// The supervisor is gone: end the sandbox.
+			// The supervisor is gone: end the sandbox (PID namespace
+			// teardown kills whatever still runs).
+			in.shutdown <- 137
 			in.signal(in.mainPID, syscall.SIGKILL)
 			return
 		}
@@ -148,6 +157,9 @@ func (in *initProc) serve() {
 			} else {
 				in.ctl.send(&message{Op: "signaled", ID: m.ID, PID: pid})
 			}
+		case "shutdown":
+			in.ctl.send(&message{Op: "bye", ID: m.ID})
+			in.shutdown <- m.Status
 		case "ps":
 			in.mu.Lock()
 			procs := make([]Proc, 0, len(in.procs))
@@ -218,6 +230,19 @@ func setupRoot(spec *Spec) error {
 			if err := unix.Mount("tmpfs", target, "tmpfs", flags, m.Options); err != nil {
 				return fmt.Errorf("mounting tmpfs at %s: %w", m.Target, err)
 			}
+		}
+	}
+	for _, f := range spec.Files {
+		dir, err := insideRoot(root, filepath.Dir(f.Path))
+		if err != nil {
+			return err
+		}
+		mode := os.FileMode(f.Mode & 0o777)
+		if mode == 0 {
+			mode = 0o400
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f.Path)), f.Data, mode); err != nil {
+			return fmt.Errorf("writing %s: %w", f.Path, err)
 		}
 	}
 	if fi, err := os.Lstat(filepath.Join(root, "proc")); err == nil && fi.IsDir() {

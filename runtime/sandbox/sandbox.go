@@ -117,7 +117,9 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 		return nil, fmt.Errorf("setting up sandbox: %w", err)
 	}
 	s.MainPID = m.PID
-	s.exits[m.PID] = make(chan int, 1)
+	if m.PID != 0 {
+		s.exits[m.PID] = make(chan int, 1)
+	}
 	go s.readLoop()
 	go func() {
 		err := cmd.Wait()
@@ -194,13 +196,24 @@ func (s *Sandbox) request(m *message, files ...*os.File) (*message, error) {
 	}
 }
 
-// Exec starts another program in the sandbox with the given stdio and
-// returns its PID inside the sandbox.
+// Exec starts another program in the sandbox with the given stdio (nil:
+// /dev/null) and returns its PID inside the sandbox.
 func (s *Sandbox) Exec(c Command, stdin, stdout, stderr *os.File) (int, error) {
 	if err := c.check("exec"); err != nil {
 		return 0, err
 	}
-	r, err := s.request(&message{Op: "spawn", Cmd: &c}, stdin, stdout, stderr)
+	stdio := []*os.File{stdin, stdout, stderr}
+	for i, f := range stdio {
+		if f == nil {
+			null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+			if err != nil {
+				return 0, err
+			}
+			defer null.Close()
+			stdio[i] = null
+		}
+	}
+	r, err := s.request(&message{Op: "spawn", Cmd: &c}, stdio...)
 	if err != nil {
 		return 0, err
 	}
@@ -247,6 +260,20 @@ func (s *Sandbox) Procs() ([]Proc, error) {
 		return nil, err
 	}
 	return r.Procs, nil
+}
+
+// Shutdown ends a sandbox that has no main program, with status; programs
+// still running in it are killed.
+func (s *Sandbox) Shutdown(status int) error {
+	_, err := s.request(&message{Op: "shutdown", Status: status})
+	if err != nil {
+		select {
+		case <-s.done:
+			return nil
+		default:
+		}
+	}
+	return err
 }
 
 // Kill ends the whole sandbox at once.

@@ -257,3 +257,43 @@ func TestLimits(t *testing.T) {
 		}
 	}
 }
+
+func TestFilesAndNoMainProgram(t *testing.T) {
+	needRoot(t)
+	root := makeRoot(t)
+	sb, err := Start(&Spec{Root: root,
+		Mounts: []Mount{{Type: Tmpfs, Target: "/run/secrets", Options: "mode=0700"}},
+		Files:  []File{{Path: "/run/secrets/db", Data: []byte("s3cret")}},
+	}, Options{InitPath: veilBin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outR, outW, _ := os.Pipe()
+	pid, err := sb.Exec(sh(`read s < /run/secrets/db; echo secret=$s`), nil, outW, outW)
+	outW.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(outR)
+	if st, _ := sb.WaitPID(pid); st != 0 || !strings.Contains(string(out), "secret=s3cret") {
+		t.Fatalf("status %d, output %q", st, out)
+	}
+	if _, err := os.Stat(filepath.Join(root, "run", "secrets", "db")); err == nil {
+		t.Fatal("the secret reached the host directory")
+	}
+	// A long-running exec'd program is killed when the sandbox shuts down.
+	if _, err := sb.Exec(Command{Path: "/bin/sleep", Args: []string{"sleep", "100"}}, nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Shutdown(0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sb.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("sandbox did not end at Shutdown")
+	}
+	if st, _ := sb.Wait(); st != 0 {
+		t.Fatalf("shutdown status %d", st)
+	}
+}

@@ -59,13 +59,26 @@ type Spec struct {
 	Mounts   []Mount `json:"mounts,omitempty"`
 	Hostname string  `json:"hostname,omitempty"`
 	Limits   Limits  `json:"limits,omitempty"`
-	Main     Command `json:"main"`
+	// Main is the program the sandbox runs; its end ends the sandbox. With
+	// an empty Path the sandbox runs no program until Exec is called, and
+	// ends at Shutdown.
+	Main Command `json:"main"`
+	// Files are written into the sandbox (under a Tmpfs mount) before any
+	// program starts: provisioned secrets, which so never touch host disk.
+	Files []File `json:"files,omitempty"`
 	// DevFiles are host device nodes bind-mounted into a fresh /dev.
 	DevFiles []string `json:"dev_files,omitempty"`
 }
 
 // DefaultDevFiles are the devices a sandbox gets unless Spec.DevFiles says otherwise.
 var DefaultDevFiles = []string{"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
+
+// File is a file the sandbox's init writes before starting programs.
+type File struct {
+	Path string `json:"path"` // absolute path inside the root, under a Tmpfs mount
+	Data []byte `json:"data"`
+	Mode uint32 `json:"mode"` // permission bits; 0 means 0400
+}
 
 // ErrSpec is wrapped by every error about an invalid Spec.
 var ErrSpec = errors.New("invalid sandbox spec")
@@ -91,6 +104,14 @@ func (s *Spec) Check() error {
 		default:
 			return fmt.Errorf("%w: mounts[%d].type %q (want bind or tmpfs)", ErrSpec, i, m.Type)
 		}
+	}
+	for i, f := range s.Files {
+		if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path {
+			return fmt.Errorf("%w: files[%d].path %q must be a clean absolute path", ErrSpec, i, f.Path)
+		}
+	}
+	if s.Main.Path == "" {
+		return nil
 	}
 	return s.Main.check("main")
 }
