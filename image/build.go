@@ -12,7 +12,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -101,6 +103,9 @@ func Build(ctx context.Context, dir string, opts Options) (*LoadedBuild, *Stats,
 	}
 	entries, err := bom.Plan(filepath.Join(dir, "image"), cfg.BOM, opts.BOM)
 	if err != nil {
+		return nil, nil, fmt.Errorf("planning the image: %w", err)
+	}
+	if entries, err = addRuntimeDirs(entries, cfg); err != nil {
 		return nil, nil, fmt.Errorf("planning the image: %w", err)
 	}
 	st := &Stats{PlanTime: time.Since(start)}
@@ -518,4 +523,45 @@ func copyFile(w io.Writer, e bom.Entry, buf []byte, progress func(int64)) (strin
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return strings.TrimSpace(lines[len(lines)-1])
+}
+
+// addRuntimeDirs adds the directories the runtime mounts over — /proc,
+// /dev, /tmp, /run, /run/secrets and every mount target with its parents —
+// where the image lacks them: the image is read-only at run time, so they
+// must exist in it.
+func addRuntimeDirs(entries []bom.Entry, cfg *config.Config) ([]bom.Entry, error) {
+	have := make(map[string]bom.Kind, len(entries))
+	for _, e := range entries {
+		have[e.Path] = e.Kind
+	}
+	want := []string{"/proc", "/dev", "/tmp", "/run", "/run/secrets"}
+	for _, m := range cfg.Mounts {
+		want = append(want, m.Target)
+	}
+	for _, s := range cfg.Secrets {
+		if s.File != "" {
+			want = append(want, path.Dir(s.File))
+		}
+	}
+	added := false
+	for _, w := range want {
+		for p := w; p != "/" && p != "."; p = path.Dir(p) {
+			k, ok := have[p]
+			if ok && k != bom.Dir {
+				if p == w {
+					return nil, fmt.Errorf("%s is needed as a mount point but the image has a file or link there", p)
+				}
+				break // a symbolic link on the way (e.g. /run -> /var/run): leave it to the runtime
+			}
+			if !ok {
+				have[p] = bom.Dir
+				entries = append(entries, bom.Entry{Path: p, Kind: bom.Dir, Mode: 0o755, Origin: "runtime mount point"})
+				added = true
+			}
+		}
+	}
+	if added {
+		sort.Slice(entries, func(i, j int) bool { return entries[i].Path < entries[j].Path })
+	}
+	return entries, nil
 }

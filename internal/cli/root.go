@@ -162,6 +162,10 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if err == nil {
 		return ExitOK
 	}
+	var es exitStatus
+	if errors.As(err, &es) {
+		return int(es) // the program's status; it has spoken for itself
+	}
 	if ctx.Err() != nil && !errors.Is(err, context.Canceled) {
 		err = fmt.Errorf("interrupted: %w", err)
 	}

@@ -1,0 +1,572 @@
+package runtime
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/veil-tee/veil/attest"
+	"github.com/veil-tee/veil/attest/ratls"
+	"github.com/veil-tee/veil/attest/sim"
+	"github.com/veil-tee/veil/attest/tsm"
+	"github.com/veil-tee/veil/config"
+	"github.com/veil-tee/veil/image"
+	"github.com/veil-tee/veil/kms/client"
+	"github.com/veil-tee/veil/runtime/sandbox"
+	"github.com/veil-tee/veil/seal"
+)
+
+// Errors a caller may act on.
+var (
+	// ErrNotEntrypoint: the program is outside veil.json's entrypoints.
+	ErrNotEntrypoint = errors.New("program is not an entrypoint of the instance")
+	// ErrKeyDenied: a key service refused a key or secret the instance needs.
+	ErrKeyDenied = errors.New("key service refused a key")
+	// ErrKMSUnreachable: a key service did not answer.
+	ErrKMSUnreachable = errors.New("key service unreachable")
+	// ErrNoPlatform: no TEE and no sim platform to attest with.
+	ErrNoPlatform = errors.New("no attestation platform")
+)
+
+// Options of Open.
+type Options struct {
+	// Dir is the instance directory (veil.json, build/).
+	Dir string
+	// Program, when set, is checked against the entrypoints before
+	// anything is attested or mounted.
+	Program string
+	// RunDir holds this run's mount points; default Dir/run/r-PID.
+	RunDir string
+	// ImageKey decrypts an encrypted image.
+	ImageKey []byte
+	// Issuer produces the workload's evidence; nil detects configfs-tsm,
+	// else uses the local sim platform (SimDir).
+	Issuer attest.Issuer
+	// SimDir is the sim platform directory; empty means sim.DefaultDir().
+	SimDir string
+	// MountRoot mounts the verified image read-only at mountpoint.
+	MountRoot func(mountpoint string, r *image.Reader, log *slog.Logger) (Unmounter, error)
+	// MountSealed mounts a sealed directory at mountpoint.
+	MountSealed func(mountpoint string, o SealedMount, log *slog.Logger) (Unmounter, error)
+	// Logger receives runtime events (integrity failures, mounts).
+	Logger *slog.Logger
+	// Warn receives messages for the user (the sim backend, unapplied limits).
+	Warn func(string)
+	// KMSRetries and KMSTimeout bound the key service calls at start.
+	KMSRetries int
+	KMSTimeout time.Duration
+}
+
+// Unmounter undoes a mount.
+type Unmounter interface{ Unmount() error }
+
+// SealedMount is what a sealed mount needs.
+type SealedMount struct {
+	Source    string
+	Keys      seal.KeyUnwrapper
+	WriteKeys []seal.KeyWrapper
+	ReadOnly  bool
+}
+
+// MountInfo describes an active mount, for status output.
+type MountInfo struct {
+	Target string `json:"target"`
+	Type   string `json:"type"`
+	Source string `json:"source,omitempty"`
+	Key    string `json:"key,omitempty"`
+}
+
+// Instance is an opened instance: attested, keys fetched, mounts in place.
+type Instance struct {
+	Dir     string
+	RunDir  string
+	Build   *image.LoadedBuild
+	Config  *config.Config
+	Backend attest.TEE
+	Mounts  []MountInfo
+
+	log       *slog.Logger
+	root      string
+	kms       map[string]*client.Client
+	unmounts  []Unmounter
+	binds     []sandbox.Mount
+	files     []sandbox.File
+	secretEnv []string
+}
+
+// Open verifies the instance in o.Dir, runs init-RA and mounts its file
+// systems. Close undoes it. Nothing is left mounted if Open fails.
+func Open(ctx context.Context, o Options) (_ *Instance, err error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Warn == nil {
+		o.Warn = func(string) {}
+	}
+	if o.KMSRetries == 0 {
+		o.KMSRetries = 3
+	}
+	if o.KMSTimeout == 0 {
+		o.KMSTimeout = 10 * time.Second
+	}
+	dir, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	b, err := image.LoadBuild(dir)
+	if err != nil {
+		return nil, err
+	}
+	if o.Program != "" {
+		if err := CheckEntrypoint(b.Config, o.Program); err != nil {
+			return nil, err
+		}
+	}
+	in := &Instance{Dir: dir, Build: b, Config: b.Config, log: o.Logger, kms: map[string]*client.Client{}}
+	CleanStale(dir, o.Logger)
+	in.RunDir = o.RunDir
+	if in.RunDir == "" {
+		in.RunDir = filepath.Join(dir, "run", fmt.Sprintf("r-%d", os.Getpid()))
+	}
+	if err := os.MkdirAll(in.RunDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating run directory: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			in.Close()
+		}
+	}()
+	if err := in.attest(ctx, o); err != nil {
+		return nil, err
+	}
+	if err := in.fetchSecrets(ctx); err != nil {
+		return nil, err
+	}
+	key := o.ImageKey
+	if b.Encrypted() && key == nil {
+		return nil, errors.New("the image is encrypted and no image key was given (--image-key)")
+	}
+	r, err := b.Open(key)
+	if err != nil {
+		return nil, fmt.Errorf("opening the image: %w", err)
+	}
+	in.root = filepath.Join(in.RunDir, "root")
+	if err := os.MkdirAll(in.root, 0o700); err != nil {
+		return nil, err
+	}
+	u, err := o.MountRoot(in.root, r, o.Logger)
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("mounting the image: %w", err)
+	}
+	in.unmounts = append(in.unmounts, u)
+	if err := in.mount(ctx, o); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// attest creates the workload's RA-TLS identity and connects to every key
+// service of veil.json, verifying each against its pin.
+func (in *Instance) attest(ctx context.Context, o Options) error {
+	iss := o.Issuer
+	if iss == nil {
+		var err error
+		if iss, err = detectIssuer(in.Build, o.SimDir, o.Warn); err != nil {
+			return err
+		}
+	}
+	in.Backend = iss.TEE()
+	if len(in.Config.KMS) == 0 {
+		return nil
+	}
+	cert, err := ratls.NewCertificate(ctx, iss, ratls.Options{})
+	if err != nil {
+		return fmt.Errorf("creating the workload's RA-TLS certificate: %w", err)
+	}
+	for _, k := range in.Config.KMS {
+		cfg := client.Config{
+			URL:                 kmsURL(k.Address),
+			CAPEM:               []byte(k.CACert),
+			Timeout:             o.KMSTimeout,
+			WorkloadCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil },
+		}
+		if k.PinSHA256 != "" {
+			pin, err := hex.DecodeString(k.PinSHA256)
+			if err != nil {
+				return fmt.Errorf("kms %s: pin_sha256: %w", k.Name, err)
+			}
+			cfg.PinSHA256 = pin
+		}
+		cl, err := client.New(cfg)
+		if err != nil {
+			return fmt.Errorf("kms %s: %w", k.Name, err)
+		}
+		var last error
+		for try := 0; try < o.KMSRetries; try++ {
+			if try > 0 {
+				select {
+				case <-time.After(time.Duration(try) * 300 * time.Millisecond):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			if _, last = cl.Status(ctx); last == nil {
+				break
+			}
+		}
+		if last != nil {
+			return fmt.Errorf("%w: kms %s at %s after %d tries: %v", ErrKMSUnreachable, k.Name, k.Address, o.KMSRetries, last)
+		}
+		in.kms[k.Name] = cl
+	}
+	return nil
+}
+
+func kmsURL(addr string) string {
+	if strings.HasPrefix(addr, "https://") {
+		return strings.TrimSuffix(addr, "/")
+	}
+	return "https://" + addr
+}
+
+// detectIssuer picks configfs-tsm inside a confidential VM, else the local
+// sim platform.
+func detectIssuer(b *image.LoadedBuild, simDir string, warn func(string)) (attest.Issuer, error) {
+	if tsm.Available() {
+		return tsm.NewLinuxIssuer("")
+	}
+	if simDir == "" {
+		d, err := sim.DefaultDir()
+		if err != nil {
+			return nil, err
+		}
+		simDir = d
+	}
+	p, err := sim.Load(simDir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: no TEE found (configfs-tsm) and no sim platform: %v", ErrNoPlatform, err)
+	}
+	warn("no TEE found: using the sim backend (development only: the host can read everything)")
+	return p.Issuer(sim.Identity{Measurement: b.Measurement, Signer: b.MrSigner, ProductID: b.ProductID(), SVN: b.SVN()}), nil
+}
+
+// fetchSecrets gets veil.json's secrets from their key services.
+func (in *Instance) fetchSecrets(ctx context.Context) error {
+	for _, s := range in.Config.Secrets {
+		ref, err := config.ParseKeyRef(s.From)
+		if err != nil {
+			return fmt.Errorf("secret %s: %w", s.Name, err)
+		}
+		var val []byte
+		switch ref.Kind {
+		case "kms":
+			cl := in.kms[ref.KMS]
+			sec, err := cl.GetSecret(ctx, ref.ID, 0)
+			if err != nil {
+				return kmsDenied(fmt.Sprintf("secret %s (%s at kms %s)", s.Name, ref.ID, ref.KMS), err)
+			}
+			val = sec.Value
+		case "file":
+			if val, err = os.ReadFile(ref.ID); err != nil {
+				return fmt.Errorf("secret %s: %w", s.Name, err)
+			}
+		}
+		if s.File != "" {
+			in.files = append(in.files, sandbox.File{Path: s.File, Data: val, Mode: 0o400})
+		} else {
+			in.secretEnv = append(in.secretEnv, s.Env+"="+string(val))
+		}
+	}
+	return nil
+}
+
+func kmsDenied(what string, err error) error {
+	if errors.Is(err, client.ErrPolicyDenied) || errors.Is(err, client.ErrWorkloadAuth) || errors.Is(err, client.ErrForbidden) {
+		return fmt.Errorf("%w: %s: %v", ErrKeyDenied, what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// mount makes the sealed, hostfs and tmpfs mounts of veil.json.
+func (in *Instance) mount(ctx context.Context, o Options) error {
+	for i, m := range in.Config.Mounts {
+		info := MountInfo{Target: m.Target, Type: m.Type, Source: m.Source, Key: m.Key}
+		switch m.Type {
+		case config.MountTmpFS:
+			opts := "mode=1777"
+			if m.Size != "" {
+				n, err := config.ParseSize(m.Size)
+				if err != nil {
+					return fmt.Errorf("mounts[%d].size: %w", i, err)
+				}
+				opts += fmt.Sprintf(",size=%d", n)
+			}
+			in.binds = append(in.binds, sandbox.Mount{Type: sandbox.Tmpfs, Target: m.Target, Options: opts, ReadOnly: m.ReadOnly})
+		case config.MountHostFS:
+			src, err := hostDir(m.Source, i)
+			if err != nil {
+				return err
+			}
+			info.Source = src
+			in.binds = append(in.binds, sandbox.Mount{Type: sandbox.Bind, Source: src, Target: m.Target, ReadOnly: m.ReadOnly})
+		case config.MountSealed:
+			src, err := hostDir(m.Source, i)
+			if err != nil {
+				return err
+			}
+			info.Source = src
+			sm, err := in.sealedKeys(ctx, m, src)
+			if err != nil {
+				return fmt.Errorf("sealed mount %s: %w", m.Target, err)
+			}
+			mp := filepath.Join(in.RunDir, fmt.Sprintf("mnt%d", i))
+			if err := os.MkdirAll(mp, 0o700); err != nil {
+				return err
+			}
+			u, err := o.MountSealed(mp, *sm, in.log)
+			if err != nil {
+				return fmt.Errorf("sealed mount %s: %w", m.Target, err)
+			}
+			in.unmounts = append(in.unmounts, u)
+			in.binds = append(in.binds, sandbox.Mount{Type: sandbox.Bind, Source: mp, Target: m.Target, ReadOnly: m.ReadOnly})
+		}
+		in.Mounts = append(in.Mounts, info)
+	}
+	for _, f := range in.files {
+		if !strings.HasPrefix(f.Path, "/run/secrets/") {
+			return fmt.Errorf("secret file %s is not under /run/secrets", f.Path)
+		}
+	}
+	if len(in.files) > 0 {
+		in.binds = append(in.binds, sandbox.Mount{Type: sandbox.Tmpfs, Target: "/run/secrets", Options: "mode=0700,size=1048576"})
+	}
+	return nil
+}
+
+func hostDir(src string, i int) (string, error) {
+	if src == "" {
+		return "", fmt.Errorf("mounts[%d].source: a host directory is required at run time", i)
+	}
+	abs, err := filepath.Abs(src)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", fmt.Errorf("mounts[%d].source: %w", i, err)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("mounts[%d].source %s: not a directory", i, abs)
+	}
+	return abs, nil
+}
+
+// sealedKeys resolves a sealed mount's keys and checks, before anything
+// starts, that the key services release them: a denial stops the run here.
+func (in *Instance) sealedKeys(ctx context.Context, m config.Mount, src string) (*SealedMount, error) {
+	sm := &SealedMount{Source: src, ReadOnly: m.ReadOnly}
+	var keys seal.Keys
+	resolve := func(refText string) (seal.KeyWrapper, seal.KeyUnwrapper, error) {
+		ref, err := config.ParseKeyRef(refText)
+		if err != nil {
+			return nil, nil, err
+		}
+		if ref.Kind == "file" {
+			k, err := seal.LoadFileKey(ref.ID)
+			return k, k, err
+		}
+		s := &kmsSlot{Slot: &client.Slot{Client: in.kms[ref.KMS], KeyRef: ref.ID}, kms: ref.KMS}
+		return s, s, nil
+	}
+	if m.Key != "" {
+		_, u, err := resolve(m.Key)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, u)
+	}
+	// Files sealed under other keys of the instance's key services open too.
+	for _, name := range sortedNames(in.kms) {
+		keys = append(keys, &kmsSlot{Slot: &client.Slot{Client: in.kms[name]}, kms: name})
+	}
+	sm.Keys = keys
+	wk := m.WriteKey
+	if wk == "" {
+		wk = m.Key
+	}
+	if wk != "" && !m.ReadOnly {
+		w, _, err := resolve(wk)
+		if err != nil {
+			return nil, err
+		}
+		// Preflight: wrap a throwaway key, as new files will.
+		probe := make([]byte, seal.KeySize)
+		rand.Read(probe)
+		if _, err := w.WrapKey(probe, []byte("veil runtime preflight")); err != nil {
+			return nil, kmsDenied("write key "+wk, err)
+		}
+		sm.WriteKeys = []seal.KeyWrapper{w}
+	}
+	// Preflight: open one existing sealed file, as the program will.
+	if f := firstSealed(src); f != "" {
+		osf, err := os.Open(f)
+		if err == nil {
+			_, err = seal.Open(osf, keys, nil)
+			osf.Close()
+		}
+		if err != nil && !errors.Is(err, seal.ErrNotSealed) {
+			rel, _ := filepath.Rel(src, f)
+			return nil, kmsDenied("opening "+rel, err)
+		}
+	}
+	return sm, nil
+}
+
+// firstSealed returns a sealed file under dir (looking at a bounded number
+// of entries), or "".
+func firstSealed(dir string) string {
+	found, seen := "", 0
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || seen > 1000 {
+			return filepath.SkipAll
+		}
+		seen++
+		if d.Type().IsRegular() {
+			f, err := os.Open(p)
+			if err == nil {
+				head := make([]byte, len(seal.Magic))
+				n, _ := io.ReadFull(f, head)
+				f.Close()
+				if n == len(head) && string(head) == seal.Magic {
+					found = p
+					return filepath.SkipAll
+				}
+			}
+		}
+		return nil
+	})
+	return found
+}
+
+func sortedNames(m map[string]*client.Client) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// kmsSlot opens kms slots through one key service; a refusal because the
+// key lives elsewhere reads as a slot that is not this key's.
+type kmsSlot struct {
+	*client.Slot
+	kms string
+}
+
+func (s *kmsSlot) UnwrapKey(sl seal.Slot, binding []byte) ([]byte, error) {
+	dek, err := s.Slot.UnwrapKey(sl, binding)
+	if errors.Is(err, client.ErrKeyNotFound) {
+		return nil, fmt.Errorf("kms %s does not hold %s: %w", s.kms, sl.KeyID, seal.ErrSlotMismatch)
+	}
+	if err != nil && !errors.Is(err, seal.ErrSlotMismatch) {
+		return nil, fmt.Errorf("kms %s: %w", s.kms, err)
+	}
+	return dek, err
+}
+
+// Command checks path against the entrypoints and builds the program's
+// argv and environment from veil.json and the host's arguments and
+// environment.
+func (in *Instance) Command(path string, hostArgs, hostEnv []string) (sandbox.Command, error) {
+	if err := CheckEntrypoint(in.Config, path); err != nil {
+		return sandbox.Command{}, err
+	}
+	args := []string{path}
+	if len(hostArgs) > 0 {
+		if !in.Config.Args.Passthrough {
+			return sandbox.Command{}, errors.New("this instance takes no arguments from the host (args.passthrough is false in veil.json)")
+		}
+		args = append(args, hostArgs...)
+	}
+	var env []string
+	names := make([]string, 0, len(in.Config.Env.Default))
+	for k := range in.Config.Env.Default {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		env = append(env, k+"="+in.Config.Env.Default[k])
+	}
+	host := map[string]string{}
+	for _, kv := range hostEnv {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			host[k] = v
+		}
+	}
+	for _, k := range in.Config.Env.Passthrough {
+		if v, ok := host[k]; ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	env = append(env, in.secretEnv...)
+	return sandbox.Command{Path: path, Args: args, Env: env, Dir: "/"}, nil
+}
+
+// CheckEntrypoint reports whether path may be run: a clean absolute path
+// under one of veil.json's entrypoints.
+func CheckEntrypoint(cfg *config.Config, path string) error {
+	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
+		return fmt.Errorf("%w: %q is not a clean absolute path inside the image", ErrNotEntrypoint, path)
+	}
+	for _, p := range cfg.Entrypoints {
+		if strings.HasPrefix(path, p) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s (entrypoints: %s)", ErrNotEntrypoint, path, strings.Join(cfg.Entrypoints, ", "))
+}
+
+// Spec is the sandbox for main (empty main: a sandbox for exec only).
+func (in *Instance) Spec(main sandbox.Command) (*sandbox.Spec, error) {
+	spec := &sandbox.Spec{Root: in.root, Mounts: in.binds, Hostname: "veil", Main: main, Files: in.files}
+	if in.Config.Resources.Memory != "" {
+		n, err := config.ParseSize(in.Config.Resources.Memory)
+		if err != nil {
+			return nil, fmt.Errorf("resources.memory: %w", err)
+		}
+		spec.Limits.MemoryBytes = n
+	}
+	spec.Limits.MaxProcs = int64(in.Config.Resources.MaxProcesses)
+	return spec, nil
+}
+
+// Close unmounts everything (lazily if busy) and removes the run directory.
+func (in *Instance) Close() error {
+	var first error
+	for i := len(in.unmounts) - 1; i >= 0; i-- {
+		if err := in.unmounts[i].Unmount(); err != nil && first == nil {
+			first = err
+		}
+	}
+	in.unmounts = nil
+	for _, c := range in.kms {
+		c.Close()
+	}
+	if err := os.RemoveAll(in.RunDir); err != nil && first == nil {
+		first = err
+	}
+	return first
+}
