@@ -295,7 +295,9 @@ func (n *sealedNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 			return nil, 0, n.errno("truncating", err)
 		}
 	}
-	return h, 0, 0
+	// The kernel may keep pages across opens: every change goes through
+	// this mount, and what it caches was authenticated when read.
+	return h, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (n *sealedNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
@@ -327,7 +329,7 @@ func (n *sealedNode) Create(ctx context.Context, name string, flags uint32, mode
 	out.FromStat(&st)
 	out.Attr.Size = 0
 	out.Attr.Blocks = 0
-	return ino, &sealedHandle{n: child, appendMode: flags&syscall.O_APPEND != 0}, 0, 0
+	return ino, &sealedHandle{n: child, appendMode: flags&syscall.O_APPEND != 0}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // Special files, links and server-side copies would bypass sealing.

@@ -261,6 +261,10 @@ func TestRandomWritesAgainstModel(t *testing.T) {
 		case op < 6: // write somewhere, sometimes past the end
 			off := rng.Int64N(int64(len(model)) + 3*testSeg)
 			p := randBytes(1 + rng.IntN(3*testSeg))
+			if rng.IntN(3) == 0 { // whole segments at a boundary: the parallel path
+				off -= off % testSeg
+				p = randBytes((2 + rng.IntN(4)) * testSeg)
+			}
 			if _, err := f.WriteAt(p, off); err != nil {
 				t.Fatal(err)
 			}
@@ -288,6 +292,10 @@ func TestRandomWritesAgainstModel(t *testing.T) {
 			}
 			off := rng.Int64N(int64(len(model)))
 			p := make([]byte, 1+rng.IntN(2*testSeg))
+			if rng.IntN(3) == 0 {
+				off -= off % testSeg
+				p = make([]byte, (2+rng.IntN(4))*testSeg)
+			}
 			n, err := f.ReadAt(p, off)
 			if err != nil && err != io.EOF {
 				t.Fatal(err)
