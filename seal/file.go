@@ -2,10 +2,10 @@ package seal
 
 import (
 	"crypto/sha256"
-	goruntime "runtime"
 	"fmt"
 	"io"
 	"os"
+	goruntime "runtime"
 	"sync"
 )
 
