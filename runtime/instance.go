@@ -59,6 +59,9 @@ type Options struct {
 	MountRoot func(mountpoint string, r *image.Reader, log *slog.Logger) (Unmounter, error)
 	// MountSealed mounts a sealed directory at mountpoint.
 	MountSealed func(mountpoint string, o SealedMount, log *slog.Logger) (Unmounter, error)
+	// MountAttestation, when set, serves /dev/attestation (Gramine's
+	// pseudo-files) for programs that want evidence themselves.
+	MountAttestation func(mountpoint string, iss attest.Issuer, log *slog.Logger) (Unmounter, error)
 	// Logger receives runtime events (integrity failures, mounts).
 	Logger *slog.Logger
 	// Warn receives messages for the user (the sim backend, unapplied limits).
@@ -97,6 +100,7 @@ type Instance struct {
 	Mounts  []MountInfo
 
 	log       *slog.Logger
+	issuer    attest.Issuer
 	root      string
 	kms       map[string]*client.Client
 	unmounts  []Unmounter
@@ -188,6 +192,7 @@ func (in *Instance) attest(ctx context.Context, o Options) error {
 		}
 	}
 	in.Backend = iss.TEE()
+	in.issuer = iss
 	if len(in.Config.KMS) == 0 {
 		return nil
 	}
@@ -343,6 +348,18 @@ func (in *Instance) mount(ctx context.Context, o Options) error {
 			in.binds = append(in.binds, sandbox.Mount{Type: sandbox.Bind, Source: mp, Target: m.Target, ReadOnly: m.ReadOnly})
 		}
 		in.Mounts = append(in.Mounts, info)
+	}
+	if o.MountAttestation != nil {
+		mp := filepath.Join(in.RunDir, "attestation")
+		if err := os.MkdirAll(mp, 0o700); err != nil {
+			return err
+		}
+		u, err := o.MountAttestation(mp, in.issuer, in.log)
+		if err != nil {
+			return fmt.Errorf("mounting /dev/attestation: %w", err)
+		}
+		in.unmounts = append(in.unmounts, u)
+		in.binds = append(in.binds, sandbox.Mount{Type: sandbox.Bind, Source: mp, Target: "/dev/attestation"})
 	}
 	for _, f := range in.files {
 		if !strings.HasPrefix(f.Path, "/run/secrets/") {

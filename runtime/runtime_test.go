@@ -16,6 +16,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/sim"
 	"github.com/veil-tee/veil/fusefs"
 	"github.com/veil-tee/veil/image"
@@ -93,6 +94,14 @@ func sealedFUSE(mountpoint string, o SealedMount, log *slog.Logger) (Unmounter, 
 
 type serverUnmounter struct{ *fuse.Server }
 
+func attFUSE(mountpoint string, iss attest.Issuer, log *slog.Logger) (Unmounter, error) {
+	srv, err := fusefs.MountAttestation(mountpoint, fusefs.AttestationOptions{Issuer: iss, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return serverUnmounter{srv}, nil
+}
+
 // instance builds an instance with dash, cat and sleep and a sealed mount
 // at /data opened with a key file.
 func instance(t *testing.T) (dir, data string, key *seal.FileKey) {
@@ -134,7 +143,7 @@ func runIn(t *testing.T, dir, simDir string, sigs chan os.Signal, path string, a
 	done := make(chan struct{})
 	go func() { io.Copy(&out, r); close(done) }()
 	st, err := Run(context.Background(), RunOptions{
-		Options: Options{Dir: dir, MountRoot: extractRoot, MountSealed: sealedFUSE, SimDir: simDir},
+		Options: Options{Dir: dir, MountRoot: extractRoot, MountSealed: sealedFUSE, MountAttestation: attFUSE, SimDir: simDir},
 		Path:    path, Args: args, Env: []string{"HOST_VAR=from-host", "NOT_PASSED=no"},
 		Stdout: w, Stderr: w, InitPath: veilBin, Signals: sigs,
 	})
@@ -173,11 +182,11 @@ func TestRunSealedMount(t *testing.T) {
 	os.WriteFile(filepath.Join(data, "in.csv"), buf.Bytes(), 0o600)
 
 	st, out, err := runIn(t, dir, simPlatform(t), nil, "/usr/bin/sh", "-c",
-		`cat /data/in.csv > /data/out.csv && echo "$GREETING $HOST_VAR [$NOT_PASSED] $0" && exit 3`, "arg0")
+		`cat /data/in.csv > /data/out.csv && echo "$GREETING $HOST_VAR [$NOT_PASSED] $0" && echo "tee=$(cat /dev/attestation/attestation_type)" && exit 3`, "arg0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st != 3 || !strings.Contains(out, "hi from-host [] arg0") {
+	if st != 3 || !strings.Contains(out, "hi from-host [] arg0") || !strings.Contains(out, "tee=sim") {
 		t.Fatalf("status %d, output %q", st, out)
 	}
 	raw, err := os.ReadFile(filepath.Join(data, "out.csv"))

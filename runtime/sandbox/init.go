@@ -207,30 +207,17 @@ func setupRoot(spec *Spec) error {
 	if err := unix.Mount(root, root, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("binding root %s: %w", root, err)
 	}
+	// Mounts under /dev go on top of the fresh /dev, after it exists.
+	var devMounts, mounts []Mount
 	for _, m := range spec.Mounts {
-		target, err := insideRoot(root, m.Target)
-		if err != nil {
-			return err
+		if strings.HasPrefix(m.Target, "/dev/") {
+			devMounts = append(devMounts, m)
+		} else {
+			mounts = append(mounts, m)
 		}
-		switch m.Type {
-		case Bind:
-			if err := unix.Mount(m.Source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-				return fmt.Errorf("mounting %s at %s: %w", m.Source, m.Target, err)
-			}
-			if m.ReadOnly {
-				if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-					return fmt.Errorf("making %s read-only: %w", m.Target, err)
-				}
-			}
-		case Tmpfs:
-			flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV)
-			if m.ReadOnly {
-				flags |= unix.MS_RDONLY
-			}
-			if err := unix.Mount("tmpfs", target, "tmpfs", flags, m.Options); err != nil {
-				return fmt.Errorf("mounting tmpfs at %s: %w", m.Target, err)
-			}
-		}
+	}
+	if err := applyMounts(root, mounts); err != nil {
+		return err
 	}
 	for _, f := range spec.Files {
 		dir, err := insideRoot(root, filepath.Dir(f.Path))
@@ -255,6 +242,9 @@ func setupRoot(spec *Spec) error {
 			return err
 		}
 	}
+	if err := applyMounts(root, devMounts); err != nil {
+		return err
+	}
 	if err := unix.Chdir(root); err != nil {
 		return err
 	}
@@ -273,6 +263,36 @@ func setupRoot(spec *Spec) error {
 	if spec.Hostname != "" {
 		if err := unix.Sethostname([]byte(spec.Hostname)); err != nil {
 			return fmt.Errorf("setting hostname: %w", err)
+		}
+	}
+	return nil
+}
+
+// applyMounts makes the bind and tmpfs mounts under root.
+func applyMounts(root string, mounts []Mount) error {
+	for _, m := range mounts {
+		target, err := insideRoot(root, m.Target)
+		if err != nil {
+			return err
+		}
+		switch m.Type {
+		case Bind:
+			if err := unix.Mount(m.Source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+				return fmt.Errorf("mounting %s at %s: %w", m.Source, m.Target, err)
+			}
+			if m.ReadOnly {
+				if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+					return fmt.Errorf("making %s read-only: %w", m.Target, err)
+				}
+			}
+		case Tmpfs:
+			flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV)
+			if m.ReadOnly {
+				flags |= unix.MS_RDONLY
+			}
+			if err := unix.Mount("tmpfs", target, "tmpfs", flags, m.Options); err != nil {
+				return fmt.Errorf("mounting tmpfs at %s: %w", m.Target, err)
+			}
 		}
 	}
 	return nil
