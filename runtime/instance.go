@@ -50,6 +50,12 @@ type Options struct {
 	RunDir string
 	// ImageKey decrypts an encrypted image.
 	ImageKey []byte
+	// ImageKeyRef names the image key at one of the instance's key
+	// services ("kms:SECRETID@KMSNAME", a secret holding the 32-byte key):
+	// it is fetched after attestation, so only the measured instance gets
+	// it. The reference itself needs no protection: a wrong key cannot
+	// produce blocks that match the measured hash tree.
+	ImageKeyRef string
 	// Issuer produces the workload's evidence; nil detects configfs-tsm,
 	// else uses the local sim platform (SimDir).
 	Issuer attest.Issuer
@@ -158,6 +164,17 @@ func Open(ctx context.Context, o Options) (_ *Instance, err error) {
 		return nil, err
 	}
 	key := o.ImageKey
+	if o.ImageKeyRef != "" {
+		ref, err := config.ParseKeyRef(o.ImageKeyRef)
+		if err != nil || ref.Kind != "kms" || in.kms[ref.KMS] == nil {
+			return nil, fmt.Errorf("image key %q: want kms:SECRETID@KMSNAME naming a key service of veil.json", o.ImageKeyRef)
+		}
+		sec, err := in.kms[ref.KMS].GetSecret(ctx, ref.ID, 0)
+		if err != nil {
+			return nil, kmsDenied("image key "+ref.ID, err)
+		}
+		key = sec.Value
+	}
 	if b.Encrypted() && key == nil {
 		return nil, errors.New("the image is encrypted and no image key was given (--image-key)")
 	}
