@@ -3,34 +3,19 @@ package cli
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/veil-tee/veil/internal/veiltest"
 )
 
 // veilBin is the veil binary built once for the black-box tests.
 var veilBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "veil-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	veilBin = filepath.Join(dir, "veil")
-	build := exec.Command("go", "build", "-o", veilBin, "github.com/veil-tee/veil/cmd/veil")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building veil: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { veiltest.Main(m, &veilBin) }
 
 // result is what a run of the binary left behind.
 type result struct {

@@ -19,28 +19,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/veil-tee/veil/internal/veiltest"
 	"github.com/veil-tee/veil/kms"
 	"github.com/veil-tee/veil/kms/client"
 )
 
 var veil string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "veil-kms-e2e-")
-	if err != nil {
-		panic(err)
-	}
-	veil = filepath.Join(dir, "veil")
-	out, err := exec.Command("go", "build", "-o", veil, "github.com/veil-tee/veil/cmd/veil").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building veil: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { veiltest.Main(m, &veil) }
 
 // proc is a running `veil kms serve`.
 type proc struct {

@@ -11,26 +11,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/veil-tee/veil/internal/veiltest"
 )
 
 var veilBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "veil-sandbox-test-")
-	if err != nil {
-		panic(err)
-	}
-	veilBin = filepath.Join(dir, "veil")
-	build := exec.Command("go", "build", "-o", veilBin, "github.com/veil-tee/veil/cmd/veil")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building veil: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { veiltest.Main(m, &veilBin) }
 
 func needRoot(t *testing.T) {
 	if os.Geteuid() != 0 {

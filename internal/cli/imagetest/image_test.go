@@ -13,27 +13,13 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/veil-tee/veil/internal/veiltest"
 )
 
 var veil string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "veil-imagetest-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	veil = filepath.Join(dir, "veil")
-	out, err := exec.Command("go", "build", "-o", veil, "github.com/veil-tee/veil/cmd/veil").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building veil: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { veiltest.Main(m, &veil) }
 
 type result struct {
 	stdout, stderr string

@@ -1,0 +1,59 @@
+// Package veiltest holds what veil's black-box tests share: the veil
+// binary, built once per test binary, and skips for what a test needs of
+// the machine. It is imported by tests only.
+package veiltest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// Main builds veil into a temporary directory, stores its path in *bin,
+// runs the tests and removes the directory. The binary is built without
+// cgo, as released: the sandbox needs that to drop privileges.
+func Main(m *testing.M, bin *string) {
+	dir, err := os.MkdirTemp("", "veil-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*bin = filepath.Join(dir, "veil")
+	build := exec.Command("go", "build", "-o", *bin, "github.com/veil-tee/veil/cmd/veil")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building veil: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// NeedRoot skips the test unless it runs as root.
+func NeedRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+}
+
+// NeedFUSE skips the test unless it can mount FUSE file systems.
+func NeedFUSE(t testing.TB) {
+	t.Helper()
+	NeedRoot(t)
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("needs /dev/fuse")
+	}
+}
+
+// NeedCommand skips the test unless name is on PATH.
+func NeedCommand(t testing.TB, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		t.Skipf("needs %s", name)
+	}
+}
