@@ -18,7 +18,6 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/diskfs/go-diskfs/backend/file"
-	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/filesystem/squashfs"
 
 	"github.com/veil-tee/veil/image"
@@ -48,17 +47,21 @@ const imageTimeout = 24 * time.Hour
 
 // imageFS is the state shared by every node of one image mount.
 //
-// go-diskfs keeps no error types, so reads of the squashfs are serialized
-// under mu and the wrapping ReaderAt remembers the block error of the
-// current call in lastErr.
+// Reads of the squashfs run in parallel under rw's read lock. go-diskfs
+// keeps no error types, so a call that fails is run once more under the
+// write lock with tracking on: the wrapping ReaderAt then records the
+// Reader's error (the *image.BlockError naming the block) in lastErr.
 type imageFS struct {
 	r   *image.Reader
 	log *slog.Logger
+	sq  *squashfs.FileSystem
 
-	mu      sync.Mutex
-	sq      *squashfs.FileSystem
-	lastErr error           // first error of the image Reader in the current call
-	logged  map[uint64]bool // blocks already reported
+	rw       sync.RWMutex
+	tracking bool  // set only under rw.Lock
+	lastErr  error // first error of the image Reader while tracking
+
+	logMu  sync.Mutex
+	logged map[uint64]bool // blocks already reported
 }
 
 // imageNode is a directory, regular file or symlink of the image.
@@ -119,11 +122,11 @@ func MountImage(mountpoint string, opts ImageOptions) (*fuse.Server, error) {
 	}
 	src := &trackedImage{ifs: ifs}
 	src.SectionReader = io.NewSectionReader(src, 0, opts.Reader.Size())
-	ifs.mu.Lock()
-	sq, err := squashfs.Read(file.New(src, true), opts.Reader.Size(), 0, 0)
-	rerr := ifs.lastErr
-	ifs.lastErr = nil
-	ifs.mu.Unlock()
+	var sq *squashfs.FileSystem
+	rerr, err := ifs.do(func() (err error) {
+		sq, err = squashfs.Read(file.New(src, true), opts.Reader.Size(), 0, 0)
+		return err
+	})
 	if err != nil {
 		if rerr != nil {
 			return nil, fmt.Errorf("mounting image: reading the squashfs tables: %w", rerr)
@@ -172,8 +175,8 @@ type trackedImage struct {
 
 func (t *trackedImage) ReadAt(p []byte, off int64) (int, error) {
 	n, err := t.ifs.r.ReadAt(p, off)
-	if err != nil && err != io.EOF && t.ifs.lastErr == nil {
-		t.ifs.lastErr = err // mu is held by whoever called into go-diskfs
+	if err != nil && err != io.EOF && t.ifs.tracking && t.ifs.lastErr == nil {
+		t.ifs.lastErr = err // rw.Lock is held by whoever called into go-diskfs
 	}
 	return n, err
 }
@@ -190,15 +193,22 @@ func (s imageSize) ModTime() time.Time { return time.Time{} }
 func (s imageSize) IsDir() bool        { return false }
 func (s imageSize) Sys() any           { return nil }
 
-// call runs f under the squashfs lock and returns the error the image
+// do runs f, a call into go-diskfs that may be repeated. If it fails, it
+// runs it again alone with tracking on, and returns the error the image
 // Reader gave (go-diskfs flattens it into text), if any, besides f's.
-func (ifs *imageFS) call(f func() error) (rerr, err error) {
-	ifs.mu.Lock()
-	defer ifs.mu.Unlock()
-	ifs.lastErr = nil
+func (ifs *imageFS) do(f func() error) (rerr, err error) {
+	ifs.rw.RLock()
+	err = f()
+	ifs.rw.RUnlock()
+	if err == nil {
+		return nil, nil
+	}
+	ifs.rw.Lock()
+	defer ifs.rw.Unlock()
+	ifs.tracking, ifs.lastErr = true, nil
 	err = f()
 	rerr = ifs.lastErr
-	ifs.lastErr = nil
+	ifs.tracking, ifs.lastErr = false, nil
 	return rerr, err
 }
 
@@ -207,10 +217,10 @@ func (ifs *imageFS) call(f func() error) (rerr, err error) {
 func (ifs *imageFS) fail(p, op string, off int64, rerr, err error) syscall.Errno {
 	var be *image.BlockError
 	if errors.As(rerr, &be) {
-		ifs.mu.Lock()
+		ifs.logMu.Lock()
 		seen := ifs.logged[be.Block]
 		ifs.logged[be.Block] = true
-		ifs.mu.Unlock()
+		ifs.logMu.Unlock()
 		if !seen {
 			ifs.log.Error("image block failed verification", "file", p, "op", op, "offset", off,
 				"block", be.Block, "area", be.Area, "reason", be.Reason)
@@ -273,7 +283,7 @@ func (n *imageNode) newChild(fi os.FileInfo) (*imageNode, bool) {
 func (n *imageNode) load() syscall.Errno {
 	n.dirOnce.Do(func() {
 		var infos []os.FileInfo
-		be, err := n.ifs.call(func() (err error) {
+		be, err := n.ifs.do(func() (err error) {
 			infos, err = n.ifs.sq.ReadDir(n.path)
 			return err
 		})
@@ -364,6 +374,9 @@ func (n *imageNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Err
 	return 0
 }
 
+// Open asks the kernel not to send opens (nor releases) for this mount:
+// the node reads by itself (Read), and write opens never reach here on a
+// mount the kernel knows is read-only.
 func (n *imageNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND|syscall.O_CREAT) != 0 {
 		return nil, 0, syscall.EROFS
@@ -371,44 +384,40 @@ func (n *imageNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, ui
 	if n.mode&syscall.S_IFMT != syscall.S_IFREG || n.entry == nil {
 		return nil, 0, syscall.EISDIR
 	}
-	var f filesystem.File
-	be, err := n.ifs.call(func() (err error) {
-		f, err = n.entry.Open()
-		return err
-	})
-	if err != nil {
-		return nil, 0, n.ifs.fail(n.path, "opening", 0, be, err)
+	return nil, 0, syscall.ENOSYS
+}
+
+// Flush says the same for close(2): there is nothing to flush.
+func (n *imageNode) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
+	return syscall.ENOSYS
+}
+
+// Read serves file content. Each call reads through a new go-diskfs file
+// (a small struct), so reads of one file and of different files run in
+// parallel; decompressed fragment and metadata blocks are shared through
+// go-diskfs's cache. The kernel keeps what it read in its page cache (the
+// image is immutable and those pages were verified when they were read).
+func (n *imageNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if n.mode&syscall.S_IFMT != syscall.S_IFREG || n.entry == nil {
+		return nil, syscall.EISDIR
 	}
-	// The image is immutable: pages the kernel keeps were verified when
-	// they were read.
-	return &imageHandle{n: n, f: f}, fuse.FOPEN_KEEP_CACHE, 0
-}
-
-// imageHandle is one open file. go-diskfs keeps the last decompressed
-// block per file, so sequential reads decompress each block once.
-type imageHandle struct {
-	n *imageNode
-	f filesystem.File
-}
-
-var (
-	_ gofs.FileReader   = (*imageHandle)(nil)
-	_ gofs.FileReleaser = (*imageHandle)(nil)
-)
-
-func (h *imageHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if off >= int64(h.n.size) {
+	if off >= int64(n.size) {
 		return fuse.ReadResultData(nil), 0
 	}
-	want := min(int64(len(dest)), int64(h.n.size)-off)
-	dest = dest[:want]
+	dest = dest[:min(int64(len(dest)), int64(n.size)-off)]
 	got := 0
-	be, err := h.n.ifs.call(func() error {
-		if _, err := h.f.Seek(off, io.SeekStart); err != nil {
+	rerr, err := n.ifs.do(func() error {
+		got = 0
+		f, err := n.entry.Open()
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
 			return err
 		}
 		for got < len(dest) {
-			m, err := h.f.Read(dest[got:])
+			m, err := f.Read(dest[got:])
 			got += m
 			if err == io.EOF {
 				return nil
@@ -423,14 +432,9 @@ func (h *imageHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 		return nil
 	})
 	if err != nil {
-		return nil, h.n.ifs.fail(h.n.path, "reading", off+int64(got), be, err)
+		return nil, n.ifs.fail(n.path, "reading", off+int64(got), rerr, err)
 	}
 	return fuse.ReadResultData(dest[:got]), 0
-}
-
-func (h *imageHandle) Release(ctx context.Context) syscall.Errno {
-	h.n.ifs.call(h.f.Close)
-	return 0
 }
 
 // Every change is refused: the mount is also mounted ro, so the kernel

@@ -89,13 +89,28 @@ var (
 	testSignKey *image.SignKey
 )
 
-// buildTestImage builds an instance in a new directory from the test tree
-// (or a tree written by fill) and returns the loaded build.
+// buildTestImage builds an instance in a new directory from a tree written
+// by fill and returns the loaded build.
 func buildTestImage(t testing.TB, fill func(dir string), extra string, key []byte) *image.LoadedBuild {
 	t.Helper()
 	if _, err := exec.LookPath("mksquashfs"); err != nil {
 		t.Skip("mksquashfs not installed")
 	}
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "image"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fill(dir)
+	b, err := buildImageIn(dir, extra, key)
+	if err != nil {
+		t.Fatalf("building: %v", err)
+	}
+	return b
+}
+
+// buildImageIn writes dir/veil.json (extra appended inside the object) and
+// builds the instance in dir.
+func buildImageIn(dir, extra string, key []byte) (*image.LoadedBuild, error) {
 	signKeyOnce.Do(func() {
 		k, err := image.GenerateSignKey()
 		if err != nil {
@@ -103,19 +118,14 @@ func buildTestImage(t testing.TB, fill func(dir string), extra string, key []byt
 		}
 		testSignKey = k
 	})
-	dir := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(dir, "image"), 0o755); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(dir, config.FileName), []byte(strings.Replace(imageConfig, "%s", extra, 1)), 0o644); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	fill(dir)
 	b, _, err := image.Build(context.Background(), dir, image.Options{SignKey: testSignKey, ImageKey: key})
-	if err != nil {
-		t.Fatalf("building: %v", err)
-	}
-	return b
+	return b, err
 }
 
 type imageMount struct {
