@@ -13,7 +13,8 @@ import (
 )
 
 // The read-all benchmarks build one image from a shipped BOM snippet
-// (VEIL_BENCH_BOM, default debian/python3), copy its tree out of a mount
+// (VEIL_BENCH_BOM, default debian/python3; VEIL_BENCH_COMPRESSION, default
+// the builder's), copy its tree out of a mount
 // onto the disk, and read every file of it: through the mount and from the
 // disk, both with the host page cache warm.
 
@@ -42,7 +43,8 @@ func benchImage(b *testing.B) (*image.LoadedBuild, string, int64) {
 			benchErr = errSkip
 			return
 		}
-		lb, err := buildImageIn(filepath.Join(dir, "instance"), `, "bom": {"include": ["`+snippet+`"]}`, nil)
+		lb, err := buildImageWith(filepath.Join(dir, "instance"), `, "bom": {"include": ["`+snippet+`"]}`,
+			image.Options{Compression: os.Getenv("VEIL_BENCH_COMPRESSION")})
 		if err != nil {
 			benchErr = err
 			return

@@ -111,6 +111,10 @@ func buildTestImage(t testing.TB, fill func(dir string), extra string, key []byt
 // buildImageIn writes dir/veil.json (extra appended inside the object) and
 // builds the instance in dir.
 func buildImageIn(dir, extra string, key []byte) (*image.LoadedBuild, error) {
+	return buildImageWith(dir, extra, image.Options{ImageKey: key})
+}
+
+func buildImageWith(dir, extra string, opts image.Options) (*image.LoadedBuild, error) {
 	signKeyOnce.Do(func() {
 		k, err := image.GenerateSignKey()
 		if err != nil {
@@ -124,7 +128,8 @@ func buildImageIn(dir, extra string, key []byte) (*image.LoadedBuild, error) {
 	if err := os.WriteFile(filepath.Join(dir, config.FileName), []byte(strings.Replace(imageConfig, "%s", extra, 1)), 0o644); err != nil {
 		return nil, err
 	}
-	b, _, err := image.Build(context.Background(), dir, image.Options{SignKey: testSignKey, ImageKey: key})
+	opts.SignKey = testSignKey
+	b, _, err := image.Build(context.Background(), dir, opts)
 	return b, err
 }
 
