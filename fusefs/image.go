@@ -64,9 +64,16 @@ type imageFS struct {
 	logged map[uint64]bool // blocks already reported
 }
 
-// imageNode is a directory, regular file or symlink of the image.
+// imageNode is the FUSE node of an image entry. Entries outlive nodes: the
+// kernel may forget a node and look its name up again, which makes a new
+// node over the same entry.
 type imageNode struct {
 	gofs.Inode
+	*imageEntry
+}
+
+// imageEntry is a directory, regular file or symlink of the image.
+type imageEntry struct {
 	ifs *imageFS
 
 	path   string // absolute path inside the image
@@ -80,8 +87,8 @@ type imageNode struct {
 
 	// Directories: the entries as stored, loaded on first use.
 	dirOnce  sync.Once
-	children []*imageNode
-	byName   map[string]*imageNode
+	children []*imageEntry
+	byName   map[string]*imageEntry
 	subdirs  uint32
 	dirErrno syscall.Errno
 }
@@ -143,7 +150,7 @@ func MountImage(mountpoint string, opts ImageOptions) (*fuse.Server, error) {
 	// The builder stores the root as 0755, owned by root, time zero
 	// (mksquashfs -root-mode 0755 -all-root -all-time 0); go-diskfs does
 	// not expose the root inode itself.
-	root := &imageNode{ifs: ifs, path: "/", mode: syscall.S_IFDIR | 0o755, mtime: time.Unix(0, 0)}
+	root := &imageNode{imageEntry: &imageEntry{ifs: ifs, path: "/", mode: syscall.S_IFDIR | 0o755, mtime: time.Unix(0, 0)}}
 	tmo := imageTimeout
 	srv, err := gofs.Mount(mountpoint, root, &gofs.Options{
 		MountOptions: fuse.MountOptions{
@@ -242,20 +249,20 @@ func ino(p string) uint64 {
 	h := fnv.New64a()
 	io.WriteString(h, p)
 	n := h.Sum64()
-	if n <= 1 {
-		n += 2
+	if n <= 1 || n == ^uint64(0) { // 0 is invalid, 1 the root, ^0 reserved by go-fuse
+		n = 2
 	}
 	return n
 }
 
 // newChild describes a stored entry; ok is false for entries the mount
 // does not serve (devices, fifos, sockets).
-func (n *imageNode) newChild(fi os.FileInfo) (*imageNode, bool) {
+func (n *imageEntry) newChild(fi os.FileInfo) (*imageEntry, bool) {
 	st, ok := fi.Sys().(squashfs.FileStat)
 	if !ok {
 		return nil, false
 	}
-	c := &imageNode{
+	c := &imageEntry{
 		ifs: n.ifs, path: path.Join(n.path, fi.Name()), entry: st,
 		mode: uint32(fi.Mode().Perm()), uid: st.UID(), gid: st.GID(), mtime: fi.ModTime(),
 	}
@@ -280,7 +287,7 @@ func (n *imageNode) newChild(fi os.FileInfo) (*imageNode, bool) {
 }
 
 // load reads the directory's entries once, in stored order.
-func (n *imageNode) load() syscall.Errno {
+func (n *imageEntry) load() syscall.Errno {
 	n.dirOnce.Do(func() {
 		var infos []os.FileInfo
 		be, err := n.ifs.do(func() (err error) {
@@ -291,7 +298,7 @@ func (n *imageNode) load() syscall.Errno {
 			n.dirErrno = n.ifs.fail(n.path, "listing directory", 0, be, err)
 			return
 		}
-		n.byName = make(map[string]*imageNode, len(infos))
+		n.byName = make(map[string]*imageEntry, len(infos))
 		for _, fi := range infos {
 			c, ok := n.newChild(fi)
 			if !ok {
@@ -308,7 +315,8 @@ func (n *imageNode) load() syscall.Errno {
 	return n.dirErrno
 }
 
-func (n *imageNode) fill(out *fuse.Attr) {
+// attr fills the attributes of the entry.
+func (n *imageEntry) attr(out *fuse.Attr) syscall.Errno {
 	out.Ino = ino(n.path)
 	out.Mode = n.mode
 	out.Size = n.size
@@ -318,6 +326,13 @@ func (n *imageNode) fill(out *fuse.Attr) {
 	out.Owner = fuse.Owner{Uid: n.uid, Gid: n.gid}
 	t := n.mtime
 	out.SetTimes(&t, &t, &t)
+	if n.mode&syscall.S_IFMT == syscall.S_IFDIR {
+		if errno := n.load(); errno != 0 {
+			return errno
+		}
+		out.Nlink = 2 + n.subdirs
+	}
+	return 0
 }
 
 func (n *imageNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -328,12 +343,12 @@ func (n *imageNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 	if c == nil {
 		return nil, syscall.ENOENT
 	}
-	var ao fuse.AttrOut
-	if errno := c.Getattr(ctx, nil, &ao); errno != 0 {
+	if errno := c.attr(&out.Attr); errno != 0 {
 		return nil, errno
 	}
-	out.Attr = ao.Attr
-	return n.NewInode(ctx, c, gofs.StableAttr{Mode: c.mode & syscall.S_IFMT, Ino: ino(c.path)}), 0
+	out.SetEntryTimeout(imageTimeout)
+	out.SetAttrTimeout(imageTimeout)
+	return n.NewInode(ctx, &imageNode{imageEntry: c}, gofs.StableAttr{Mode: c.mode & syscall.S_IFMT, Ino: ino(c.path)}), 0
 }
 
 func (n *imageNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
@@ -348,12 +363,8 @@ func (n *imageNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno)
 }
 
 func (n *imageNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	n.fill(&out.Attr)
-	if n.mode&syscall.S_IFMT == syscall.S_IFDIR {
-		if errno := n.load(); errno != 0 {
-			return errno
-		}
-		out.Nlink = 2 + n.subdirs
+	if errno := n.attr(&out.Attr); errno != 0 {
+		return errno
 	}
 	out.SetTimeout(imageTimeout)
 	return 0
