@@ -355,7 +355,10 @@ func (n *imageNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno)
 	if errno := n.load(); errno != 0 {
 		return nil, errno
 	}
-	ents := make([]fuse.DirEntry, 0, len(n.children))
+	ents := make([]fuse.DirEntry, 0, 2+len(n.children))
+	ents = append(ents,
+		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: ino(n.path)},
+		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: ino(path.Dir(n.path))})
 	for _, c := range n.children {
 		ents = append(ents, fuse.DirEntry{Name: path.Base(c.path), Mode: c.mode & syscall.S_IFMT, Ino: ino(c.path)})
 	}

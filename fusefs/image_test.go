@@ -318,6 +318,11 @@ func TestImageMountServesTree(t *testing.T) {
 				}
 			}
 
+			// Listings hold "." and ".." first, then the entries as stored.
+			if out, err := exec.Command("ls", "-1af", filepath.Join(m.dir, "etc")).Output(); err != nil || string(out) != ".\n..\ndangling\ndeep\nempty\n" {
+				t.Errorf("ls -1af etc: %q, %v", out, err)
+			}
+
 			// Inode numbers are stable per path, also across mounts.
 			ino := func(dir, p string) uint64 {
 				fi, err := os.Lstat(filepath.Join(dir, p))
