@@ -76,6 +76,12 @@ func writeImageTree(t *testing.T, dir string) {
 			t.Fatal(err)
 		}
 	}
+	// The directories every build adds for the runtime's mount points.
+	for _, d := range []string{"proc", "dev", "tmp", "run/secrets"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// A static ELF program, to run from the mount.
 	if gofmt, err := exec.LookPath("gofmt"); err != nil {
 		t.Log("no gofmt in PATH: not running an ELF program from the mount")

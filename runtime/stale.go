@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"bufio"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -23,6 +24,13 @@ func CleanStale(dir string, log *slog.Logger) {
 		return
 	}
 	mounts := mountsUnder(runDir)
+	// A FUSE mount whose server died answers ENOTCONN: detach it, whoever
+	// owned it.
+	for _, m := range mounts {
+		if _, err := os.Stat(m); errors.Is(err, syscall.ENOTCONN) {
+			unix.Unmount(m, unix.MNT_DETACH)
+		}
+	}
 	for _, e := range ents {
 		pid, ok := runPID(e.Name())
 		if !ok || alive(pid) {
