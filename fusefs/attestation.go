@@ -3,7 +3,6 @@ package fusefs
 import (
 	"context"
 	"log/slog"
-	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -36,7 +35,7 @@ func MountAttestation(mountpoint string, o AttestationOptions) (*fuse.Server, er
 	st := &attState{o: o}
 	sec := time.Second
 	srv, err := fs.Mount(mountpoint, &attRoot{st: st}, &fs.Options{
-		MountOptions: fuse.MountOptions{FsName: "veil-attestation", Name: "veil", DirectMount: os.Geteuid() == 0},
+		MountOptions: fuse.MountOptions{FsName: "veil-attestation", Name: "veil"},
 		AttrTimeout:  &sec, EntryTimeout: &sec,
 	})
 	if err != nil {

@@ -157,7 +157,6 @@ func MountImage(mountpoint string, opts ImageOptions) (*fuse.Server, error) {
 			FsName:               "veil-image:" + opts.Reader.RootHash()[:16],
 			Name:                 "veil",
 			AllowOther:           opts.AllowOther,
-			DirectMount:          os.Geteuid() == 0, // no fusermount process per mount
 			Options:              []string{"ro", "nodev", "default_permissions"},
 			MaxWrite:             1 << 20,
 			MaxReadAhead:         1 << 20,

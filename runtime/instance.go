@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/ratls"
 	"github.com/veil-tee/veil/attest/sim"
@@ -596,6 +598,15 @@ func (in *Instance) Close() error {
 		}
 	}
 	in.unmounts = nil
+	// What a busy unmount left (a process of the sandbox still exiting):
+	// detach it, so nothing stays mounted.
+	if left := mountsUnder(in.RunDir); len(left) > 0 {
+		sort.Slice(left, func(i, j int) bool { return len(left[i]) > len(left[j]) })
+		for _, m := range left {
+			abortFUSE(m)
+			unix.Unmount(m, unix.MNT_DETACH)
+		}
+	}
 	for _, c := range in.kms {
 		c.Close()
 	}

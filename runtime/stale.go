@@ -28,6 +28,7 @@ func CleanStale(dir string, log *slog.Logger) {
 	// owned it.
 	for _, m := range mounts {
 		if _, err := os.Stat(m); errors.Is(err, syscall.ENOTCONN) {
+			abortFUSE(m)
 			unix.Unmount(m, unix.MNT_DETACH)
 		}
 	}
@@ -45,6 +46,7 @@ func CleanStale(dir string, log *slog.Logger) {
 		}
 		sort.Slice(mine, func(i, j int) bool { return len(mine[i]) > len(mine[j]) })
 		for _, m := range mine {
+			abortFUSE(m)
 			if err := unix.Unmount(m, unix.MNT_DETACH); err != nil {
 				log.Warn("detaching a stale mount", "mount", m, "err", err)
 			}
@@ -79,6 +81,29 @@ func alive(pid int) bool {
 		return b[i+2] != 'Z'
 	}
 	return true
+}
+
+// abortFUSE aborts the FUSE connection behind mount point m, if it is
+// one, through the fusectl file system: processes still waiting on a
+// server that died get an error instead of hanging.
+func abortFUSE(m string) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 || unescapeMount(fields[4]) != m {
+			continue
+		}
+		_, minor, ok := strings.Cut(fields[2], ":")
+		if ok && strings.Contains(sc.Text(), " - fuse") {
+			os.WriteFile("/sys/fs/fuse/connections/"+minor+"/abort", []byte("1"), 0)
+		}
+		return
+	}
 }
 
 // mountsUnder lists mount points at or below dir.

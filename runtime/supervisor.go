@@ -130,11 +130,16 @@ func (s *Supervisor) Serve() error {
 	case <-s.stop:
 	case <-s.sb.Done():
 	}
+	sock := s.ln.Addr().String()
+	s.ln.SetUnlinkOnClose(false)
 	s.ln.Close()
-	os.Remove(s.ln.Addr().String())
 	s.sb.Kill()
 	s.sb.Wait()
-	return s.in.Close()
+	err := s.in.Close()
+	// The socket goes last: `veil stop` waits for it, so when it returns
+	// everything is unmounted.
+	os.Remove(sock)
+	return err
 }
 
 func send(c *net.UnixConn, r *Reply) error {

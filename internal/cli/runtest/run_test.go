@@ -270,6 +270,7 @@ func TestStartExecStopAndCrash(t *testing.T) {
 	writer.Start()
 	time.Sleep(700 * time.Millisecond)
 	pid := supervisorPID(t, app)
+	t.Logf("killing supervisor %d", pid)
 	syscall.Kill(pid, syscall.SIGKILL)
 	writer.Wait()
 	for i := 0; i < 100 && syscall.Kill(pid, 0) == nil && !zombie(pid); i++ {
