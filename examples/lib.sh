@@ -21,6 +21,10 @@ if [ -z "${WORK:-}" ]; then
 	WORK=$(mktemp -d "${TMPDIR:-/tmp}/veil-example.XXXXXX")
 	_work_made=1
 fi
+if [ -z "${_work_made:-}" ] && [ -n "$(ls -A "$WORK" 2>/dev/null)" ]; then
+	echo "WORK=$WORK is not empty: give a new or empty directory" >&2
+	exit 2
+fi
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 # Sim platform key, development signing key: kept inside the work dir.
