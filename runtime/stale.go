@@ -58,9 +58,19 @@ func runPID(name string) (int, bool) {
 	return pid, err == nil && pid > 0
 }
 
+// alive reports whether pid runs; a zombie (killed, not yet reaped) does not.
 func alive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || err == syscall.EPERM
+	if err := syscall.Kill(pid, 0); err != nil && err != syscall.EPERM {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	if i := strings.LastIndexByte(string(b), ')'); i >= 0 && i+2 < len(b) {
+		return b[i+2] != 'Z'
+	}
+	return true
 }
 
 // mountsUnder lists mount points at or below dir.

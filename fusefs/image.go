@@ -1,0 +1,477 @@
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"sync"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/filesystem/squashfs"
+
+	"github.com/veil-tee/veil/image"
+)
+
+// ImageOptions configure an image mount.
+type ImageOptions struct {
+	// Reader is the verified image (image.LoadedBuild.Open). It must stay
+	// open until the mount is unmounted; MountImage does not close it.
+	Reader *image.Reader
+	// Logger receives integrity failures; nil means slog.Default().
+	Logger *slog.Logger
+	// AllowOther lets users other than the mounting one use the mount.
+	AllowOther bool
+	// CacheSize is the memory for decompressed squashfs metadata and
+	// fragment blocks; zero means DefaultImageCacheSize.
+	CacheSize int
+}
+
+// DefaultImageCacheSize is the default decompressed-block cache of an
+// image mount.
+const DefaultImageCacheSize = 32 << 20
+
+// imageTimeout is how long the kernel may cache entries and attributes:
+// the image cannot change while it is mounted.
+const imageTimeout = 24 * time.Hour
+
+// imageFS is the state shared by every node of one image mount.
+//
+// go-diskfs keeps no error types, so reads of the squashfs are serialized
+// under mu and the wrapping ReaderAt remembers the block error of the
+// current call in lastErr.
+type imageFS struct {
+	r   *image.Reader
+	log *slog.Logger
+
+	mu      sync.Mutex
+	sq      *squashfs.FileSystem
+	lastErr error           // first error of the image Reader in the current call
+	logged  map[uint64]bool // blocks already reported
+}
+
+// imageNode is a directory, regular file or symlink of the image.
+type imageNode struct {
+	gofs.Inode
+	ifs *imageFS
+
+	path   string // absolute path inside the image
+	mode   uint32 // S_IF* | permission bits
+	size   uint64
+	uid    uint32
+	gid    uint32
+	mtime  time.Time
+	target string            // symlink target
+	entry  squashfs.FileStat // nil for the root
+
+	// Directories: the entries as stored, loaded on first use.
+	dirOnce  sync.Once
+	children []*imageNode
+	byName   map[string]*imageNode
+	subdirs  uint32
+	dirErrno syscall.Errno
+}
+
+var (
+	_ gofs.NodeLookuper      = (*imageNode)(nil)
+	_ gofs.NodeReaddirer     = (*imageNode)(nil)
+	_ gofs.NodeGetattrer     = (*imageNode)(nil)
+	_ gofs.NodeReadlinker    = (*imageNode)(nil)
+	_ gofs.NodeOpener        = (*imageNode)(nil)
+	_ gofs.NodeStatfser      = (*imageNode)(nil)
+	_ gofs.NodeSetattrer     = (*imageNode)(nil)
+	_ gofs.NodeCreater       = (*imageNode)(nil)
+	_ gofs.NodeMkdirer       = (*imageNode)(nil)
+	_ gofs.NodeMknoder       = (*imageNode)(nil)
+	_ gofs.NodeUnlinker      = (*imageNode)(nil)
+	_ gofs.NodeRmdirer       = (*imageNode)(nil)
+	_ gofs.NodeRenamer       = (*imageNode)(nil)
+	_ gofs.NodeLinker        = (*imageNode)(nil)
+	_ gofs.NodeSymlinker     = (*imageNode)(nil)
+	_ gofs.NodeSetxattrer    = (*imageNode)(nil)
+	_ gofs.NodeRemovexattrer = (*imageNode)(nil)
+)
+
+// MountImage mounts the file system of a verified image read-only at
+// mountpoint. Every byte served comes through opts.Reader, which checks
+// each 4 KiB block against the image's hash tree (and decrypts it); a block
+// that fails is EIO to the program and one error log line naming the file,
+// the offset and the block. The caller unmounts with the returned server's
+// Unmount, then closes the Reader.
+func MountImage(mountpoint string, opts ImageOptions) (*fuse.Server, error) {
+	if opts.Reader == nil {
+		return nil, errors.New("mounting image: no image reader")
+	}
+	ifs := &imageFS{r: opts.Reader, log: opts.Logger, logged: map[uint64]bool{}}
+	if ifs.log == nil {
+		ifs.log = slog.Default()
+	}
+	src := &trackedImage{ifs: ifs}
+	src.SectionReader = io.NewSectionReader(src, 0, opts.Reader.Size())
+	ifs.mu.Lock()
+	sq, err := squashfs.Read(file.New(src, true), opts.Reader.Size(), 0, 0)
+	rerr := ifs.lastErr
+	ifs.lastErr = nil
+	ifs.mu.Unlock()
+	if err != nil {
+		if rerr != nil {
+			return nil, fmt.Errorf("mounting image: reading the squashfs tables: %w", rerr)
+		}
+		return nil, fmt.Errorf("mounting image: reading the squashfs tables: %v", err)
+	}
+	cache := opts.CacheSize
+	if cache <= 0 {
+		cache = DefaultImageCacheSize
+	}
+	sq.SetCacheSize(cache)
+	ifs.sq = sq
+
+	// The builder stores the root as 0755, owned by root, time zero
+	// (mksquashfs -root-mode 0755 -all-root -all-time 0); go-diskfs does
+	// not expose the root inode itself.
+	root := &imageNode{ifs: ifs, path: "/", mode: syscall.S_IFDIR | 0o755, mtime: time.Unix(0, 0)}
+	tmo := imageTimeout
+	srv, err := gofs.Mount(mountpoint, root, &gofs.Options{
+		MountOptions: fuse.MountOptions{
+			FsName:               "veil-image:" + opts.Reader.RootHash()[:16],
+			Name:                 "veil",
+			AllowOther:           opts.AllowOther,
+			Options:              []string{"ro", "nodev", "default_permissions"},
+			MaxWrite:             1 << 20,
+			MaxReadAhead:         1 << 20,
+			EnableSymlinkCaching: true,
+			DisableXAttrs:        true,
+		},
+		EntryTimeout:    &tmo,
+		AttrTimeout:     &tmo,
+		NegativeTimeout: &tmo,
+	})
+	if err != nil {
+		return nil, mountError(err)
+	}
+	return srv, nil
+}
+
+// trackedImage is the io.ReaderAt go-diskfs reads the squashfs from: the
+// verifying Reader, remembering the block error of a failed call.
+type trackedImage struct {
+	*io.SectionReader
+	ifs *imageFS
+}
+
+func (t *trackedImage) ReadAt(p []byte, off int64) (int, error) {
+	n, err := t.ifs.r.ReadAt(p, off)
+	if err != nil && err != io.EOF && t.ifs.lastErr == nil {
+		t.ifs.lastErr = err // mu is held by whoever called into go-diskfs
+	}
+	return n, err
+}
+
+func (t *trackedImage) Stat() (fs.FileInfo, error) { return imageSize(t.ifs.r.Size()), nil }
+func (t *trackedImage) Close() error               { return nil }
+
+type imageSize int64
+
+func (s imageSize) Name() string       { return image.ImageFile }
+func (s imageSize) Size() int64        { return int64(s) }
+func (s imageSize) Mode() fs.FileMode  { return 0o444 }
+func (s imageSize) ModTime() time.Time { return time.Time{} }
+func (s imageSize) IsDir() bool        { return false }
+func (s imageSize) Sys() any           { return nil }
+
+// call runs f under the squashfs lock and returns the error the image
+// Reader gave (go-diskfs flattens it into text), if any, besides f's.
+func (ifs *imageFS) call(f func() error) (rerr, err error) {
+	ifs.mu.Lock()
+	defer ifs.mu.Unlock()
+	ifs.lastErr = nil
+	err = f()
+	rerr = ifs.lastErr
+	ifs.lastErr = nil
+	return rerr, err
+}
+
+// fail maps an error of a squashfs read to the errno a program sees and
+// logs it: once per bad block, naming the file, the offset and the block.
+func (ifs *imageFS) fail(p, op string, off int64, rerr, err error) syscall.Errno {
+	var be *image.BlockError
+	if errors.As(rerr, &be) {
+		ifs.mu.Lock()
+		seen := ifs.logged[be.Block]
+		ifs.logged[be.Block] = true
+		ifs.mu.Unlock()
+		if !seen {
+			ifs.log.Error("image block failed verification", "file", p, "op", op, "offset", off,
+				"block", be.Block, "area", be.Area, "reason", be.Reason)
+		}
+		return syscall.EIO
+	}
+	if rerr != nil {
+		err = rerr
+	}
+	ifs.log.Error("reading image failed", "file", p, "op", op, "offset", off, "err", err)
+	return syscall.EIO
+}
+
+// ino is the inode number of a path: stable across mounts of the same image.
+func ino(p string) uint64 {
+	if p == "/" {
+		return 1
+	}
+	h := fnv.New64a()
+	io.WriteString(h, p)
+	n := h.Sum64()
+	if n <= 1 {
+		n += 2
+	}
+	return n
+}
+
+// newChild describes a stored entry; ok is false for entries the mount
+// does not serve (devices, fifos, sockets).
+func (n *imageNode) newChild(fi os.FileInfo) (*imageNode, bool) {
+	st, ok := fi.Sys().(squashfs.FileStat)
+	if !ok {
+		return nil, false
+	}
+	c := &imageNode{
+		ifs: n.ifs, path: path.Join(n.path, fi.Name()), entry: st,
+		mode: uint32(fi.Mode().Perm()), uid: st.UID(), gid: st.GID(), mtime: fi.ModTime(),
+	}
+	switch fi.Mode().Type() {
+	case fs.ModeDir:
+		c.mode |= syscall.S_IFDIR
+	case fs.ModeSymlink:
+		c.mode |= syscall.S_IFLNK
+		t, err := st.Readlink()
+		if err != nil {
+			return nil, false
+		}
+		c.target = t
+		c.size = uint64(len(t))
+	case 0:
+		c.mode |= syscall.S_IFREG
+		c.size = uint64(fi.Size())
+	default:
+		return nil, false
+	}
+	return c, true
+}
+
+// load reads the directory's entries once, in stored order.
+func (n *imageNode) load() syscall.Errno {
+	n.dirOnce.Do(func() {
+		var infos []os.FileInfo
+		be, err := n.ifs.call(func() (err error) {
+			infos, err = n.ifs.sq.ReadDir(n.path)
+			return err
+		})
+		if err != nil {
+			n.dirErrno = n.ifs.fail(n.path, "listing directory", 0, be, err)
+			return
+		}
+		n.byName = make(map[string]*imageNode, len(infos))
+		for _, fi := range infos {
+			c, ok := n.newChild(fi)
+			if !ok {
+				n.ifs.log.Debug("image entry not served", "file", path.Join(n.path, fi.Name()), "mode", fi.Mode().String())
+				continue
+			}
+			if c.mode&syscall.S_IFMT == syscall.S_IFDIR {
+				n.subdirs++
+			}
+			n.children = append(n.children, c)
+			n.byName[fi.Name()] = c
+		}
+	})
+	return n.dirErrno
+}
+
+func (n *imageNode) fill(out *fuse.Attr) {
+	out.Ino = ino(n.path)
+	out.Mode = n.mode
+	out.Size = n.size
+	out.Blocks = (n.size + 511) / 512
+	out.Blksize = 4096
+	out.Nlink = 1
+	out.Owner = fuse.Owner{Uid: n.uid, Gid: n.gid}
+	t := n.mtime
+	out.SetTimes(&t, &t, &t)
+}
+
+func (n *imageNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if errno := n.load(); errno != 0 {
+		return nil, errno
+	}
+	c := n.byName[name]
+	if c == nil {
+		return nil, syscall.ENOENT
+	}
+	var ao fuse.AttrOut
+	if errno := c.Getattr(ctx, nil, &ao); errno != 0 {
+		return nil, errno
+	}
+	out.Attr = ao.Attr
+	return n.NewInode(ctx, c, gofs.StableAttr{Mode: c.mode & syscall.S_IFMT, Ino: ino(c.path)}), 0
+}
+
+func (n *imageNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	if errno := n.load(); errno != 0 {
+		return nil, errno
+	}
+	ents := make([]fuse.DirEntry, 0, len(n.children))
+	for _, c := range n.children {
+		ents = append(ents, fuse.DirEntry{Name: path.Base(c.path), Mode: c.mode & syscall.S_IFMT, Ino: ino(c.path)})
+	}
+	return gofs.NewListDirStream(ents), 0
+}
+
+func (n *imageNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.fill(&out.Attr)
+	if n.mode&syscall.S_IFMT == syscall.S_IFDIR {
+		if errno := n.load(); errno != 0 {
+			return errno
+		}
+		out.Nlink = 2 + n.subdirs
+	}
+	out.SetTimeout(imageTimeout)
+	return 0
+}
+
+func (n *imageNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	if n.mode&syscall.S_IFMT != syscall.S_IFLNK {
+		return nil, syscall.EINVAL
+	}
+	return []byte(n.target), 0
+}
+
+func (n *imageNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	out.Bsize = image.BlockSize
+	out.Frsize = image.BlockSize
+	out.Blocks = uint64(n.ifs.r.Size()) / image.BlockSize
+	out.NameLen = 255
+	return 0
+}
+
+func (n *imageNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND|syscall.O_CREAT) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	if n.mode&syscall.S_IFMT != syscall.S_IFREG || n.entry == nil {
+		return nil, 0, syscall.EISDIR
+	}
+	var f filesystem.File
+	be, err := n.ifs.call(func() (err error) {
+		f, err = n.entry.Open()
+		return err
+	})
+	if err != nil {
+		return nil, 0, n.ifs.fail(n.path, "opening", 0, be, err)
+	}
+	// The image is immutable: pages the kernel keeps were verified when
+	// they were read.
+	return &imageHandle{n: n, f: f}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// imageHandle is one open file. go-diskfs keeps the last decompressed
+// block per file, so sequential reads decompress each block once.
+type imageHandle struct {
+	n *imageNode
+	f filesystem.File
+}
+
+var (
+	_ gofs.FileReader   = (*imageHandle)(nil)
+	_ gofs.FileReleaser = (*imageHandle)(nil)
+)
+
+func (h *imageHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if off >= int64(h.n.size) {
+		return fuse.ReadResultData(nil), 0
+	}
+	want := min(int64(len(dest)), int64(h.n.size)-off)
+	dest = dest[:want]
+	got := 0
+	be, err := h.n.ifs.call(func() error {
+		if _, err := h.f.Seek(off, io.SeekStart); err != nil {
+			return err
+		}
+		for got < len(dest) {
+			m, err := h.f.Read(dest[got:])
+			got += m
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if m == 0 {
+				return io.ErrNoProgress
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, h.n.ifs.fail(h.n.path, "reading", off+int64(got), be, err)
+	}
+	return fuse.ReadResultData(dest[:got]), 0
+}
+
+func (h *imageHandle) Release(ctx context.Context) syscall.Errno {
+	h.n.ifs.call(h.f.Close)
+	return 0
+}
+
+// Every change is refused: the mount is also mounted ro, so the kernel
+// normally answers EROFS before asking.
+
+func (n *imageNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	return syscall.EROFS
+}
+
+func (n *imageNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	return nil, nil, 0, syscall.EROFS
+}
+
+func (n *imageNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+
+func (n *imageNode) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+
+func (n *imageNode) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EROFS }
+
+func (n *imageNode) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EROFS }
+
+func (n *imageNode) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	return syscall.EROFS
+}
+
+func (n *imageNode) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+
+func (n *imageNode) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+
+func (n *imageNode) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return syscall.EROFS
+}
+
+func (n *imageNode) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	return syscall.EROFS
+}

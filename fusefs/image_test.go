@@ -1,0 +1,444 @@
+package fusefs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"log/slog"
+	mrand "math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/veil-tee/veil/config"
+	"github.com/veil-tee/veil/image"
+)
+
+const imageConfig = `{
+  "entrypoints": ["/app/"],
+  "metadata": {"product_id": 1, "svn": 1, "debuggable": false}%s
+}`
+
+// noiseBytes returns n deterministic incompressible bytes.
+func noiseBytes(seed uint64, n int) []byte {
+	r := mrand.New(mrand.NewPCG(seed, 7))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// writeImageTree writes the test tree under dir/image: nested
+// directories, an executable script, an empty file, a symlink, a file of
+// more than 1 MiB and many small files (squashfs fragments).
+func writeImageTree(t *testing.T, dir string) {
+	t.Helper()
+	root := filepath.Join(dir, "image")
+	files := map[string]struct {
+		data []byte
+		mode os.FileMode
+	}{
+		"app/hello.sh":        {[]byte("#!/bin/sh\necho hello from the image \"$1\"\n"), 0o755},
+		"app/big.bin":         {noiseBytes(1, 3<<20+123), 0o644},
+		"app/text.txt":        {bytes.Repeat([]byte("compressible line of text\n"), 50000), 0o640},
+		"etc/empty":           {nil, 0o644},
+		"etc/deep/er/x.conf":  {[]byte("x=1\n"), 0o600},
+		"usr/lib/libfake.so":  {noiseBytes(2, 200<<10), 0o755},
+		"usr/share/doc/READ":  {[]byte("read me\n"), 0o444},
+		"app/unread/late.bin": {noiseBytes(3, 600<<10), 0o644},
+	}
+	for i := range 40 {
+		files[filepath.Join("usr/small", string(rune('a'+i%26))+strings.Repeat("x", i/26)+".py")] = struct {
+			data []byte
+			mode os.FileMode
+		}{noiseBytes(uint64(10+i), 100+i*37), 0o644}
+	}
+	for p, f := range files {
+		hp := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(hp), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(hp, f.data, f.mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(hp, f.mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for link, target := range map[string]string{"app/run": "hello.sh", "lib": "usr/lib", "etc/dangling": "/nowhere/at/all"} {
+		if err := os.Symlink(target, filepath.Join(root, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(filepath.Join(root, "etc/deep"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var (
+	signKeyOnce sync.Once
+	testSignKey *image.SignKey
+)
+
+// buildTestImage builds an instance in a new directory from the test tree
+// (or a tree written by fill) and returns the loaded build.
+func buildTestImage(t testing.TB, fill func(dir string), extra string, key []byte) *image.LoadedBuild {
+	t.Helper()
+	if _, err := exec.LookPath("mksquashfs"); err != nil {
+		t.Skip("mksquashfs not installed")
+	}
+	signKeyOnce.Do(func() {
+		k, err := image.GenerateSignKey()
+		if err != nil {
+			panic(err)
+		}
+		testSignKey = k
+	})
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "image"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, config.FileName), []byte(strings.Replace(imageConfig, "%s", extra, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fill(dir)
+	b, _, err := image.Build(context.Background(), dir, image.Options{SignKey: testSignKey, ImageKey: key})
+	if err != nil {
+		t.Fatalf("building: %v", err)
+	}
+	return b
+}
+
+type imageMount struct {
+	dir     string
+	r       *image.Reader
+	log     *logBuf
+	unmount func()
+}
+
+// ownFDs counts the descriptors a mount holds: on /dev/fuse and on image
+// files (the Go runtime opens others on first use, which are not leaks).
+func ownFDs(t testing.TB) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		if l == "/dev/fuse" || strings.HasSuffix(l, "/"+image.ImageFile) {
+			n++
+		}
+	}
+	return n
+}
+
+func mountTestImage(t testing.TB, b *image.LoadedBuild, key []byte) *imageMount {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("FUSE mounts in tests need root")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
+	fds := ownFDs(t)
+	r, err := b.Open(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	lb := &logBuf{}
+	srv, err := MountImage(dir, ImageOptions{Reader: r, Logger: slog.New(slog.NewTextHandler(lb, nil))})
+	if err != nil {
+		r.Close()
+		t.Fatal(err)
+	}
+	m := &imageMount{dir: dir, r: r, log: lb}
+	once := sync.Once{}
+	m.unmount = func() {
+		once.Do(func() {
+			if err := srv.Unmount(); err != nil {
+				t.Errorf("unmount: %v", err)
+			}
+			srv.Wait()
+			r.Close()
+			if mounted(dir) {
+				t.Errorf("%s still mounted", dir)
+			}
+			if n := ownFDs(t); n > fds {
+				t.Errorf("%d file descriptors leaked", n-fds)
+			}
+		})
+	}
+	t.Cleanup(m.unmount)
+	return m
+}
+
+// compareTrees checks that every entry of src is in the mount with the same
+// type, permission bits, size, content and link target, owned by root, and
+// that each directory lists its entries in sorted (stored) order.
+func compareTrees(t *testing.T, src, mnt string) int {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		mp := filepath.Join(mnt, rel)
+		want, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		got, err := os.Lstat(mp)
+		if err != nil {
+			t.Errorf("%s: %v", rel, err)
+			return nil
+		}
+		n++
+		if got.Mode() != want.Mode() && rel != "." {
+			t.Errorf("%s: mode %v, want %v", rel, got.Mode(), want.Mode())
+		}
+		st := got.Sys().(*syscall.Stat_t)
+		if st.Uid != 0 || st.Gid != 0 {
+			t.Errorf("%s: owner %d:%d, want 0:0", rel, st.Uid, st.Gid)
+		}
+		if st.Mtim.Sec != 0 {
+			t.Errorf("%s: mtime %d, want 0 as stored", rel, st.Mtim.Sec)
+		}
+		switch {
+		case want.Mode()&fs.ModeSymlink != 0:
+			wt, _ := os.Readlink(p)
+			gt, err := os.Readlink(mp)
+			if err != nil || gt != wt {
+				t.Errorf("%s: link %q (%v), want %q", rel, gt, err, wt)
+			}
+		case want.Mode().IsRegular():
+			if got.Size() != want.Size() {
+				t.Errorf("%s: size %d, want %d", rel, got.Size(), want.Size())
+			}
+			wb, _ := os.ReadFile(p)
+			gb, err := os.ReadFile(mp)
+			if err != nil || !bytes.Equal(gb, wb) {
+				t.Errorf("%s: content differs (%d bytes read, %v)", rel, len(gb), err)
+			}
+		case want.IsDir():
+			ents, err := os.ReadDir(mp)
+			if err != nil {
+				t.Errorf("%s: %v", rel, err)
+				return nil
+			}
+			names := make([]string, len(ents))
+			for i, e := range ents {
+				names[i] = e.Name()
+			}
+			wents, _ := os.ReadDir(p)
+			if len(wents) != len(names) || !slices.IsSorted(names) {
+				t.Errorf("%s: lists %v, want the %d entries sorted", rel, names, len(wents))
+			}
+			subdirs := 0
+			for _, e := range wents {
+				if e.IsDir() {
+					subdirs++
+				}
+			}
+			if st.Nlink != uint64(2+subdirs) {
+				t.Errorf("%s: nlink %d, want %d", rel, st.Nlink, 2+subdirs)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestImageMountServesTree(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		key  []byte
+	}{{"plain", nil}, {"encrypted", noiseBytes(9, image.ImageKeySize)}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var src string
+			b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", tc.key)
+			m := mountTestImage(t, b, tc.key)
+			if n := compareTrees(t, src, m.dir); n < 50 {
+				t.Fatalf("compared only %d entries", n)
+			}
+
+			// Execution: the kernel runs a script from the mount.
+			out, err := exec.Command(filepath.Join(m.dir, "app/run"), "arg").CombinedOutput()
+			if err != nil || string(out) != "hello from the image arg\n" {
+				t.Fatalf("running app/run: %q, %v", out, err)
+			}
+
+			// Inode numbers are stable per path, also across mounts.
+			ino := func(dir, p string) uint64 {
+				fi, err := os.Lstat(filepath.Join(dir, p))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return fi.Sys().(*syscall.Stat_t).Ino
+			}
+			m2 := mountTestImage(t, b, tc.key)
+			seen := map[uint64]string{}
+			for _, p := range []string{"app", "app/big.bin", "etc/deep/er/x.conf", "lib", "usr/small/a.py"} {
+				i := ino(m.dir, p)
+				if i2 := ino(m2.dir, p); i2 != i {
+					t.Errorf("%s: inode %d in one mount, %d in another", p, i, i2)
+				}
+				if q, dup := seen[i]; dup {
+					t.Errorf("%s and %s share inode %d", p, q, i)
+				}
+				seen[i] = p
+			}
+
+			var sfs syscall.Statfs_t
+			if err := syscall.Statfs(m.dir, &sfs); err != nil {
+				t.Fatal(err)
+			}
+			if sfs.Flags&1 /* ST_RDONLY */ == 0 || sfs.Bfree != 0 || sfs.Blocks == 0 {
+				t.Errorf("statfs: flags %#x, %d blocks, %d free", sfs.Flags, sfs.Blocks, sfs.Bfree)
+			}
+			if m.log.String() != "" {
+				t.Errorf("unexpected log: %s", m.log.String())
+			}
+			m2.unmount()
+			m.unmount()
+		})
+	}
+}
+
+func TestImageMountRefusesWrites(t *testing.T) {
+	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir) }, "", nil)
+	m := mountTestImage(t, b, nil)
+	p := func(s string) string { return filepath.Join(m.dir, s) }
+	attempts := map[string]func() error{
+		"create":   func() error { return os.WriteFile(p("app/new"), []byte("x"), 0o644) },
+		"open rw":  func() error { f, err := os.OpenFile(p("app/text.txt"), os.O_RDWR, 0); f.Close(); return err },
+		"truncate": func() error { return os.Truncate(p("app/text.txt"), 0) },
+		"append":   func() error { f, err := os.OpenFile(p("etc/empty"), os.O_WRONLY|os.O_APPEND, 0); f.Close(); return err },
+		"mkdir":    func() error { return os.Mkdir(p("app/d"), 0o755) },
+		"remove":   func() error { return os.Remove(p("etc/empty")) },
+		"rmdir":    func() error { return os.Remove(p("usr/share/doc")) },
+		"rename":   func() error { return os.Rename(p("etc/empty"), p("etc/full")) },
+		"chmod":    func() error { return os.Chmod(p("app/hello.sh"), 0o777) },
+		"chown":    func() error { return os.Chown(p("app/hello.sh"), 1, 1) },
+		"symlink":  func() error { return os.Symlink("x", p("app/l")) },
+		"link":     func() error { return os.Link(p("app/hello.sh"), p("app/h2")) },
+		"mknod":    func() error { return syscall.Mknod(p("app/fifo"), syscall.S_IFIFO|0o644, 0) },
+		"setxattr": func() error { return syscall.Setxattr(p("app/hello.sh"), "user.x", []byte("1"), 0) },
+		"utimes":   func() error { return os.Chtimes(p("app/hello.sh"), time0, time0) },
+	}
+	for name, f := range attempts {
+		if err := f(); !errors.Is(err, syscall.EROFS) {
+			t.Errorf("%s: %v, want EROFS", name, err)
+		}
+	}
+	// Nothing changed.
+	if fi, err := os.Stat(p("app/text.txt")); err != nil || fi.Size() != 26*50000 {
+		t.Errorf("app/text.txt after write attempts: %v, %v", fi, err)
+	}
+}
+
+// TestImageMountTamperIsEIO changes one byte of a file's data in the image
+// file on disk while the image is mounted: reading that file is EIO and
+// the log names the file, the offset and the block; other files still read.
+func TestImageMountTamperIsEIO(t *testing.T) {
+	var src string
+	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", nil)
+	m := mountTestImage(t, b, nil)
+
+	// app/unread/late.bin is incompressible, so squashfs stores its bytes
+	// as they are: find them in the image file.
+	late, err := os.ReadFile(filepath.Join(src, "app/unread/late.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := os.ReadFile(b.ImagePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const at = 300 << 10
+	pos := bytes.Index(img, late[at:at+256])
+	if pos < 0 {
+		t.Fatal("file data not found in the image")
+	}
+	f, err := os.OpenFile(b.ImagePath, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{img[pos] ^ 0x01}, int64(pos)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	block := pos / image.BlockSize
+
+	_, err = os.ReadFile(filepath.Join(m.dir, "app/unread/late.bin"))
+	if !errors.Is(err, syscall.EIO) {
+		t.Fatalf("reading the tampered file: %v, want EIO", err)
+	}
+	// A read before the bad block still works; one that covers it fails.
+	g, err := os.Open(filepath.Join(m.dir, "app/unread/late.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := make([]byte, 4096)
+	if _, err := g.ReadAt(head, 0); err != nil || !bytes.Equal(head, late[:4096]) {
+		t.Errorf("reading the start of the file: %v", err)
+	}
+	if _, err := g.ReadAt(head, at); !errors.Is(err, syscall.EIO) {
+		t.Errorf("reading at the tampered offset: %v, want EIO", err)
+	}
+	g.Close()
+	log := m.log.String()
+	for _, want := range []string{"file=/app/unread/late.bin", "block=" + strconv.Itoa(block), "level=ERROR", "offset="} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q:\n%s", want, log)
+		}
+	}
+	if c := strings.Count(log, "image block failed verification"); c != 1 {
+		t.Errorf("%d log lines for one bad block, want 1:\n%s", c, log)
+	}
+	if got, err := os.ReadFile(filepath.Join(m.dir, "app/text.txt")); err != nil || len(got) != 26*50000 {
+		t.Errorf("an untouched file: %d bytes, %v", len(got), err)
+	}
+}
+
+func TestImageMountErrors(t *testing.T) {
+	if _, err := MountImage(t.TempDir(), ImageOptions{}); err == nil {
+		t.Error("mount without a reader succeeded")
+	}
+	key := noiseBytes(4, image.ImageKeySize)
+	b := buildTestImage(t, func(dir string) {
+		os.WriteFile(filepath.Join(dir, "image", "f"), []byte("x"), 0o644)
+	}, "", key)
+	r, err := b.Open(nil) // encrypted, opened without its key
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	dir := t.TempDir()
+	srv, err := MountImage(dir, ImageOptions{Reader: r, Logger: slog.New(slog.DiscardHandler)})
+	if !errors.Is(err, image.ErrNoKey) {
+		if srv != nil {
+			srv.Unmount()
+		}
+		t.Fatalf("mounting an encrypted image without its key: %v, want ErrNoKey", err)
+	}
+	if mounted(dir) {
+		t.Error("a failed mount left a mount behind")
+	}
+}
+
+var time0 = time.Unix(0, 0)

@@ -1,0 +1,52 @@
+package cli
+
+import (
+	"log/slog"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/veil-tee/veil/attest"
+	"github.com/veil-tee/veil/fusefs"
+	"github.com/veil-tee/veil/image"
+	"github.com/veil-tee/veil/runtime"
+)
+
+// The runtime's file systems are the FUSE servers of package fusefs.
+
+func mountImage(mountpoint string, r *image.Reader, log *slog.Logger) (runtime.Unmounter, error) {
+	srv, err := fusefs.MountImage(mountpoint, fusefs.ImageOptions{Reader: r, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return imageMount{srv, r}, nil
+}
+
+// imageMount closes the image when it is unmounted.
+type imageMount struct {
+	srv *fuse.Server
+	r   *image.Reader
+}
+
+func (m imageMount) Unmount() error {
+	err := m.srv.Unmount()
+	if cerr := m.r.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func mountSealed(mountpoint string, o runtime.SealedMount, log *slog.Logger) (runtime.Unmounter, error) {
+	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return srv, nil
+}
+
+func mountAttestation(mountpoint string, iss attest.Issuer, log *slog.Logger) (runtime.Unmounter, error) {
+	srv, err := fusefs.MountAttestation(mountpoint, fusefs.AttestationOptions{Issuer: iss, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return srv, nil
+}

@@ -1,0 +1,444 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/veil-tee/veil/attest"
+	"github.com/veil-tee/veil/image"
+	"github.com/veil-tee/veil/runtime"
+	"github.com/veil-tee/veil/runtime/sandbox"
+)
+
+func init() {
+	register(groupRuntime, newRunCmd)
+	register(groupRuntime, newStartCmd)
+	register(groupRuntime, newExecCmd)
+	register(groupRuntime, newStopCmd)
+	register(groupRuntime, newKillCmd)
+	register(groupRuntime, newStatusCmd)
+	register("", newSuperviseCmd)
+	exitCoders = append(exitCoders, func(err error) int {
+		if errors.Is(err, runtime.ErrKeyDenied) || errors.Is(err, attest.ErrDenied) {
+			return ExitDenied
+		}
+		if errors.Is(err, image.ErrCorrupt) {
+			return ExitIntegrity
+		}
+		return 0
+	})
+}
+
+// runtimeOptions are the flags shared by run and start.
+type runtimeOptions struct {
+	dir, imageKey, logFile string
+}
+
+func (r *runtimeOptions) add(c *cobra.Command) {
+	addDirFlag(c, &r.dir)
+	c.Flags().StringVar(&r.imageKey, "image-key", "", "key of an encrypted image: kms:SECRETID@KMSNAME (released by the key service after attestation) or a key file")
+	c.Flags().StringVar(&r.logFile, "log", "", "write runtime events (integrity failures, mounts) to this file as JSON; default: standard error")
+}
+
+func (r *runtimeOptions) options(env *Env) (runtime.Options, func(), error) {
+	o := runtime.Options{
+		Dir:              r.dir,
+		MountRoot:        mountImage,
+		MountSealed:      mountSealed,
+		MountAttestation: mountAttestation,
+		Warn:             func(s string) { fmt.Fprintf(env.Stderr, "veil: warning: %s\n", s) },
+	}
+	done := func() {}
+	var w io.Writer = env.Stderr
+	if r.logFile != "" {
+		f, err := os.OpenFile(r.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return o, done, fmt.Errorf("opening --log: %w", err)
+		}
+		w, done = f, func() { f.Close() }
+	}
+	o.Logger = slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	switch {
+	case strings.HasPrefix(r.imageKey, "kms:"):
+		o.ImageKeyRef = r.imageKey
+	case r.imageKey != "":
+		k, err := image.LoadImageKey(strings.TrimPrefix(r.imageKey, "file:"))
+		if err != nil {
+			done()
+			return o, func() {}, err
+		}
+		o.ImageKey = k
+	}
+	return o, done, nil
+}
+
+// runtimeErr adds hints to the runtime's errors.
+func runtimeErr(err error) error {
+	switch {
+	case errors.Is(err, image.ErrNotBuilt):
+		return withHint(err, "build the instance first: veil build -C DIR")
+	case errors.Is(err, runtime.ErrNotEntrypoint):
+		return withHint(err, "add its directory to entrypoints in veil.json and rebuild")
+	case errors.Is(err, runtime.ErrNoPlatform):
+		return withHint(err, "for development create the software platform: veil sim init")
+	case errors.Is(err, runtime.ErrKMSUnreachable):
+		return withHint(err, "is the key service running? check kms[].address in veil.json")
+	case errors.Is(err, sandbox.ErrDenied):
+		return withHint(err, "veil run needs root (or user namespaces) to create its sandbox")
+	case errors.Is(err, runtime.ErrRunning):
+		return withHint(err, "use veil exec to run programs in it, or veil stop first")
+	case errors.Is(err, runtime.ErrNotRunning):
+		return withHint(err, "start it with veil start")
+	case strings.Contains(err.Error(), "/dev/fuse"):
+		return withHint(err, "load the fuse module (modprobe fuse) or, in a container, pass --device /dev/fuse")
+	}
+	return err
+}
+
+func stdio(env *Env) (in, out, errf *os.File) {
+	in, _ = env.Stdin.(*os.File)
+	out, _ = env.Stdout.(*os.File)
+	errf, _ = env.Stderr.(*os.File)
+	return
+}
+
+func newRunCmd(env *Env) *cobra.Command {
+	var r runtimeOptions
+	c := &cobra.Command{
+		Use:   "run [-C DIR] PATH [ARGS...]",
+		Short: "Run a program of a built instance in the TEE, with its keys fetched by attestation",
+		Long: `run verifies the instance in DIR (signature, measurement, veil.json), attests
+to its key services and fetches what their policies release, mounts the
+verified image as the root and the sealed, hostfs and tmpfs mounts, and runs
+PATH in a sandbox. veil exits with the program's status (128 + signal if it
+was killed). If a key service refuses a key, the program never starts.`,
+		Example: `  veil run -C app /usr/bin/python3 /app/job.py`,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return &Error{Err: errors.New("run needs the program to run"), Code: ExitUsage, Hint: "usage: " + c.UseLine()}
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			o, done, err := r.options(env)
+			if err != nil {
+				return err
+			}
+			defer done()
+			sigs := make(chan os.Signal, 4)
+			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+			defer signal.Stop(sigs)
+			in, out, errf := stdio(env)
+			status, err := runtime.Run(context.Background(), runtime.RunOptions{
+				Options: o, Path: args[0], Args: args[1:], Env: os.Environ(),
+				Stdin: in, Stdout: out, Stderr: errf, Signals: sigs,
+			})
+			if err != nil {
+				return runtimeErr(err)
+			}
+			if status != 0 {
+				return exitStatus(status)
+			}
+			return nil
+		},
+	}
+	c.Flags().SetInterspersed(false)
+	r.add(c)
+	return c
+}
+
+func newStartCmd(env *Env) *cobra.Command {
+	var r runtimeOptions
+	c := &cobra.Command{
+		Use:   "start [-C DIR]",
+		Short: "Start an instance in the background for veil exec (attested once, mounts kept)",
+		Args:  exactArgs(0),
+		RunE: func(c *cobra.Command, _ []string) error {
+			dir, err := filepath.Abs(r.dir)
+			if err != nil {
+				return err
+			}
+			if conn, err := runtime.Dial(dir); err == nil {
+				conn.Close()
+				return runtimeErr(fmt.Errorf("%s: %w", dir, runtime.ErrRunning))
+			}
+			if err := os.MkdirAll(filepath.Join(dir, "run"), 0o700); err != nil {
+				return err
+			}
+			logPath := r.logFile
+			if logPath == "" {
+				logPath = filepath.Join(dir, "run", "supervisor.log")
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				return err
+			}
+			args := []string{"__supervise", "-C", dir, "--log", logPath}
+			if r.imageKey != "" {
+				args = append(args, "--image-key", r.imageKey)
+			}
+			cmd := exec.Command(self, args...)
+			cmd.ExtraFiles = []*os.File{pw}
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+			if err := cmd.Start(); err != nil {
+				return err
+			}
+			pw.Close()
+			msg, _ := io.ReadAll(io.LimitReader(pr, 1<<16))
+			pr.Close()
+			if s := strings.TrimSpace(string(msg)); s != "ready" {
+				cmd.Wait()
+				if s == "" {
+					s = "the supervisor exited during start; see " + logPath
+				}
+				return runtimeErr(errors.New(strings.TrimPrefix(s, "error: ")))
+			}
+			cmd.Process.Release()
+			fmt.Fprintf(env.Stderr, "veil: started %s (supervisor %d); run programs with veil exec -C %s PATH\n", dir, cmd.Process.Pid, r.dir)
+			return nil
+		},
+	}
+	r.add(c)
+	return c
+}
+
+// newSuperviseCmd is the detached supervisor behind veil start.
+func newSuperviseCmd(env *Env) *cobra.Command {
+	var r runtimeOptions
+	c := &cobra.Command{
+		Use:    "__supervise",
+		Hidden: true,
+		Args:   exactArgs(0),
+		RunE: func(c *cobra.Command, _ []string) error {
+			ready := os.NewFile(3, "ready")
+			report := func(s string) {
+				if ready != nil {
+					fmt.Fprintln(ready, s)
+					ready.Close()
+					ready = nil
+				}
+			}
+			o, done, err := r.options(env)
+			if err != nil {
+				report("error: " + err.Error())
+				return err
+			}
+			defer done()
+			signal.Ignore(syscall.SIGHUP, syscall.SIGINT)
+			sup, err := runtime.Supervise(context.Background(), o, "")
+			if err != nil {
+				report("error: " + err.Error())
+				return err
+			}
+			report("ready")
+			return sup.Serve()
+		},
+	}
+	r.add(c)
+	return c
+}
+
+func newExecCmd(env *Env) *cobra.Command {
+	var dir string
+	c := &cobra.Command{
+		Use:   "exec [-C DIR] PATH [ARGS...]",
+		Short: "Run another program in a started instance, with this terminal's stdio",
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return &Error{Err: errors.New("exec needs the program to run"), Code: ExitUsage, Hint: "usage: " + c.UseLine()}
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			conn, err := runtime.Dial(dir)
+			if err != nil {
+				return runtimeErr(err)
+			}
+			defer conn.Close()
+			in, out, errf := stdio(env)
+			if in == nil || out == nil || errf == nil {
+				return errors.New("exec needs file descriptors for stdin, stdout and stderr")
+			}
+			sigs := make(chan os.Signal, 4)
+			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+			defer signal.Stop(sigs)
+			if _, err := runtime.Call(conn, &runtime.Request{Op: "exec", Path: args[0], Args: args[1:], Env: os.Environ()}, in, out, errf); err != nil {
+				return runtimeErr(err)
+			}
+			go func() {
+				for s := range sigs {
+					runtime.SendRequest(conn, &runtime.Request{Op: "signal", Sig: int(s.(syscall.Signal))})
+				}
+			}()
+			r, err := runtime.ReadReply(conn)
+			if err != nil {
+				return err
+			}
+			if r.Status != 0 {
+				return exitStatus(r.Status)
+			}
+			return nil
+		},
+	}
+	c.Flags().SetInterspersed(false)
+	addDirFlag(c, &dir)
+	return c
+}
+
+func newStopCmd(env *Env) *cobra.Command {
+	var dir string
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "stop [-C DIR] [--timeout D]",
+		Short: "Stop a started instance: TERM, then KILL after the timeout, then unmount",
+		Args:  exactArgs(0),
+		RunE: func(c *cobra.Command, _ []string) error {
+			conn, err := runtime.Dial(dir)
+			if err != nil {
+				return runtimeErr(err)
+			}
+			defer conn.Close()
+			if _, err := runtime.Call(conn, &runtime.Request{Op: "stop", Timeout: timeout.Milliseconds()}); err != nil {
+				return err
+			}
+			// The supervisor unmounts and exits after answering; wait for its socket to go.
+			deadline := time.Now().Add(timeout + 10*time.Second)
+			for time.Now().Before(deadline) {
+				if _, err := os.Stat(runtime.SocketPath(absDir(dir))); errors.Is(err, os.ErrNotExist) {
+					return nil
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			return errors.New("the supervisor did not finish stopping")
+		},
+	}
+	addDirFlag(c, &dir)
+	c.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "time between TERM and KILL")
+	return c
+}
+
+func absDir(d string) string {
+	a, err := filepath.Abs(d)
+	if err != nil {
+		return d
+	}
+	return a
+}
+
+func newKillCmd(env *Env) *cobra.Command {
+	var dir, sigName string
+	c := &cobra.Command{
+		Use:   "kill [-C DIR] [--signal SIG] [PID]",
+		Short: "Send a signal to a process of a started instance (all of them without PID)",
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) > 1 {
+				return usageErrorf("kill takes at most one PID")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			sig, err := parseSignal(sigName)
+			if err != nil {
+				return err
+			}
+			pid := 0
+			if len(args) == 1 {
+				if pid, err = strconv.Atoi(args[0]); err != nil || pid <= 0 {
+					return usageErrorf("PID %q is not a process id (see veil status)", args[0])
+				}
+			}
+			conn, err := runtime.Dial(dir)
+			if err != nil {
+				return runtimeErr(err)
+			}
+			defer conn.Close()
+			_, err = runtime.Call(conn, &runtime.Request{Op: "kill", PID: pid, Sig: int(sig)})
+			return err
+		},
+	}
+	addDirFlag(c, &dir)
+	c.Flags().StringVarP(&sigName, "signal", "s", "TERM", "signal name (TERM, KILL, INT, HUP, USR1, …) or number")
+	return c
+}
+
+func parseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil && n > 0 && n < 65 {
+		return syscall.Signal(n), nil
+	}
+	name := strings.ToUpper(strings.TrimPrefix(strings.ToUpper(s), "SIG"))
+	if sig := unix.SignalNum("SIG" + name); sig != 0 {
+		return sig, nil
+	}
+	return 0, usageErrorf("unknown signal %q", s)
+}
+
+func newStatusCmd(env *Env) *cobra.Command {
+	var dir string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status [-C DIR] [--json]",
+		Short: "Show whether an instance runs: measurement, backend, mounts, processes",
+		Args:  exactArgs(0),
+		RunE: func(c *cobra.Command, _ []string) error {
+			st := &runtime.Status{State: "stopped", Dir: absDir(dir)}
+			if conn, err := runtime.Dial(dir); err == nil {
+				r, err := runtime.Call(conn, &runtime.Request{Op: "status"})
+				conn.Close()
+				if err != nil {
+					return err
+				}
+				st = r.State
+			} else if b, err := image.LoadBuild(dir); err == nil {
+				st.Measurement, st.Signer = b.MeasurementHex(), b.MrSignerHex()
+			} else {
+				return runtimeErr(err)
+			}
+			if asJSON {
+				e := json.NewEncoder(env.Stdout)
+				e.SetIndent("", "  ")
+				return e.Encode(st)
+			}
+			w := env.Stdout
+			fmt.Fprintf(w, "state:        %s\n", st.State)
+			fmt.Fprintf(w, "instance:     %s\n", st.Dir)
+			fmt.Fprintf(w, "measurement:  %s\n", st.Measurement)
+			fmt.Fprintf(w, "signer:       %s\n", st.Signer)
+			if st.State == "running" {
+				fmt.Fprintf(w, "backend:      %s\n", st.Backend)
+				fmt.Fprintf(w, "supervisor:   %d, since %s\n", st.Supervisor, st.Since.Format(time.RFC3339))
+				for _, m := range st.Mounts {
+					fmt.Fprintf(w, "mount:        %s %s %s\n", m.Target, m.Type, m.Source)
+				}
+				for _, l := range st.NotApplied {
+					fmt.Fprintf(w, "not applied:  %s\n", l)
+				}
+				for _, p := range st.Processes {
+					fmt.Fprintf(w, "process:      %d %s\n", p.PID, strings.Join(p.Args, " "))
+				}
+			}
+			return nil
+		},
+	}
+	addDirFlag(c, &dir)
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
