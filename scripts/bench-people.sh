@@ -47,6 +47,42 @@ timed() {
 }
 col() { awk -v i="$1" '{print $i}'; }
 
+# Where veil's fixed start-up goes: a probe instance of the same image and
+# mounts whose entrypoint is the interpreter itself (other measurement, own
+# policy), running "pass" and "import pandas" inside veil and outside.
+probe() {
+	local d=$WORK/probe
+	mkdir -p "$d/host"
+	"$PYTHON" "$people/gen_people.py" --rows 1000 "$d/people.csv"
+	as_owner alice "$VEIL" encrypt --key kms:people-key -i "$d/people.csv" -o "$d/host/people.csv" >/dev/null
+	instance_new "$d/inst"
+	fill_config "$people/veil.json" "$d/inst/veil.json" DATA_DIR="$d/host" KEY_ID="$KEY" \
+		KMS_ADDRESS="$KMS_OWNER_ADDR" KMS_CA_CERT="@file:$KMS_OWNER_CA"
+	sed -i 's|"entrypoints": \["/app/query.py"\]|"entrypoints": ["/usr/bin/python3"]|; s|"args": {"passthrough": false}|"args": {"passthrough": true}|' "$d/inst/veil.json"
+	"$VEIL" build -C "$d/inst" >/dev/null 2>&1
+	as_owner alice "$VEIL" kms policy create --name probe --from-instance "$d/inst" --key people-key --allow-sim >/dev/null
+	local what cmd i t
+	printf '\n%-44s %9s %9s\n' "start-up (medians of $COUNT)" plain veil
+	for what in "python3 -c pass" "python3 -c 'import pandas'" "python3 -c 'open(\"/data/people.csv\").read()'"; do
+		case $what in
+		*pass) cmd=(-c pass) ;;
+		*pandas*) cmd=(-c "import pandas") ;;
+		*) cmd=(-c "open('/data/people.csv').read()") ;;
+		esac
+		local p=() v=()
+		for i in $(seq "$COUNT"); do
+			if [[ $what != *open* ]]; then
+				s=$(now); "$PYTHON" "${cmd[@]}"; e=$(now); p+=("$(awk -v s="$s" -v e="$e" 'BEGIN {printf "%.3f", e - s}')")
+			fi
+			s=$(now); "$VEIL" run -C "$d/inst" /usr/bin/python3 "${cmd[@]}" 2>/dev/null; e=$(now)
+			v+=("$(awk -v s="$s" -v e="$e" 'BEGIN {printf "%.3f", e - s}')")
+		done
+		printf '%-44s %9s %9s\n' "$what" "$( [ ${#p[@]} -gt 0 ] && printf '%s\n' "${p[@]}" | median || echo -)" "$(printf '%s\n' "${v[@]}" | median)"
+	done
+	rm -rf "$d"
+}
+probe
+
 printf '\n%-10s %-8s %9s %9s %9s %9s %9s %7s\n' rows where total read compute write other ratio
 for rows in "${sizes[@]}"; do
 	d=$WORK/r$rows
