@@ -72,7 +72,23 @@ func runExample(t *testing.T, name string, env ...string) string {
 	if err != nil {
 		t.Fatalf("%s/run.sh: %v", name, err)
 	}
+	leftBehind(t, work)
 	return work
+}
+
+// leftBehind fails if a mount or a process (a key service, a sandbox) still
+// refers to the work directory once the script has ended.
+func leftBehind(t *testing.T, work string) {
+	t.Helper()
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil && bytes.Contains(b, []byte(work)) {
+		t.Errorf("mounts left under %s", work)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(work)) {
+			t.Errorf("process left running: %s", bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+		}
+	}
 }
 
 func readFile(t *testing.T, path string) []byte {

@@ -14,7 +14,7 @@ sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(1000000 10000000)
 export VEIL=${VEIL:-$PWD/bin/veil}
 "$VEIL" run --help >/dev/null 2>&1 || { echo "bench-people: veil run is not available in $VEIL" >&2; exit 1; }
-export WORK=${WORK:-$(mktemp -d /var/tmp/veil-bench-people.XXXXXX)}
+export TMPDIR=${TMPDIR:-/var/tmp}
 . examples/lib.sh
 people=$examples_dir/people
 
