@@ -3,6 +3,7 @@ package fusefs
 import (
 	"context"
 	"log/slog"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -35,7 +36,7 @@ func MountAttestation(mountpoint string, o AttestationOptions) (*fuse.Server, er
 	st := &attState{o: o}
 	sec := time.Second
 	srv, err := fs.Mount(mountpoint, &attRoot{st: st}, &fs.Options{
-		MountOptions: fuse.MountOptions{FsName: "veil-attestation", Name: "veil"},
+		MountOptions: fuse.MountOptions{FsName: "veil-attestation", Name: "veil", DirectMount: os.Geteuid() == 0},
 		AttrTimeout:  &sec, EntryTimeout: &sec,
 	})
 	if err != nil {

@@ -18,7 +18,6 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/diskfs/go-diskfs/backend/file"
-	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/filesystem/squashfs"
 
 	"github.com/veil-tee/veil/image"
@@ -48,22 +47,33 @@ const imageTimeout = 24 * time.Hour
 
 // imageFS is the state shared by every node of one image mount.
 //
-// go-diskfs keeps no error types, so reads of the squashfs are serialized
-// under mu and the wrapping ReaderAt remembers the block error of the
-// current call in lastErr.
+// Reads of the squashfs run in parallel under rw's read lock. go-diskfs
+// keeps no error types, so a call that fails is run once more under the
+// write lock with tracking on: the wrapping ReaderAt then records the
+// Reader's error (the *image.BlockError naming the block) in lastErr.
 type imageFS struct {
 	r   *image.Reader
 	log *slog.Logger
+	sq  *squashfs.FileSystem
 
-	mu      sync.Mutex
-	sq      *squashfs.FileSystem
-	lastErr error           // first error of the image Reader in the current call
-	logged  map[uint64]bool // blocks already reported
+	rw       sync.RWMutex
+	tracking bool  // set only under rw.Lock
+	lastErr  error // first error of the image Reader while tracking
+
+	logMu  sync.Mutex
+	logged map[uint64]bool // blocks already reported
 }
 
-// imageNode is a directory, regular file or symlink of the image.
+// imageNode is the FUSE node of an image entry. Entries outlive nodes: the
+// kernel may forget a node and look its name up again, which makes a new
+// node over the same entry.
 type imageNode struct {
 	gofs.Inode
+	*imageEntry
+}
+
+// imageEntry is a directory, regular file or symlink of the image.
+type imageEntry struct {
 	ifs *imageFS
 
 	path   string // absolute path inside the image
@@ -77,8 +87,8 @@ type imageNode struct {
 
 	// Directories: the entries as stored, loaded on first use.
 	dirOnce  sync.Once
-	children []*imageNode
-	byName   map[string]*imageNode
+	children []*imageEntry
+	byName   map[string]*imageEntry
 	subdirs  uint32
 	dirErrno syscall.Errno
 }
@@ -119,11 +129,11 @@ func MountImage(mountpoint string, opts ImageOptions) (*fuse.Server, error) {
 	}
 	src := &trackedImage{ifs: ifs}
 	src.SectionReader = io.NewSectionReader(src, 0, opts.Reader.Size())
-	ifs.mu.Lock()
-	sq, err := squashfs.Read(file.New(src, true), opts.Reader.Size(), 0, 0)
-	rerr := ifs.lastErr
-	ifs.lastErr = nil
-	ifs.mu.Unlock()
+	var sq *squashfs.FileSystem
+	rerr, err := ifs.do(func() (err error) {
+		sq, err = squashfs.Read(file.New(src, true), opts.Reader.Size(), 0, 0)
+		return err
+	})
 	if err != nil {
 		if rerr != nil {
 			return nil, fmt.Errorf("mounting image: reading the squashfs tables: %w", rerr)
@@ -140,7 +150,7 @@ func MountImage(mountpoint string, opts ImageOptions) (*fuse.Server, error) {
 	// The builder stores the root as 0755, owned by root, time zero
 	// (mksquashfs -root-mode 0755 -all-root -all-time 0); go-diskfs does
 	// not expose the root inode itself.
-	root := &imageNode{ifs: ifs, path: "/", mode: syscall.S_IFDIR | 0o755, mtime: time.Unix(0, 0)}
+	root := &imageNode{imageEntry: &imageEntry{ifs: ifs, path: "/", mode: syscall.S_IFDIR | 0o755, mtime: time.Unix(0, 0)}}
 	tmo := imageTimeout
 	srv, err := gofs.Mount(mountpoint, root, &gofs.Options{
 		MountOptions: fuse.MountOptions{
@@ -172,8 +182,8 @@ type trackedImage struct {
 
 func (t *trackedImage) ReadAt(p []byte, off int64) (int, error) {
 	n, err := t.ifs.r.ReadAt(p, off)
-	if err != nil && err != io.EOF && t.ifs.lastErr == nil {
-		t.ifs.lastErr = err // mu is held by whoever called into go-diskfs
+	if err != nil && err != io.EOF && t.ifs.tracking && t.ifs.lastErr == nil {
+		t.ifs.lastErr = err // rw.Lock is held by whoever called into go-diskfs
 	}
 	return n, err
 }
@@ -190,15 +200,22 @@ func (s imageSize) ModTime() time.Time { return time.Time{} }
 func (s imageSize) IsDir() bool        { return false }
 func (s imageSize) Sys() any           { return nil }
 
-// call runs f under the squashfs lock and returns the error the image
+// do runs f, a call into go-diskfs that may be repeated. If it fails, it
+// runs it again alone with tracking on, and returns the error the image
 // Reader gave (go-diskfs flattens it into text), if any, besides f's.
-func (ifs *imageFS) call(f func() error) (rerr, err error) {
-	ifs.mu.Lock()
-	defer ifs.mu.Unlock()
-	ifs.lastErr = nil
+func (ifs *imageFS) do(f func() error) (rerr, err error) {
+	ifs.rw.RLock()
+	err = f()
+	ifs.rw.RUnlock()
+	if err == nil {
+		return nil, nil
+	}
+	ifs.rw.Lock()
+	defer ifs.rw.Unlock()
+	ifs.tracking, ifs.lastErr = true, nil
 	err = f()
 	rerr = ifs.lastErr
-	ifs.lastErr = nil
+	ifs.tracking, ifs.lastErr = false, nil
 	return rerr, err
 }
 
@@ -207,10 +224,10 @@ func (ifs *imageFS) call(f func() error) (rerr, err error) {
 func (ifs *imageFS) fail(p, op string, off int64, rerr, err error) syscall.Errno {
 	var be *image.BlockError
 	if errors.As(rerr, &be) {
-		ifs.mu.Lock()
+		ifs.logMu.Lock()
 		seen := ifs.logged[be.Block]
 		ifs.logged[be.Block] = true
-		ifs.mu.Unlock()
+		ifs.logMu.Unlock()
 		if !seen {
 			ifs.log.Error("image block failed verification", "file", p, "op", op, "offset", off,
 				"block", be.Block, "area", be.Area, "reason", be.Reason)
@@ -232,20 +249,20 @@ func ino(p string) uint64 {
 	h := fnv.New64a()
 	io.WriteString(h, p)
 	n := h.Sum64()
-	if n <= 1 {
-		n += 2
+	if n <= 1 || n == ^uint64(0) { // 0 is invalid, 1 the root, ^0 reserved by go-fuse
+		n = 2
 	}
 	return n
 }
 
 // newChild describes a stored entry; ok is false for entries the mount
 // does not serve (devices, fifos, sockets).
-func (n *imageNode) newChild(fi os.FileInfo) (*imageNode, bool) {
+func (n *imageEntry) newChild(fi os.FileInfo) (*imageEntry, bool) {
 	st, ok := fi.Sys().(squashfs.FileStat)
 	if !ok {
 		return nil, false
 	}
-	c := &imageNode{
+	c := &imageEntry{
 		ifs: n.ifs, path: path.Join(n.path, fi.Name()), entry: st,
 		mode: uint32(fi.Mode().Perm()), uid: st.UID(), gid: st.GID(), mtime: fi.ModTime(),
 	}
@@ -270,10 +287,10 @@ func (n *imageNode) newChild(fi os.FileInfo) (*imageNode, bool) {
 }
 
 // load reads the directory's entries once, in stored order.
-func (n *imageNode) load() syscall.Errno {
+func (n *imageEntry) load() syscall.Errno {
 	n.dirOnce.Do(func() {
 		var infos []os.FileInfo
-		be, err := n.ifs.call(func() (err error) {
+		be, err := n.ifs.do(func() (err error) {
 			infos, err = n.ifs.sq.ReadDir(n.path)
 			return err
 		})
@@ -281,7 +298,7 @@ func (n *imageNode) load() syscall.Errno {
 			n.dirErrno = n.ifs.fail(n.path, "listing directory", 0, be, err)
 			return
 		}
-		n.byName = make(map[string]*imageNode, len(infos))
+		n.byName = make(map[string]*imageEntry, len(infos))
 		for _, fi := range infos {
 			c, ok := n.newChild(fi)
 			if !ok {
@@ -298,7 +315,8 @@ func (n *imageNode) load() syscall.Errno {
 	return n.dirErrno
 }
 
-func (n *imageNode) fill(out *fuse.Attr) {
+// attr fills the attributes of the entry.
+func (n *imageEntry) attr(out *fuse.Attr) syscall.Errno {
 	out.Ino = ino(n.path)
 	out.Mode = n.mode
 	out.Size = n.size
@@ -308,6 +326,13 @@ func (n *imageNode) fill(out *fuse.Attr) {
 	out.Owner = fuse.Owner{Uid: n.uid, Gid: n.gid}
 	t := n.mtime
 	out.SetTimes(&t, &t, &t)
+	if n.mode&syscall.S_IFMT == syscall.S_IFDIR {
+		if errno := n.load(); errno != 0 {
+			return errno
+		}
+		out.Nlink = 2 + n.subdirs
+	}
+	return 0
 }
 
 func (n *imageNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -318,19 +343,22 @@ func (n *imageNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 	if c == nil {
 		return nil, syscall.ENOENT
 	}
-	var ao fuse.AttrOut
-	if errno := c.Getattr(ctx, nil, &ao); errno != 0 {
+	if errno := c.attr(&out.Attr); errno != 0 {
 		return nil, errno
 	}
-	out.Attr = ao.Attr
-	return n.NewInode(ctx, c, gofs.StableAttr{Mode: c.mode & syscall.S_IFMT, Ino: ino(c.path)}), 0
+	out.SetEntryTimeout(imageTimeout)
+	out.SetAttrTimeout(imageTimeout)
+	return n.NewInode(ctx, &imageNode{imageEntry: c}, gofs.StableAttr{Mode: c.mode & syscall.S_IFMT, Ino: ino(c.path)}), 0
 }
 
 func (n *imageNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	if errno := n.load(); errno != 0 {
 		return nil, errno
 	}
-	ents := make([]fuse.DirEntry, 0, len(n.children))
+	ents := make([]fuse.DirEntry, 0, 2+len(n.children))
+	ents = append(ents,
+		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: ino(n.path)},
+		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: ino(path.Dir(n.path))})
 	for _, c := range n.children {
 		ents = append(ents, fuse.DirEntry{Name: path.Base(c.path), Mode: c.mode & syscall.S_IFMT, Ino: ino(c.path)})
 	}
@@ -338,12 +366,8 @@ func (n *imageNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno)
 }
 
 func (n *imageNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	n.fill(&out.Attr)
-	if n.mode&syscall.S_IFMT == syscall.S_IFDIR {
-		if errno := n.load(); errno != 0 {
-			return errno
-		}
-		out.Nlink = 2 + n.subdirs
+	if errno := n.attr(&out.Attr); errno != 0 {
+		return errno
 	}
 	out.SetTimeout(imageTimeout)
 	return 0
@@ -364,6 +388,9 @@ func (n *imageNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Err
 	return 0
 }
 
+// Open asks the kernel not to send opens (nor releases) for this mount:
+// the node reads by itself (Read), and write opens never reach here on a
+// mount the kernel knows is read-only.
 func (n *imageNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND|syscall.O_CREAT) != 0 {
 		return nil, 0, syscall.EROFS
@@ -371,44 +398,40 @@ func (n *imageNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, ui
 	if n.mode&syscall.S_IFMT != syscall.S_IFREG || n.entry == nil {
 		return nil, 0, syscall.EISDIR
 	}
-	var f filesystem.File
-	be, err := n.ifs.call(func() (err error) {
-		f, err = n.entry.Open()
-		return err
-	})
-	if err != nil {
-		return nil, 0, n.ifs.fail(n.path, "opening", 0, be, err)
+	return nil, 0, syscall.ENOSYS
+}
+
+// Flush says the same for close(2): there is nothing to flush.
+func (n *imageNode) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
+	return syscall.ENOSYS
+}
+
+// Read serves file content. Each call reads through a new go-diskfs file
+// (a small struct), so reads of one file and of different files run in
+// parallel; decompressed fragment and metadata blocks are shared through
+// go-diskfs's cache. The kernel keeps what it read in its page cache (the
+// image is immutable and those pages were verified when they were read).
+func (n *imageNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if n.mode&syscall.S_IFMT != syscall.S_IFREG || n.entry == nil {
+		return nil, syscall.EISDIR
 	}
-	// The image is immutable: pages the kernel keeps were verified when
-	// they were read.
-	return &imageHandle{n: n, f: f}, fuse.FOPEN_KEEP_CACHE, 0
-}
-
-// imageHandle is one open file. go-diskfs keeps the last decompressed
-// block per file, so sequential reads decompress each block once.
-type imageHandle struct {
-	n *imageNode
-	f filesystem.File
-}
-
-var (
-	_ gofs.FileReader   = (*imageHandle)(nil)
-	_ gofs.FileReleaser = (*imageHandle)(nil)
-)
-
-func (h *imageHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if off >= int64(h.n.size) {
+	if off >= int64(n.size) {
 		return fuse.ReadResultData(nil), 0
 	}
-	want := min(int64(len(dest)), int64(h.n.size)-off)
-	dest = dest[:want]
+	dest = dest[:min(int64(len(dest)), int64(n.size)-off)]
 	got := 0
-	be, err := h.n.ifs.call(func() error {
-		if _, err := h.f.Seek(off, io.SeekStart); err != nil {
+	rerr, err := n.ifs.do(func() error {
+		got = 0
+		f, err := n.entry.Open()
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
 			return err
 		}
 		for got < len(dest) {
-			m, err := h.f.Read(dest[got:])
+			m, err := f.Read(dest[got:])
 			got += m
 			if err == io.EOF {
 				return nil
@@ -423,14 +446,9 @@ func (h *imageHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 		return nil
 	})
 	if err != nil {
-		return nil, h.n.ifs.fail(h.n.path, "reading", off+int64(got), be, err)
+		return nil, n.ifs.fail(n.path, "reading", off+int64(got), rerr, err)
 	}
 	return fuse.ReadResultData(dest[:got]), 0
-}
-
-func (h *imageHandle) Release(ctx context.Context) syscall.Errno {
-	h.n.ifs.call(h.f.Close)
-	return 0
 }
 
 // Every change is refused: the mount is also mounted ro, so the kernel

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
+
 	"github.com/veil-tee/veil/config"
 	"github.com/veil-tee/veil/image"
 )
@@ -74,6 +76,14 @@ func writeImageTree(t *testing.T, dir string) {
 			t.Fatal(err)
 		}
 	}
+	// A static ELF program, to run from the mount.
+	if gofmt, err := exec.LookPath("gofmt"); err != nil {
+		t.Log("no gofmt in PATH: not running an ELF program from the mount")
+	} else if data, err := os.ReadFile(gofmt); err == nil {
+		if err := os.WriteFile(filepath.Join(root, "app/gofmt"), data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for link, target := range map[string]string{"app/run": "hello.sh", "lib": "usr/lib", "etc/dangling": "/nowhere/at/all"} {
 		if err := os.Symlink(target, filepath.Join(root, link)); err != nil {
 			t.Fatal(err)
@@ -89,13 +99,32 @@ var (
 	testSignKey *image.SignKey
 )
 
-// buildTestImage builds an instance in a new directory from the test tree
-// (or a tree written by fill) and returns the loaded build.
+// buildTestImage builds an instance in a new directory from a tree written
+// by fill and returns the loaded build.
 func buildTestImage(t testing.TB, fill func(dir string), extra string, key []byte) *image.LoadedBuild {
 	t.Helper()
 	if _, err := exec.LookPath("mksquashfs"); err != nil {
 		t.Skip("mksquashfs not installed")
 	}
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "image"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fill(dir)
+	b, err := buildImageIn(dir, extra, key)
+	if err != nil {
+		t.Fatalf("building: %v", err)
+	}
+	return b
+}
+
+// buildImageIn writes dir/veil.json (extra appended inside the object) and
+// builds the instance in dir.
+func buildImageIn(dir, extra string, key []byte) (*image.LoadedBuild, error) {
+	return buildImageWith(dir, extra, image.Options{ImageKey: key})
+}
+
+func buildImageWith(dir, extra string, opts image.Options) (*image.LoadedBuild, error) {
 	signKeyOnce.Do(func() {
 		k, err := image.GenerateSignKey()
 		if err != nil {
@@ -103,23 +132,20 @@ func buildTestImage(t testing.TB, fill func(dir string), extra string, key []byt
 		}
 		testSignKey = k
 	})
-	dir := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(dir, "image"), 0o755); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(dir, config.FileName), []byte(strings.Replace(imageConfig, "%s", extra, 1)), 0o644); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	fill(dir)
-	b, _, err := image.Build(context.Background(), dir, image.Options{SignKey: testSignKey, ImageKey: key})
-	if err != nil {
-		t.Fatalf("building: %v", err)
-	}
-	return b
+	opts.SignKey = testSignKey
+	b, _, err := image.Build(context.Background(), dir, opts)
+	return b, err
 }
 
 type imageMount struct {
 	dir     string
+	srv     *fuse.Server
 	r       *image.Reader
 	log     *logBuf
 	unmount func()
@@ -162,7 +188,7 @@ func mountTestImage(t testing.TB, b *image.LoadedBuild, key []byte) *imageMount 
 		r.Close()
 		t.Fatal(err)
 	}
-	m := &imageMount{dir: dir, r: r, log: lb}
+	m := &imageMount{dir: dir, srv: srv, r: r, log: lb}
 	once := sync.Once{}
 	m.unmount = func() {
 		once.Do(func() {
@@ -280,6 +306,21 @@ func TestImageMountServesTree(t *testing.T) {
 			out, err := exec.Command(filepath.Join(m.dir, "app/run"), "arg").CombinedOutput()
 			if err != nil || string(out) != "hello from the image arg\n" {
 				t.Fatalf("running app/run: %q, %v", out, err)
+			}
+
+			// The kernel maps and runs an ELF program from the mount.
+			if _, err := os.Stat(filepath.Join(src, "app/gofmt")); err == nil {
+				cmd := exec.Command(filepath.Join(m.dir, "app/gofmt"))
+				cmd.Stdin = strings.NewReader("package  x\nvar  y = 1\n")
+				out, err := cmd.Output()
+				if err != nil || string(out) != "package x\n\nvar y = 1\n" {
+					t.Errorf("running app/gofmt from the mount: %q, %v", out, err)
+				}
+			}
+
+			// Listings hold "." and ".." first, then the entries as stored.
+			if out, err := exec.Command("ls", "-1af", filepath.Join(m.dir, "etc")).Output(); err != nil || string(out) != ".\n..\ndangling\ndeep\nempty\n" {
+				t.Errorf("ls -1af etc: %q, %v", out, err)
 			}
 
 			// Inode numbers are stable per path, also across mounts.
@@ -442,3 +483,60 @@ func TestImageMountErrors(t *testing.T) {
 }
 
 var time0 = time.Unix(0, 0)
+
+// TestImageMountConcurrentReads reads every file from several goroutines
+// at once (through the kernel and directly through the node) and after the
+// kernel has been told to forget entries: every read gives the source bytes.
+func TestImageMountConcurrentReads(t *testing.T) {
+	var src string
+	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", nil)
+	m := mountTestImage(t, b, nil)
+	var files []string
+	filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			rel, _ := filepath.Rel(src, p)
+			files = append(files, rel)
+		}
+		return err
+	})
+	check := func(round int) {
+		var wg sync.WaitGroup
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range files {
+					rel := files[(i+g*7)%len(files)]
+					want, _ := os.ReadFile(filepath.Join(src, rel))
+					f, err := os.Open(filepath.Join(m.dir, rel))
+					if err != nil {
+						t.Errorf("round %d: %s: %v", round, rel, err)
+						return
+					}
+					// Unaligned reads at odd offsets, back to front.
+					buf := make([]byte, 5000)
+					for off := int64(len(want)) - 1; off >= 0; off -= 70001 {
+						k, err := f.ReadAt(buf, off)
+						if (err != nil && k == 0) || !bytes.Equal(buf[:k], want[off:off+int64(k)]) {
+							t.Errorf("round %d: %s at %d: %d bytes, %v", round, rel, off, k, err)
+						}
+					}
+					f.Close()
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	check(1)
+	// Ask the kernel to drop the cached entries; lookups then come again
+	// and make new nodes over the same entries.
+	for _, name := range []string{"app", "etc", "usr", "lib"} {
+		if st := m.srv.EntryNotify(1, name); st != fuse.OK && st != fuse.ENOENT {
+			t.Logf("EntryNotify %s: %v", name, st)
+		}
+	}
+	check(2)
+	if m.log.String() != "" {
+		t.Errorf("unexpected log: %s", m.log.String())
+	}
+}

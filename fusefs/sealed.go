@@ -99,6 +99,8 @@ func MountSealed(mountpoint string, opts SealedOptions) (*fuse.Server, error) {
 		Name:       "veil",
 		AllowOther: opts.AllowOther,
 		MaxWrite:   1 << 20,
+		// As root, mount(2) directly: no fusermount process per mount.
+		DirectMount: os.Geteuid() == 0,
 	}
 	if opts.ReadOnly {
 		mopts.Options = append(mopts.Options, "ro")

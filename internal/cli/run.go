@@ -212,8 +212,9 @@ func newStartCmd(env *Env) *cobra.Command {
 				}
 				return runtimeErr(errors.New(strings.TrimPrefix(s, "error: ")))
 			}
+			pid := cmd.Process.Pid
 			cmd.Process.Release()
-			fmt.Fprintf(env.Stderr, "veil: started %s (supervisor %d); run programs with veil exec -C %s PATH\n", dir, cmd.Process.Pid, r.dir)
+			fmt.Fprintf(env.Stderr, "veil: started %s (supervisor %d); run programs with veil exec -C %s PATH\n", dir, pid, r.dir)
 			return nil
 		},
 	}

@@ -303,3 +303,25 @@ func supervisorPID(t *testing.T, app string) int {
 	t.Fatal("no supervisor run directory")
 	return 0
 }
+
+func TestKMSUnreachable(t *testing.T) {
+	need(t)
+	w := newWorld(t)
+	w.startKMS()
+	keyID := w.owner("bob")
+	app := w.app(keyID, t.TempDir(), job)
+	// Point the instance at a port where nothing listens (the address is
+	// not measured, so the build stays valid).
+	cfg, _ := os.ReadFile(filepath.Join(app, "veil.json"))
+	addr := strings.TrimPrefix(w.getenv("VEIL_KMS_URL"), "https://")
+	os.WriteFile(filepath.Join(app, "veil.json"), bytes.Replace(cfg, []byte(addr), []byte("127.0.0.1:1"), 1), 0o644)
+	start := time.Now()
+	r := w.run("", "run", "-C", app, "/usr/bin/sh", "/app/job.sh")
+	if r.code != 1 || !strings.Contains(r.err, "unreachable") || !strings.Contains(r.err, "veil: hint:") {
+		t.Fatalf("exit %d:\n%s", r.code, r.err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("gave up only after %v", d)
+	}
+	assertClean(t, app)
+}
