@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make bench: run every package's benchmarks (medians of COUNT runs) and the
-# end-to-end 1 GiB seal/open measurement; print machine information first.
+# end-to-end 1 GiB seal/open measurement and the people query (plaintext vs
+# veil); print machine information first.
 # Results are copied by hand into docs/performance.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,4 +72,11 @@ if [ "$(id -u)" = 0 ]; then
 	done
 	printf 'native exec                  median %5d ms\n' "$(printf '%s\n' "${nat[@]}" | median)"
 	printf 'veil run (sim, no KMS)       median %5d ms\n' "$(printf '%s\n' "${run[@]}" | median)"
+fi
+
+# End to end: the people query, plaintext vs veil (scripts/bench-people.sh;
+# needs root and python3-pandas; PEOPLE=0 skips it).
+if [ "${PEOPLE:-1}" = 1 ] && [ "$(id -u)" = 0 ] && /usr/bin/python3 -c 'import pandas' 2>/dev/null; then
+	echo "== people query, plaintext vs veil (scripts/bench-people.sh)"
+	COUNT=$COUNT ./scripts/bench-people.sh
 fi

@@ -1,41 +1,49 @@
 #!/usr/bin/env bash
-# make demo: the data owner's round trip with sealed files. It grows into the
-# full people example (owner, developer, operator, workload) as the key
-# service and the runtime land.
+# make demo: the people example end to end (examples/people/run.sh): the
+# data owner seals people.csv under a key of a dev key service, the
+# developer builds the query instance and registers its measurement, the
+# operator runs it with veil run, the owner decrypts the result.
+# Installs the Debian packages it needs if they are missing; starts and
+# stops its own key service on a free loopback port; leaves nothing running
+# or mounted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-veil=./bin/veil
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-say() { printf '\n[%s] %s\n' "$1" "$2"; }
+export VEIL=${VEIL:-$PWD/bin/veil}
+ROWS=${ROWS:-100000}
 
-say "data owner" "creates a wrap key"
-$veil gen-key "$work/owner.key"
-
-say "data owner" "generates people.csv (10000 rows)"
-{
-	echo "name,age,job"
-	jobs=(engineer teacher doctor artist nurse)
-	for i in $(seq 1 10000); do echo "person$i,$((18 + i * 7 % 50)),${jobs[$((i % 5))]}"; done
-} >"$work/people.csv"
-wc -c "$work/people.csv"
-
-say "data owner" "seals it: veil encrypt --key file:owner.key -i people.csv -o people.csv.sealed"
-$veil encrypt --key "file:$work/owner.key" -i "$work/people.csv" -o "$work/people.csv.sealed"
-$veil inspect "$work/people.csv.sealed"
-
-say "untrusted host" "sees only ciphertext:"
-head -c 64 "$work/people.csv.sealed" | od -An -c | head -3
-if grep -q person1 "$work/people.csv.sealed"; then echo "plaintext visible!"; exit 1; fi
-
-say "attacker" "flips one byte of the sealed file; decrypt must refuse"
-cp "$work/people.csv.sealed" "$work/tampered.sealed"
-printf '\x00' | dd of="$work/tampered.sealed" bs=1 seek=5000 conv=notrunc status=none
-if $veil decrypt --key "file:$work/owner.key" -i "$work/tampered.sealed" -o "$work/tampered.csv"; then
-	echo "tampering was not detected!"; exit 1
+need=()
+for pkg in python3 python3-pandas fuse3 squashfs-tools; do
+	dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+	echo "installing Debian packages: ${need[*]}"
+	if [ "$(id -u)" != 0 ]; then
+		echo "demo: needs root to install ${need[*]} and to mount (FUSE, namespaces)" >&2
+		exit 1
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
-test ! -e "$work/tampered.csv" && echo "(no plaintext was written)"
+if [ "$(id -u)" != 0 ]; then
+	echo "demo: veil run needs root here (FUSE mounts, namespaces)" >&2
+	exit 1
+fi
+[ -x "$VEIL" ] || { echo "demo: $VEIL missing: run make build" >&2; exit 1; }
 
-say "data owner" "opens the original: veil decrypt"
-$veil decrypt --key "file:$work/owner.key" -i "$work/people.csv.sealed" -o "$work/back.csv"
-cmp "$work/people.csv" "$work/back.csv" && echo "round trip OK: $(wc -l <"$work/back.csv") lines"
+work=$(mktemp -d "${TMPDIR:-/tmp}/veil-demo.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+start=$(date +%s)
+ROWS=$ROWS WORK=$work/people ./examples/people/run.sh
+
+# Nothing left behind: no key service, no mount under the work directory.
+if grep -q "$work" /proc/mounts; then
+	echo "demo: mounts left under $work:" >&2
+	grep "$work" /proc/mounts >&2
+	exit 1
+fi
+if pgrep -f "kms serve --dev --data $work" >/dev/null; then
+	echo "demo: a key service is still running" >&2
+	exit 1
+fi
+printf '\ndemo: done in %d s; nothing left running or mounted\n' $(($(date +%s) - start))
