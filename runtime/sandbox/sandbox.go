@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	goruntime "runtime"
 	"sync"
 	"syscall"
 
@@ -80,7 +81,21 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 			Pdeathsig:  syscall.SIGKILL,
 		},
 	}
-	if err := cmd.Start(); err != nil {
+	// Pdeathsig is tied to the thread that forks, not the process: start
+	// init from a locked thread that lives until init ends, or the Go
+	// runtime retiring that thread would kill the sandbox.
+	started, waited := make(chan error, 1), make(chan error, 1)
+	go func() {
+		goruntime.LockOSThread()
+		defer goruntime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		waited <- cmd.Wait()
+	}()
+	if err := <-started; err != nil {
 		unix.Close(fds[0])
 		specW.Close()
 		if errors.Is(err, syscall.EPERM) {
@@ -99,7 +114,7 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 	specW.Close()
 	if err != nil {
 		cmd.Process.Kill()
-		cmd.Wait()
+		<-waited
 		s.cg.remove()
 		return nil, fmt.Errorf("sending sandbox spec: %w", err)
 	}
@@ -108,7 +123,7 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 		err = errors.New(m.Error)
 	}
 	if err != nil {
-		cmd.Wait()
+		<-waited
 		s.cg.remove()
 		unix.Close(fds[0])
 		if errors.Is(err, errClosed) {
@@ -122,7 +137,7 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 	}
 	go s.readLoop()
 	go func() {
-		err := cmd.Wait()
+		err := <-waited
 		s.mu.Lock()
 		s.status = cmd.ProcessState.ExitCode()
 		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
