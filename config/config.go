@@ -95,6 +95,9 @@ type Mount struct {
 	Source   string `json:"source,omitempty"`    // host directory (not measured)
 	Key      string `json:"key,omitempty"`       // sealed: key reference opening the files
 	WriteKey string `json:"write_key,omitempty"` // sealed: key reference sealing new files (default: Key)
+	// AlsoWriteKeys are more keys each new file is sealed for (one key slot
+	// each), so several parties can open what the workload writes.
+	AlsoWriteKeys []string `json:"also_write_keys,omitempty"`
 	ReadOnly bool   `json:"read_only,omitempty"`
 	Size     string `json:"size,omitempty"` // tmpfs: size limit such as "64M"
 }

@@ -35,6 +35,9 @@ type MeasuredMount struct {
 	Type      string `json:"type"`
 	Key       string `json:"key"`
 	WriteKey  string `json:"write_key"`
+	// AlsoWriteKeys is left out of the encoding when empty, so instances
+	// without it keep their measurement.
+	AlsoWriteKeys []string `json:"also_write_keys,omitempty"`
 	ReadOnly  bool   `json:"read_only"`
 	SizeBytes int64  `json:"size_bytes"`
 }
@@ -81,7 +84,7 @@ func (c *Config) Measured() Measured {
 		if mt.Size == "" {
 			size = 0
 		}
-		m.Mounts = append(m.Mounts, MeasuredMount{Target: mt.Target, Type: mt.Type, Key: mt.Key, WriteKey: mt.WriteKey, ReadOnly: mt.ReadOnly, SizeBytes: size})
+		m.Mounts = append(m.Mounts, MeasuredMount{Target: mt.Target, Type: mt.Type, Key: mt.Key, WriteKey: mt.WriteKey, AlsoWriteKeys: mt.AlsoWriteKeys, ReadOnly: mt.ReadOnly, SizeBytes: size})
 	}
 	if c.Resources.Memory != "" {
 		m.Resources.MemoryBytes, _ = ParseSize(c.Resources.Memory)

@@ -104,6 +104,11 @@ func (c *Config) Validate() error {
 			if err := checkKeyRef(m.WriteKey, kmsNames); err != nil {
 				return fieldErr(f+".write_key", "%v", err)
 			}
+			for j, k := range m.AlsoWriteKeys {
+				if err := checkKeyRef(k, kmsNames); err != nil {
+					return fieldErr(fmt.Sprintf("%s.also_write_keys[%d]", f, j), "%v", err)
+				}
+			}
 			if m.Size != "" {
 				return fieldErr(f+".size", "only allowed for tmpfs mounts")
 			}
@@ -111,7 +116,7 @@ func (c *Config) Validate() error {
 			if m.Source == "" {
 				return fieldErr(f+".source", "required for a hostfs mount")
 			}
-			if m.Key != "" || m.WriteKey != "" {
+			if m.Key != "" || m.WriteKey != "" || len(m.AlsoWriteKeys) > 0 {
 				return fieldErr(f+".key", "hostfs mounts are not encrypted; use type sealed for keys")
 			}
 			if m.Size != "" {
@@ -121,7 +126,7 @@ func (c *Config) Validate() error {
 			if m.Source != "" {
 				return fieldErr(f+".source", "not allowed for a tmpfs mount")
 			}
-			if m.Key != "" || m.WriteKey != "" {
+			if m.Key != "" || m.WriteKey != "" || len(m.AlsoWriteKeys) > 0 {
 				return fieldErr(f+".key", "not allowed for a tmpfs mount (it never leaves the TEE)")
 			}
 			if m.Size != "" {

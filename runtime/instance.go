@@ -443,17 +443,19 @@ func (in *Instance) sealedKeys(ctx context.Context, m config.Mount, src string) 
 		wk = m.Key
 	}
 	if wk != "" && !m.ReadOnly {
-		w, _, err := resolve(wk)
-		if err != nil {
-			return nil, err
+		for _, ref := range append([]string{wk}, m.AlsoWriteKeys...) {
+			w, _, err := resolve(ref)
+			if err != nil {
+				return nil, err
+			}
+			// Preflight: wrap a throwaway key, as new files will.
+			probe := make([]byte, seal.KeySize)
+			rand.Read(probe)
+			if _, err := w.WrapKey(probe, []byte("veil runtime preflight")); err != nil {
+				return nil, kmsDenied("write key "+ref, err)
+			}
+			sm.WriteKeys = append(sm.WriteKeys, w)
 		}
-		// Preflight: wrap a throwaway key, as new files will.
-		probe := make([]byte, seal.KeySize)
-		rand.Read(probe)
-		if _, err := w.WrapKey(probe, []byte("veil runtime preflight")); err != nil {
-			return nil, kmsDenied("write key "+wk, err)
-		}
-		sm.WriteKeys = []seal.KeyWrapper{w}
 	}
 	// Preflight: open one existing sealed file, as the program will.
 	if f := firstSealed(src); f != "" {

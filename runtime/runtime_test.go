@@ -92,6 +92,12 @@ func attFUSE(mountpoint string, iss attest.Issuer, log *slog.Logger) (Unmounter,
 // at /data opened with a key file.
 func instance(t *testing.T) (dir, data string, key *seal.FileKey) {
 	t.Helper()
+	return instanceWith(t, "")
+}
+
+// instanceWith adds mountExtra (JSON members) to the sealed mount.
+func instanceWith(t *testing.T, mountExtra string) (dir, data string, key *seal.FileKey) {
+	t.Helper()
 	dir = t.TempDir()
 	data = t.TempDir()
 	keyPath := filepath.Join(t.TempDir(), "k")
@@ -103,14 +109,14 @@ func instance(t *testing.T) (dir, data string, key *seal.FileKey) {
   "env": {"default": {"PATH": "/usr/bin", "GREETING": "hi"}, "passthrough": ["HOST_VAR"]},
   "args": {"passthrough": true},
   "mounts": [
-    {"target": "/data", "type": "sealed", "source": %q, "key": "file:%s"},
+    {"target": "/data", "type": "sealed", "source": %q, "key": "file:%s"%s},
     {"target": "/tmp", "type": "tmpfs", "size": "16M"}
   ],
   "resources": {"max_processes": 32},
   "metadata": {"product_id": 1, "svn": 2, "debuggable": false},
   "kms": [], "secrets": [],
   "bom": {"copy": [{"from": "/usr/bin/dash", "to": "/usr/bin/sh"}, {"from": "/usr/bin/cat"}, {"from": "/usr/bin/sleep"}]}
-}`, data, keyPath)
+}`, data, keyPath, mountExtra)
 	os.MkdirAll(filepath.Join(dir, "image"), 0o755)
 	if err := os.WriteFile(filepath.Join(dir, "veil.json"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -289,4 +295,28 @@ func TestSupervisorExecStatusStop(t *testing.T) {
 		t.Fatalf("after stop: %v", err)
 	}
 	assertNoMounts(t, dir)
+}
+
+func TestSealedOutputForTwoParties(t *testing.T) {
+	needRootFUSE(t)
+	k2, _ := seal.GenerateFileKey()
+	txt, _ := k2.MarshalText()
+	k2Path := filepath.Join(t.TempDir(), "k2")
+	os.WriteFile(k2Path, txt, 0o600)
+	dir, data, k := instanceWith(t, fmt.Sprintf(`, "also_write_keys": ["file:%s"]`, k2Path))
+	st, out, err := runIn(t, dir, simPlatform(t), nil, "/usr/bin/sh", "-c", `echo joined > /data/out.csv`)
+	if err != nil || st != 0 {
+		t.Fatalf("%d %v %s", st, err, out)
+	}
+	raw, _ := os.ReadFile(filepath.Join(data, "out.csv"))
+	for _, key := range []*seal.FileKey{k, k2} {
+		r, err := seal.NewReader(bytes.NewReader(raw), key, nil)
+		if err != nil {
+			t.Fatalf("key %s cannot open the output: %v", key.ID(), err)
+		}
+		got, err := io.ReadAll(r)
+		if err != nil || string(got) != "joined\n" {
+			t.Fatalf("key %s: %q %v", key.ID(), got, err)
+		}
+	}
 }
