@@ -98,8 +98,8 @@ type Mount struct {
 	// AlsoWriteKeys are more keys each new file is sealed for (one key slot
 	// each), so several parties can open what the workload writes.
 	AlsoWriteKeys []string `json:"also_write_keys,omitempty"`
-	ReadOnly bool   `json:"read_only,omitempty"`
-	Size     string `json:"size,omitempty"` // tmpfs: size limit such as "64M"
+	ReadOnly      bool     `json:"read_only,omitempty"`
+	Size          string   `json:"size,omitempty"` // tmpfs: size limit such as "64M"
 }
 
 // Resources are limits applied by the runtime where the kernel allows.

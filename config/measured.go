@@ -31,15 +31,15 @@ type MeasuredEnv struct {
 
 // MeasuredMount is a Mount without its host source.
 type MeasuredMount struct {
-	Target    string `json:"target"`
-	Type      string `json:"type"`
-	Key       string `json:"key"`
-	WriteKey  string `json:"write_key"`
+	Target   string `json:"target"`
+	Type     string `json:"type"`
+	Key      string `json:"key"`
+	WriteKey string `json:"write_key"`
 	// AlsoWriteKeys is left out of the encoding when empty, so instances
 	// without it keep their measurement.
 	AlsoWriteKeys []string `json:"also_write_keys,omitempty"`
-	ReadOnly  bool   `json:"read_only"`
-	SizeBytes int64  `json:"size_bytes"`
+	ReadOnly      bool     `json:"read_only"`
+	SizeBytes     int64    `json:"size_bytes"`
 }
 
 // MeasuredRes is Resources with sizes in bytes.
