@@ -1,18 +1,19 @@
 #!/usr/bin/python3
 """Multi-party query (BigDL's MultiPartySparkQueryExample): join party A's
 people with party B's incomes on name, keep ages 20 to 40, and report per
-job the number of people and their mean income. The result is written once
-for each party.
+job the number of people and their mean income. The result is written
+once, into party A's sealed mount, whose new files are sealed for both
+parties (veil.json: write_key and also_write_keys): either owner opens it.
 
 usage: join.py [PEOPLE INCOMES OUT...]
-  default: /party-a/people.csv /party-b/incomes.csv /party-a/joined.csv /party-b/joined.csv
+  default: /party-a/people.csv /party-b/incomes.csv /party-a/joined.csv
 """
 import sys
 
 import pandas as pd
 
 args = sys.argv[1:] or ["/party-a/people.csv", "/party-b/incomes.csv",
-                        "/party-a/joined.csv", "/party-b/joined.csv"]
+                        "/party-a/joined.csv"]
 if len(args) < 3:
     sys.exit(__doc__)
 people = pd.read_csv(args[0], dtype={"name": str, "age": "int16", "job": str})
