@@ -39,6 +39,7 @@ type Sandbox struct {
 	waiting map[int]chan *message // replies by request id
 	exits   map[int]chan int      // exit status by PID
 	done    chan struct{}
+	ended   bool // the control socket closed: no more replies
 	status  int
 	err     error
 }
@@ -163,6 +164,7 @@ func (s *Sandbox) readLoop() {
 		}
 		if err != nil {
 			s.mu.Lock()
+			s.ended = true
 			for id, ch := range s.waiting {
 				ch <- &message{Op: "error", Error: "sandbox ended"}
 				delete(s.waiting, id)
@@ -191,6 +193,10 @@ func (s *Sandbox) request(m *message, files ...*os.File) (*message, error) {
 	s.mu.Lock()
 	s.nextID++
 	m.ID = s.nextID
+	if s.ended {
+		s.mu.Unlock()
+		return nil, errors.New("sandbox ended")
+	}
 	ch := make(chan *message, 1)
 	s.waiting[m.ID] = ch
 	s.mu.Unlock()
@@ -200,15 +206,13 @@ func (s *Sandbox) request(m *message, files ...*os.File) (*message, error) {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("sandbox not reachable: %w", err)
 	}
-	select {
-	case r := <-ch:
-		if r.Op == "error" {
-			return nil, errors.New(r.Error)
-		}
-		return r, nil
-	case <-s.done:
-		return nil, errors.New("sandbox ended")
+	// A reply sent just before init exited is still read: wait for the
+	// reader to drain the socket, not for the process to end.
+	r := <-ch
+	if r.Op == "error" {
+		return nil, errors.New(r.Error)
 	}
+	return r, nil
 }
 
 // Exec starts another program in the sandbox with the given stdio (nil:
