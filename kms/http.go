@@ -124,6 +124,27 @@ func (s *Service) Handler() http.Handler {
 	}
 	ok := func(v any, err error) (int, any, error) { return http.StatusOK, v, err }
 	created := func(v any, err error) (int, any, error) { return http.StatusCreated, v, err }
+	// policyRoutes attaches and detaches release policies of keys or secrets.
+	policyRoutes := func(kind string, set func(ctx context.Context, c Caller, ref, policy string, attach bool) (any, error)) {
+		h("POST /v1/"+kind+"/{ref}/policies", authCaller, func(ctx context.Context, q *request) (int, any, error) {
+			var req api.AttachPolicyRequest
+			if err := q.decode(&req); err != nil {
+				return 0, nil, err
+			}
+			pc, err := s.policyCaller(ctx, q)
+			if err != nil {
+				return 0, nil, err
+			}
+			return ok(set(ctx, pc, q.r.PathValue("ref"), req.Policy, true))
+		})
+		h("DELETE /v1/"+kind+"/{ref}/policies/{policy}", authCaller, func(ctx context.Context, q *request) (int, any, error) {
+			pc, err := s.policyCaller(ctx, q)
+			if err != nil {
+				return 0, nil, err
+			}
+			return ok(set(ctx, pc, q.r.PathValue("ref"), q.r.PathValue("policy"), false))
+		})
+	}
 
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -193,23 +214,8 @@ func (s *Service) Handler() http.Handler {
 		}
 		return ok(s.UpdateKey(ctx, q.caller, q.r.PathValue("ref"), ActionScheduleDelete, req.PendingDays))
 	})
-	h("POST /v1/keys/{ref}/policies", authCaller, func(ctx context.Context, q *request) (int, any, error) {
-		var req api.AttachPolicyRequest
-		if err := q.decode(&req); err != nil {
-			return 0, nil, err
-		}
-		pc, err := s.policyCaller(ctx, q)
-		if err != nil {
-			return 0, nil, err
-		}
-		return ok(s.SetKeyPolicy(ctx, pc, q.r.PathValue("ref"), req.Policy, true))
-	})
-	h("DELETE /v1/keys/{ref}/policies/{policy}", authCaller, func(ctx context.Context, q *request) (int, any, error) {
-		pc, err := s.policyCaller(ctx, q)
-		if err != nil {
-			return 0, nil, err
-		}
-		return ok(s.SetKeyPolicy(ctx, pc, q.r.PathValue("ref"), q.r.PathValue("policy"), false))
+	policyRoutes("keys", func(ctx context.Context, c Caller, ref, policy string, attach bool) (any, error) {
+		return s.SetKeyPolicy(ctx, c, ref, policy, attach)
 	})
 	h("POST /v1/keys/{ref}/encrypt", authCaller, func(ctx context.Context, q *request) (int, any, error) {
 		var req api.EncryptRequest
@@ -299,23 +305,8 @@ func (s *Service) Handler() http.Handler {
 	h("DELETE /v1/secrets/{ref}", authCaller, func(ctx context.Context, q *request) (int, any, error) {
 		return http.StatusNoContent, nil, s.DeleteSecret(ctx, q.caller, q.r.PathValue("ref"))
 	})
-	h("POST /v1/secrets/{ref}/policies", authCaller, func(ctx context.Context, q *request) (int, any, error) {
-		var req api.AttachPolicyRequest
-		if err := q.decode(&req); err != nil {
-			return 0, nil, err
-		}
-		pc, err := s.policyCaller(ctx, q)
-		if err != nil {
-			return 0, nil, err
-		}
-		return ok(s.SetSecretPolicy(ctx, pc, q.r.PathValue("ref"), req.Policy, true))
-	})
-	h("DELETE /v1/secrets/{ref}/policies/{policy}", authCaller, func(ctx context.Context, q *request) (int, any, error) {
-		pc, err := s.policyCaller(ctx, q)
-		if err != nil {
-			return 0, nil, err
-		}
-		return ok(s.SetSecretPolicy(ctx, pc, q.r.PathValue("ref"), q.r.PathValue("policy"), false))
+	policyRoutes("secrets", func(ctx context.Context, c Caller, ref, policy string, attach bool) (any, error) {
+		return s.SetSecretPolicy(ctx, c, ref, policy, attach)
 	})
 
 	h("POST /v1/policies", authCaller, func(ctx context.Context, q *request) (int, any, error) {
