@@ -4,10 +4,13 @@
 package veiltest
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -56,4 +59,33 @@ func NeedCommand(t testing.TB, name string) {
 	if _, err := exec.LookPath(name); err != nil {
 		t.Skipf("needs %s", name)
 	}
+}
+
+// Result is what one run of the binary left behind.
+type Result struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+// Run runs bin with args, the environment env appended to this process's,
+// and stdin; it fails the test if veil could not be started or panicked.
+func Run(t testing.TB, bin string, env []string, stdin string, args ...string) Result {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	r := Result{Stdout: o.String(), Stderr: e.String()}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		r.Code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("running veil %v: %v", args, err)
+	}
+	if strings.Contains(r.Stderr, "panic") || strings.Contains(r.Stderr, "goroutine ") {
+		t.Fatalf("veil %v panicked:\n%s", args, r.Stderr)
+	}
+	return r
 }

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,28 +20,11 @@ var veil string
 
 func TestMain(m *testing.M) { veiltest.Main(m, &veil) }
 
-type result struct {
-	stdout, stderr string
-	code           int
-}
+type result = veiltest.Result
 
 func run(t *testing.T, home string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(veil, args...)
-	cmd.Env = append(os.Environ(), "VEIL_HOME="+home)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(e.String(), "panic") || strings.Contains(e.String(), "goroutine ") {
-		t.Fatalf("veil %v panicked:\n%s", args, e.String())
-	}
-	return result{o.String(), e.String(), code}
+	return veiltest.Run(t, veil, []string{"VEIL_HOME=" + home}, "", args...)
 }
 
 const (
@@ -64,29 +46,29 @@ var meas = strings.Repeat("ab", 32)
 func TestSimQuoteVerify(t *testing.T) {
 	home := t.TempDir()
 	r := run(t, home, "sim", "init")
-	if r.code != 0 || !strings.Contains(r.stdout, filepath.Join(home, "sim", "platform.key")) || !strings.Contains(r.stdout, "created") {
+	if r.Code != 0 || !strings.Contains(r.Stdout, filepath.Join(home, "sim", "platform.key")) || !strings.Contains(r.Stdout, "created") {
 		t.Fatalf("sim init: %+v", r)
 	}
 	key1, _ := os.ReadFile(filepath.Join(home, "sim", "platform.key"))
 	r = run(t, home, "sim", "init")
 	key2, _ := os.ReadFile(filepath.Join(home, "sim", "platform.key"))
-	if r.code != 0 || !strings.Contains(r.stdout, "already present") || !bytes.Equal(key1, key2) {
+	if r.Code != 0 || !strings.Contains(r.Stdout, "already present") || !bytes.Equal(key1, key2) {
 		t.Fatalf("second sim init: %+v", r)
 	}
 
 	q := filepath.Join(t.TempDir(), "q.bin")
 	r = run(t, home, "attest", "quote", "--report-data", "00ff", "-o", q, "--measurement", meas)
-	if r.code != 0 || !strings.Contains(r.stderr, "warning") {
+	if r.Code != 0 || !strings.Contains(r.Stderr, "warning") {
 		t.Fatalf("quote: %+v", r)
 	}
 	// Default policy: refused, and the reason is allow_sim.
 	r = run(t, home, "attest", "verify", q)
-	if r.code != exitDenied || !strings.Contains(r.stderr, "allow_sim") || !strings.Contains(r.stdout, "measurement:  "+meas) {
+	if r.Code != exitDenied || !strings.Contains(r.Stderr, "allow_sim") || !strings.Contains(r.Stdout, "measurement:  "+meas) {
 		t.Fatalf("verify without allow_sim: %+v", r)
 	}
 	// The smallest accepting policy.
 	r = run(t, home, "attest", "verify", q, "--policy", write(t, "p.json", `{"allow_sim": true}`))
-	if r.code != 0 || !strings.Contains(r.stdout, "verdict:      accepted") {
+	if r.Code != 0 || !strings.Contains(r.Stdout, "verdict:      accepted") {
 		t.Fatalf("verify with allow_sim: %+v", r)
 	}
 	// A wrong measurement is named.
@@ -97,28 +79,28 @@ func TestSimQuoteVerify(t *testing.T) {
 		Verdict string
 		Unmet   []struct{ Field, Reason string }
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
-		t.Fatalf("json: %v\n%s", err, r.stdout)
+	if err := json.Unmarshal([]byte(r.Stdout), &out); err != nil {
+		t.Fatalf("json: %v\n%s", err, r.Stdout)
 	}
-	if r.code != exitDenied || out.Verdict != "denied" || len(out.Unmet) != 1 || out.Unmet[0].Field != "measurements" ||
-		!strings.Contains(out.Unmet[0].Reason, meas) || out.Claims.Measurement != meas || !strings.Contains(r.stderr, "measurement") {
+	if r.Code != exitDenied || out.Verdict != "denied" || len(out.Unmet) != 1 || out.Unmet[0].Field != "measurements" ||
+		!strings.Contains(out.Unmet[0].Reason, meas) || out.Claims.Measurement != meas || !strings.Contains(r.Stderr, "measurement") {
 		t.Fatalf("wrong measurement: %+v %+v", r, out)
 	}
 	// A bad policy file names the field.
 	r = run(t, home, "attest", "verify", q, "--policy", write(t, "p.json", `{"allow_sims": true}`))
-	if r.code == 0 || !strings.Contains(r.stderr, `"allow_sims"`) {
+	if r.Code == 0 || !strings.Contains(r.Stderr, `"allow_sims"`) {
 		t.Fatalf("bad policy: %+v", r)
 	}
 	// Another machine verifies with the platform's CA given explicitly; a
 	// different CA is refused.
 	other := t.TempDir()
 	r = run(t, other, "attest", "verify", q, "--sim-ca", filepath.Join(home, "sim", "ca.pem"), "--policy", write(t, "p.json", `{"allow_sim": true}`))
-	if r.code != 0 {
+	if r.Code != 0 {
 		t.Fatalf("--sim-ca: %+v", r)
 	}
 	run(t, other, "sim", "init")
 	r = run(t, other, "attest", "verify", q, "--policy", write(t, "p.json", `{"allow_sim": true}`))
-	if r.code != exitDenied || !strings.Contains(r.stderr, "certificate") {
+	if r.Code != exitDenied || !strings.Contains(r.Stderr, "certificate") {
 		t.Fatalf("foreign sim platform: %+v", r)
 	}
 	// Tampered evidence.
@@ -126,14 +108,14 @@ func TestSimQuoteVerify(t *testing.T) {
 	b[20] ^= 1
 	tq := write(t, "t.bin", string(b))
 	r = run(t, home, "attest", "verify", tq, "--policy", write(t, "p.json", `{"allow_sim": true}`))
-	if r.code != exitDenied || !strings.Contains(r.stderr, "signature") {
+	if r.Code != exitDenied || !strings.Contains(r.Stderr, "signature") {
 		t.Fatalf("tampered: %+v", r)
 	}
 }
 
 func TestQuoteWithoutPlatform(t *testing.T) {
 	r := run(t, t.TempDir(), "attest", "quote", "--report-data", "00")
-	if r.code == 0 || !strings.Contains(r.stderr, "veil sim init") {
+	if r.Code == 0 || !strings.Contains(r.Stderr, "veil sim init") {
 		t.Fatalf("%+v", r)
 	}
 }
@@ -142,42 +124,42 @@ func TestSGXAndTDXSamples(t *testing.T) {
 	home := t.TempDir()
 	sgx, tdx := filepath.Join(testdata, "sgx"), filepath.Join(testdata, "tdx")
 	r := run(t, home, "attest", "verify", filepath.Join(sgx, "quote_v3_ecdsa_p256_pck_chain.bin"), "--collateral", sgx, "--at", "@1671497404")
-	if r.code != 0 || !strings.Contains(r.stdout, "68823bc62f409ee33a32ea270cfe45d4b19a6fb3c8570d7bc186cbe062398e8f") || !strings.Contains(r.stdout, "SWHardeningNeeded") {
+	if r.Code != 0 || !strings.Contains(r.Stdout, "68823bc62f409ee33a32ea270cfe45d4b19a6fb3c8570d7bc186cbe062398e8f") || !strings.Contains(r.Stdout, "SWHardeningNeeded") {
 		t.Fatalf("sgx: %+v", r)
 	}
 	r = run(t, home, "attest", "verify", filepath.Join(sgx, "quote_v3_ecdsa_p256_pck_chain.bin"), "--collateral", sgx, "--at", "@1891163522")
-	if r.code != exitDenied || !strings.Contains(r.stderr, "PCK certificate expired") {
+	if r.Code != exitDenied || !strings.Contains(r.Stderr, "PCK certificate expired") {
 		t.Fatalf("sgx expired: %+v", r)
 	}
 	r = run(t, home, "attest", "verify", filepath.Join(sgx, "quote_v3_ecdsa_p256_eppid.bin"), "--collateral", sgx, "--at", "@1671497404")
-	if r.code != exitDenied || !strings.Contains(r.stderr, "not a PCK certificate chain") {
+	if r.Code != exitDenied || !strings.Contains(r.Stderr, "not a PCK certificate chain") {
 		t.Fatalf("eppid: %+v", r)
 	}
 	r = run(t, home, "attest", "verify", filepath.Join(tdx, "quote_v4_tdx_ecdsa_p256_out_of_date.bin"), "--collateral", tdx, "--at", "@1687091776")
-	if r.code != exitDenied || !strings.Contains(r.stderr, "OutOfDate") {
+	if r.Code != exitDenied || !strings.Contains(r.Stderr, "OutOfDate") {
 		t.Fatalf("tdx out of date: %+v", r)
 	}
 	r = run(t, home, "attest", "verify", filepath.Join(tdx, "quote_v4_tdx_ecdsa_p256_trailing.bin"), "--collateral", tdx, "--at", "@1725263032")
-	if r.code != exitDenied || !strings.Contains(r.stderr, "trailing") {
+	if r.Code != exitDenied || !strings.Contains(r.Stderr, "trailing") {
 		t.Fatalf("tdx trailing: %+v", r)
 	}
 	r = run(t, home, "attest", "verify", filepath.Join(tdx, "quote_v4_tdx_ecdsa_p256.bin"), "--collateral", tdx, "--at", "2024-09-02T07:43:52Z")
-	if r.code != 0 || !strings.Contains(r.stdout, "UpToDate") {
+	if r.Code != 0 || !strings.Contains(r.Stdout, "UpToDate") {
 		t.Fatalf("tdx: %+v", r)
 	}
 	// Garbage evidence and garbage collateral: one clear line, no panic.
 	r = run(t, home, "attest", "verify", write(t, "g.bin", "hello, world"))
-	if r.code != exitDenied || strings.Count(r.stderr, "\n") != 1 {
+	if r.Code != exitDenied || strings.Count(r.Stderr, "\n") != 1 {
 		t.Fatalf("garbage evidence: %+v", r)
 	}
 	gc := t.TempDir()
 	os.WriteFile(filepath.Join(gc, "x.json"), []byte(`{"tcbInfo": 5, "signature": "00"}`), 0o644)
 	r = run(t, home, "attest", "verify", filepath.Join(sgx, "quote_v3_ecdsa_p256_pck_chain.bin"), "--collateral", gc)
-	if r.code == 0 || !strings.Contains(r.stderr, "x.json") {
+	if r.Code == 0 || !strings.Contains(r.Stderr, "x.json") {
 		t.Fatalf("garbage collateral: %+v", r)
 	}
 	r = run(t, home, "attest", "verify", "a", "b")
-	if r.code != exitUsage {
+	if r.Code != exitUsage {
 		t.Fatalf("usage: %+v", r)
 	}
 }
@@ -188,26 +170,26 @@ func TestRATLSCert(t *testing.T) {
 	dir := t.TempDir()
 	cert, key := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
 	r := run(t, home, "attest", "ratls-cert", "-o", cert, "-k", key, "--measurement", meas)
-	if r.code != 0 {
+	if r.Code != 0 {
 		t.Fatalf("ratls-cert: %+v", r)
 	}
 	if st, err := os.Stat(key); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("key mode: %v %v", st, err)
 	}
 	r = run(t, home, "attest", "ratls-cert", "-o", cert, "-k", key)
-	if r.code == 0 || !strings.Contains(r.stderr, "exists") {
+	if r.Code == 0 || !strings.Contains(r.Stderr, "exists") {
 		t.Fatalf("overwrite: %+v", r)
 	}
 	r = run(t, home, "attest", "verify-cert", cert)
-	if r.code != exitDenied || !strings.Contains(r.stderr, "allow_sim") {
+	if r.Code != exitDenied || !strings.Contains(r.Stderr, "allow_sim") {
 		t.Fatalf("verify-cert default: %+v", r)
 	}
 	r = run(t, home, "attest", "verify-cert", cert, "--policy", write(t, "p.json", `{"allow_sim": true, "measurements": ["`+meas+`"]}`))
-	if r.code != 0 || !strings.Contains(r.stdout, "accepted") {
+	if r.Code != 0 || !strings.Contains(r.Stdout, "accepted") {
 		t.Fatalf("verify-cert: %+v", r)
 	}
 	r = run(t, home, "attest", "verify-cert", key)
-	if r.code != exitDenied || !strings.Contains(r.stderr, "not a certificate") {
+	if r.Code != exitDenied || !strings.Contains(r.Stderr, "not a certificate") {
 		t.Fatalf("key as cert: %+v", r)
 	}
 }
@@ -217,15 +199,15 @@ func TestSNPSample(t *testing.T) {
 	rep := write(t, "report.bin", string(sevdata.AttestationBytes))
 	vcek := write(t, "vcek.der", string(sevdata.VcekBytes))
 	r := run(t, home, "attest", "verify", rep, "--certs", vcek, "--at", "2022-09-24T01:00:00Z")
-	if r.code != exitDenied || !strings.Contains(r.stderr, "allow_debug") || !strings.Contains(r.stdout, "tee:          snp") {
+	if r.Code != exitDenied || !strings.Contains(r.Stderr, "allow_debug") || !strings.Contains(r.Stdout, "tee:          snp") {
 		t.Fatalf("snp default policy: %+v", r)
 	}
 	r = run(t, home, "attest", "verify", rep, "--certs", vcek, "--at", "2022-09-24T01:00:00Z", "--policy", write(t, "p.json", `{"allow_debug": true, "tee": ["snp"]}`))
-	if r.code != 0 {
+	if r.Code != 0 {
 		t.Fatalf("snp: %+v", r)
 	}
 	r = run(t, home, "attest", "verify", rep, "--at", "2022-09-24T01:00:00Z")
-	if r.code != exitDenied {
+	if r.Code != exitDenied {
 		t.Fatalf("snp without VCEK: %+v", r)
 	}
 }
@@ -235,32 +217,32 @@ func TestBadInputs(t *testing.T) {
 	run(t, home, "sim", "init")
 	big := write(t, "big.bin", strings.Repeat("A", 2<<20))
 	r := run(t, home, "attest", "verify", big)
-	if r.code != exitDenied || !strings.Contains(r.stderr, "larger than") {
+	if r.Code != exitDenied || !strings.Contains(r.Stderr, "larger than") {
 		t.Fatalf("oversized: %+v", r)
 	}
 	// An ordinary certificate (the sim CA) is not an RA-TLS certificate.
 	r = run(t, home, "attest", "verify-cert", filepath.Join(home, "sim", "ca.pem"))
-	if r.code != exitDenied || !strings.Contains(r.stderr, "not an RA-TLS certificate") {
+	if r.Code != exitDenied || !strings.Contains(r.Stderr, "not an RA-TLS certificate") {
 		t.Fatalf("plain certificate: %+v", r)
 	}
 	// The TRUSTED CERTIFICATE label is accepted.
 	dir := t.TempDir()
 	cert, key := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
-	if r = run(t, home, "attest", "ratls-cert", "-o", cert, "-k", key); r.code != 0 {
+	if r = run(t, home, "attest", "ratls-cert", "-o", cert, "-k", key); r.Code != 0 {
 		t.Fatal(r)
 	}
 	b, _ := os.ReadFile(cert)
 	trusted := strings.ReplaceAll(string(b), "CERTIFICATE", "TRUSTED CERTIFICATE")
 	r = run(t, home, "attest", "verify-cert", write(t, "t.pem", trusted), "--policy", write(t, "p.json", `{"allow_sim": true}`))
-	if r.code != 0 {
+	if r.Code != 0 {
 		t.Fatalf("TRUSTED CERTIFICATE: %+v", r)
 	}
 	r = run(t, home, "attest", "quote", "--report-data", strings.Repeat("00", 65))
-	if r.code != exitUsage {
+	if r.Code != exitUsage {
 		t.Fatalf("long report data: %+v", r)
 	}
 	r = run(t, home, "attest", "verify", filepath.Join(testdata, "sgx", "quote_v3_ecdsa_p256_pck_chain.bin"), "--at", "yesterday")
-	if r.code != exitUsage || !strings.Contains(r.stderr, "--at") {
+	if r.Code != exitUsage || !strings.Contains(r.Stderr, "--at") {
 		t.Fatalf("bad --at: %+v", r)
 	}
 }
@@ -301,11 +283,11 @@ func TestPCCS(t *testing.T) {
 	defer srv.Close()
 	r := run(t, t.TempDir(), "attest", "verify", filepath.Join(dir, "quote_v3_ecdsa_p256_pck_chain.bin"), "--pccs", "http://"+ln.Addr().String(), "--at", "@1671497404")
 	// The stand-in has no PCK CRL: fetching fails clearly.
-	if r.code != exitDenied || !strings.Contains(r.stderr, "pckcrl") {
+	if r.Code != exitDenied || !strings.Contains(r.Stderr, "pckcrl") {
 		t.Fatalf("pccs without CRL: %+v", r)
 	}
 	r = run(t, t.TempDir(), "attest", "verify", filepath.Join(dir, "quote_v3_ecdsa_p256_pck_chain.bin"), "--pccs", "http://"+ln.Addr().String(), "--no-crl", "--at", "@1671497404")
-	if r.code != 0 || !strings.Contains(r.stdout, "SWHardeningNeeded") {
+	if r.Code != 0 || !strings.Contains(r.Stdout, "SWHardeningNeeded") {
 		t.Fatalf("pccs: %+v", r)
 	}
 }

@@ -5,7 +5,6 @@ package imagetest
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,33 +20,18 @@ var veil string
 
 func TestMain(m *testing.M) { veiltest.Main(m, &veil) }
 
-type result struct {
-	stdout, stderr string
-	code           int
-}
+type result = veiltest.Result
 
 func run(t *testing.T, home string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(veil, args...)
-	cmd.Env = append(os.Environ(), "VEIL_HOME="+home)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return result{o.String(), e.String(), code}
+	return veiltest.Run(t, veil, []string{"VEIL_HOME=" + home}, "", args...)
 }
 
 func mustRun(t *testing.T, home string, args ...string) result {
 	t.Helper()
 	r := run(t, home, args...)
-	if r.code != 0 {
-		t.Fatalf("veil %s: exit %d: %s", strings.Join(args, " "), r.code, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("veil %s: exit %d: %s", strings.Join(args, " "), r.Code, r.Stderr)
 	}
 	return r
 }
@@ -83,19 +67,19 @@ func TestAcceptance(t *testing.T) {
 	setup(t, home, a)
 
 	// new refuses an existing directory.
-	if r := run(t, home, "new", a); r.code == 0 || !strings.Contains(r.stderr, "veil: error:") {
+	if r := run(t, home, "new", a); r.Code == 0 || !strings.Contains(r.Stderr, "veil: error:") {
 		t.Fatalf("new over an existing dir: %+v", r)
 	}
 
 	r := mustRun(t, home, "build", "-C", a)
-	if !strings.Contains(r.stderr, "development") {
-		t.Errorf("the development key was not reported: %s", r.stderr)
+	if !strings.Contains(r.Stderr, "development") {
+		t.Errorf("the development key was not reported: %s", r.Stderr)
 	}
-	m1 := mustRun(t, home, "print", "-C", a, "mrenclave").stdout
+	m1 := mustRun(t, home, "print", "-C", a, "mrenclave").Stdout
 	if !hexLine.MatchString(m1) {
 		t.Fatalf("print mrenclave: %q", m1)
 	}
-	s1 := mustRun(t, home, "print", "-C", a, "mrsigner").stdout
+	s1 := mustRun(t, home, "print", "-C", a, "mrsigner").Stdout
 	if !hexLine.MatchString(s1) || s1 == m1 {
 		t.Fatalf("print mrsigner: %q", s1)
 	}
@@ -103,13 +87,13 @@ func TestAcceptance(t *testing.T) {
 	// Same inputs in another directory, later: same measurement.
 	setup(t, home, b)
 	mustRun(t, home, "build", "-C", b)
-	if m2 := mustRun(t, home, "print", "-C", b, "mrenclave").stdout; m2 != m1 {
+	if m2 := mustRun(t, home, "print", "-C", b, "mrenclave").Stdout; m2 != m1 {
 		t.Fatalf("mrenclave differs across directories: %s vs %s", m1, m2)
 	}
 
 	// Rebuild with unchanged inputs reuses the verified image.
-	if r := mustRun(t, home, "build", "-C", a); !strings.Contains(r.stderr, "reused") {
-		t.Errorf("rebuild did not reuse: %s", r.stderr)
+	if r := mustRun(t, home, "build", "-C", a); !strings.Contains(r.Stderr, "reused") {
+		t.Errorf("rebuild did not reuse: %s", r.Stderr)
 	}
 
 	// job.py changes -> mrenclave changes.
@@ -117,11 +101,11 @@ func TestAcceptance(t *testing.T) {
 	f.WriteString("x\n")
 	f.Close()
 	mustRun(t, home, "build", "-C", a)
-	m3 := mustRun(t, home, "print", "-C", a, "mrenclave").stdout
+	m3 := mustRun(t, home, "print", "-C", a, "mrenclave").Stdout
 	if m3 == m1 {
 		t.Fatal("mrenclave unchanged after job.py changed")
 	}
-	if r := mustRun(t, home, "verify", "-C", a); !strings.HasPrefix(r.stdout, "ok:") {
+	if r := mustRun(t, home, "verify", "-C", a); !strings.HasPrefix(r.Stdout, "ok:") {
 		t.Fatalf("verify: %+v", r)
 	}
 	// An outside tool accepts the image: veritysetup verify.
@@ -152,7 +136,7 @@ func TestAcceptance(t *testing.T) {
 	fh.WriteAt(buf, 3*4096+17)
 	fh.Close()
 	r = run(t, home, "verify", "-C", a)
-	if r.code != 3 || !strings.Contains(r.stderr, "image block 3 ") || !strings.Contains(r.stderr, "(in /usr/") {
+	if r.Code != 3 || !strings.Contains(r.Stderr, "image block 3 ") || !strings.Contains(r.Stderr, "(in /usr/") {
 		t.Fatalf("verify of a corrupted image: %+v", r)
 	}
 
@@ -160,7 +144,7 @@ func TestAcceptance(t *testing.T) {
 	cfgPath := filepath.Join(b, "veil.json")
 	cfg, _ := os.ReadFile(cfgPath)
 	os.WriteFile(cfgPath, bytes.Replace(cfg, []byte(`"passthrough": true`), []byte(`"passthrough": false`), 1), 0o644)
-	if r := run(t, home, "verify", "-C", b); r.code == 0 || !strings.Contains(r.stderr, "veil: hint:") {
+	if r := run(t, home, "verify", "-C", b); r.Code == 0 || !strings.Contains(r.Stderr, "veil: hint:") {
 		t.Fatalf("verify after a veil.json change: %+v", r)
 	}
 	os.WriteFile(cfgPath, cfg, 0o644)
@@ -169,7 +153,7 @@ func TestAcceptance(t *testing.T) {
 	before, _ := os.ReadFile(filepath.Join(b, "build", "build.json"))
 	os.WriteFile(cfgPath, bytes.Replace(cfg, []byte(`"/usr/bin/python3"`), []byte(`"/usr/bin/no-such-python"`), 1), 0o644)
 	r = run(t, home, "build", "-C", b)
-	if r.code != 1 || strings.Count(r.stderr, "veil: error:") != 1 || strings.Contains(r.stderr, "goroutine") {
+	if r.Code != 1 || strings.Count(r.Stderr, "veil: error:") != 1 || strings.Contains(r.Stderr, "goroutine") {
 		t.Fatalf("build with a missing BOM file: %+v", r)
 	}
 	after, _ := os.ReadFile(filepath.Join(b, "build", "build.json"))
@@ -180,7 +164,7 @@ func TestAcceptance(t *testing.T) {
 	mustRun(t, home, "verify", "-C", b)
 
 	// Usage errors.
-	if r := run(t, home, "print", "-C", b, "mrfoo"); r.code != 2 {
+	if r := run(t, home, "print", "-C", b, "mrfoo"); r.Code != 2 {
 		t.Errorf("print mrfoo: %+v", r)
 	}
 }
@@ -193,11 +177,11 @@ func TestKeysAndEncryptedBuild(t *testing.T) {
 	keys := t.TempDir()
 	sk := filepath.Join(keys, "sign.pem")
 	ik := filepath.Join(keys, "image.key")
-	mrsigner := mustRun(t, home, "gen-sign-key", sk).stdout
+	mrsigner := mustRun(t, home, "gen-sign-key", sk).Stdout
 	if !hexLine.MatchString(mrsigner) {
 		t.Fatalf("gen-sign-key printed %q", mrsigner)
 	}
-	if r := run(t, home, "gen-sign-key", sk); r.code == 0 {
+	if r := run(t, home, "gen-sign-key", sk); r.Code == 0 {
 		t.Fatal("gen-sign-key overwrote a key")
 	}
 	mustRun(t, home, "gen-image-key", ik)
@@ -209,10 +193,10 @@ func TestKeysAndEncryptedBuild(t *testing.T) {
 	os.MkdirAll(filepath.Join(dir, "image/app"), 0o755)
 	os.WriteFile(filepath.Join(dir, "image/app/very-secret-filename.py"), []byte(strings.Repeat("secret content ", 100)), 0o644)
 	r := mustRun(t, home, "build", "-C", dir, "--sign-key", sk, "--image-key", ik, "--compression", "none")
-	if strings.Contains(r.stderr, "development") {
-		t.Errorf("development key reported with --sign-key: %s", r.stderr)
+	if strings.Contains(r.Stderr, "development") {
+		t.Errorf("development key reported with --sign-key: %s", r.Stderr)
 	}
-	if got := mustRun(t, home, "print", "-C", dir, "mrsigner").stdout; got != mrsigner {
+	if got := mustRun(t, home, "print", "-C", dir, "mrsigner").Stdout; got != mrsigner {
 		t.Fatalf("mrsigner %q, key's %q", got, mrsigner)
 	}
 	// Nothing in build/ (what is shipped to the host) reveals a name or
@@ -231,7 +215,7 @@ func TestKeysAndEncryptedBuild(t *testing.T) {
 	}
 	mustRun(t, home, "verify", "-C", dir)
 	os.Chmod(ik, 0o644)
-	if r := run(t, home, "build", "-C", dir, "--image-key", ik); r.code == 0 {
+	if r := run(t, home, "build", "-C", dir, "--image-key", ik); r.Code == 0 {
 		t.Fatal("a world-readable image key was accepted")
 	}
 }
