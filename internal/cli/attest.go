@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -336,9 +335,7 @@ func report(env *Env, f *verifyFlags, c *attest.Claims, pol *attest.Policy, now 
 		if !ok {
 			verdict = "denied"
 		}
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(struct {
+		if err := printJSON(env.Stdout, struct {
 			Claims  *attest.Claims `json:"claims"`
 			Verdict string         `json:"verdict"`
 			Unmet   []attest.Unmet `json:"unmet,omitempty"`

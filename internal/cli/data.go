@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -321,9 +320,7 @@ func newInspectCmd(env *Env) *cobra.Command {
 				return fmt.Errorf("inspecting %s: %w", args[0], err)
 			}
 			if asJSON {
-				e := json.NewEncoder(env.Stdout)
-				e.SetIndent("", "  ")
-				return e.Encode(info)
+				return printJSON(env.Stdout, info)
 			}
 			w := env.Stdout
 			fmt.Fprintf(w, "format:          veil sealed file, version %d\n", info.Version)

@@ -200,9 +200,7 @@ func (o *kmsOpts) ctx(c *cobra.Command) context.Context { return c.Context() }
 // print writes v as JSON with --json, else calls human.
 func (o *kmsOpts) print(env *Env, v any, human func(w io.Writer)) error {
 	if o.json {
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		return printJSON(env.Stdout, v)
 	}
 	human(env.Stdout)
 	return nil

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -414,9 +413,7 @@ func newStatusCmd(env *Env) *cobra.Command {
 				return runtimeErr(err)
 			}
 			if asJSON {
-				e := json.NewEncoder(env.Stdout)
-				e.SetIndent("", "  ")
-				return e.Encode(st)
+				return printJSON(env.Stdout, st)
 			}
 			w := env.Stdout
 			fmt.Fprintf(w, "state:        %s\n", st.State)

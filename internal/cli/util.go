@@ -1,6 +1,10 @@
 package cli
 
-import "sort"
+import (
+	"encoding/json"
+	"io"
+	"sort"
+)
 
 func sortedStrings(s []string) []string {
 	sort.Strings(s)
@@ -14,4 +18,11 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// printJSON writes v as indented JSON, the --json output of every verb.
+func printJSON(w io.Writer, v any) error {
+	e := json.NewEncoder(w)
+	e.SetIndent("", "  ")
+	return e.Encode(v)
 }
