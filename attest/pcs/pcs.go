@@ -95,6 +95,29 @@ type Options struct {
 	Window time.Duration
 }
 
+// VerifierOptions configure the SGX and TDX verifiers, which share Intel's
+// collateral, roots and clock.
+type VerifierOptions struct {
+	// Collateral is the PCS collateral; required.
+	Collateral *Collateral
+	// Roots are trusted Intel SGX root CAs; nil means the embedded one.
+	Roots []*x509.Certificate
+	// Now returns the verification time; nil means time.Now.
+	Now func() time.Time
+	// CollateralWindow, when non-zero, is how long TCB info and QE identity
+	// are accepted after their issue date (instead of their nextUpdate).
+	CollateralWindow time.Duration
+}
+
+// Options returns the collateral checks' options at the current time.
+func (v *VerifierOptions) Options() *Options {
+	now := time.Now()
+	if v.Now != nil {
+		now = v.Now()
+	}
+	return &Options{Roots: v.Roots, Now: now, Window: v.CollateralWindow}
+}
+
 func (o *Options) roots() []*x509.Certificate {
 	if len(o.Roots) > 0 {
 		return o.Roots

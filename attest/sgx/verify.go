@@ -26,24 +26,13 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/pcs"
 )
 
 // Options configure a Verifier.
-type Options struct {
-	// Collateral is the PCS collateral; required.
-	Collateral *pcs.Collateral
-	// Roots are trusted Intel SGX root CAs; nil means the embedded one.
-	Roots []*x509.Certificate
-	// Now returns the verification time; nil means time.Now.
-	Now func() time.Time
-	// CollateralWindow, when non-zero, is how long TCB info and QE identity
-	// are accepted after their issue date (instead of their nextUpdate).
-	CollateralWindow time.Duration
-}
+type Options = pcs.VerifierOptions
 
 // Verifier verifies SGX quotes.
 type Verifier struct{ o Options }
@@ -51,13 +40,7 @@ type Verifier struct{ o Options }
 // NewVerifier returns a verifier with the given options.
 func NewVerifier(o Options) *Verifier { return &Verifier{o: o} }
 
-func (v *Verifier) pcsOptions() *pcs.Options {
-	now := time.Now()
-	if v.o.Now != nil {
-		now = v.o.Now()
-	}
-	return &pcs.Options{Roots: v.o.Roots, Now: now, Window: v.o.CollateralWindow}
-}
+func (v *Verifier) pcsOptions() *pcs.Options { return v.o.Options() }
 
 // Verify checks an SGX quote and returns its claims.
 func (v *Verifier) Verify(_ context.Context, ev *attest.Evidence) (*attest.Claims, error) {

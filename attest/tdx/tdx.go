@@ -21,7 +21,6 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"fmt"
-	"time"
 
 	"github.com/google/go-tdx-guest/abi"
 	pb "github.com/google/go-tdx-guest/proto/tdx"
@@ -36,17 +35,9 @@ import (
 // MaxQuoteSize bounds a TDX quote.
 const MaxQuoteSize = 64 << 10
 
-// Options configure a Verifier.
-type Options struct {
-	// Collateral is the PCS collateral (TDX TCB info, TD_QE identity); required.
-	Collateral *pcs.Collateral
-	// Roots are trusted Intel SGX root CAs; nil means the embedded one.
-	Roots []*x509.Certificate
-	// Now returns the verification time; nil means time.Now.
-	Now func() time.Time
-	// CollateralWindow: see sgx.Options.
-	CollateralWindow time.Duration
-}
+// Options configure a Verifier (the collateral holds TDX TCB info and the
+// TD_QE identity).
+type Options = pcs.VerifierOptions
 
 // Verifier verifies TDX quotes.
 type Verifier struct{ o Options }
@@ -98,11 +89,8 @@ func (v *Verifier) Verify(_ context.Context, ev *attest.Evidence) (*attest.Claim
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	if v.o.Now != nil {
-		now = v.o.Now()
-	}
-	o := &pcs.Options{Roots: v.o.Roots, Now: now, Window: v.o.CollateralWindow}
+	o := v.o.Options()
+	now := o.Now
 	qeCert := q.GetSignedData().GetCertificationData().GetQeReportCertificationData()
 	chainData := qeCert.GetPckCertificateChainData()
 	if chainData.GetCertificateDataType() != 5 {
