@@ -114,14 +114,6 @@ func MountSealed(mountpoint string, opts SealedOptions) (*fuse.Server, error) {
 	return srv, nil
 }
 
-// mountError explains the usual reasons a FUSE mount fails.
-func mountError(err error) error {
-	if _, statErr := os.Stat("/dev/fuse"); statErr != nil {
-		return fmt.Errorf("mounting: %w: /dev/fuse is missing (load the fuse module, or pass --device /dev/fuse to the container)", err)
-	}
-	return fmt.Errorf("mounting: %w", err)
-}
-
 // WrapChild makes every node of the mount a sealedNode.
 func (n *sealedNode) WrapChild(ctx context.Context, ops fs.InodeEmbedder) fs.InodeEmbedder {
 	if ln, ok := ops.(*fs.LoopbackNode); ok {

@@ -103,7 +103,7 @@ func runtimeErr(err error) error {
 		return withHint(err, "use veil exec to run programs in it, or veil stop first")
 	case errors.Is(err, runtime.ErrNotRunning):
 		return withHint(err, "start it with veil start")
-	case strings.Contains(err.Error(), "/dev/fuse"):
+	case strings.Contains(err.Error(), "/dev/fuse is missing"):
 		return withHint(err, "load the fuse module (modprobe fuse) or, in a container, pass --device /dev/fuse")
 	}
 	return err

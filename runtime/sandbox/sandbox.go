@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	goruntime "runtime"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -82,6 +83,17 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 			Pdeathsig:  syscall.SIGKILL,
 		},
 	}
+	userNS := os.Geteuid() != 0
+	if userNS {
+		// Without root, a user namespace owns the others: init is root in
+		// it (mapped to the caller, so it may mount and switch the root)
+		// and drops every capability before any program starts. Only the
+		// caller's own uid and gid exist inside.
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
+		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Geteuid(), Size: 1}}
+		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getegid(), Size: 1}}
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = false
+	}
 	// Pdeathsig is tied to the thread that forks, not the process: start
 	// init from a locked thread that lives until init ends, or the Go
 	// runtime retiring that thread would kill the sandbox.
@@ -99,8 +111,11 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 	if err := <-started; err != nil {
 		unix.Close(fds[0])
 		specW.Close()
-		if errors.Is(err, syscall.EPERM) {
-			return nil, fmt.Errorf("%w: creating namespaces: %v (run as root, or where user namespaces are allowed)", ErrDenied, err)
+		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EACCES) {
+			if userNS {
+				return nil, fmt.Errorf("%w: creating a user namespace as uid %d: %v (%s)", ErrDenied, os.Geteuid(), err, userNSLimits())
+			}
+			return nil, fmt.Errorf("%w: creating namespaces: %v", ErrDenied, err)
 		}
 		return nil, fmt.Errorf("starting sandbox init: %w", err)
 	}
@@ -153,6 +168,25 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 		close(s.done)
 	}()
 	return s, nil
+}
+
+// userNSLimits names the kernel settings that keep unprivileged users
+// from creating user namespaces, as far as this process can read them.
+func userNSLimits() string {
+	var why []string
+	for _, f := range []struct{ path, bad, say string }{
+		{"/proc/sys/user/max_user_namespaces", "0", "user.max_user_namespaces is 0"},
+		{"/proc/sys/kernel/unprivileged_userns_clone", "0", "kernel.unprivileged_userns_clone is 0"},
+		{"/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1", "kernel.apparmor_restrict_unprivileged_userns is 1"},
+	} {
+		if b, err := os.ReadFile(f.path); err == nil && strings.TrimSpace(string(b)) == f.bad {
+			why = append(why, f.say)
+		}
+	}
+	if len(why) == 0 {
+		return "this kernel or a security module does not let unprivileged users create user namespaces"
+	}
+	return strings.Join(why, ", ")
 }
 
 func (s *Sandbox) readLoop() {
