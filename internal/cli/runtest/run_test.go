@@ -139,14 +139,7 @@ func (w *world) app(keyID, data, job string) string {
 	w.must("new", dir)
 	// Whatever a failing test leaves mounted is detached, so the temporary
 	// directory can go and the next test starts clean.
-	w.t.Cleanup(func() {
-		b, _ := os.ReadFile("/proc/self/mountinfo")
-		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], filepath.Join(dir, "run")+"/") {
-				syscall.Unmount(f[4], syscall.MNT_DETACH)
-			}
-		}
-	})
+	w.t.Cleanup(func() { detachUnder(filepath.Join(dir, "run")) })
 	ca, _ := os.ReadFile(w.getenv("VEIL_KMS_CA"))
 	cfg := map[string]any{
 		"entrypoints": []string{"/usr/bin/", "/app/"},
@@ -223,14 +216,39 @@ func TestRunWithKMSAndDenial(t *testing.T) {
 	assertClean(t, app)
 }
 
+// assertClean fails the test if a mount or a process of the instance
+// outlived it.
 func assertClean(t *testing.T, app string) {
 	t.Helper()
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, filepath.Join(app, "run")) {
-			t.Fatalf("mount left under %s/run: %s", app, l)
+	if m := mountsUnder(app); len(m) > 0 {
+		t.Fatalf("mounts left under %s: %v", app, m)
+	}
+	if p := procsOf(app); len(p) > 0 {
+		t.Fatalf("processes of %s left running: %v", app, p)
+	}
+}
+
+// procsOf lists the processes whose command line names dir: supervisors
+// and sandbox programs of that instance.
+func procsOf(dir string) []string {
+	ents, _ := os.ReadDir("/proc")
+	var out []string
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		if cmd := strings.ReplaceAll(string(bytes.TrimRight(b, "\x00")), "\x00", " "); strings.Contains(cmd, dir) {
+			if st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); bytes.Contains(st, []byte(") Z ")) {
+				continue // a zombie: ended, its parent has not reaped it yet
+			}
+			out = append(out, e.Name()+": "+cmd)
 		}
 	}
+	return out
 }
 
 func TestStartExecStopAndCrash(t *testing.T) {
