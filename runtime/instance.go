@@ -24,6 +24,7 @@ import (
 	"github.com/veil-tee/veil/attest/tsm"
 	"github.com/veil-tee/veil/config"
 	"github.com/veil-tee/veil/image"
+	"github.com/veil-tee/veil/internal/timing"
 	"github.com/veil-tee/veil/kms/client"
 	"github.com/veil-tee/veil/runtime/sandbox"
 	"github.com/veil-tee/veil/seal"
@@ -136,6 +137,7 @@ func Open(ctx context.Context, o Options) (_ *Instance, err error) {
 	if err != nil {
 		return nil, err
 	}
+	timing.Mark("veil", "opening the instance")
 	b, err := image.LoadBuild(dir)
 	if err != nil {
 		return nil, err
@@ -159,9 +161,11 @@ func Open(ctx context.Context, o Options) (_ *Instance, err error) {
 			in.Close()
 		}
 	}()
+	timing.Mark("veil", "build loaded and verified")
 	if err := in.attest(ctx, o); err != nil {
 		return nil, err
 	}
+	timing.Mark("veil", "attested")
 	if err := in.fetchSecrets(ctx); err != nil {
 		return nil, err
 	}
@@ -188,15 +192,18 @@ func Open(ctx context.Context, o Options) (_ *Instance, err error) {
 	if err := os.MkdirAll(in.root, 0o700); err != nil {
 		return nil, err
 	}
+	timing.Mark("veil", "keys and secrets fetched")
 	u, err := o.MountRoot(in.root, r, o.Logger)
 	if err != nil {
 		r.Close()
 		return nil, fmt.Errorf("mounting the image: %w", err)
 	}
 	in.unmounts = append(in.unmounts, u)
+	timing.Mark("veil", "image mounted")
 	if err := in.mount(ctx, o); err != nil {
 		return nil, err
 	}
+	timing.Mark("veil", "mounts ready")
 	return in, nil
 }
 

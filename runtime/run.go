@@ -6,6 +6,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/veil-tee/veil/internal/timing"
 	"github.com/veil-tee/veil/runtime/sandbox"
 )
 
@@ -60,6 +61,7 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 			sb.Signal(0, syscall.SIGTERM)
 			ctx = context.Background() // wait for the program to end
 		case <-sb.Done():
+			timing.Mark("veil", "program ended")
 			return sb.Wait()
 		}
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/veil-tee/veil/internal/timing"
 	"github.com/veil-tee/veil/runtime/sandbox"
 )
 
@@ -153,6 +154,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if sandbox.IsInit() {
 		return sandbox.Init()
 	}
+	timing.Mark("veil", "started")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	env := &Env{Stdin: stdin, Stdout: stdout, Stderr: stderr}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // initTasks is added to a process limit for the sandbox's init, a Go
@@ -31,35 +32,63 @@ func applyLimits(pid int, l Limits) (cg *cgroup, applied, notApplied []string) {
 	if pids > 0 {
 		pids += initTasks
 	}
-	for _, lim := range []limit{
+	// Each controller is set up on its own goroutine: on cgroup v1 moving
+	// a process in waits for an RCU grace period, and two waits overlap.
+	lims := []limit{
 		{"memory limit", "memory", "memory.limit_in_bytes", "memory.max", l.MemoryBytes},
 		{"process limit", "pids", "pids.max", "pids.max", pids},
-	} {
+	}
+	results := make([]struct{ dir, applied, notApplied string }, len(lims))
+	var wg sync.WaitGroup
+	for i, lim := range lims {
 		if lim.value <= 0 {
 			continue
 		}
-		desc := fmt.Sprintf("%s %d", lim.what, lim.value)
-		if lim.controller == "pids" {
-			desc = fmt.Sprintf("%s %d (+%d for veil's init)", lim.what, l.MaxProcs, initTasks)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = applyLimit(pid, name, lim.controller, lim.v1file, lim.v2file, lim.value, l.MaxProcs, lim.what)
+		}()
+	}
+	wg.Wait()
+	for _, r := range results {
+		if r.dir != "" {
+			cg.dirs = append(cg.dirs, r.dir)
 		}
-		dir, file, err := cgroupDir(lim.controller, name, lim.v1file, lim.v2file)
-		if err == nil {
-			err = os.MkdirAll(dir, 0o755)
+		if r.applied != "" {
+			applied = append(applied, r.applied)
 		}
-		if err == nil {
-			cg.dirs = append(cg.dirs, dir)
-			err = os.WriteFile(filepath.Join(dir, file), []byte(strconv.FormatInt(lim.value, 10)), 0o644)
+		if r.notApplied != "" {
+			notApplied = append(notApplied, r.notApplied)
 		}
-		if err == nil {
-			err = os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
-		}
-		if err != nil {
-			notApplied = append(notApplied, fmt.Sprintf("%s: %v", desc, err))
-			continue
-		}
-		applied = append(applied, desc)
 	}
 	return cg, applied, notApplied
+}
+
+// applyLimit makes the cgroup of one controller, sets its limit and moves
+// pid into it. dir is set once a directory was made (to be removed later).
+func applyLimit(pid int, name, controller, v1file, v2file string, value, maxProcs int64, what string) (r struct{ dir, applied, notApplied string }) {
+	desc := fmt.Sprintf("%s %d", what, value)
+	if controller == "pids" {
+		desc = fmt.Sprintf("%s %d (+%d for veil's init)", what, maxProcs, initTasks)
+	}
+	dir, file, err := cgroupDir(controller, name, v1file, v2file)
+	if err == nil {
+		err = os.MkdirAll(dir, 0o755)
+	}
+	if err == nil {
+		r.dir = dir
+		err = os.WriteFile(filepath.Join(dir, file), []byte(strconv.FormatInt(value, 10)), 0o644)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
+	}
+	if err != nil {
+		r.notApplied = fmt.Sprintf("%s: %v", desc, err)
+	} else {
+		r.applied = desc
+	}
+	return r
 }
 
 // cgroupDir finds where a child cgroup for controller goes: under this

@@ -14,6 +14,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/veil-tee/veil/internal/timing"
 )
 
 // initArg0 is argv[0] of veil re-executed as a sandbox's init.
@@ -36,14 +38,23 @@ func Init() int {
 	if err := json.NewDecoder(specFile).Decode(spec); err != nil {
 		return fail(fmt.Errorf("reading sandbox spec: %w", err))
 	}
-	io.Copy(io.Discard, specFile) // the supervisor closes it when limits are in place
-	specFile.Close()
+	if spec.Timing {
+		timing.Enable()
+	}
+	timing.Mark("init", "spec read")
 	if err := setupRoot(spec); err != nil {
 		return fail(err)
 	}
+	timing.Mark("init", "root switched")
 	if err := dropPrivileges(); err != nil {
 		return fail(err)
 	}
+	timing.Mark("init", "privileges dropped")
+	// The supervisor closes the spec pipe once the limits are in place;
+	// nothing runs in the sandbox before that.
+	io.Copy(io.Discard, specFile)
+	specFile.Close()
+	timing.Mark("init", "limits in place")
 	in := &initProc{ctl: ctl, procs: map[int]*Proc{}, spawned: make(chan struct{}, 1), shutdown: make(chan int, 1)}
 	if spec.Main.Path == "" {
 		ctl.send(&message{Op: "ready"})
@@ -56,6 +67,7 @@ func Init() int {
 		return fail(fmt.Errorf("starting %s: %w", spec.Main.Path, err))
 	}
 	in.mainPID = pid
+	timing.Mark("init", "program started")
 	ctl.send(&message{Op: "ready", PID: pid})
 	go in.forwardSignals()
 	go in.serve()

@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/veil-tee/veil/internal/timing"
 )
 
 // Options of Start.
@@ -54,6 +56,7 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 	if err := spec.Check(); err != nil {
 		return nil, err
 	}
+	spec.Timing = timing.Enabled()
 	initPath := opts.InitPath
 	if initPath == "" {
 		initPath = "/proc/self/exe"
@@ -124,9 +127,13 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 		waiting: map[int]chan *message{}, exits: map[int]chan int{},
 		done: make(chan struct{}),
 	}
-	// Limits first, then let init go on: it waits for the spec's EOF.
-	s.cg, s.Applied, s.NotApplied = applyLimits(cmd.Process.Pid, spec.Limits)
+	// Init prepares the root while the limits are applied (moving a
+	// process into a cgroup can take milliseconds), and starts no program
+	// before the spec pipe's EOF says they are in place.
+	timing.Mark("veil", "sandbox init forked")
 	err = json.NewEncoder(specW).Encode(spec)
+	s.cg, s.Applied, s.NotApplied = applyLimits(cmd.Process.Pid, spec.Limits)
+	timing.Mark("veil", "limits applied")
 	specW.Close()
 	if err != nil {
 		cmd.Process.Kill()
@@ -134,7 +141,9 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 		s.cg.remove()
 		return nil, fmt.Errorf("sending sandbox spec: %w", err)
 	}
+	timing.Mark("veil", "sandbox init started, spec sent")
 	m, _, err := s.ctl.recv()
+	timing.Mark("veil", "sandbox ready")
 	if err == nil && m.Op != "ready" {
 		err = errors.New(m.Error)
 	}

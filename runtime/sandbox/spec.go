@@ -68,6 +68,8 @@ type Spec struct {
 	Files []File `json:"files,omitempty"`
 	// DevFiles are host device nodes bind-mounted into a fresh /dev.
 	DevFiles []string `json:"dev_files,omitempty"`
+	// Timing makes init print where its start-up time goes (VEIL_TIMING).
+	Timing bool `json:"timing,omitempty"`
 }
 
 // DefaultDevFiles are the devices a sandbox gets unless Spec.DevFiles says otherwise.
