@@ -18,6 +18,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/filesystem/squashfs"
 
 	"github.com/veil-tee/veil/image"
@@ -32,6 +33,9 @@ type ImageOptions struct {
 	Logger *slog.Logger
 	// AllowOther lets users other than the mounting one use the mount.
 	AllowOther bool
+	// OpenFiles is how many files are kept open between reads, each with
+	// its last decompressed block; zero means DefaultOpenFiles.
+	OpenFiles int
 	// CacheSize is the memory for decompressed squashfs metadata and
 	// fragment blocks; zero means DefaultImageCacheSize.
 	CacheSize int
@@ -62,6 +66,68 @@ type imageFS struct {
 
 	logMu  sync.Mutex
 	logged map[uint64]bool // blocks already reported
+
+	open openFiles // squashfs files kept open between reads
+}
+
+// openFiles keeps the squashfs files most recently read open, so a read
+// that falls into the data block the previous read of that file
+// decompressed (and verified) is served from it: a program's loader and
+// the kernel's read-ahead often ask for neighbouring pieces of one block.
+// Bounded: each open file holds at most one block.
+type openFiles struct {
+	max   int
+	mu    sync.Mutex
+	files map[*imageEntry]*openFile
+	tick  uint64
+}
+
+// DefaultOpenFiles bounds openFiles: at the default 128 KiB squashfs
+// block size, 8 MiB of decompressed data.
+const DefaultOpenFiles = 64
+
+type openFile struct {
+	mu   sync.Mutex
+	f    filesystem.File
+	used uint64
+}
+
+// get returns the open file of e, opening it (and closing the least
+// recently used one) if need be. The caller locks the result.
+func (o *openFiles) get(e *imageEntry) (*openFile, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.tick++
+	if of := o.files[e]; of != nil {
+		of.used = o.tick
+		return of, nil
+	}
+	f, err := e.entry.Open()
+	if err != nil {
+		return nil, err
+	}
+	if o.files == nil {
+		o.files = map[*imageEntry]*openFile{}
+	}
+	if len(o.files) >= o.max {
+		var oldest *imageEntry
+		for k, v := range o.files {
+			if oldest == nil || v.used < o.files[oldest].used {
+				oldest = k
+			}
+		}
+		delete(o.files, oldest) // its File is dropped; a reader holding it finishes first
+	}
+	of := &openFile{f: f, used: o.tick}
+	o.files[e] = of
+	return of, nil
+}
+
+// drop forgets the open file of e (after a failed read).
+func (o *openFiles) drop(e *imageEntry) {
+	o.mu.Lock()
+	delete(o.files, e)
+	o.mu.Unlock()
 }
 
 // imageNode is the FUSE node of an image entry. Entries outlive nodes: the
@@ -124,6 +190,10 @@ func MountImage(mountpoint string, opts ImageOptions) (*fuse.Server, error) {
 		return nil, errors.New("mounting image: no image reader")
 	}
 	ifs := &imageFS{r: opts.Reader, log: opts.Logger, logged: map[uint64]bool{}}
+	ifs.open.max = opts.OpenFiles
+	if ifs.open.max <= 0 {
+		ifs.open.max = DefaultOpenFiles
+	}
 	if ifs.log == nil {
 		ifs.log = slog.Default()
 	}
@@ -422,11 +492,13 @@ func (n *imageNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 	got := 0
 	rerr, err := n.ifs.do(func() error {
 		got = 0
-		f, err := n.entry.Open()
+		of, err := n.ifs.open.get(n.imageEntry)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
+		of.mu.Lock()
+		defer of.mu.Unlock()
+		f := of.f
 		if _, err := f.Seek(off, io.SeekStart); err != nil {
 			return err
 		}
@@ -446,6 +518,7 @@ func (n *imageNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 		return nil
 	})
 	if err != nil {
+		n.ifs.open.drop(n.imageEntry)
 		return nil, n.ifs.fail(n.path, "reading", off+int64(got), rerr, err)
 	}
 	return fuse.ReadResultData(dest[:got]), 0

@@ -174,7 +174,7 @@ func ownFDs(t testing.TB) int {
 	return n
 }
 
-func mountTestImage(t testing.TB, b *image.LoadedBuild, key []byte) *imageMount {
+func mountTestImage(t testing.TB, b *image.LoadedBuild, key []byte, openFiles ...int) *imageMount {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("FUSE mounts in tests need root")
@@ -189,7 +189,11 @@ func mountTestImage(t testing.TB, b *image.LoadedBuild, key []byte) *imageMount 
 	}
 	dir := t.TempDir()
 	lb := &logBuf{}
-	srv, err := MountImage(dir, ImageOptions{Reader: r, Logger: slog.New(slog.NewTextHandler(lb, nil))})
+	opts := ImageOptions{Reader: r, Logger: slog.New(slog.NewTextHandler(lb, nil))}
+	if len(openFiles) > 0 {
+		opts.OpenFiles = openFiles[0]
+	}
+	srv, err := MountImage(dir, opts)
 	if err != nil {
 		r.Close()
 		t.Fatal(err)
@@ -503,7 +507,9 @@ var time0 = time.Unix(0, 0)
 func TestImageMountConcurrentReads(t *testing.T) {
 	var src string
 	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", nil)
-	m := mountTestImage(t, b, nil)
+	// Fewer open files than files read at once: every read may find its
+	// file evicted by another.
+	m := mountTestImage(t, b, nil, 2)
 	var files []string
 	filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.Type().IsRegular() {

@@ -54,25 +54,8 @@ printf 'encrypt stdin->file          %6.3f s  %7.0f MB/s\n' "$(calc "$e - $s")" 
 s=$(date +%s.%N); ./bin/veil decrypt --key "file:$tmp/k" -i "$tmp/zero.sealed" -o - >/dev/null; e=$(date +%s.%N)
 printf 'decrypt file->/dev/null      %6.3f s  %7.0f MB/s\n' "$(calc "$e - $s")" "$(calc "1073.741824 / ($e - $s)")"
 
-echo "== veil run start-up: a trivial static program, medians of $COUNT (needs root)"
-if [ "$(id -u)" = 0 ]; then
-	export VEIL_HOME="$tmp/home"
-	./bin/veil sim init >/dev/null
-	mkdir -p "$tmp/hello-src"
-	printf 'package main\nfunc main() { println("hello") }\n' >"$tmp/hello-src/main.go"
-	./bin/veil new "$tmp/hello" >/dev/null 2>&1
-	(cd "$tmp/hello-src" && go mod init hello >/dev/null 2>&1 && CGO_ENABLED=0 go build -o "$tmp/hello/image/bin/hello" .)
-	sed -i 's|"entrypoints": \[[^]]*\]|"entrypoints": ["/bin/"]|' "$tmp/hello/veil.json"
-	./bin/veil build -C "$tmp/hello" >/dev/null 2>&1
-	ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(((e - s) / 1000000)); }
-	nat=(); run=()
-	for i in $(seq "$COUNT"); do
-		nat+=("$(ms "$tmp/hello/image/bin/hello")")
-		run+=("$(ms ./bin/veil run -C "$tmp/hello" /bin/hello)")
-	done
-	printf 'native exec                  median %5d ms\n' "$(printf '%s\n' "${nat[@]}" | median)"
-	printf 'veil run (sim, no KMS)       median %5d ms\n' "$(printf '%s\n' "${run[@]}" | median)"
-fi
+echo "== veil run start-up: a trivial static program, without and with a key service (scripts/bench-startup.sh)"
+COUNT=$COUNT ./scripts/bench-startup.sh
 
 # End to end: the people query, plaintext vs veil (scripts/bench-people.sh;
 # needs root and python3-pandas; PEOPLE=0 skips it).
