@@ -22,6 +22,8 @@ import (
 	"os"
 	"reflect"
 	"strings"
+
+	"github.com/veil-tee/veil/attest"
 )
 
 // FileName is the name of the configuration file in an instance directory.
@@ -123,6 +125,10 @@ type KMS struct {
 	// service's key or CA; CACert is a PEM CA certificate. At least one.
 	PinSHA256 string `json:"pin_sha256,omitempty"`
 	CACert    string `json:"ca_cert,omitempty"`
+	// Attest, when set, requires the service to prove with evidence that
+	// its TLS key lives in a TEE satisfying this policy (the service runs
+	// `veil kms serve --attest`); without it only the pin is checked.
+	Attest *attest.Policy `json:"attest,omitempty"`
 }
 
 // Secret is fetched from a KMS at start and handed to the workload as a

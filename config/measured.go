@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+
+	"github.com/veil-tee/veil/attest"
 )
 
 func sha256Sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
@@ -53,6 +55,9 @@ type MeasuredKMS struct {
 	Name         string `json:"name"`
 	PinSHA256    string `json:"pin_sha256"`
 	CACertSHA256 string `json:"ca_cert_sha256"`
+	// Attest is measured: which services the workload trusts with its
+	// keys is part of its identity.
+	Attest *attest.Policy `json:"attest,omitempty"`
 }
 
 // MeasuredSecret is a Secret in the measured form.
@@ -91,7 +96,7 @@ func (c *Config) Measured() Measured {
 	}
 	m.Resources.MaxProcesses = c.Resources.MaxProcesses
 	for _, k := range c.KMS {
-		m.KMS = append(m.KMS, MeasuredKMS{Name: k.Name, PinSHA256: k.PinSHA256, CACertSHA256: caCertDigest(k.CACert)})
+		m.KMS = append(m.KMS, MeasuredKMS{Name: k.Name, PinSHA256: k.PinSHA256, CACertSHA256: caCertDigest(k.CACert), Attest: k.Attest})
 	}
 	for _, s := range c.Secrets {
 		m.Secrets = append(m.Secrets, MeasuredSecret(s))

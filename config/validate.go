@@ -71,6 +71,11 @@ func (c *Config) Validate() error {
 		if k.PinSHA256 != "" && !hex256RE.MatchString(k.PinSHA256) {
 			return fieldErr(f+".pin_sha256", "want 64 lowercase hex digits")
 		}
+		if k.Attest != nil {
+			if err := k.Attest.Check(); err != nil {
+				return fieldErr(f+".attest", "%v", err)
+			}
+		}
 		if k.CACert != "" {
 			if err := checkPEMCert(k.CACert); err != nil {
 				return fieldErr(f+".ca_cert", "%v", err)

@@ -3,6 +3,7 @@ package kms
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -158,6 +159,20 @@ func (s *Service) Handler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.opt.Registry, promhttp.HandlerOpts{}))
 
 	h("GET /v1/sys/status", authNone, func(ctx context.Context, q *request) (int, any, error) { return ok(s.Status(), nil) })
+	h("GET /v1/sys/attestation", authNone, func(ctx context.Context, q *request) (int, any, error) {
+		if s.opt.Attestation == nil {
+			return 0, nil, fail(ErrNotFound, "this key service presents no evidence: it was not started with --attest inside a TEE")
+		}
+		nonce, err := hex.DecodeString(q.r.URL.Query().Get("nonce"))
+		if err != nil || len(nonce) != 32 {
+			return 0, nil, fail(ErrBadRequest, "nonce must be 64 hex digits (32 bytes)")
+		}
+		a, err := s.opt.Attestation(ctx, nonce)
+		if err != nil {
+			return 0, nil, fail(ErrInternal, "issuing evidence: %v", err)
+		}
+		return ok(a, nil)
+	})
 	h("POST /v1/sys/unseal", authNone, func(ctx context.Context, q *request) (int, any, error) {
 		var req api.UnsealRequest
 		if err := q.decode(&req); err != nil {

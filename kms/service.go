@@ -52,6 +52,10 @@ type Options struct {
 	// Registerer receives the Prometheus metrics (default: a new registry
 	// served at /metrics).
 	Registry *prometheus.Registry
+	// Attestation, when set, answers GET /v1/sys/attestation: evidence
+	// from the TEE the service runs in, binding its TLS key and the
+	// client's nonce, so that workloads can attest the service in turn.
+	Attestation func(ctx context.Context, nonce []byte) (*api.Attestation, error)
 }
 
 // Service is the key service. Its methods are safe for concurrent use.

@@ -22,6 +22,7 @@ import (
 	"github.com/veil-tee/veil/attest/ratls"
 	"github.com/veil-tee/veil/attest/sim"
 	"github.com/veil-tee/veil/attest/tsm"
+	"github.com/veil-tee/veil/attest/verifier"
 	"github.com/veil-tee/veil/config"
 	"github.com/veil-tee/veil/image"
 	"github.com/veil-tee/veil/internal/timing"
@@ -38,6 +39,9 @@ var (
 	ErrKeyDenied = errors.New("key service refused a key")
 	// ErrKMSUnreachable: a key service did not answer.
 	ErrKMSUnreachable = errors.New("key service unreachable")
+	// ErrKMSNotTrusted: a key service whose veil.json entry has an attest
+	// policy did not prove that it runs in a TEE satisfying it.
+	ErrKMSNotTrusted = errors.New("key service not trusted")
 	// ErrNoPlatform: no TEE and no sim platform to attest with.
 	ErrNoPlatform = errors.New("no attestation platform")
 )
@@ -64,6 +68,10 @@ type Options struct {
 	Issuer attest.Issuer
 	// SimDir is the sim platform directory; empty means sim.DefaultDir().
 	SimDir string
+	// KMSVerifier verifies the evidence of key services whose entry has
+	// an attest policy; nil means sim evidence from the platform in SimDir
+	// (and SEV-SNP with its defaults).
+	KMSVerifier attest.Verifier
 	// MountRoot mounts the verified image read-only at mountpoint.
 	MountRoot func(mountpoint string, r *image.Reader, log *slog.Logger) (Unmounter, error)
 	// MountSealed mounts a sealed directory at mountpoint.
@@ -106,7 +114,9 @@ type Instance struct {
 	Build   *image.LoadedBuild
 	Config  *config.Config
 	Backend attest.TEE
-	Mounts  []MountInfo
+	// KMSAttested names the key services that proved their TEE, with it.
+	KMSAttested []string
+	Mounts      []MountInfo
 
 	log       *slog.Logger
 	issuer    attest.Issuer
@@ -260,8 +270,47 @@ func (in *Instance) attest(ctx context.Context, o Options) error {
 		if last != nil {
 			return fmt.Errorf("%w: kms %s at %s after %d tries: %v", ErrKMSUnreachable, k.Name, k.Address, o.KMSRetries, last)
 		}
+		if k.Attest != nil {
+			if err := in.attestKMS(ctx, o, k, cl); err != nil {
+				return err
+			}
+		}
 		in.kms[k.Name] = cl
 	}
+	return nil
+}
+
+// attestKMS challenges a key service with a fresh nonce and checks that
+// its answer is evidence binding the TLS key the service presented (pinned
+// above) and satisfying the entry's attest policy: bidirectional
+// attestation, the workload's evidence having gone the other way.
+func (in *Instance) attestKMS(ctx context.Context, o Options, k config.KMS, cl *client.Client) error {
+	v := o.KMSVerifier
+	if v == nil {
+		vo := verifier.Options{}
+		dir := o.SimDir
+		if dir == "" {
+			dir, _ = sim.DefaultDir()
+		}
+		if ca, err := sim.LoadCA(dir); err == nil {
+			vo.SimRoots = append(vo.SimRoots, ca)
+		}
+		v = verifier.New(vo)
+	}
+	nonce := make([]byte, 32)
+	if _, err := rand.Read(nonce); err != nil {
+		return err
+	}
+	a, spki, err := cl.Attestation(ctx, nonce)
+	if err != nil {
+		return fmt.Errorf("%w: kms %s: asking for its evidence: %v", ErrKMSNotTrusted, k.Name, err)
+	}
+	peer := &ratls.Peer{Verifier: v, Policy: k.Attest}
+	claims, err := peer.VerifyKeyBinding(ctx, a.Evidence, spki, nonce)
+	if err != nil {
+		return fmt.Errorf("%w: kms %s: %v", ErrKMSNotTrusted, k.Name, err)
+	}
+	in.KMSAttested = append(in.KMSAttested, fmt.Sprintf("%s (%s, measurement %x)", k.Name, claims.TEE, claims.Measurement))
 	return nil
 }
 

@@ -283,30 +283,9 @@ func (p *Peer) VerifyCertificate(ctx context.Context, cert *x509.Certificate) (*
 	if err != nil {
 		return nil, fmt.Errorf("verifying RA-TLS certificate: %w", err)
 	}
-	tee, err := attest.Detect(x.Evidence)
+	claims, err := p.verifyBinding(ctx, x, cert.RawSubjectPublicKeyInfo, "RA-TLS certificate")
 	if err != nil {
-		return nil, fmt.Errorf("verifying RA-TLS certificate: %w", err)
-	}
-	if x.Legacy && tee != attest.TEESGX {
-		return nil, fmt.Errorf("verifying RA-TLS certificate: legacy extension with %s evidence: %w", tee, ErrExtension)
-	}
-	claims, err := p.Verifier.Verify(ctx, &attest.Evidence{TEE: tee, Quote: x.Evidence})
-	if err != nil {
-		return nil, fmt.Errorf("verifying RA-TLS evidence: %w", err)
-	}
-	spkiHash := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-	var want []byte
-	if x.Legacy {
-		want = spkiHash[:]
-	} else {
-		if !bytes.Equal(x.PubKeyHash, spkiHash[:]) {
-			return nil, fmt.Errorf("verifying RA-TLS certificate: pubkey-hash claim is not the certificate's key: %w", attest.ErrBinding)
-		}
-		h := sha256.Sum256(x.Claims)
-		want = h[:]
-	}
-	if len(claims.ReportData) < 32 || !bytes.Equal(claims.ReportData[:32], want) {
-		return nil, fmt.Errorf("verifying RA-TLS certificate: evidence report data does not bind the certificate's key: %w", attest.ErrBinding)
+		return nil, err
 	}
 	if p.Nonces != nil {
 		if x.Nonce == nil {
@@ -319,6 +298,41 @@ func (p *Peer) VerifyCertificate(ctx context.Context, cert *x509.Certificate) (*
 	if claims.IssuedAt.IsZero() {
 		claims.IssuedAt = cert.NotBefore
 	}
+	return p.decide(claims, now)
+}
+
+// verifyBinding verifies x's evidence and that it binds the key spki.
+func (p *Peer) verifyBinding(ctx context.Context, x *Extension, spki []byte, what string) (*attest.Claims, error) {
+	tee, err := attest.Detect(x.Evidence)
+	if err != nil {
+		return nil, fmt.Errorf("verifying %s: %w", what, err)
+	}
+	if x.Legacy && tee != attest.TEESGX {
+		return nil, fmt.Errorf("verifying %s: legacy extension with %s evidence: %w", what, tee, ErrExtension)
+	}
+	claims, err := p.Verifier.Verify(ctx, &attest.Evidence{TEE: tee, Quote: x.Evidence})
+	if err != nil {
+		return nil, fmt.Errorf("verifying %s evidence: %w", what, err)
+	}
+	spkiHash := sha256.Sum256(spki)
+	var want []byte
+	if x.Legacy {
+		want = spkiHash[:]
+	} else {
+		if !bytes.Equal(x.PubKeyHash, spkiHash[:]) {
+			return nil, fmt.Errorf("verifying %s: pubkey-hash claim is not the peer's key: %w", what, attest.ErrBinding)
+		}
+		h := sha256.Sum256(x.Claims)
+		want = h[:]
+	}
+	if len(claims.ReportData) < 32 || !bytes.Equal(claims.ReportData[:32], want) {
+		return nil, fmt.Errorf("verifying %s: evidence report data does not bind the peer's key: %w", what, attest.ErrBinding)
+	}
+	return claims, nil
+}
+
+// decide applies the policy (unless deferred) to verified claims.
+func (p *Peer) decide(claims *attest.Claims, now time.Time) (*attest.Claims, error) {
 	if p.DeferPolicy {
 		if p.Policy != nil {
 			return nil, errors.New("RA-TLS: a peer with DeferPolicy must not have a Policy")
@@ -336,6 +350,55 @@ func (p *Peer) VerifyCertificate(ctx context.Context, cert *x509.Certificate) (*
 		p.OnVerified(claims)
 	}
 	return claims, nil
+}
+
+// BindKey issues evidence binding the public key spki (DER
+// SubjectPublicKeyInfo) and a verifier's nonce, in the tagged-evidence form
+// of the certificate extension. A server whose TLS certificate is not an
+// RA-TLS certificate (one issued by a CA, or pinned) answers a client's
+// challenge with it: the client checks it against the key of the
+// connection (VerifyKeyBinding).
+func BindKey(ctx context.Context, issuer attest.Issuer, spki, nonce []byte) ([]byte, error) {
+	if len(nonce) != nonceSize {
+		return nil, fmt.Errorf("binding a key: nonce has %d bytes, want %d", len(nonce), nonceSize)
+	}
+	claims, err := encodeClaims(spki, nonce)
+	if err != nil {
+		return nil, err
+	}
+	var rd attest.ReportData
+	h := sha256.Sum256(claims)
+	copy(rd[:32], h[:])
+	ev, err := issuer.Issue(ctx, rd)
+	if err != nil {
+		return nil, fmt.Errorf("issuing evidence for the key: %w", err)
+	}
+	return encMode.Marshal(cbor.Tag{Number: TagEvidence, Content: taggedEvidence{Evidence: ev.Quote, Claims: claims}})
+}
+
+// VerifyKeyBinding checks tagged evidence from BindKey: it verifies, binds
+// spki (the key the caller saw on its TLS connection) and exactly nonce
+// (the caller's fresh challenge), and satisfies the policy.
+func (p *Peer) VerifyKeyBinding(ctx context.Context, tagged, spki, nonce []byte) (*attest.Claims, error) {
+	now := time.Now()
+	if p.Now != nil {
+		now = p.Now()
+	}
+	x, err := ParseTaggedEvidence(tagged)
+	if err != nil {
+		return nil, fmt.Errorf("verifying the key's evidence: %w", err)
+	}
+	if len(nonce) != nonceSize || !bytes.Equal(x.Nonce, nonce) {
+		return nil, fmt.Errorf("verifying the key's evidence: it answers another challenge (nonce): %w", ErrStale)
+	}
+	claims, err := p.verifyBinding(ctx, x, spki, "the key's")
+	if err != nil {
+		return nil, err
+	}
+	if claims.IssuedAt.IsZero() {
+		claims.IssuedAt = now
+	}
+	return p.decide(claims, now)
 }
 
 // verifyPeer is a tls.Config.VerifyPeerCertificate for an RA-TLS peer.

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/internal/fsutil"
 	"github.com/veil-tee/veil/internal/userdir"
 	"github.com/veil-tee/veil/kms"
@@ -227,7 +229,7 @@ func kmsErr(err error) error {
 
 func newKMSServeCmd(env *Env) *cobra.Command {
 	var dataDir, listen, certFile, keyFile, logLevel, adminCA, simCA, collateral string
-	var dev bool
+	var dev, attestSelf bool
 	c := &cobra.Command{
 		Use:   "serve --data DIR --listen ADDR",
 		Short: "Run the key service (starts sealed unless --dev)",
@@ -295,6 +297,20 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 				}
 				ready = fmt.Sprintf("export VEIL_KMS_URL=https://%s\n", ln.Addr())
 			}
+			if attestSelf {
+				var m []byte
+				var tee attest.TEE
+				if opt.Attestation, m, tee, err = kmsAttestation(&cert); err != nil {
+					return err
+				}
+				if tee == attest.TEESim {
+					fmt.Fprintln(env.Stderr, "veil: warning: --attest with the sim backend: development only, the host can read everything")
+				}
+				if m != nil {
+					ready += fmt.Sprintf("export VEIL_KMS_MEASUREMENT=%x\n", m)
+				}
+				log.Info("presenting evidence", "tee", string(tee), "measurement", hex.EncodeToString(m))
+			}
 			svc, err := kms.New(ctx, opt)
 			if err != nil {
 				return err
@@ -326,6 +342,7 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 	f.StringVar(&adminCA, "admin-client-ca", "", "PEM CA certificates whose client certificates authenticate as the admin")
 	f.StringVar(&simCA, "sim-ca", "", "trust sim evidence from the platform with this CA certificate (PEM); --dev trusts the local one (veil sim init)")
 	f.StringVar(&collateral, "collateral", "", "Intel PCS collateral directory for verifying SGX and TDX workloads")
+	f.BoolVar(&attestSelf, "attest", false, "present evidence that the service's TLS key lives in a TEE (configfs-tsm, else the sim platform), for workloads whose veil.json kms[].attest asks for it")
 	return c
 }
 
@@ -971,7 +988,11 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 				body, _ = json.Marshal(doc)
 			}
 			if name == "" {
-				name = "policy-" + time.Now().UTC().Format("20060102-150405")
+				// A random suffix keeps two policies made within one
+				// second apart.
+				var r [3]byte
+				rand.Read(r[:])
+				name = fmt.Sprintf("policy-%s-%x", time.Now().UTC().Format("20060102-150405"), r)
 			}
 			p, err := cl.CreatePolicy(o.ctx(c), name, body)
 			if err != nil {
@@ -991,7 +1012,7 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 		}),
 	}
 	f := create.Flags()
-	f.StringVar(&name, "name", "", "policy name (default: policy-TIMESTAMP)")
+	f.StringVar(&name, "name", "", "policy name (default: policy-TIMESTAMP-RANDOM)")
 	f.StringVar(&fromInstance, "from-instance", "", "take the measurement, signer, product id and svn from a built instance")
 	f.StringVar(&docFile, "document", "", "policy document (JSON file) instead of flags")
 	f.StringSliceVar(&doc.Measurements, "mrenclave", nil, "allowed measurement (hex, repeatable)")

@@ -33,7 +33,7 @@ func init() {
 	register(groupRuntime, newStatusCmd)
 	register("", newSuperviseCmd)
 	exitCoders = append(exitCoders, func(err error) int {
-		if errors.Is(err, runtime.ErrKeyDenied) || errors.Is(err, attest.ErrDenied) {
+		if errors.Is(err, runtime.ErrKeyDenied) || errors.Is(err, attest.ErrDenied) || errors.Is(err, runtime.ErrKMSNotTrusted) {
 			return ExitDenied
 		}
 		if errors.Is(err, image.ErrCorrupt) {
@@ -95,6 +95,8 @@ func runtimeErr(err error) error {
 		return withHint(err, "add its directory to entrypoints in veil.json and rebuild")
 	case errors.Is(err, runtime.ErrNoPlatform):
 		return withHint(err, "for development create the software platform: veil sim init")
+	case errors.Is(err, runtime.ErrKMSNotTrusted):
+		return withHint(err, "the key service must run `veil kms serve --attest` in a TEE its kms[].attest policy in veil.json accepts")
 	case errors.Is(err, runtime.ErrKMSUnreachable):
 		return withHint(err, "is the key service running? check kms[].address in veil.json")
 	case errors.Is(err, sandbox.ErrDenied):

@@ -7,18 +7,24 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/pcs"
 	"github.com/veil-tee/veil/attest/ratls"
 	"github.com/veil-tee/veil/attest/sim"
+	"github.com/veil-tee/veil/attest/tsm"
 	"github.com/veil-tee/veil/attest/verifier"
 	"github.com/veil-tee/veil/image"
 	"github.com/veil-tee/veil/kms"
+	"github.com/veil-tee/veil/kms/api"
 	"github.com/veil-tee/veil/kms/client"
 	"github.com/veil-tee/veil/seal"
 )
@@ -164,4 +170,57 @@ func (s *kmsSlot) UnwrapKey(sl seal.Slot, binding []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %w", seal.ErrWrongKey, kmsErr(err))
 	}
 	return dek, kmsErr(err)
+}
+
+// kmsAttestation makes the key service's evidence source for `veil kms
+// serve --attest`: configfs-tsm inside a confidential VM, else the local
+// sim platform, reporting the SHA-256 of this veil binary as the
+// service's measurement. It returns the measurement it reports (zero for
+// configfs-tsm: the TEE measures the VM) and the TEE.
+func kmsAttestation(cert *tls.Certificate) (func(context.Context, []byte) (*api.Attestation, error), []byte, attest.TEE, error) {
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("parsing the TLS certificate: %w", err)
+	}
+	spki := leaf.RawSubjectPublicKeyInfo
+	var iss attest.Issuer
+	var measurement []byte
+	if tsm.Available() {
+		if iss, err = tsm.NewLinuxIssuer(""); err != nil {
+			return nil, nil, "", err
+		}
+	} else {
+		dir, err := sim.DefaultDir()
+		if err != nil {
+			return nil, nil, "", err
+		}
+		p, err := sim.Load(dir)
+		if err != nil {
+			return nil, nil, "", withHint(fmt.Errorf("--attest: no TEE found (configfs-tsm) and no sim platform: %w", err), "for development create the software platform: veil sim init")
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, nil, "", err
+		}
+		f, err := os.Open(exe)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return nil, nil, "", fmt.Errorf("measuring %s: %w", exe, err)
+		}
+		var id sim.Identity
+		copy(id.Measurement[:], h.Sum(nil))
+		measurement = id.Measurement[:]
+		iss = p.Issuer(id)
+	}
+	return func(ctx context.Context, nonce []byte) (*api.Attestation, error) {
+		ev, err := ratls.BindKey(ctx, iss, spki, nonce)
+		if err != nil {
+			return nil, err
+		}
+		return &api.Attestation{TEE: string(iss.TEE()), Evidence: ev}, nil
+	}, measurement, iss.TEE(), nil
 }

@@ -129,6 +129,14 @@ type Status struct {
 	Progress    int    `json:"progress"`
 }
 
+// Attestation is GET /v1/sys/attestation?nonce=HEX: evidence that the
+// service's TLS key lives in a TEE, answering the client's 32-byte nonce
+// (ratls.BindKey: the tagged-evidence CBOR of RA-TLS, base64 in JSON).
+type Attestation struct {
+	TEE      string `json:"tee"`
+	Evidence []byte `json:"evidence"`
+}
+
 // UnsealRequest is POST /v1/sys/unseal.
 type UnsealRequest struct {
 	Share string `json:"share"`

@@ -14,11 +14,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
@@ -327,6 +329,36 @@ func esc(s string) string { return url.PathEscape(s) }
 // Status returns the seal state.
 func (c *Client) Status(ctx context.Context) (st api.Status, err error) {
 	return st, c.do(ctx, "GET", "/v1/sys/status", nil, asNone, &st)
+}
+
+// Attestation asks the service for evidence binding its TLS key and
+// nonce, and returns it with the SubjectPublicKeyInfo of the key the
+// service presented on the connection that answered (to be checked with
+// ratls.Peer.VerifyKeyBinding).
+func (c *Client) Attestation(ctx context.Context, nonce []byte) (a api.Attestation, spki []byte, err error) {
+	req, err := c.NewRequest(ctx, "GET", "/v1/sys/attestation?nonce="+hex.EncodeToString(nonce), nil, false)
+	if err != nil {
+		return a, nil, err
+	}
+	for _, h := range []string{"Authorization", api.HeaderAppID, api.HeaderTimestamp, api.HeaderNonce, api.HeaderSignature} {
+		req.Header.Del(h)
+	}
+	var peer []byte
+	trace := &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
+		if tc, ok := ci.Conn.(*tls.Conn); ok {
+			if cs := tc.ConnectionState(); len(cs.PeerCertificates) > 0 {
+				peer = cs.PeerCertificates[0].RawSubjectPublicKeyInfo
+			}
+		}
+	}}
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+	if err := c.Do(req, &a); err != nil {
+		return a, nil, err
+	}
+	if peer == nil {
+		return a, nil, errors.New("the key service's answer came over no TLS connection")
+	}
+	return a, peer, nil
 }
 
 // Unseal hands one share to the service.

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -79,9 +80,9 @@ func (w *world) must(args ...string) string {
 }
 
 // startKMS starts a dev key service and adds its exports to the env.
-func (w *world) startKMS() {
+func (w *world) startKMS(extra ...string) {
 	w.t.Helper()
-	cmd := exec.Command(veil, "kms", "serve", "--dev", "--data", w.t.TempDir(), "--listen", "127.0.0.1:0")
+	cmd := exec.Command(veil, append([]string{"kms", "serve", "--dev", "--data", w.t.TempDir(), "--listen", "127.0.0.1:0"}, extra...)...)
 	cmd.Env = w.env
 	out, _ := cmd.StdoutPipe()
 	var stderr bytes.Buffer
@@ -93,7 +94,11 @@ func (w *world) startKMS() {
 	w.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	sc := bufio.NewScanner(out)
 	deadline := time.Now().Add(20 * time.Second)
-	for n := 0; n < 3 && sc.Scan(); n++ {
+	lines := 3 // VEIL_KMS_URL, VEIL_KMS_CA, VEIL_ADMIN_TOKEN
+	if slices.Contains(extra, "--attest") {
+		lines++ // VEIL_KMS_MEASUREMENT
+	}
+	for n := 0; n < lines && sc.Scan(); n++ {
 		if time.Now().After(deadline) {
 			w.t.Fatal("key service not ready")
 		}
