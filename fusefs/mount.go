@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,4 +31,18 @@ func mountError(err error) error {
 		}
 	}
 	return fmt.Errorf("mounting: %w", err)
+}
+
+// Unmount detaches a mount of this package and waits until its server has
+// stopped. Root unmounts directly with umount(2), sparing the fusermount3
+// process go-fuse would start; others, or a direct unmount the kernel
+// refuses, go through the server's own Unmount.
+func Unmount(srv *fuse.Server, mountpoint string) error {
+	if os.Geteuid() == 0 {
+		if err := unix.Unmount(mountpoint, 0); err == nil {
+			srv.Wait()
+			return nil
+		}
+	}
+	return srv.Unmount()
 }

@@ -671,5 +671,6 @@ func (in *Instance) Close() error {
 	if err := os.RemoveAll(in.RunDir); err != nil && first == nil {
 		first = err
 	}
+	timing.Mark("veil", "unmounted")
 	return first
 }

@@ -18,17 +18,25 @@ func mountImage(mountpoint string, r *image.Reader, log *slog.Logger) (runtime.U
 	if err != nil {
 		return nil, err
 	}
-	return imageMount{srv, r}, nil
+	return imageMount{fuseMount{srv, mountpoint}, r}, nil
 }
+
+// fuseMount is a mount of package fusefs.
+type fuseMount struct {
+	srv        *fuse.Server
+	mountpoint string
+}
+
+func (m fuseMount) Unmount() error { return fusefs.Unmount(m.srv, m.mountpoint) }
 
 // imageMount closes the image when it is unmounted.
 type imageMount struct {
-	srv *fuse.Server
-	r   *image.Reader
+	fuseMount
+	r *image.Reader
 }
 
 func (m imageMount) Unmount() error {
-	err := m.srv.Unmount()
+	err := m.fuseMount.Unmount()
 	if cerr := m.r.Close(); err == nil {
 		err = cerr
 	}
@@ -40,7 +48,7 @@ func mountSealed(mountpoint string, o runtime.SealedMount, log *slog.Logger) (ru
 	if err != nil {
 		return nil, err
 	}
-	return srv, nil
+	return fuseMount{srv, mountpoint}, nil
 }
 
 func mountAttestation(mountpoint string, iss attest.Issuer, log *slog.Logger) (runtime.Unmounter, error) {
@@ -48,5 +56,5 @@ func mountAttestation(mountpoint string, iss attest.Issuer, log *slog.Logger) (r
 	if err != nil {
 		return nil, err
 	}
-	return srv, nil
+	return fuseMount{srv, mountpoint}, nil
 }
