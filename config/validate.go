@@ -9,15 +9,23 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 )
 
+// The patterns are compiled on first use: keyIDRE alone costs a
+// millisecond, paid otherwise by every start of veil (and of the sandbox's
+// init, which validates nothing).
 var (
-	envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	kmsNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-	keyIDRE   = regexp.MustCompile(`^[A-Za-z0-9._:/-]{1,256}$`)
-	hex256RE  = regexp.MustCompile(`^[0-9a-f]{64}$`)
-	sizeRE    = regexp.MustCompile(`^([0-9]{1,15})([KMGT]i?B?|B)?$`)
+	envNameRE = lazyRE(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	kmsNameRE = lazyRE(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	keyIDRE   = lazyRE(`^[A-Za-z0-9._:/-]{1,256}$`)
+	hex256RE  = lazyRE(`^[0-9a-f]{64}$`)
+	sizeRE    = lazyRE(`^([0-9]{1,15})([KMGT]i?B?|B)?$`)
 )
+
+func lazyRE(expr string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
+}
 
 // Validate checks every field and resolves every reference (KMS names in
 // key references). The error is a *FieldError naming the first bad field.
@@ -31,7 +39,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for k, v := range c.Env.Default {
-		if !envNameRE.MatchString(k) {
+		if !envNameRE().MatchString(k) {
 			return fieldErr("env.default."+k, "not a valid variable name (letters, digits, _; not starting with a digit)")
 		}
 		if strings.ContainsRune(v, 0) {
@@ -41,7 +49,7 @@ func (c *Config) Validate() error {
 	seen := map[string]bool{}
 	for i, k := range c.Env.Passthrough {
 		f := fmt.Sprintf("env.passthrough[%d]", i)
-		if !envNameRE.MatchString(k) {
+		if !envNameRE().MatchString(k) {
 			return fieldErr(f, "%q is not a valid variable name", k)
 		}
 		if _, ok := c.Env.Default[k]; ok {
@@ -55,7 +63,7 @@ func (c *Config) Validate() error {
 	kmsNames := map[string]bool{}
 	for i, k := range c.KMS {
 		f := fmt.Sprintf("kms[%d]", i)
-		if !kmsNameRE.MatchString(k.Name) {
+		if !kmsNameRE().MatchString(k.Name) {
 			return fieldErr(f+".name", "%q is not allowed (lowercase letters, digits and -, at most 63)", k.Name)
 		}
 		if kmsNames[k.Name] {
@@ -68,7 +76,7 @@ func (c *Config) Validate() error {
 		if k.PinSHA256 == "" && k.CACert == "" {
 			return fieldErr(f, "a pin is required: pin_sha256 (hex SHA-256 of a public key) or ca_cert (PEM)")
 		}
-		if k.PinSHA256 != "" && !hex256RE.MatchString(k.PinSHA256) {
+		if k.PinSHA256 != "" && !hex256RE().MatchString(k.PinSHA256) {
 			return fieldErr(f+".pin_sha256", "want 64 lowercase hex digits")
 		}
 		if k.Attest != nil {
@@ -157,7 +165,7 @@ func (c *Config) Validate() error {
 	secretDest := map[string]bool{}
 	for i, s := range c.Secrets {
 		f := fmt.Sprintf("secrets[%d]", i)
-		if !keyIDRE.MatchString(s.Name) {
+		if !keyIDRE().MatchString(s.Name) {
 			return fieldErr(f+".name", "%q is not allowed (letters, digits and ._:/-)", s.Name)
 		}
 		if secretNames[s.Name] {
@@ -182,7 +190,7 @@ func (c *Config) Validate() error {
 			}
 			secretDest["f"+s.File] = true
 		case s.Env != "":
-			if !envNameRE.MatchString(s.Env) {
+			if !envNameRE().MatchString(s.Env) {
 				return fieldErr(f+".env", "%q is not a valid variable name", s.Env)
 			}
 			if secretDest["e"+s.Env] {
@@ -216,7 +224,7 @@ func (b BOM) Validate() error {
 				return fieldErr(f+".to", "%v", err)
 			}
 		}
-		if cp.SHA256 != "" && !hex256RE.MatchString(cp.SHA256) {
+		if cp.SHA256 != "" && !hex256RE().MatchString(cp.SHA256) {
 			return fieldErr(f+".sha256", "want 64 lowercase hex digits")
 		}
 		if err := checkPatterns(f+".exclude", cp.Exclude); err != nil {
@@ -283,10 +291,10 @@ func ParseKeyRef(s string) (KeyRef, error) {
 			return KeyRef{}, fmt.Errorf("%q lacks @KMSNAME", s)
 		}
 		id, name := rest[:at], rest[at+1:]
-		if !keyIDRE.MatchString(id) {
+		if !keyIDRE().MatchString(id) {
 			return KeyRef{}, fmt.Errorf("key id %q is not allowed (letters, digits and ._:/-)", id)
 		}
-		if !kmsNameRE.MatchString(name) {
+		if !kmsNameRE().MatchString(name) {
 			return KeyRef{}, fmt.Errorf("KMS name %q is not allowed", name)
 		}
 		return KeyRef{Kind: kind, ID: id, KMS: name}, nil
@@ -324,7 +332,7 @@ func checkPEMCert(s string) error {
 // ParseSize parses sizes such as "4096", "64K", "512M", "2G", "1GiB" (binary
 // multiples) into bytes.
 func ParseSize(s string) (int64, error) {
-	m := sizeRE.FindStringSubmatch(s)
+	m := sizeRE().FindStringSubmatch(s)
 	if m == nil {
 		return 0, fmt.Errorf("%q is not a size (such as 512M or 2G)", s)
 	}
