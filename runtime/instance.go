@@ -310,7 +310,7 @@ func (in *Instance) attestKMS(ctx context.Context, o Options, k config.KMS, cl *
 	if err != nil {
 		return fmt.Errorf("%w: kms %s: %v", ErrKMSNotTrusted, k.Name, err)
 	}
-	in.KMSAttested = append(in.KMSAttested, fmt.Sprintf("%s (%s, measurement %x)", k.Name, claims.TEE, claims.Measurement))
+	in.KMSAttested = append(in.KMSAttested, fmt.Sprintf("%s (%s, measurement %s)", k.Name, claims.TEE, claims.Measurement))
 	return nil
 }
 

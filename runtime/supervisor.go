@@ -47,6 +47,7 @@ type Status struct {
 	Measurement string         `json:"measurement"`
 	Signer      string         `json:"signer"`
 	Backend     string         `json:"backend"`
+	KMSAttested []string       `json:"kms_attested,omitempty"`
 	Supervisor  int            `json:"supervisor_pid"`
 	Since       time.Time      `json:"since"`
 	Mounts      []MountInfo    `json:"mounts"`
@@ -300,7 +301,7 @@ func (s *Supervisor) status() *Status {
 	return &Status{
 		State: "running", Dir: s.in.Dir,
 		Measurement: s.in.Build.MeasurementHex(), Signer: s.in.Build.MrSignerHex(),
-		Backend: string(s.in.Backend), Supervisor: os.Getpid(), Since: s.since,
+		Backend: string(s.in.Backend), KMSAttested: s.in.KMSAttested, Supervisor: os.Getpid(), Since: s.since,
 		Mounts: s.in.Mounts, Processes: procs, Limits: s.sb.Applied, NotApplied: s.sb.NotApplied,
 	}
 }

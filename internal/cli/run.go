@@ -424,6 +424,9 @@ func newStatusCmd(env *Env) *cobra.Command {
 			fmt.Fprintf(w, "signer:       %s\n", st.Signer)
 			if st.State == "running" {
 				fmt.Fprintf(w, "backend:      %s\n", st.Backend)
+				for _, k := range st.KMSAttested {
+					fmt.Fprintf(w, "kms attested: %s\n", k)
+				}
 				fmt.Fprintf(w, "supervisor:   %d, since %s\n", st.Supervisor, st.Since.Format(time.RFC3339))
 				for _, m := range st.Mounts {
 					fmt.Fprintf(w, "mount:        %s %s %s\n", m.Target, m.Type, m.Source)

@@ -50,6 +50,13 @@ func TestKMSAttestedBothWays(t *testing.T) {
 		t.Fatalf("run with an attested key service: exit %d\n%s%s", r.code, r.out, r.err)
 	}
 
+	w.must("start", "-C", app)
+	st := w.must("status", "-C", app)
+	w.must("stop", "-C", app)
+	if !strings.Contains(st, "kms attested: owner (sim, measurement "+m+")") {
+		t.Fatalf("status does not show the attested key service:\n%s", st)
+	}
+
 	// The service's evidence is genuine but names another measurement
 	// than the workload expects: no key is asked for, the program never runs.
 	os.Remove(filepath.Join(data, "out.txt"))
