@@ -200,6 +200,7 @@ func Open(ctx context.Context, o Options) (_ *Instance, err error) {
 	}
 	in.root = filepath.Join(in.RunDir, "root")
 	if err := os.MkdirAll(in.root, 0o700); err != nil {
+		r.Close()
 		return nil, err
 	}
 	timing.Mark("veil", "keys and secrets fetched")

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/hanwen/go-fuse/v2/splice"
 
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/sim"
@@ -55,6 +56,7 @@ func (e extracted) Unmount() error {
 }
 
 func extractRoot(mountpoint string, r *image.Reader, _ *slog.Logger) (Unmounter, error) {
+	defer r.Close() // the mounter owns the reader; this one is done with it once copied
 	f, err := os.CreateTemp("", "veil-img-")
 	if err != nil {
 		return nil, err
@@ -153,6 +155,48 @@ func simPlatform(t *testing.T) string {
 	return d
 }
 
+// openFDs lists what this process's descriptors point to, leaving out the
+// Go runtime's own poller descriptors (made once, on first use).
+func openFDs() []string {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	var out []string
+	for _, e := range ents {
+		l, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil || l == "anon_inode:[eventpoll]" || l == "anon_inode:[eventfd]" || l == "anon_inode:[pidfd]" {
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// checkFDs makes the test fail if it ends with more descriptors open than
+// it started with (FUSE connections, image files, sockets, pipes).
+func checkFDs(t *testing.T) {
+	t.Helper()
+	// go-fuse keeps a process-wide pool of splice pipes and, once used,
+	// a descriptor of /dev/null to empty them: open that one now and
+	// empty the pool before both counts.
+	if p, err := splice.Get(); err == nil {
+		splice.Done(p) // empties the pipe into /dev/null
+	}
+	splice.ClearSplicePool()
+	before := map[string]int{}
+	for _, l := range openFDs() {
+		before[l]++
+	}
+	t.Cleanup(func() {
+		splice.ClearSplicePool()
+		for _, l := range openFDs() {
+			if before[l] > 0 {
+				before[l]--
+				continue
+			}
+			t.Errorf("descriptor left open: %s", l)
+		}
+	})
+}
+
 func assertNoMounts(t *testing.T, dir string) {
 	t.Helper()
 	if m := mountsUnder(filepath.Join(dir, "run")); len(m) > 0 {
@@ -166,6 +210,7 @@ func assertNoMounts(t *testing.T, dir string) {
 
 func TestRunSealedMount(t *testing.T) {
 	needRootFUSE(t)
+	checkFDs(t)
 	dir, data, k := instance(t)
 	var buf bytes.Buffer
 	w, _ := seal.NewWriter(&buf, nil, k)
@@ -198,6 +243,7 @@ func TestRunSealedMount(t *testing.T) {
 
 func TestRunRefusals(t *testing.T) {
 	needRootFUSE(t)
+	checkFDs(t)
 	dir, _, _ := instance(t)
 	// Not an entrypoint: refused before anything is attested (no platform here).
 	if _, _, err := runIn(t, dir, t.TempDir(), nil, "/opt/tool"); !errors.Is(err, ErrNotEntrypoint) {
@@ -218,6 +264,7 @@ func TestRunRefusals(t *testing.T) {
 
 func TestRunSignalAndStaleCleanup(t *testing.T) {
 	needRootFUSE(t)
+	checkFDs(t)
 	dir, _, _ := instance(t)
 	plat := simPlatform(t)
 	sigs := make(chan os.Signal, 1)
@@ -240,6 +287,7 @@ func TestRunSignalAndStaleCleanup(t *testing.T) {
 
 func TestSupervisorExecStatusStop(t *testing.T) {
 	needRootFUSE(t)
+	checkFDs(t)
 	dir, _, _ := instance(t)
 	sup, err := Supervise(context.Background(), Options{Dir: dir, MountRoot: extractRoot, MountSealed: sealedFUSE, SimDir: simPlatform(t)}, veilBin)
 	if err != nil {
@@ -264,6 +312,7 @@ func TestSupervisorExecStatusStop(t *testing.T) {
 	inW.Write([]byte("hello\n"))
 	inW.Close()
 	out, _ := io.ReadAll(outR)
+	outR.Close()
 	r, err := ReadReply(conn)
 	conn.Close()
 	if err != nil || r.Status != 5 || !strings.Contains(string(out), "got=hello") {
@@ -299,6 +348,7 @@ func TestSupervisorExecStatusStop(t *testing.T) {
 
 func TestSealedOutputForTwoParties(t *testing.T) {
 	needRootFUSE(t)
+	checkFDs(t)
 	k2, _ := seal.GenerateFileKey()
 	txt, _ := k2.MarshalText()
 	k2Path := filepath.Join(t.TempDir(), "k2")

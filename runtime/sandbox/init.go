@@ -124,13 +124,15 @@ func (in *initProc) reap() int {
 		if ws.Signaled() {
 			status = 128 + int(ws.Signal())
 		}
+		// The exit is reported before the process leaves the list, under
+		// the lock "ps" takes: a supervisor that sees it gone (and may shut
+		// the sandbox down) has its status already.
 		in.mu.Lock()
-		_, known := in.procs[pid]
-		delete(in.procs, pid)
-		in.mu.Unlock()
-		if known {
+		if _, known := in.procs[pid]; known {
 			in.ctl.send(&message{Op: "exit", PID: pid, Status: status})
 		}
+		delete(in.procs, pid)
+		in.mu.Unlock()
 		if pid == in.mainPID {
 			return status
 		}
