@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -116,7 +118,10 @@ type Instance struct {
 	Backend attest.TEE
 	// KMSAttested names the key services that proved their TEE, with it.
 	KMSAttested []string
-	Mounts      []MountInfo
+
+	prefetchWG   sync.WaitGroup
+	prefetchStop atomic.Bool
+	Mounts       []MountInfo
 
 	log       *slog.Logger
 	issuer    attest.Issuer
@@ -650,6 +655,8 @@ func (in *Instance) Spec(main sandbox.Command) (*sandbox.Spec, error) {
 
 // Close unmounts everything (lazily if busy) and removes the run directory.
 func (in *Instance) Close() error {
+	in.prefetchStop.Store(true)
+	in.prefetchWG.Wait()
 	var first error
 	for i := len(in.unmounts) - 1; i >= 0; i-- {
 		if err := in.unmounts[i].Unmount(); err != nil && first == nil {

@@ -42,6 +42,7 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	in.Prefetch(cmd.Path)
 	sb, err := sandbox.Start(spec, sandbox.Options{InitPath: o.InitPath, Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr})
 	if err != nil {
 		return 0, err
