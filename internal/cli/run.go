@@ -245,7 +245,10 @@ func newSuperviseCmd(env *Env) *cobra.Command {
 				return err
 			}
 			defer done()
-			signal.Ignore(syscall.SIGHUP, syscall.SIGINT)
+			// Caught, not ignored: an ignored signal stays ignored in every
+			// program the sandbox starts, which could then never be
+			// interrupted (veil exec forwards Ctrl-C as SIGINT).
+			signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP, syscall.SIGINT)
 			sup, err := runtime.Supervise(context.Background(), o, "")
 			if err != nil {
 				report("error: " + err.Error())

@@ -56,6 +56,10 @@ func Init() int {
 	specFile.Close()
 	timing.Mark("init", "limits in place")
 	in := &initProc{ctl: ctl, procs: map[int]*Proc{}, spawned: make(chan struct{}, 1), shutdown: make(chan int, 1)}
+	// Programs start with these signals at their default action whatever
+	// init inherited: a signal ignored here would stay ignored in them.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, forwarded...)
 	if spec.Main.Path == "" {
 		ctl.send(&message{Op: "ready"})
 		go in.serve()
@@ -69,7 +73,7 @@ func Init() int {
 	in.mainPID = pid
 	timing.Mark("init", "program started")
 	ctl.send(&message{Op: "ready", PID: pid})
-	go in.forwardSignals()
+	go in.forwardSignals(sigs)
 	go in.serve()
 	return in.reap()
 }
@@ -202,10 +206,11 @@ func (in *initProc) signal(pid int, sig syscall.Signal) error {
 	return unix.Kill(pid, sig)
 }
 
+// forwarded are the signals init passes on to the main program.
+var forwarded = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
+
 // forwardSignals passes termination signals sent to init on to the main program.
-func (in *initProc) forwardSignals() {
-	ch := make(chan os.Signal, 8)
-	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+func (in *initProc) forwardSignals(ch chan os.Signal) {
 	for s := range ch {
 		unix.Kill(in.mainPID, s.(syscall.Signal))
 	}
