@@ -170,9 +170,10 @@ func openFDs() []string {
 	return out
 }
 
-// checkFDs makes the test fail if it ends with more descriptors open than
-// it started with (FUSE connections, image files, sockets, pipes).
-func checkFDs(t *testing.T) {
+// checkLeaks makes the test fail if it ends with more descriptors open than
+// it started with (FUSE connections, image files, sockets, pipes), or with
+// child processes still running.
+func checkLeaks(t *testing.T) {
 	t.Helper()
 	// go-fuse keeps a process-wide pool of splice pipes and, once used,
 	// a descriptor of /dev/null to empty them: open that one now and
@@ -194,7 +195,28 @@ func checkFDs(t *testing.T) {
 			}
 			t.Errorf("descriptor left open: %s", l)
 		}
+		if c := children(); len(c) > 0 {
+			t.Errorf("processes left running: %v", c)
+		}
 	})
+}
+
+// children lists the live child processes of this process (a sandbox's
+// init, a program it started that escaped, an unreaped helper).
+func children() []string {
+	tasks, _ := os.ReadDir("/proc/self/task")
+	var out []string
+	for _, task := range tasks {
+		b, _ := os.ReadFile(filepath.Join("/proc/self/task", task.Name(), "children"))
+		for _, pid := range strings.Fields(string(b)) {
+			if st, _ := os.ReadFile(filepath.Join("/proc", pid, "stat")); bytes.Contains(st, []byte(") Z ")) {
+				continue
+			}
+			cmd, _ := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
+			out = append(out, pid+" "+strings.ReplaceAll(string(cmd), "\x00", " "))
+		}
+	}
+	return out
 }
 
 func assertNoMounts(t *testing.T, dir string) {
@@ -210,7 +232,7 @@ func assertNoMounts(t *testing.T, dir string) {
 
 func TestRunSealedMount(t *testing.T) {
 	needRootFUSE(t)
-	checkFDs(t)
+	checkLeaks(t)
 	dir, data, k := instance(t)
 	var buf bytes.Buffer
 	w, _ := seal.NewWriter(&buf, nil, k)
@@ -243,7 +265,7 @@ func TestRunSealedMount(t *testing.T) {
 
 func TestRunRefusals(t *testing.T) {
 	needRootFUSE(t)
-	checkFDs(t)
+	checkLeaks(t)
 	dir, _, _ := instance(t)
 	// Not an entrypoint: refused before anything is attested (no platform here).
 	if _, _, err := runIn(t, dir, t.TempDir(), nil, "/opt/tool"); !errors.Is(err, ErrNotEntrypoint) {
@@ -264,7 +286,7 @@ func TestRunRefusals(t *testing.T) {
 
 func TestRunSignalAndStaleCleanup(t *testing.T) {
 	needRootFUSE(t)
-	checkFDs(t)
+	checkLeaks(t)
 	dir, _, _ := instance(t)
 	plat := simPlatform(t)
 	sigs := make(chan os.Signal, 1)
@@ -287,7 +309,7 @@ func TestRunSignalAndStaleCleanup(t *testing.T) {
 
 func TestSupervisorExecStatusStop(t *testing.T) {
 	needRootFUSE(t)
-	checkFDs(t)
+	checkLeaks(t)
 	dir, _, _ := instance(t)
 	sup, err := Supervise(context.Background(), Options{Dir: dir, MountRoot: extractRoot, MountSealed: sealedFUSE, SimDir: simPlatform(t)}, veilBin)
 	if err != nil {
@@ -348,7 +370,7 @@ func TestSupervisorExecStatusStop(t *testing.T) {
 
 func TestSealedOutputForTwoParties(t *testing.T) {
 	needRootFUSE(t)
-	checkFDs(t)
+	checkLeaks(t)
 	k2, _ := seal.GenerateFileKey()
 	txt, _ := k2.MarshalText()
 	k2Path := filepath.Join(t.TempDir(), "k2")
