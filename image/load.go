@@ -38,6 +38,8 @@ import (
 var (
 	// ErrNotBuilt: the directory has no build (run veil build).
 	ErrNotBuilt = errors.New("instance is not built")
+	// ErrNoInstance: the directory holds no veil.json at all.
+	ErrNoInstance = errors.New("not a veil instance (no veil.json)")
 	// ErrConfigChanged: veil.json no longer gives the measurement of the build.
 	ErrConfigChanged = errors.New("veil.json does not match the build")
 )
@@ -87,6 +89,9 @@ func (b *LoadedBuild) Open(key []byte) (*Reader, error) {
 func LoadBuild(dir string) (*LoadedBuild, error) {
 	data, err := os.ReadFile(filepath.Join(dir, "build", RecordFile))
 	if errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(filepath.Join(dir, "veil.json")); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s: %w", dir, ErrNoInstance)
+		}
 		return nil, fmt.Errorf("%s: %w", dir, ErrNotBuilt)
 	}
 	if err != nil {

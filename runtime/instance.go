@@ -39,6 +39,8 @@ var (
 	ErrNotEntrypoint = errors.New("program is not an entrypoint of the instance")
 	// ErrKeyDenied: a key service refused a key or secret the instance needs.
 	ErrKeyDenied = errors.New("key service refused a key")
+	// ErrNoProgram: the program to run is not an executable file of the image.
+	ErrNoProgram = errors.New("program not in the image")
 	// ErrKMSUnreachable: a key service did not answer.
 	ErrKMSUnreachable = errors.New("key service unreachable")
 	// ErrKMSNotTrusted: a key service whose veil.json entry has an attest
@@ -593,6 +595,16 @@ func (s *kmsSlot) UnwrapKey(sl seal.Slot, binding []byte) ([]byte, error) {
 func (in *Instance) Command(path string, hostArgs, hostEnv []string) (sandbox.Command, error) {
 	if err := CheckEntrypoint(in.Config, path); err != nil {
 		return sandbox.Command{}, err
+	}
+	if in.root != "" {
+		host, err := resolveIn(in.root, path)
+		fi, serr := os.Stat(host)
+		switch {
+		case err != nil || serr != nil:
+			return sandbox.Command{}, fmt.Errorf("%w: %s", ErrNoProgram, path)
+		case !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0:
+			return sandbox.Command{}, fmt.Errorf("%w: %s is not an executable file (mode %s)", ErrNoProgram, path, fi.Mode())
+		}
 	}
 	args := []string{path}
 	if len(hostArgs) > 0 {

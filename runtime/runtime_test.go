@@ -275,6 +275,12 @@ func TestRunRefusals(t *testing.T) {
 	if _, _, err := runIn(t, dir, t.TempDir(), nil, "/usr/bin/sh", "-c", "true"); !errors.Is(err, ErrNoPlatform) {
 		t.Fatalf("without a platform: %v", err)
 	}
+	// An entrypoint directory, but no such program in the image.
+	plat := simPlatform(t)
+	if _, _, err := runIn(t, dir, plat, nil, "/usr/bin/nonexistent"); !errors.Is(err, ErrNoProgram) {
+		t.Fatalf("missing program: %v", err)
+	}
+	assertNoMounts(t, dir)
 	// veil.json changed after the build: the measurement no longer matches.
 	cfg, _ := os.ReadFile(filepath.Join(dir, "veil.json"))
 	os.WriteFile(filepath.Join(dir, "veil.json"), bytes.Replace(cfg, []byte(`"svn": 2`), []byte(`"svn": 3`), 1), 0o644)

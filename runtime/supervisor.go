@@ -325,7 +325,10 @@ func Dial(dir string) (*net.UnixConn, error) {
 	}
 	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: SocketPath(abs), Net: "unixpacket"})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNotRunning, err)
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("%s: %w", abs, ErrNotRunning)
+		}
+		return nil, fmt.Errorf("%s: %w: %v", abs, ErrNotRunning, err)
 	}
 	return c, nil
 }

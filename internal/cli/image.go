@@ -197,6 +197,8 @@ func newPrintCmd(env *Env) *cobra.Command {
 
 func loadHint(err error) error {
 	switch {
+	case errors.Is(err, image.ErrNoInstance):
+		return withHint(err, "pass the instance directory with -C DIR, or create one with veil new DIR")
 	case errors.Is(err, image.ErrNotBuilt):
 		return withHint(err, "run veil build first")
 	case errors.Is(err, image.ErrConfigChanged):

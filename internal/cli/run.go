@@ -89,12 +89,16 @@ func (r *runtimeOptions) options(env *Env) (runtime.Options, func(), error) {
 // runtimeErr adds hints to the runtime's errors.
 func runtimeErr(err error) error {
 	switch {
+	case errors.Is(err, image.ErrNoInstance):
+		return withHint(err, "pass the instance directory with -C DIR, or create one with veil new DIR")
 	case errors.Is(err, image.ErrNotBuilt):
 		return withHint(err, "build the instance first: veil build -C DIR")
 	case errors.Is(err, runtime.ErrNotEntrypoint):
 		return withHint(err, "add its directory to entrypoints in veil.json and rebuild")
 	case errors.Is(err, runtime.ErrNoPlatform):
 		return withHint(err, "for development create the software platform: veil sim init")
+	case errors.Is(err, runtime.ErrNoProgram):
+		return withHint(err, "put it in DIR/image/ or the bom section of veil.json, then veil build")
 	case errors.Is(err, runtime.ErrKMSNotTrusted):
 		return withHint(err, "the key service must run `veil kms serve --attest` in a TEE its kms[].attest policy in veil.json accepts")
 	case errors.Is(err, runtime.ErrKMSUnreachable):
