@@ -227,12 +227,18 @@ func (s *Supervisor) handle(c *net.UnixConn) {
 		st := s.status()
 		send(c, &Reply{Op: "status", State: st})
 	case "stop":
-		s.shutdown(time.Duration(req.Timeout) * time.Millisecond)
+		s.Stop(time.Duration(req.Timeout) * time.Millisecond)
 		send(c, &Reply{Op: "ok"})
-		s.once.Do(func() { close(s.stop) })
 	default:
 		send(c, &Reply{Op: "error", Error: "unknown request " + req.Op})
 	}
+}
+
+// Stop ends the instance as `veil stop` does: TERM to every process, KILL
+// after timeout (zero: 10 s), then Serve unmounts everything and returns.
+func (s *Supervisor) Stop(timeout time.Duration) {
+	s.shutdown(timeout)
+	s.once.Do(func() { close(s.stop) })
 }
 
 func (s *Supervisor) exec(c *net.UnixConn, req *Request, files []*os.File) {

@@ -259,6 +259,16 @@ func newSuperviseCmd(env *Env) *cobra.Command {
 				return err
 			}
 			report("ready")
+			// SIGTERM (kill, a service manager, shutdown) stops the
+			// instance cleanly, like veil stop.
+			term := make(chan os.Signal, 1)
+			signal.Notify(term, syscall.SIGTERM)
+			defer signal.Stop(term)
+			go func() {
+				if _, ok := <-term; ok {
+					sup.Stop(0)
+				}
+			}()
 			return sup.Serve()
 		},
 	}

@@ -51,6 +51,7 @@ func TestKMSAttestedBothWays(t *testing.T) {
 	}
 
 	w.must("start", "-C", app)
+	t.Cleanup(func() { w.run("", "stop", "-C", app) }) // if the test fails while it runs
 	st := w.must("status", "-C", app)
 	w.must("stop", "-C", app)
 	if !strings.Contains(st, "kms attested: owner (sim, measurement "+m+")") {

@@ -2,6 +2,7 @@ package runtest
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"os/exec"
 	"strings"
@@ -79,6 +80,7 @@ func TestCtrlCReachesTheProgram(t *testing.T) {
 	assertClean(t, app)
 
 	w.must("start", "-C", app)
+	t.Cleanup(func() { w.run("", "stop", "-C", app) }) // if the test fails while it runs
 	code, out = w.interrupted("exec", "-C", app, "/usr/bin/sh", "-c", script)
 	if code != 9 || !strings.Contains(out, "got-int") {
 		w.run("", "stop", "-C", app)
@@ -89,5 +91,40 @@ func TestCtrlCReachesTheProgram(t *testing.T) {
 		t.Fatalf("exec after an interrupted one: %q", got)
 	}
 	w.must("stop", "-C", app)
+	assertClean(t, app)
+}
+
+// TestSupervisorStopsOnSIGTERM: a supervisor told to terminate (kill, a
+// service manager, a shutdown) stops the instance as veil stop does:
+// programs end, mounts go.
+func TestSupervisorStopsOnSIGTERM(t *testing.T) {
+	need(t)
+	w := newWorld(t)
+	w.startKMS()
+	keyID := w.owner("bob")
+	app := w.app(keyID, t.TempDir(), job)
+	w.must("kms", "policy", "create", "--from-instance", app, "--key", "bob-cmk", "--allow-sim")
+	w.must("start", "-C", app)
+	t.Cleanup(func() { w.run("", "stop", "-C", app) })
+	var st struct {
+		State      string `json:"state"`
+		Supervisor int    `json:"supervisor_pid"`
+	}
+	if err := json.Unmarshal([]byte(w.must("status", "-C", app, "--json")), &st); err != nil || st.Supervisor == 0 {
+		t.Fatalf("status --json: %v %+v", err, st)
+	}
+	if err := syscall.Kill(st.Supervisor, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for syscall.Kill(st.Supervisor, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the supervisor did not end after SIGTERM")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if out := w.must("status", "-C", app); !strings.Contains(out, "stopped") {
+		t.Fatalf("status after SIGTERM:\n%s", out)
+	}
 	assertClean(t, app)
 }
