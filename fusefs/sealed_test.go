@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/veil-tee/veil/seal"
+	"golang.org/x/sys/unix"
 )
 
 func needFUSE(t *testing.T) {
@@ -340,3 +341,27 @@ func (m memFile) WriteAt(p []byte, off int64) (int, error) { return 0, errors.Ne
 func (m memFile) Truncate(int64) error                     { return errors.New("read-only") }
 func (m memFile) Sync() error                              { return nil }
 func (m memFile) Stat() (os.FileInfo, error)               { return sizeInfo(len(m)), nil }
+
+// TestSealedMountRefusesXattrs: extended attributes would be stored on the
+// host's file in plaintext, so the mount offers none.
+func TestSealedMountRefusesXattrs(t *testing.T) {
+	k := newKey(t)
+	src := t.TempDir()
+	m := mountSealed(t, src, SealedOptions{Keys: k, WriteKeys: []seal.KeyWrapper{k}})
+	p := filepath.Join(m.dir, "f")
+	if err := os.WriteFile(p, []byte("data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := unix.Setxattr(p, "user.note", []byte("a secret note"), 0)
+	if err == nil {
+		t.Fatal("setxattr on a sealed file succeeded")
+	}
+	if !errors.Is(err, unix.ENOTSUP) && !errors.Is(err, unix.ENOSYS) {
+		t.Fatalf("setxattr: %v, want ENOTSUP", err)
+	}
+	m.unmount()
+	buf := make([]byte, 256)
+	if n, err := unix.Lgetxattr(filepath.Join(src, "f"), "user.note", buf); err == nil {
+		t.Fatalf("the host file carries the attribute: %q", buf[:n])
+	}
+}
