@@ -30,13 +30,21 @@ type SealedOptions struct {
 	WriteKeys []seal.KeyWrapper
 	// ReadOnly refuses every change (EROFS).
 	ReadOnly bool
-	// SegmentSize of new files; zero means seal.DefaultSegmentSize.
+	// SegmentSize of new files; zero means DefaultSealedSegmentSize.
 	SegmentSize int
 	// Logger receives integrity failures; nil means slog.Default().
 	Logger *slog.Logger
 	// AllowOther lets users other than the mounting one use the mount.
 	AllowOther bool
 }
+
+// DefaultSealedSegmentSize is the segment size of files created in a sealed
+// mount: smaller than seal.DefaultSegmentSize because programs write files
+// in place in small pieces, and each write re-seals whole segments. At
+// 16 KiB a random 4 KiB write costs a third less than at 64 KiB, sequential
+// I/O is as fast, and the records and table take 0.34 % of the file
+// (docs/performance.md).
+const DefaultSealedSegmentSize = 16 << 10
 
 // sealedFS is the state shared by every node of one mount.
 type sealedFS struct {
@@ -85,6 +93,9 @@ func MountSealed(mountpoint string, opts SealedOptions) (*fuse.Server, error) {
 	}
 	if st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
 		return nil, fmt.Errorf("sealed mount source %s: not a directory", src)
+	}
+	if opts.SegmentSize == 0 {
+		opts.SegmentSize = DefaultSealedSegmentSize
 	}
 	sfs := &sealedFS{opts: opts, seal: &seal.Options{SegmentSize: opts.SegmentSize}, log: opts.Logger}
 	if sfs.log == nil {
