@@ -394,20 +394,29 @@ func (h *sealedHandle) Write(ctx context.Context, data []byte, off int64) (uint3
 	return uint32(n), 0
 }
 
-// Flush runs at every close(2) of a descriptor: the file is committed then,
-// so what a program closed survives a crash of the mount.
+// Flush runs at every close(2) of a descriptor: the file is committed then
+// (table and trailer written), so what a program closed survives a crash
+// of the mount. As on any file system, surviving a crash of the machine
+// takes fsync(2).
 func (h *sealedHandle) Flush(ctx context.Context) syscall.Errno {
 	if h.n.sfs.opts.ReadOnly {
 		return 0
 	}
-	if err := h.n.file.Sync(); err != nil {
+	if err := h.n.file.Commit(); err != nil {
 		return h.n.errno("committing", err)
 	}
 	return 0
 }
 
+// Fsync commits the file and syncs it to the host's storage.
 func (h *sealedHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
-	return h.Flush(ctx)
+	if h.n.sfs.opts.ReadOnly {
+		return 0
+	}
+	if err := h.n.file.Sync(); err != nil {
+		return h.n.errno("syncing", err)
+	}
+	return 0
 }
 
 func (h *sealedHandle) Release(ctx context.Context) syscall.Errno {

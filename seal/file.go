@@ -32,10 +32,11 @@ type File struct {
 	lay  layout
 	rand io.Reader
 
-	size  int64
-	seq   uint64
-	table []byte // nonce|tag per segment, as committed or as written since
-	dirty bool   // the table and commit must be rewritten
+	size     int64
+	seq      uint64
+	table    []byte // nonce|tag per segment, as committed or as written since
+	dirty    bool   // the table and commit must be rewritten
+	unsynced bool   // committed since the storage was last synced
 
 	// A one-segment cache: plaintext of segment cIdx.
 	cIdx   int64
@@ -430,14 +431,33 @@ func (f *File) Sync() error {
 	if f.closed {
 		return ErrClosed
 	}
-	return f.sync()
+	return f.sync(true)
 }
 
-func (f *File) sync() error {
+// Commit is Sync without syncing the storage: the file is complete and
+// consistent in the storage's cache (it survives the end of this process,
+// not necessarily a crash of the machine) — what close(2) gives on an
+// ordinary file system.
+func (f *File) Commit() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	return f.sync(false)
+}
+
+func (f *File) sync(durable bool) error {
 	if err := f.flushCache(); err != nil {
 		return err
 	}
 	if !f.dirty {
+		if durable && f.unsynced {
+			if err := f.st.Sync(); err != nil {
+				return fmt.Errorf("syncing: %w", err)
+			}
+			f.unsynced = false
+		}
 		return nil
 	}
 	f.seq++
@@ -451,21 +471,25 @@ func (f *File) sync() error {
 	if _, err := f.st.WriteAt(trailer, f.lay.tableOff(f.size)); err != nil {
 		return fmt.Errorf("writing commit trailer: %w", err)
 	}
-	if err := f.st.Sync(); err != nil {
-		return fmt.Errorf("syncing: %w", err)
+	f.dirty, f.unsynced = false, true
+	if durable {
+		if err := f.st.Sync(); err != nil {
+			return fmt.Errorf("syncing: %w", err)
+		}
+		f.unsynced = false
 	}
-	f.dirty = false
 	return nil
 }
 
-// Close syncs pending writes. It does not close the storage.
+// Close commits pending writes (Commit: call Sync before for them to be
+// durable, as with an os.File). It does not close the storage.
 func (f *File) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
 		return ErrClosed
 	}
-	err := f.sync()
+	err := f.sync(false)
 	f.closed = true
 	return err
 }
