@@ -318,6 +318,8 @@ func (in *Instance) attestKMS(ctx context.Context, o Options, k config.KMS, cl *
 	if err != nil {
 		return fmt.Errorf("%w: kms %s: %v", ErrKMSNotTrusted, k.Name, err)
 	}
+	// From now on only the attested key may answer for this service.
+	cl.RequireServerKey(spki)
 	in.KMSAttested = append(in.KMSAttested, fmt.Sprintf("%s (%s, measurement %s)", k.Name, claims.TEE, claims.Measurement))
 	return nil
 }

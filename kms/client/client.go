@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/veil-tee/veil/kms/api"
@@ -67,6 +68,20 @@ type Client struct {
 	hc       *http.Client
 	signKey  []byte
 	adminFor string
+	// serverKey, once set (RequireServerKey), is the only key the service
+	// may present on any connection.
+	serverKey *atomic.Pointer[[]byte]
+}
+
+// RequireServerKey makes every later connection accept the service only if
+// its certificate carries exactly this key (DER SubjectPublicKeyInfo), on
+// top of the configured pin or CA, and drops the idle connections made
+// before. A workload calls it with the key it attested, so that no other
+// holder of a certificate from the same CA can answer in its place.
+func (c *Client) RequireServerKey(spki []byte) {
+	k := append([]byte(nil), spki...)
+	c.serverKey.Store(&k)
+	c.hc.CloseIdleConnections()
 }
 
 // AdminFor returns a client whose policy calls (create, list, show, delete,
@@ -97,6 +112,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	u.Path = ""
 	tc := &tls.Config{MinVersion: tls.VersionTLS13, GetClientCertificate: cfg.WorkloadCertificate}
+	serverKey := &atomic.Pointer[[]byte]{}
 	if len(cfg.CAPEM) > 0 {
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(cfg.CAPEM) {
@@ -150,6 +166,20 @@ func New(cfg Config) (*Client, error) {
 	if cfg.MaxConnsPerHost == 0 {
 		cfg.MaxConnsPerHost = 64
 	}
+	pinCheck := tc.VerifyConnection
+	tc.VerifyConnection = func(cs tls.ConnectionState) error {
+		if pinCheck != nil {
+			if err := pinCheck(cs); err != nil {
+				return err
+			}
+		}
+		if k := serverKey.Load(); k != nil {
+			if len(cs.PeerCertificates) == 0 || !bytes.Equal(cs.PeerCertificates[0].RawSubjectPublicKeyInfo, *k) {
+				return errors.New("the key service presented another key than the one it attested")
+			}
+		}
+		return nil
+	}
 	tr := &http.Transport{
 		TLSClientConfig:     tc,
 		ForceAttemptHTTP2:   false,
@@ -159,7 +189,7 @@ func New(cfg Config) (*Client, error) {
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: 10 * time.Second,
 	}
-	c := &Client{cfg: cfg, base: u, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}}
+	c := &Client{cfg: cfg, base: u, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}, serverKey: serverKey}
 	if cfg.APIKey != "" {
 		c.signKey = api.SigningKey(cfg.APIKey)
 	}
