@@ -950,7 +950,7 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 					}
 					id, err := KMSInstanceIdentity(fromInstance)
 					if err != nil {
-						return fmt.Errorf("reading the instance identity: %w", err)
+						return loadHint(fmt.Errorf("reading the instance identity: %w", err))
 					}
 					doc.Measurements = append(doc.Measurements, id.Measurement)
 					if id.Signer != "" {

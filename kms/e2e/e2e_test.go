@@ -209,8 +209,8 @@ func TestDevServerCLIFlow(t *testing.T) {
 	}
 	must(t, bob, "", "kms", "policy", "create", "--name", "prod", "--key", "bob-cmk", "--mrenclave", strings.Repeat("ab", 32), "--min-svn", "1")
 	_, errs, code = run(t, bob, "", "kms", "policy", "create", "--from-instance", t.TempDir(), "--key", "bob-cmk")
-	if code != 1 || !strings.Contains(errs, "not built") {
-		t.Fatalf("--from-instance of a directory without a build: exit %d %s", code, errs)
+	if code != 1 || !strings.Contains(errs, "not a veil instance") {
+		t.Fatalf("--from-instance of a directory without veil.json: exit %d %s", code, errs)
 	}
 	// alice cannot use bob's key.
 	if err := json.Unmarshal([]byte(must(t, p.env, "", "kms", "enroll", "--name", "alice", "--json")), &enr); err != nil {
