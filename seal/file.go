@@ -289,11 +289,20 @@ func (f *File) writeRun(p []byte, first int64) error {
 		return err
 	}
 	rec := f.lay.segSize + recordOverhead
-	recs := make([]byte, k*rec)
+	// The records go into a pooled buffer (fresh memory for every write
+	// costs page faults), and every nonce is drawn in one read.
+	bp := runBufs.Get().(*[]byte)
+	defer runBufs.Put(bp)
+	if need := k*rec + k*nonceLen; int64(cap(*bp)) < need {
+		*bp = make([]byte, need)
+	}
+	recs := (*bp)[:k*rec]
+	nonces := (*bp)[k*rec : k*rec+k*nonceLen]
+	if _, err := io.ReadFull(f.rand, nonces); err != nil {
+		return fmt.Errorf("generating nonces: %w", err)
+	}
 	for j := int64(0); j < k; j++ {
-		if _, err := io.ReadFull(f.rand, recs[j*rec:j*rec+nonceLen]); err != nil {
-			return fmt.Errorf("generating nonce: %w", err)
-		}
+		copy(recs[j*rec:j*rec+nonceLen], nonces[j*nonceLen:])
 	}
 	var wg sync.WaitGroup
 	workers := min(int(k), goruntime.GOMAXPROCS(0))
@@ -326,6 +335,9 @@ func (f *File) writeRun(p []byte, first int64) error {
 }
 
 var zeros = make([]byte, MaxSegmentSize)
+
+// runBufs holds the buffers of writeRun.
+var runBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 // WriteAt implements io.WriterAt over the plaintext. Writing past the end
 // fills the gap with zeros.
