@@ -2,6 +2,7 @@ package seal
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -304,22 +305,34 @@ func (f *File) writeRun(p []byte, first int64) error {
 	for j := int64(0); j < k; j++ {
 		copy(recs[j*rec:j*rec+nonceLen], nonces[j*nonceLen:])
 	}
+	// Each worker seals a contiguous share of the run and writes it at
+	// once, so sealing and writing overlap across workers (WriterAt
+	// allows parallel writes to ranges that do not overlap).
 	var wg sync.WaitGroup
-	workers := min(int(k), goruntime.GOMAXPROCS(0))
-	for w := 0; w < workers; w++ {
+	workers := int64(min(int(k), goruntime.GOMAXPROCS(0)))
+	share := (k + workers - 1) / workers
+	errs := make([]error, workers)
+	for w := int64(0); w < workers; w++ {
+		lo, hi := w*share, min(k, (w+1)*share)
+		if lo >= hi {
+			continue
+		}
 		wg.Add(1)
-		go func(w int) {
+		go func() {
 			defer wg.Done()
 			var aad [FileIDLen + 8]byte
-			for j := int64(w); j < k; j += int64(workers) {
+			for j := lo; j < hi; j++ {
 				r := recs[j*rec : (j+1)*rec]
 				f.k.seg.Seal(r[nonceLen:nonceLen], r[:nonceLen], p[j*f.lay.segSize:(j+1)*f.lay.segSize], segAAD(aad[:0], &f.h.FileID, uint64(first+j)))
 			}
-		}(w)
+			if _, err := f.st.WriteAt(recs[lo*rec:hi*rec], f.lay.recordOff(first+lo)); err != nil {
+				errs[w] = fmt.Errorf("writing segments %d-%d: %w", first+lo, first+hi-1, err)
+			}
+		}()
 	}
 	wg.Wait()
-	if _, err := f.st.WriteAt(recs, f.lay.recordOff(first)); err != nil {
-		return fmt.Errorf("writing segments %d-%d: %w", first, first+k-1, err)
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	if need := (first + k) * tableEntryLen; int64(len(f.table)) < need {
 		f.table = append(f.table, make([]byte, need-int64(len(f.table)))...)

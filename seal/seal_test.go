@@ -8,6 +8,7 @@ import (
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -194,12 +195,18 @@ func TestKeyFileText(t *testing.T) {
 	}
 }
 
-// memStorage is an in-memory Storage.
-type memFile struct{ b []byte }
+// memStorage is an in-memory Storage; like a file, it takes parallel
+// writes.
+type memFile struct {
+	mu sync.Mutex
+	b  []byte
+}
 
 func memStorage(b []byte) *memFile { return &memFile{b: append([]byte(nil), b...)} }
 
 func (m *memFile) ReadAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if off >= int64(len(m.b)) {
 		return 0, io.EOF
 	}
@@ -211,6 +218,8 @@ func (m *memFile) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (m *memFile) WriteAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if need := off + int64(len(p)); need > int64(len(m.b)) {
 		m.b = append(m.b, make([]byte, need-int64(len(m.b)))...)
 	}
@@ -218,6 +227,8 @@ func (m *memFile) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func (m *memFile) Truncate(n int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if n < int64(len(m.b)) {
 		m.b = m.b[:n]
 	} else {
@@ -228,7 +239,11 @@ func (m *memFile) Truncate(n int64) error {
 
 func (m *memFile) Sync() error { return nil }
 
-func (m *memFile) Stat() (os.FileInfo, error) { return memInfo(len(m.b)), nil }
+func (m *memFile) Stat() (os.FileInfo, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return memInfo(len(m.b)), nil
+}
 
 type memInfo int64
 
