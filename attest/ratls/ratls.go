@@ -105,20 +105,9 @@ func NewCertificate(ctx context.Context, issuer attest.Issuer, o Options) (*tls.
 	if err != nil {
 		return nil, err
 	}
-	claims, err := encodeClaims(spki, o.Nonce)
+	ext, err := taggedEvidenceFor(ctx, issuer, spki, o.Nonce)
 	if err != nil {
-		return nil, err
-	}
-	var rd attest.ReportData
-	h := sha256.Sum256(claims)
-	copy(rd[:32], h[:])
-	ev, err := issuer.Issue(ctx, rd)
-	if err != nil {
-		return nil, fmt.Errorf("issuing evidence for RA-TLS certificate: %w", err)
-	}
-	ext, err := encMode.Marshal(cbor.Tag{Number: TagEvidence, Content: taggedEvidence{Evidence: ev.Quote, Claims: claims}})
-	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("making RA-TLS certificate: %w", err)
 	}
 	now := time.Now
 	if o.Now != nil {
@@ -362,6 +351,13 @@ func BindKey(ctx context.Context, issuer attest.Issuer, spki, nonce []byte) ([]b
 	if len(nonce) != nonceSize {
 		return nil, fmt.Errorf("binding a key: nonce has %d bytes, want %d", len(nonce), nonceSize)
 	}
+	return taggedEvidenceFor(ctx, issuer, spki, nonce)
+}
+
+// taggedEvidenceFor issues evidence whose report data is the hash of the
+// claims {pubkey-hash of spki, nonce}, and encodes [evidence, claims] as
+// tagged evidence: the certificate extension, or BindKey's answer.
+func taggedEvidenceFor(ctx context.Context, issuer attest.Issuer, spki, nonce []byte) ([]byte, error) {
 	claims, err := encodeClaims(spki, nonce)
 	if err != nil {
 		return nil, err
@@ -371,7 +367,7 @@ func BindKey(ctx context.Context, issuer attest.Issuer, spki, nonce []byte) ([]b
 	copy(rd[:32], h[:])
 	ev, err := issuer.Issue(ctx, rd)
 	if err != nil {
-		return nil, fmt.Errorf("issuing evidence for the key: %w", err)
+		return nil, fmt.Errorf("issuing evidence: %w", err)
 	}
 	return encMode.Marshal(cbor.Tag{Number: TagEvidence, Content: taggedEvidence{Evidence: ev.Quote, Claims: claims}})
 }
