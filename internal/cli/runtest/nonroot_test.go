@@ -3,9 +3,7 @@ package runtest
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -46,35 +44,9 @@ func TestRunWithoutRoot(t *testing.T) {
 	}
 	app, data, key := filepath.Join(base, "work", "app"), filepath.Join(base, "data"), filepath.Join(base, "work", "key")
 
-	as := func(args ...string) res {
-		t.Helper()
-		cmd := exec.Command(bin, args...)
-		cmd.Dir = base
-		cmd.Env = []string{"PATH=/usr/bin:/bin:/usr/sbin:/sbin", "HOME=" + base + "/home", "VEIL_HOME=" + base + "/home"}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody, Groups: []uint32{}}}
-		var o, e bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &o, &e
-		err := cmd.Run()
-		r := res{o.String(), e.String(), 0}
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			r.code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		if strings.Contains(r.err, "goroutine ") || strings.Contains(r.err, "panic:") {
-			t.Fatalf("veil %v panicked:\n%s", args, r.err)
-		}
-		return r
-	}
-	must := func(args ...string) string {
-		t.Helper()
-		r := as(args...)
-		if r.code != 0 {
-			t.Fatalf("veil %s as uid %d: exit %d\n%s", strings.Join(args, " "), nobody, r.code, r.err)
-		}
-		return r.out
-	}
+	w := &world{t: t, bin: bin, dir: base, cred: &syscall.Credential{Uid: nobody, Gid: nobody, Groups: []uint32{}},
+		env: []string{"PATH=/usr/bin:/bin:/usr/sbin:/sbin", "HOME=" + base + "/home", "VEIL_HOME=" + base + "/home"}}
+	as, must := w.run, w.must
 
 	must("sim", "init")
 	must("gen-key", key)
@@ -108,7 +80,7 @@ func TestRunWithoutRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	if perm := fi.Mode().Perm(); perm&0o006 != 0o006 {
-		r := as("run", "-C", app, "/usr/bin/sh", "-c", script)
+		r := as("", "run", "-C", app, "/usr/bin/sh", "-c", script)
 		if r.code != 1 || !strings.Contains(r.err, "/dev/fuse (mode") || !strings.Contains(r.err, "not readable and writable by uid 65534") {
 			t.Fatalf("run with /dev/fuse closed: exit %d, want 1 and an error naming /dev/fuse\n%s", r.code, r.err)
 		}
@@ -123,7 +95,7 @@ func TestRunWithoutRoot(t *testing.T) {
 		t.Log("/dev/fuse is already open to every user: the refusal is not checked")
 	}
 
-	r := as("run", "-C", app, "/usr/bin/sh", "-c", script)
+	r := as("", "run", "-C", app, "/usr/bin/sh", "-c", script)
 	if r.code != 5 {
 		t.Fatalf("run as uid %d: exit %d, want the program's 5\n%s%s", nobody, r.code, r.out, r.err)
 	}

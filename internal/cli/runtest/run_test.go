@@ -37,6 +37,10 @@ type world struct {
 	t   *testing.T
 	env []string
 	kms *exec.Cmd
+	// bin, dir and cred, when set, run another copy of veil, in another
+	// directory, as another user.
+	bin, dir string
+	cred     *syscall.Credential
 }
 
 func newWorld(t *testing.T) *world {
@@ -51,8 +55,16 @@ type res struct {
 
 func (w *world) run(stdin string, args ...string) res {
 	w.t.Helper()
-	cmd := exec.Command(veil, args...)
+	bin := veil
+	if w.bin != "" {
+		bin = w.bin
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Env = w.env
+	cmd.Dir = w.dir
+	if w.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: w.cred}
+	}
 	cmd.Stdin = strings.NewReader(stdin)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e

@@ -66,11 +66,7 @@ func (w *world) interrupted(args ...string) (int, string) {
 // the program chose.
 func TestCtrlCReachesTheProgram(t *testing.T) {
 	need(t)
-	w := newWorld(t)
-	w.startKMS()
-	keyID := w.owner("bob")
-	app := w.app(keyID, t.TempDir(), job)
-	w.must("kms", "policy", "create", "--from-instance", app, "--key", "bob-cmk", "--allow-sim")
+	w, app := bobsApp(t)
 	script := `trap 'echo got-int; exit 9' INT; echo ready; while :; do sleep 0.1; done`
 
 	code, out := w.interrupted("run", "-C", app, "/usr/bin/sh", "-c", script)
@@ -99,11 +95,7 @@ func TestCtrlCReachesTheProgram(t *testing.T) {
 // programs end, mounts go.
 func TestSupervisorStopsOnSIGTERM(t *testing.T) {
 	need(t)
-	w := newWorld(t)
-	w.startKMS()
-	keyID := w.owner("bob")
-	app := w.app(keyID, t.TempDir(), job)
-	w.must("kms", "policy", "create", "--from-instance", app, "--key", "bob-cmk", "--allow-sim")
+	w, app := bobsApp(t)
 	w.must("start", "-C", app)
 	t.Cleanup(func() { w.run("", "stop", "-C", app) })
 	var st struct {
@@ -127,4 +119,16 @@ func TestSupervisorStopsOnSIGTERM(t *testing.T) {
 		t.Fatalf("status after SIGTERM:\n%s", out)
 	}
 	assertClean(t, app)
+}
+
+// bobsApp starts a key service, enrolls bob with a key, and makes an
+// instance (job.sh, a sealed /data under bob's key) that may have it.
+func bobsApp(t *testing.T) (*world, string) {
+	t.Helper()
+	w := newWorld(t)
+	w.startKMS()
+	keyID := w.owner("bob")
+	app := w.app(keyID, t.TempDir(), job)
+	w.must("kms", "policy", "create", "--from-instance", app, "--key", "bob-cmk", "--allow-sim")
+	return w, app
 }
