@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -17,7 +18,15 @@ import (
 // Sealed mount vs the plain disk vs gocryptfs, on the same file system, in
 // the same run: sequential 1 MiB I/O on a benchFile-byte file, and random
 // 4 KiB I/O on it. Run with: go test ./fusefs -run '^$' -bench Mount
-const benchFile = 256 << 20
+// (VEIL_BENCH_FILE_MIB sets the file size; default 256 MiB).
+var benchFile = benchFileSize()
+
+func benchFileSize() int64 {
+	if n, err := strconv.Atoi(os.Getenv("VEIL_BENCH_FILE_MIB")); err == nil && n > 0 {
+		return int64(n) << 20
+	}
+	return 256 << 20
+}
 
 type target struct {
 	name string
@@ -92,12 +101,12 @@ func BenchmarkMount(b *testing.B) {
 		b.Run("SeqWrite/"+tg.name, func(b *testing.B) {
 			b.SetBytes(benchFile)
 			for b.Loop() {
-				writeSeq(b, path, benchFile)
+				writeSeq(b, path, int(benchFile))
 			}
 		})
 		b.Run("SeqRead/"+tg.name, func(b *testing.B) {
 			if _, err := os.Stat(path); err != nil {
-				writeSeq(b, path, benchFile)
+				writeSeq(b, path, int(benchFile))
 			}
 			b.SetBytes(benchFile)
 			buf := make([]byte, 1<<20)
@@ -115,7 +124,7 @@ func BenchmarkMount(b *testing.B) {
 		for _, op := range []string{"RandRead4K", "RandWrite4K"} {
 			b.Run(fmt.Sprintf("%s/%s", op, tg.name), func(b *testing.B) {
 				if _, err := os.Stat(path); err != nil {
-					writeSeq(b, path, benchFile)
+					writeSeq(b, path, int(benchFile))
 				}
 				f, err := os.OpenFile(path, os.O_RDWR, 0)
 				if err != nil {
