@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/veil-tee/veil/attest"
+	"github.com/veil-tee/veil/attest/sim"
 	"github.com/veil-tee/veil/image"
 	"github.com/veil-tee/veil/runtime"
 	"github.com/veil-tee/veil/runtime/sandbox"
@@ -45,13 +46,14 @@ func init() {
 
 // runtimeOptions are the flags shared by run and start.
 type runtimeOptions struct {
-	dir, imageKey, logFile string
+	dir, imageKey, logFile, kmsCollateral string
 }
 
 func (r *runtimeOptions) add(c *cobra.Command) {
 	addDirFlag(c, &r.dir)
 	c.Flags().StringVar(&r.imageKey, "image-key", "", "key of an encrypted image: kms:SECRETID@KMSNAME (released by the key service after attestation) or a key file")
 	c.Flags().StringVar(&r.logFile, "log", "", "write runtime events (integrity failures, mounts) to this file as JSON; default: standard error")
+	c.Flags().StringVar(&r.kmsCollateral, "kms-collateral", "", "Intel PCS collateral directory, for key services in SGX or TDX whose veil.json entry has an attest policy")
 }
 
 func (r *runtimeOptions) options(env *Env) (runtime.Options, func(), error) {
@@ -72,6 +74,21 @@ func (r *runtimeOptions) options(env *Env) (runtime.Options, func(), error) {
 		w, done = f, func() { f.Close() }
 	}
 	o.Logger = slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if r.kmsCollateral != "" {
+		// The local sim platform stays trusted too, as without the flag.
+		simCA := ""
+		if d, err := sim.DefaultDir(); err == nil {
+			if _, err := os.Stat(filepath.Join(d, "ca.pem")); err == nil {
+				simCA = filepath.Join(d, "ca.pem")
+			}
+		}
+		v, err := evidenceVerifier(false, simCA, r.kmsCollateral)
+		if err != nil {
+			done()
+			return o, func() {}, fmt.Errorf("--kms-collateral: %w", err)
+		}
+		o.KMSVerifier = v
+	}
 	switch {
 	case strings.HasPrefix(r.imageKey, "kms:"):
 		o.ImageKeyRef = r.imageKey

@@ -45,34 +45,45 @@ type WorkloadAuthOptions struct {
 // attestWorkloadAuth builds the key service's workload verifier and policy
 // evaluator over the attestation packages.
 func attestWorkloadAuth(o WorkloadAuthOptions) (kms.WorkloadVerifier, kms.PolicyEvaluator, error) {
+	v, err := evidenceVerifier(o.Dev, o.SimCA, o.Collateral)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &ratlsWorkloads{peer: &ratls.Peer{Verifier: v, DeferPolicy: true}}, attestPolicies{}, nil
+}
+
+// evidenceVerifier verifies sim evidence of the local platform (localSim:
+// created if need be) and of the platform whose CA is in the file simCA,
+// SGX and TDX evidence with the Intel PCS collateral in the directory
+// collateral, and SEV-SNP evidence with its defaults.
+func evidenceVerifier(localSim bool, simCA, collateral string) (attest.Verifier, error) {
 	var vo verifier.Options
-	if o.Dev {
+	if localSim {
 		dir, err := sim.DefaultDir()
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		p, _, err := sim.Init(dir)
 		if err != nil {
-			return nil, nil, fmt.Errorf("initialising the sim platform: %w", err)
+			return nil, fmt.Errorf("initialising the sim platform: %w", err)
 		}
 		vo.SimRoots = append(vo.SimRoots, p.CA)
 	}
-	if o.SimCA != "" {
-		ca, err := sim.LoadCAFile(o.SimCA)
+	if simCA != "" {
+		ca, err := sim.LoadCAFile(simCA)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		vo.SimRoots = append(vo.SimRoots, ca)
 	}
-	if o.Collateral != "" {
-		col, err := pcs.LoadDir(o.Collateral)
+	if collateral != "" {
+		col, err := pcs.LoadDir(collateral)
 		if err != nil {
-			return nil, nil, fmt.Errorf("loading collateral: %w", err)
+			return nil, fmt.Errorf("loading collateral: %w", err)
 		}
 		vo.Collateral = col
 	}
-	v := verifier.New(vo)
-	return &ratlsWorkloads{peer: &ratls.Peer{Verifier: v, DeferPolicy: true}}, attestPolicies{}, nil
+	return verifier.New(vo), nil
 }
 
 // ratlsWorkloads verifies a workload's RA-TLS certificate and its evidence;

@@ -49,6 +49,12 @@ func TestKMSAttestedBothWays(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.out, "done") {
 		t.Fatalf("run with an attested key service: exit %d\n%s%s", r.code, r.out, r.err)
 	}
+	// With Intel collateral for SGX and TDX services, the local sim
+	// platform stays trusted.
+	col, _ := filepath.Abs("../../../attest/testdata/sgx")
+	if r := w.run("", "run", "-C", app, "--kms-collateral", col, "/usr/bin/sh", "/app/job.sh"); r.code != 0 {
+		t.Fatalf("run with --kms-collateral: exit %d\n%s", r.code, r.err)
+	}
 
 	w.must("start", "-C", app)
 	t.Cleanup(func() { w.run("", "stop", "-C", app) }) // if the test fails while it runs
