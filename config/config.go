@@ -151,6 +151,10 @@ type BOM struct {
 	// ResolveELF copies the shared libraries of every copied ELF file;
 	// default true.
 	ResolveELF *bool `json:"resolve_elf,omitempty"`
+	// PythonBytecode compiles every .py file of the image with the image's
+	// own Python into hash-based .pyc files (PEP 552), so programs do not
+	// compile their modules at every start.
+	PythonBytecode bool `json:"python_bytecode,omitempty"`
 }
 
 // Copy copies a host file or directory (recursively) into the image.

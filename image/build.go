@@ -108,6 +108,12 @@ func Build(ctx context.Context, dir string, opts Options) (*LoadedBuild, *Stats,
 	if entries, err = addRuntimeDirs(entries, cfg); err != nil {
 		return nil, nil, fmt.Errorf("planning the image: %w", err)
 	}
+	if cfg.BOM.PythonBytecode {
+		// Kept beside veil.json (like the build cache), out of build/.
+		if entries, _, err = addBytecode(ctx, entries, filepath.Join(dir, bytecodeDir)); err != nil {
+			return nil, nil, err
+		}
+	}
 	st := &Stats{PlanTime: time.Since(start)}
 	for _, e := range entries {
 		if e.Kind == bom.File {

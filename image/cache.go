@@ -13,6 +13,10 @@ import (
 // cacheFile is the rebuild cache's name in the instance directory.
 const cacheFile = ".veil-build-cache.json"
 
+// bytecodeDir holds the .pyc files bom.python_bytecode compiles, between
+// builds (beside veil.json, like the cache).
+const bytecodeDir = ".veil-bytecode"
+
 // buildCache remembers the SHA-256 of every input file by (path, size,
 // mtime, inode) and the content digest of the last build, so a rebuild of
 // unchanged inputs reads no input file. It is a speed-up only: a missing or
