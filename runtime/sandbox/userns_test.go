@@ -35,6 +35,9 @@ func usernsChild(t *testing.T, test string, maxUserNS int, env ...string) (strin
 		GidMappingsEnableSetgroups: true,
 	}
 	out, err := cmd.CombinedOutput()
+	if err == nil && strings.Contains(string(out), "--- SKIP: "+test) {
+		t.Skipf("in the child: %s", out)
+	}
 	return string(out), err
 }
 
@@ -44,7 +47,7 @@ func becomeNobody(t *testing.T) {
 	t.Helper()
 	if v := os.Getenv(usernsChildEnv); v != "-1" {
 		if err := os.WriteFile("/proc/sys/user/max_user_namespaces", []byte(v), 0); err != nil {
-			t.Fatalf("limiting user namespaces: %v", err)
+			t.Skipf("this kernel does not let a user namespace limit its own: %v", err)
 		}
 	}
 	if err := syscall.Setgroups(nil); err != nil {
