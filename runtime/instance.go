@@ -316,7 +316,9 @@ func (in *Instance) attestKMS(ctx context.Context, o Options, k config.KMS, cl *
 	peer := &ratls.Peer{Verifier: v, Policy: k.Attest}
 	claims, err := peer.VerifyKeyBinding(ctx, a.Evidence, spki, nonce)
 	if err != nil {
-		return fmt.Errorf("%w: kms %s: %v", ErrKMSNotTrusted, k.Name, err)
+		// Both wrapped: callers match ErrKMSNotTrusted, tests the reason
+		// (attest.ErrDenied, attest.ErrBinding, ratls.ErrStale).
+		return fmt.Errorf("%w: kms %s: %w", ErrKMSNotTrusted, k.Name, err)
 	}
 	// From now on only the attested key may answer for this service.
 	cl.RequireServerKey(spki)
