@@ -193,11 +193,14 @@ func TestKMSAttestation(t *testing.T) {
 	svc, imp := newAttestedKMS(t, svcKey), newAttestedKMS(t, impKey)
 
 	policy := &attest.Policy{AllowSim: true, Measurements: []attest.Hex{want.Measurement[:]}}
+	var notes []string
 	open := func(k *attestedKMS, pol *attest.Policy) (*Instance, bool, error) {
 		dir := kmsInstance(t, k.srv.Listener.Addr().String(), pin[:], pol)
 		mounted := false
+		notes = nil
 		in, err := Open(context.Background(), Options{
 			Dir: dir, SimDir: simDir, KMSRetries: 1, KMSTimeout: 5 * time.Second,
+			Info: func(s string) { notes = append(notes, s) },
 			MountRoot: func(string, *image.Reader, *slog.Logger) (Unmounter, error) {
 				mounted = true
 				return nopUnmount{}, nil
@@ -222,6 +225,9 @@ func TestKMSAttestation(t *testing.T) {
 		wantNote := fmt.Sprintf("main (sim, measurement %x)", want.Measurement)
 		if len(in.KMSAttested) != 1 || in.KMSAttested[0] != wantNote {
 			t.Fatalf("KMSAttested %q, want [%q]", in.KMSAttested, wantNote)
+		}
+		if len(notes) != 1 || notes[0] != "kms attested: "+wantNote {
+			t.Fatalf("the user is told %q, want the attested service", notes)
 		}
 	})
 
@@ -289,8 +295,8 @@ func TestKMSAttestation(t *testing.T) {
 		if err != nil {
 			t.Fatalf("pinned service without a policy: %v", err)
 		}
-		if svc.challenges.Load() != before || len(in.KMSAttested) != 0 {
-			t.Fatalf("challenged %d times, KMSAttested %q", svc.challenges.Load()-before, in.KMSAttested)
+		if svc.challenges.Load() != before || len(in.KMSAttested) != 0 || len(notes) != 0 {
+			t.Fatalf("challenged %d times, KMSAttested %q, notes %q", svc.challenges.Load()-before, in.KMSAttested, notes)
 		}
 	})
 }
