@@ -4,12 +4,15 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"path"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/veil-tee/veil/attest"
 )
 
 // The patterns are compiled on first use: keyIDRE alone costs a
@@ -81,6 +84,10 @@ func (c *Config) Validate() error {
 		}
 		if k.Attest != nil {
 			if err := k.Attest.Check(); err != nil {
+				var pe *attest.PolicyError
+				if errors.As(err, &pe) {
+					return fieldErr(f+".attest."+pe.Field, "%v (the key service's attestation policy)", pe.Err)
+				}
 				return fieldErr(f+".attest", "%v", err)
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/config"
 )
 
@@ -99,10 +100,16 @@ func TestMeasuredFields(t *testing.T) {
 		},
 		"kms.pin_sha256": func(c *config.Config) { c.KMS[0].PinSHA256 = pin2 },
 		"kms.ca_cert":    func(c *config.Config) { c.KMS[0].CACert = ca },
-		"secrets.name":   func(c *config.Config) { c.Secrets[0].Name = "db2" },
-		"secrets.from":   func(c *config.Config) { c.Secrets[0].From = "kms:other@main" },
-		"secrets.env":    func(c *config.Config) { c.Secrets[0].Env = "PW" },
-		"secrets.file":   func(c *config.Config) { c.Secrets[0].Env = ""; c.Secrets[0].File = "/run/secrets/db" },
+		// Which TEE the key service must prove is part of the workload's
+		// identity; the zero policy (any hardware TEE) is not "no policy".
+		"kms.attest": func(c *config.Config) {
+			c.KMS[0].Attest = &attest.Policy{AllowSim: true, Measurements: []attest.Hex{make([]byte, 32)}}
+		},
+		"kms.attest empty": func(c *config.Config) { c.KMS[0].Attest = &attest.Policy{} },
+		"secrets.name":     func(c *config.Config) { c.Secrets[0].Name = "db2" },
+		"secrets.from":     func(c *config.Config) { c.Secrets[0].From = "kms:other@main" },
+		"secrets.env":      func(c *config.Config) { c.Secrets[0].Env = "PW" },
+		"secrets.file":     func(c *config.Config) { c.Secrets[0].Env = ""; c.Secrets[0].File = "/run/secrets/db" },
 	}
 	for name, mut := range measured {
 		c := mustParse(t, baseConfig)

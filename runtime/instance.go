@@ -87,6 +87,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Warn receives messages for the user (the sim backend, unapplied limits).
 	Warn func(string)
+	// Info, when set, receives notes for the user (a key service attested).
+	Info func(string)
 	// KMSRetries and KMSTimeout bound the key service calls at start.
 	KMSRetries int
 	KMSTimeout time.Duration
@@ -316,11 +318,17 @@ func (in *Instance) attestKMS(ctx context.Context, o Options, k config.KMS, cl *
 	peer := &ratls.Peer{Verifier: v, Policy: k.Attest}
 	claims, err := peer.VerifyKeyBinding(ctx, a.Evidence, spki, nonce)
 	if err != nil {
-		return fmt.Errorf("%w: kms %s: %v", ErrKMSNotTrusted, k.Name, err)
+		// Both wrapped: callers match ErrKMSNotTrusted, tests the reason
+		// (attest.ErrDenied, attest.ErrBinding, ratls.ErrStale).
+		return fmt.Errorf("%w: kms %s: %w", ErrKMSNotTrusted, k.Name, err)
 	}
 	// From now on only the attested key may answer for this service.
 	cl.RequireServerKey(spki)
-	in.KMSAttested = append(in.KMSAttested, fmt.Sprintf("%s (%s, measurement %s)", k.Name, claims.TEE, claims.Measurement))
+	note := fmt.Sprintf("%s (%s, measurement %s)", k.Name, claims.TEE, claims.Measurement)
+	in.KMSAttested = append(in.KMSAttested, note)
+	if o.Info != nil {
+		o.Info("kms attested: " + note)
+	}
 	return nil
 }
 

@@ -382,12 +382,12 @@ func (p *Peer) VerifyKeyBinding(ctx context.Context, tagged, spki, nonce []byte)
 	}
 	x, err := ParseTaggedEvidence(tagged)
 	if err != nil {
-		return nil, fmt.Errorf("verifying the key's evidence: %w", err)
+		return nil, fmt.Errorf("verifying the key binding: %w", err)
 	}
 	if len(nonce) != nonceSize || !bytes.Equal(x.Nonce, nonce) {
-		return nil, fmt.Errorf("verifying the key's evidence: it answers another challenge (nonce): %w", ErrStale)
+		return nil, fmt.Errorf("verifying the key binding: it answers another challenge (nonce): %w", ErrStale)
 	}
-	claims, err := p.verifyBinding(ctx, x, spki, "the key's")
+	claims, err := p.verifyBinding(ctx, x, spki, "the key binding")
 	if err != nil {
 		return nil, err
 	}

@@ -63,6 +63,7 @@ func (r *runtimeOptions) options(env *Env) (runtime.Options, func(), error) {
 		MountSealed:      mountSealed,
 		MountAttestation: mountAttestation,
 		Warn:             func(s string) { fmt.Fprintf(env.Stderr, "veil: warning: %s\n", s) },
+		Info:             func(s string) { fmt.Fprintf(env.Stderr, "veil: %s\n", s) },
 	}
 	done := func() {}
 	var w io.Writer = env.Stderr

@@ -49,6 +49,9 @@ func TestKMSAttestedBothWays(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.out, "done") {
 		t.Fatalf("run with an attested key service: exit %d\n%s%s", r.code, r.out, r.err)
 	}
+	if !strings.Contains(r.err, "veil: kms attested: owner (sim, measurement "+m+")") {
+		t.Fatalf("veil run does not say the key service was attested:\n%s", r.err)
+	}
 	// With Intel collateral for SGX and TDX services, the local sim
 	// platform stays trusted.
 	col, _ := filepath.Abs("../../../attest/testdata/sgx")
