@@ -10,7 +10,9 @@ import (
 	"sync"
 )
 
-// Storage is what a File keeps its sealed bytes in; *os.File is one.
+// Storage is what a File keeps its sealed bytes in; *os.File is one. A File
+// may call ReadAt and WriteAt from several goroutines at once, on ranges
+// that do not overlap.
 type Storage interface {
 	io.ReaderAt
 	io.WriterAt
@@ -25,6 +27,12 @@ type Storage interface {
 // fresh nonces. Changes become durable and verifiable at Sync or Close,
 // which write a new segment table and commit trailer. File is safe for
 // concurrent use.
+//
+// A segment changed in part is sealed and written behind: when the write
+// moves on to another segment, a goroutine seals and stores the changed one
+// while the caller goes on (one segment at a time). An error of that
+// background write is returned by the next call and by every call after
+// it, Close included: what was written can no longer be committed whole.
 type File struct {
 	mu   sync.Mutex
 	st   Storage
@@ -44,6 +52,65 @@ type File struct {
 	cBuf   []byte
 	cDirty bool
 	closed bool
+
+	wb    *sealJob // the segment being sealed and written behind, or nil
+	spare []byte   // a free segment buffer for the cache
+	rbuf  []byte   // the record buffer of load
+
+	spareRec []byte // a free record buffer for the write-behind
+	err      error  // a failed write-behind: every later call fails
+}
+
+// sealJob seals one segment's plaintext and writes its record, in its own
+// goroutine; the File applies its table entry when it waits for it.
+type sealJob struct {
+	idx  int64
+	buf  []byte // plaintext, owned by the job until done
+	rec  []byte // the record (nonce drawn by the File)
+	err  error
+	done chan struct{}
+}
+
+func (j *sealJob) run(f *File) {
+	defer close(j.done)
+	var aad [FileIDLen + 8]byte
+	j.rec = f.k.seg.Seal(j.rec[:nonceLen], j.rec[:nonceLen], j.buf, segAAD(aad[:0], &f.h.FileID, uint64(j.idx)))
+	if _, err := f.st.WriteAt(j.rec, f.lay.recordOff(j.idx)); err != nil {
+		j.err = fmt.Errorf("writing segment %d: %w", j.idx, err)
+	}
+}
+
+// waitSeal waits for the write-behind, if any, and records its segment in
+// the table. It returns the job's plaintext buffer (nil without a job),
+// which the caller owns.
+func (f *File) waitSeal() ([]byte, error) {
+	j := f.wb
+	if j == nil {
+		return nil, f.err
+	}
+	<-j.done
+	f.wb = nil
+	if j.err != nil {
+		f.err = j.err
+		return nil, f.err
+	}
+	if need := (j.idx + 1) * tableEntryLen; int64(len(f.table)) < need {
+		f.table = append(f.table, make([]byte, need-int64(len(f.table)))...)
+	}
+	e := f.table[j.idx*tableEntryLen:]
+	copy(e, j.rec[:nonceLen])
+	copy(e[nonceLen:], j.rec[len(j.rec)-tagLen:])
+	f.spareRec = j.rec
+	return j.buf, f.err
+}
+
+// settle waits for the write-behind and keeps its buffer as the spare.
+func (f *File) settle() error {
+	buf, err := f.waitSeal()
+	if buf != nil {
+		f.spare = buf[:0]
+	}
+	return err
 }
 
 // Create seals an empty file into st (which should be empty) and returns it
@@ -146,6 +213,9 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if f.closed {
 		return 0, ErrClosed
 	}
+	if f.err != nil {
+		return 0, f.err
+	}
 	if off < 0 {
 		return 0, fmt.Errorf("seal: negative offset %d", off)
 	}
@@ -165,7 +235,7 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 				continue
 			}
 		}
-		seg, err := f.load(i)
+		seg, err := f.load(i, false)
 		if err != nil {
 			return n, err
 		}
@@ -182,6 +252,9 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 // the segment size), bypassing the cache.
 func (f *File) readRun(p []byte, first int64) error {
 	if err := f.flushCache(); err != nil {
+		return err
+	}
+	if err := f.settle(); err != nil {
 		return err
 	}
 	k := int64(len(p)) / f.lay.segSize
@@ -223,8 +296,10 @@ func (f *File) readRun(p []byte, first int64) error {
 	return nil
 }
 
-// load puts segment i's plaintext into the cache and returns it.
-func (f *File) load(i int64) ([]byte, error) {
+// load puts segment i's plaintext into the cache and returns it. With
+// overwrite, the caller replaces all of it: the old content is not read,
+// and the cache holds an empty segment.
+func (f *File) load(i int64, overwrite bool) ([]byte, error) {
 	if f.cIdx == i {
 		return f.cBuf, nil
 	}
@@ -232,12 +307,26 @@ func (f *File) load(i int64) ([]byte, error) {
 		return nil, err
 	}
 	f.cIdx, f.cBuf = -1, f.cBuf[:0]
-	if i >= f.lay.segments(f.size) {
-		f.cIdx = i // a new segment past the end
+	if f.wb != nil && f.wb.idx == i {
+		// The segment is being written behind: its plaintext is current.
+		buf, err := f.waitSeal()
+		if err != nil {
+			return nil, err
+		}
+		f.spare = f.cBuf
+		f.cIdx, f.cBuf = i, buf
+		return buf, nil
+	}
+	if overwrite || i >= f.lay.segments(f.size) {
+		f.cIdx = i // a new segment past the end, or one replaced whole
 		return f.cBuf, nil
 	}
 	off := f.lay.recordOff(i)
-	rec := make([]byte, f.lay.segLen(i, f.size)+recordOverhead)
+	n := f.lay.segLen(i, f.size) + recordOverhead
+	if int64(cap(f.rbuf)) < n {
+		f.rbuf = make([]byte, f.lay.segSize+recordOverhead)
+	}
+	rec := f.rbuf[:n]
 	if _, err := f.st.ReadAt(rec, off); err != nil {
 		return nil, fmt.Errorf("reading segment %d: %w", i, err)
 	}
@@ -254,27 +343,32 @@ func (f *File) load(i int64) ([]byte, error) {
 	return out, nil
 }
 
-// flushCache seals the cached segment if it changed.
+// flushCache hands the cached segment, if it changed, to a write-behind
+// (after the previous one is done) and empties the cache.
 func (f *File) flushCache() error {
 	if !f.cDirty {
 		return nil
 	}
-	i := f.cIdx
-	rec := make([]byte, nonceLen, len(f.cBuf)+recordOverhead)
+	if err := f.settle(); err != nil {
+		return err
+	}
+	rec := f.spareRec
+	if int64(cap(rec)) < f.lay.segSize+recordOverhead {
+		rec = make([]byte, f.lay.segSize+recordOverhead)
+	}
+	rec = rec[:nonceLen]
 	if _, err := io.ReadFull(f.rand, rec); err != nil {
 		return fmt.Errorf("generating nonce: %w", err)
 	}
-	var aad [FileIDLen + 8]byte
-	rec = f.k.seg.Seal(rec, rec[:nonceLen], f.cBuf, segAAD(aad[:0], &f.h.FileID, uint64(i)))
-	if _, err := f.st.WriteAt(rec, f.lay.recordOff(i)); err != nil {
-		return fmt.Errorf("writing segment %d: %w", i, err)
+	j := &sealJob{idx: f.cIdx, buf: f.cBuf, rec: rec, done: make(chan struct{})}
+	go j.run(f)
+	f.wb = j
+	buf := f.spare
+	if cap(buf) < int(f.lay.segSize) {
+		buf = make([]byte, 0, f.lay.segSize)
 	}
-	entry := append(rec[:nonceLen:nonceLen], rec[len(rec)-tagLen:]...)
-	if need := (i + 1) * tableEntryLen; int64(len(f.table)) < need {
-		f.table = append(f.table, make([]byte, need-int64(len(f.table)))...)
-	}
-	copy(f.table[i*tableEntryLen:], entry)
-	f.cDirty = false
+	f.spare = nil
+	f.cIdx, f.cBuf, f.cDirty = -1, buf[:0], false
 	f.dirty = true
 	return nil
 }
@@ -287,6 +381,9 @@ func (f *File) writeRun(p []byte, first int64) error {
 	if f.cIdx >= first && f.cIdx < first+k {
 		f.cIdx, f.cBuf, f.cDirty = -1, f.cBuf[:0], false // overwritten below
 	} else if err := f.flushCache(); err != nil {
+		return err
+	}
+	if err := f.settle(); err != nil {
 		return err
 	}
 	rec := f.lay.segSize + recordOverhead
@@ -366,6 +463,9 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	if off+int64(len(p)) > maxSegments*f.lay.segSize {
 		return 0, ErrTooLarge
 	}
+	if f.err != nil {
+		return 0, f.err
+	}
 	for f.size < off {
 		if _, err := f.write(zeros[:min(off-f.size, f.lay.segSize)], f.size); err != nil {
 			return 0, err
@@ -391,7 +491,8 @@ func (f *File) write(p []byte, off int64) (int, error) {
 				continue
 			}
 		}
-		seg, err := f.load(i)
+		// A write that covers the whole segment needs none of its old content.
+		seg, err := f.load(i, off%f.lay.segSize == 0 && int64(len(p)) >= f.lay.segSize)
 		if err != nil {
 			return n, err
 		}
@@ -420,6 +521,14 @@ func (f *File) Truncate(size int64) error {
 	if size < 0 {
 		return fmt.Errorf("seal: negative size %d", size)
 	}
+	// Seal what is pending first: a segment written behind after the
+	// table is cut would reappear in it.
+	if err := f.flushCache(); err != nil {
+		return err
+	}
+	if err := f.settle(); err != nil {
+		return err
+	}
 	if size > f.size {
 		for f.size < size {
 			if _, err := f.write(zeros[:min(size-f.size, f.lay.segSize)], f.size); err != nil {
@@ -434,7 +543,7 @@ func (f *File) Truncate(size int64) error {
 	n := f.lay.segments(size)
 	if size%f.lay.segSize != 0 {
 		last := n - 1
-		seg, err := f.load(last)
+		seg, err := f.load(last, false)
 		if err != nil {
 			return err
 		}
@@ -474,6 +583,9 @@ func (f *File) Commit() error {
 
 func (f *File) sync(durable bool) error {
 	if err := f.flushCache(); err != nil {
+		return err
+	}
+	if err := f.settle(); err != nil {
 		return err
 	}
 	if !f.dirty {
