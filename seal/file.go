@@ -2,7 +2,6 @@ package seal
 
 import (
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -61,23 +60,34 @@ type File struct {
 	err      error  // a failed write-behind: every later call fails
 }
 
-// sealJob seals one segment's plaintext and writes its record, in its own
-// goroutine; the File applies its table entry when it waits for it.
+// sealJob is a write-behind, run in its own goroutine: either one segment
+// to seal and write (buf set), or a run of n whole segments already sealed
+// into rec, to write. The File applies the table entries when it waits for
+// the job.
 type sealJob struct {
-	idx  int64
-	buf  []byte // plaintext, owned by the job until done
-	rec  []byte // the record (nonce drawn by the File)
+	idx  int64   // first segment
+	n    int64   // segments
+	buf  []byte  // one segment: plaintext, owned by the job until done
+	rec  []byte  // the record(s) (nonces drawn by the File)
+	bp   *[]byte // a run: the pooled buffer of rec
 	err  error
 	done chan struct{}
 }
 
 func (j *sealJob) run(f *File) {
 	defer close(j.done)
-	var aad [FileIDLen + 8]byte
-	j.rec = f.k.seg.Seal(j.rec[:nonceLen], j.rec[:nonceLen], j.buf, segAAD(aad[:0], &f.h.FileID, uint64(j.idx)))
-	if _, err := f.st.WriteAt(j.rec, f.lay.recordOff(j.idx)); err != nil {
-		j.err = fmt.Errorf("writing segment %d: %w", j.idx, err)
+	if j.buf != nil {
+		var aad [FileIDLen + 8]byte
+		j.rec = f.k.seg.Seal(j.rec[:nonceLen], j.rec[:nonceLen], j.buf, segAAD(aad[:0], &f.h.FileID, uint64(j.idx)))
 	}
+	if _, err := f.st.WriteAt(j.rec, f.lay.recordOff(j.idx)); err != nil {
+		j.err = fmt.Errorf("writing segments %d-%d: %w", j.idx, j.idx+j.n-1, err)
+	}
+}
+
+// covers reports whether the write-behind, if any, holds segment i.
+func (f *File) covers(i int64) bool {
+	return f.wb != nil && i >= f.wb.idx && i < f.wb.idx+f.wb.n
 }
 
 // waitSeal waits for the write-behind, if any, and records its segment in
@@ -90,17 +100,26 @@ func (f *File) waitSeal() ([]byte, error) {
 	}
 	<-j.done
 	f.wb = nil
+	if j.bp != nil {
+		defer runBufs.Put(j.bp)
+	}
 	if j.err != nil {
 		f.err = j.err
 		return nil, f.err
 	}
-	if need := (j.idx + 1) * tableEntryLen; int64(len(f.table)) < need {
+	if need := (j.idx + j.n) * tableEntryLen; int64(len(f.table)) < need {
 		f.table = append(f.table, make([]byte, need-int64(len(f.table)))...)
 	}
-	e := f.table[j.idx*tableEntryLen:]
-	copy(e, j.rec[:nonceLen])
-	copy(e[nonceLen:], j.rec[len(j.rec)-tagLen:])
-	f.spareRec = j.rec
+	rl := int64(len(j.rec)) / j.n // a run's records are all whole
+	for k := int64(0); k < j.n; k++ {
+		r := j.rec[k*rl : (k+1)*rl]
+		e := f.table[(j.idx+k)*tableEntryLen:]
+		copy(e, r[:nonceLen])
+		copy(e[nonceLen:], r[len(r)-tagLen:])
+	}
+	if j.bp == nil {
+		f.spareRec = j.rec
+	}
 	return j.buf, f.err
 }
 
@@ -307,7 +326,13 @@ func (f *File) load(i int64, overwrite bool) ([]byte, error) {
 		return nil, err
 	}
 	f.cIdx, f.cBuf = -1, f.cBuf[:0]
-	if f.wb != nil && f.wb.idx == i {
+	if f.covers(i) && f.wb.buf == nil {
+		// A run being written behind: wait for it.
+		if err := f.settle(); err != nil {
+			return nil, err
+		}
+	}
+	if f.covers(i) {
 		// The segment is being written behind: its plaintext is current.
 		buf, err := f.waitSeal()
 		if err != nil {
@@ -360,7 +385,7 @@ func (f *File) flushCache() error {
 	if _, err := io.ReadFull(f.rand, rec); err != nil {
 		return fmt.Errorf("generating nonce: %w", err)
 	}
-	j := &sealJob{idx: f.cIdx, buf: f.cBuf, rec: rec, done: make(chan struct{})}
+	j := &sealJob{idx: f.cIdx, n: 1, buf: f.cBuf, rec: rec, done: make(chan struct{})}
 	go j.run(f)
 	f.wb = j
 	buf := f.spare
@@ -374,8 +399,10 @@ func (f *File) flushCache() error {
 }
 
 // writeRun seals whole segments first, first+1, … from p (a multiple of the
-// segment size) in parallel and writes them with one call, bypassing the
-// cache: their old content is entirely replaced.
+// segment size) in parallel, bypassing the cache (their old content is
+// entirely replaced), and hands the records to a write-behind: the storage
+// write of one run overlaps with the caller's next steps, such as receiving
+// and sealing the next run.
 func (f *File) writeRun(p []byte, first int64) error {
 	k := int64(len(p)) / f.lay.segSize
 	if f.cIdx >= first && f.cIdx < first+k {
@@ -383,32 +410,30 @@ func (f *File) writeRun(p []byte, first int64) error {
 	} else if err := f.flushCache(); err != nil {
 		return err
 	}
-	if err := f.settle(); err != nil {
-		return err
+	if f.err != nil {
+		return f.err
 	}
 	rec := f.lay.segSize + recordOverhead
 	// The records go into a pooled buffer (fresh memory for every write
 	// costs page faults), and every nonce is drawn in one read.
 	bp := runBufs.Get().(*[]byte)
-	defer runBufs.Put(bp)
 	if need := k*rec + k*nonceLen; int64(cap(*bp)) < need {
 		*bp = make([]byte, need)
 	}
 	recs := (*bp)[:k*rec]
 	nonces := (*bp)[k*rec : k*rec+k*nonceLen]
 	if _, err := io.ReadFull(f.rand, nonces); err != nil {
+		runBufs.Put(bp)
 		return fmt.Errorf("generating nonces: %w", err)
 	}
 	for j := int64(0); j < k; j++ {
 		copy(recs[j*rec:j*rec+nonceLen], nonces[j*nonceLen:])
 	}
-	// Each worker seals a contiguous share of the run and writes it at
-	// once, so sealing and writing overlap across workers (WriterAt
-	// allows parallel writes to ranges that do not overlap).
+	// Each worker seals a contiguous share of the run, while the previous
+	// write-behind may still be writing (other records, other memory).
 	var wg sync.WaitGroup
 	workers := int64(min(int(k), goruntime.GOMAXPROCS(0)))
 	share := (k + workers - 1) / workers
-	errs := make([]error, workers)
 	for w := int64(0); w < workers; w++ {
 		lo, hi := w*share, min(k, (w+1)*share)
 		if lo >= hi {
@@ -422,24 +447,18 @@ func (f *File) writeRun(p []byte, first int64) error {
 				r := recs[j*rec : (j+1)*rec]
 				f.k.seg.Seal(r[nonceLen:nonceLen], r[:nonceLen], p[j*f.lay.segSize:(j+1)*f.lay.segSize], segAAD(aad[:0], &f.h.FileID, uint64(first+j)))
 			}
-			if _, err := f.st.WriteAt(recs[lo*rec:hi*rec], f.lay.recordOff(first+lo)); err != nil {
-				errs[w] = fmt.Errorf("writing segments %d-%d: %w", first+lo, first+hi-1, err)
-			}
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	// One write-behind at a time, applied in order: a segment of this run
+	// that the previous one also holds ends up with this run's record.
+	if err := f.settle(); err != nil {
+		runBufs.Put(bp)
 		return err
 	}
-	if need := (first + k) * tableEntryLen; int64(len(f.table)) < need {
-		f.table = append(f.table, make([]byte, need-int64(len(f.table)))...)
-	}
-	for j := int64(0); j < k; j++ {
-		r := recs[j*rec : (j+1)*rec]
-		e := f.table[(first+j)*tableEntryLen:]
-		copy(e, r[:nonceLen])
-		copy(e[nonceLen:], r[len(r)-tagLen:])
-	}
+	j := &sealJob{idx: first, n: k, rec: recs, bp: bp, done: make(chan struct{})}
+	go j.run(f)
+	f.wb = j
 	f.dirty = true
 	return nil
 }
