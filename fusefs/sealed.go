@@ -44,8 +44,9 @@ type SealedOptions struct {
 // whole segments. A write of an aligned 4 KiB page then replaces a whole
 // segment, whose old content is neither read nor opened; sequential I/O
 // seals runs of segments in parallel and is as fast as with larger ones.
-// The records and table take 1.4 % of the file, and each commit rewrites
-// the table (28 bytes per segment; docs/performance.md).
+// The records and table take 1.4 % of the file, each commit rewrites the
+// table (28 bytes per segment), and the host sees changes at 4 KiB
+// granularity (docs/performance.md).
 const DefaultSealedSegmentSize = 4 << 10
 
 // sealedFS is the state shared by every node of one mount.
