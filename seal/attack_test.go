@@ -184,12 +184,14 @@ func TestTornWriteDetected(t *testing.T) {
 	// process dies before Sync: the stored bytes are what a crash leaves.
 	f.WriteAt([]byte("torn"), 10)
 	f.ReadAt(make([]byte, 1), 2*testSeg)
+	writtenBehind(t, f)
 	crashed := append([]byte(nil), st.b...)
 	wantIntegrity(t, "torn in-place", checkDetected(t, "torn in-place", crashed, k))
 
 	// A torn append: records past the old end, no new trailer.
 	f.WriteAt(randBytes(2*testSeg), 3*testSeg)
 	f.ReadAt(make([]byte, 1), 0)
+	writtenBehind(t, f)
 	crashed = append([]byte(nil), st.b...)
 	wantIntegrity(t, "torn append", checkDetected(t, "torn append", crashed, k))
 
@@ -199,5 +201,16 @@ func TestTornWriteDetected(t *testing.T) {
 	}
 	if _, err := openBytes(st.b, k); err != nil {
 		t.Fatalf("after sync: %v", err)
+	}
+}
+
+// writtenBehind waits until the segment being written behind, if any, is in
+// the storage, as it is a moment after a crash would have left it.
+func writtenBehind(t *testing.T, f *File) {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.settle(); err != nil {
+		t.Fatal(err)
 	}
 }

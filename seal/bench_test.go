@@ -7,6 +7,7 @@ import (
 	"io"
 	mrand "math/rand/v2"
 	"runtime"
+	"strconv"
 	"sync"
 	"testing"
 )
@@ -142,5 +143,35 @@ func BenchmarkWriteAt4K(b *testing.B) {
 	}
 	if err := f.Sync(); err != nil {
 		b.Fatal(err)
+	}
+}
+
+// BenchmarkWriteAt4KSegment: random 4 KiB in-place writes, aligned to 4 KiB,
+// into a 64 MiB file by segment size. With 4 KiB segments each write
+// replaces a whole segment, so the old one is neither read nor opened.
+func BenchmarkWriteAt4KSegment(b *testing.B) {
+	for _, seg := range []int{4 << 10, 16 << 10, 64 << 10} {
+		b.Run(strconv.Itoa(seg>>10)+"K", func(b *testing.B) {
+			k := testKey(b)
+			f, err := Create(memStorage(nil), &Options{SegmentSize: seg}, k)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := f.WriteAt(make([]byte, benchStream), 0); err != nil {
+				b.Fatal(err)
+			}
+			rng := mrand.New(mrand.NewPCG(1, 1))
+			p := make([]byte, 4096)
+			b.SetBytes(4096)
+			for b.Loop() {
+				off := rng.Int64N(benchStream/4096) * 4096
+				if _, err := f.WriteAt(p, off); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := f.Close(); err != nil {
+				b.Fatal(err)
+			}
+		})
 	}
 }

@@ -2,7 +2,6 @@ package seal
 
 import (
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,7 +9,9 @@ import (
 	"sync"
 )
 
-// Storage is what a File keeps its sealed bytes in; *os.File is one.
+// Storage is what a File keeps its sealed bytes in; *os.File is one. A File
+// may call ReadAt and WriteAt from several goroutines at once, on ranges
+// that do not overlap.
 type Storage interface {
 	io.ReaderAt
 	io.WriterAt
@@ -25,6 +26,12 @@ type Storage interface {
 // fresh nonces. Changes become durable and verifiable at Sync or Close,
 // which write a new segment table and commit trailer. File is safe for
 // concurrent use.
+//
+// A segment changed in part is sealed and written behind: when the write
+// moves on to another segment, a goroutine seals and stores the changed one
+// while the caller goes on (one segment at a time). An error of that
+// background write is returned by the next call and by every call after
+// it, Close included: what was written can no longer be committed whole.
 type File struct {
 	mu   sync.Mutex
 	st   Storage
@@ -44,6 +51,85 @@ type File struct {
 	cBuf   []byte
 	cDirty bool
 	closed bool
+
+	wb    *sealJob // the segment being sealed and written behind, or nil
+	spare []byte   // a free segment buffer for the cache
+	rbuf  []byte   // the record buffer of load
+
+	spareRec []byte // a free record buffer for the write-behind
+	err      error  // a failed write-behind: every later call fails
+}
+
+// sealJob is a write-behind, run in its own goroutine: either one segment
+// to seal and write (buf set), or a run of n whole segments already sealed
+// into rec, to write. The File applies the table entries when it waits for
+// the job.
+type sealJob struct {
+	idx  int64   // first segment
+	n    int64   // segments
+	buf  []byte  // one segment: plaintext, owned by the job until done
+	rec  []byte  // the record(s) (nonces drawn by the File)
+	bp   *[]byte // a run: the pooled buffer of rec
+	err  error
+	done chan struct{}
+}
+
+func (j *sealJob) run(f *File) {
+	defer close(j.done)
+	if j.buf != nil {
+		var aad [FileIDLen + 8]byte
+		j.rec = f.k.seg.Seal(j.rec[:nonceLen], j.rec[:nonceLen], j.buf, segAAD(aad[:0], &f.h.FileID, uint64(j.idx)))
+	}
+	if _, err := f.st.WriteAt(j.rec, f.lay.recordOff(j.idx)); err != nil {
+		j.err = fmt.Errorf("writing segments %d-%d: %w", j.idx, j.idx+j.n-1, err)
+	}
+}
+
+// covers reports whether the write-behind, if any, holds segment i.
+func (f *File) covers(i int64) bool {
+	return f.wb != nil && i >= f.wb.idx && i < f.wb.idx+f.wb.n
+}
+
+// waitSeal waits for the write-behind, if any, and records its segment in
+// the table. It returns the job's plaintext buffer (nil without a job),
+// which the caller owns.
+func (f *File) waitSeal() ([]byte, error) {
+	j := f.wb
+	if j == nil {
+		return nil, f.err
+	}
+	<-j.done
+	f.wb = nil
+	if j.bp != nil {
+		defer runBufs.Put(j.bp)
+	}
+	if j.err != nil {
+		f.err = j.err
+		return nil, f.err
+	}
+	if need := (j.idx + j.n) * tableEntryLen; int64(len(f.table)) < need {
+		f.table = append(f.table, make([]byte, need-int64(len(f.table)))...)
+	}
+	rl := int64(len(j.rec)) / j.n // a run's records are all whole
+	for k := int64(0); k < j.n; k++ {
+		r := j.rec[k*rl : (k+1)*rl]
+		e := f.table[(j.idx+k)*tableEntryLen:]
+		copy(e, r[:nonceLen])
+		copy(e[nonceLen:], r[len(r)-tagLen:])
+	}
+	if j.bp == nil {
+		f.spareRec = j.rec
+	}
+	return j.buf, f.err
+}
+
+// settle waits for the write-behind and keeps its buffer as the spare.
+func (f *File) settle() error {
+	buf, err := f.waitSeal()
+	if buf != nil {
+		f.spare = buf[:0]
+	}
+	return err
 }
 
 // Create seals an empty file into st (which should be empty) and returns it
@@ -146,6 +232,9 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if f.closed {
 		return 0, ErrClosed
 	}
+	if f.err != nil {
+		return 0, f.err
+	}
 	if off < 0 {
 		return 0, fmt.Errorf("seal: negative offset %d", off)
 	}
@@ -165,7 +254,7 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 				continue
 			}
 		}
-		seg, err := f.load(i)
+		seg, err := f.load(i, false)
 		if err != nil {
 			return n, err
 		}
@@ -182,6 +271,9 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 // the segment size), bypassing the cache.
 func (f *File) readRun(p []byte, first int64) error {
 	if err := f.flushCache(); err != nil {
+		return err
+	}
+	if err := f.settle(); err != nil {
 		return err
 	}
 	k := int64(len(p)) / f.lay.segSize
@@ -223,8 +315,10 @@ func (f *File) readRun(p []byte, first int64) error {
 	return nil
 }
 
-// load puts segment i's plaintext into the cache and returns it.
-func (f *File) load(i int64) ([]byte, error) {
+// load puts segment i's plaintext into the cache and returns it. With
+// overwrite, the caller replaces all of it: the old content is not read,
+// and the cache holds an empty segment.
+func (f *File) load(i int64, overwrite bool) ([]byte, error) {
 	if f.cIdx == i {
 		return f.cBuf, nil
 	}
@@ -232,12 +326,32 @@ func (f *File) load(i int64) ([]byte, error) {
 		return nil, err
 	}
 	f.cIdx, f.cBuf = -1, f.cBuf[:0]
-	if i >= f.lay.segments(f.size) {
-		f.cIdx = i // a new segment past the end
+	if f.covers(i) && f.wb.buf == nil {
+		// A run being written behind: wait for it.
+		if err := f.settle(); err != nil {
+			return nil, err
+		}
+	}
+	if f.covers(i) {
+		// The segment is being written behind: its plaintext is current.
+		buf, err := f.waitSeal()
+		if err != nil {
+			return nil, err
+		}
+		f.spare = f.cBuf
+		f.cIdx, f.cBuf = i, buf
+		return buf, nil
+	}
+	if overwrite || i >= f.lay.segments(f.size) {
+		f.cIdx = i // a new segment past the end, or one replaced whole
 		return f.cBuf, nil
 	}
 	off := f.lay.recordOff(i)
-	rec := make([]byte, f.lay.segLen(i, f.size)+recordOverhead)
+	n := f.lay.segLen(i, f.size) + recordOverhead
+	if int64(cap(f.rbuf)) < n {
+		f.rbuf = make([]byte, f.lay.segSize+recordOverhead)
+	}
+	rec := f.rbuf[:n]
 	if _, err := f.st.ReadAt(rec, off); err != nil {
 		return nil, fmt.Errorf("reading segment %d: %w", i, err)
 	}
@@ -254,34 +368,41 @@ func (f *File) load(i int64) ([]byte, error) {
 	return out, nil
 }
 
-// flushCache seals the cached segment if it changed.
+// flushCache hands the cached segment, if it changed, to a write-behind
+// (after the previous one is done) and empties the cache.
 func (f *File) flushCache() error {
 	if !f.cDirty {
 		return nil
 	}
-	i := f.cIdx
-	rec := make([]byte, nonceLen, len(f.cBuf)+recordOverhead)
+	if err := f.settle(); err != nil {
+		return err
+	}
+	rec := f.spareRec
+	if int64(cap(rec)) < f.lay.segSize+recordOverhead {
+		rec = make([]byte, f.lay.segSize+recordOverhead)
+	}
+	rec = rec[:nonceLen]
 	if _, err := io.ReadFull(f.rand, rec); err != nil {
 		return fmt.Errorf("generating nonce: %w", err)
 	}
-	var aad [FileIDLen + 8]byte
-	rec = f.k.seg.Seal(rec, rec[:nonceLen], f.cBuf, segAAD(aad[:0], &f.h.FileID, uint64(i)))
-	if _, err := f.st.WriteAt(rec, f.lay.recordOff(i)); err != nil {
-		return fmt.Errorf("writing segment %d: %w", i, err)
+	j := &sealJob{idx: f.cIdx, n: 1, buf: f.cBuf, rec: rec, done: make(chan struct{})}
+	go j.run(f)
+	f.wb = j
+	buf := f.spare
+	if cap(buf) < int(f.lay.segSize) {
+		buf = make([]byte, 0, f.lay.segSize)
 	}
-	entry := append(rec[:nonceLen:nonceLen], rec[len(rec)-tagLen:]...)
-	if need := (i + 1) * tableEntryLen; int64(len(f.table)) < need {
-		f.table = append(f.table, make([]byte, need-int64(len(f.table)))...)
-	}
-	copy(f.table[i*tableEntryLen:], entry)
-	f.cDirty = false
+	f.spare = nil
+	f.cIdx, f.cBuf, f.cDirty = -1, buf[:0], false
 	f.dirty = true
 	return nil
 }
 
 // writeRun seals whole segments first, first+1, … from p (a multiple of the
-// segment size) in parallel and writes them with one call, bypassing the
-// cache: their old content is entirely replaced.
+// segment size) in parallel, bypassing the cache (their old content is
+// entirely replaced), and hands the records to a write-behind: the storage
+// write of one run overlaps with the caller's next steps, such as receiving
+// and sealing the next run.
 func (f *File) writeRun(p []byte, first int64) error {
 	k := int64(len(p)) / f.lay.segSize
 	if f.cIdx >= first && f.cIdx < first+k {
@@ -289,29 +410,30 @@ func (f *File) writeRun(p []byte, first int64) error {
 	} else if err := f.flushCache(); err != nil {
 		return err
 	}
+	if f.err != nil {
+		return f.err
+	}
 	rec := f.lay.segSize + recordOverhead
 	// The records go into a pooled buffer (fresh memory for every write
 	// costs page faults), and every nonce is drawn in one read.
 	bp := runBufs.Get().(*[]byte)
-	defer runBufs.Put(bp)
 	if need := k*rec + k*nonceLen; int64(cap(*bp)) < need {
 		*bp = make([]byte, need)
 	}
 	recs := (*bp)[:k*rec]
 	nonces := (*bp)[k*rec : k*rec+k*nonceLen]
 	if _, err := io.ReadFull(f.rand, nonces); err != nil {
+		runBufs.Put(bp)
 		return fmt.Errorf("generating nonces: %w", err)
 	}
 	for j := int64(0); j < k; j++ {
 		copy(recs[j*rec:j*rec+nonceLen], nonces[j*nonceLen:])
 	}
-	// Each worker seals a contiguous share of the run and writes it at
-	// once, so sealing and writing overlap across workers (WriterAt
-	// allows parallel writes to ranges that do not overlap).
+	// Each worker seals a contiguous share of the run, while the previous
+	// write-behind may still be writing (other records, other memory).
 	var wg sync.WaitGroup
 	workers := int64(min(int(k), goruntime.GOMAXPROCS(0)))
 	share := (k + workers - 1) / workers
-	errs := make([]error, workers)
 	for w := int64(0); w < workers; w++ {
 		lo, hi := w*share, min(k, (w+1)*share)
 		if lo >= hi {
@@ -325,24 +447,18 @@ func (f *File) writeRun(p []byte, first int64) error {
 				r := recs[j*rec : (j+1)*rec]
 				f.k.seg.Seal(r[nonceLen:nonceLen], r[:nonceLen], p[j*f.lay.segSize:(j+1)*f.lay.segSize], segAAD(aad[:0], &f.h.FileID, uint64(first+j)))
 			}
-			if _, err := f.st.WriteAt(recs[lo*rec:hi*rec], f.lay.recordOff(first+lo)); err != nil {
-				errs[w] = fmt.Errorf("writing segments %d-%d: %w", first+lo, first+hi-1, err)
-			}
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	// One write-behind at a time, applied in order: a segment of this run
+	// that the previous one also holds ends up with this run's record.
+	if err := f.settle(); err != nil {
+		runBufs.Put(bp)
 		return err
 	}
-	if need := (first + k) * tableEntryLen; int64(len(f.table)) < need {
-		f.table = append(f.table, make([]byte, need-int64(len(f.table)))...)
-	}
-	for j := int64(0); j < k; j++ {
-		r := recs[j*rec : (j+1)*rec]
-		e := f.table[(first+j)*tableEntryLen:]
-		copy(e, r[:nonceLen])
-		copy(e[nonceLen:], r[len(r)-tagLen:])
-	}
+	j := &sealJob{idx: first, n: k, rec: recs, bp: bp, done: make(chan struct{})}
+	go j.run(f)
+	f.wb = j
 	f.dirty = true
 	return nil
 }
@@ -365,6 +481,9 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	}
 	if off+int64(len(p)) > maxSegments*f.lay.segSize {
 		return 0, ErrTooLarge
+	}
+	if f.err != nil {
+		return 0, f.err
 	}
 	for f.size < off {
 		if _, err := f.write(zeros[:min(off-f.size, f.lay.segSize)], f.size); err != nil {
@@ -391,7 +510,8 @@ func (f *File) write(p []byte, off int64) (int, error) {
 				continue
 			}
 		}
-		seg, err := f.load(i)
+		// A write that covers the whole segment needs none of its old content.
+		seg, err := f.load(i, off%f.lay.segSize == 0 && int64(len(p)) >= f.lay.segSize)
 		if err != nil {
 			return n, err
 		}
@@ -420,6 +540,14 @@ func (f *File) Truncate(size int64) error {
 	if size < 0 {
 		return fmt.Errorf("seal: negative size %d", size)
 	}
+	// Seal what is pending first: a segment written behind after the
+	// table is cut would reappear in it.
+	if err := f.flushCache(); err != nil {
+		return err
+	}
+	if err := f.settle(); err != nil {
+		return err
+	}
 	if size > f.size {
 		for f.size < size {
 			if _, err := f.write(zeros[:min(size-f.size, f.lay.segSize)], f.size); err != nil {
@@ -434,7 +562,7 @@ func (f *File) Truncate(size int64) error {
 	n := f.lay.segments(size)
 	if size%f.lay.segSize != 0 {
 		last := n - 1
-		seg, err := f.load(last)
+		seg, err := f.load(last, false)
 		if err != nil {
 			return err
 		}
@@ -474,6 +602,9 @@ func (f *File) Commit() error {
 
 func (f *File) sync(durable bool) error {
 	if err := f.flushCache(); err != nil {
+		return err
+	}
+	if err := f.settle(); err != nil {
 		return err
 	}
 	if !f.dirty {
