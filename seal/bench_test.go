@@ -132,6 +132,14 @@ func BenchmarkWriteAt4K(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	randomWrites4K(b, f)
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// randomWrites4K writes 4 KiB at random aligned offsets of a benchStream-byte file.
+func randomWrites4K(b *testing.B, f *File) {
 	rng := mrand.New(mrand.NewPCG(1, 1))
 	p := make([]byte, 4096)
 	b.SetBytes(4096)
@@ -140,9 +148,6 @@ func BenchmarkWriteAt4K(b *testing.B) {
 		if _, err := f.WriteAt(p, off); err != nil {
 			b.Fatal(err)
 		}
-	}
-	if err := f.Sync(); err != nil {
-		b.Fatal(err)
 	}
 }
 
@@ -160,15 +165,7 @@ func BenchmarkWriteAt4KSegment(b *testing.B) {
 			if _, err := f.WriteAt(make([]byte, benchStream), 0); err != nil {
 				b.Fatal(err)
 			}
-			rng := mrand.New(mrand.NewPCG(1, 1))
-			p := make([]byte, 4096)
-			b.SetBytes(4096)
-			for b.Loop() {
-				off := rng.Int64N(benchStream/4096) * 4096
-				if _, err := f.WriteAt(p, off); err != nil {
-					b.Fatal(err)
-				}
-			}
+			randomWrites4K(b, f)
 			if err := f.Close(); err != nil {
 				b.Fatal(err)
 			}
