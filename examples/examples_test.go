@@ -20,15 +20,6 @@ var veilBin string
 
 func TestMain(m *testing.M) { veiltest.Main(m, &veilBin) }
 
-// needRun skips the test until the runtime's veil run verb exists.
-func needRun(t *testing.T) {
-	t.Helper()
-	out, err := exec.Command(veilBin, "run", "--help").CombinedOutput()
-	if err != nil {
-		t.Skipf("veil run is not available yet: %s", firstLine(out))
-	}
-}
-
 // needPython skips the test unless the Debian interpreter imports every
 // module (the instance's BOM copies the same files from the host).
 func needPython(t *testing.T, pkg string, modules ...string) {
@@ -47,7 +38,6 @@ func needMachine(t *testing.T) {
 	t.Helper()
 	veiltest.NeedFUSE(t)
 	veiltest.NeedCommand(t, "bash")
-	needRun(t)
 }
 
 func firstLine(b []byte) string {

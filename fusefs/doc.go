@@ -10,7 +10,7 @@
 // or roll back whole files. A file that fails authentication is an I/O
 // error (EIO) to the program and a log line naming the file and the offset.
 //
-// Image mounts serve only bytes the image.Reader verified against the
+// Image mounts serve only bytes the trustimage.Reader verified against the
 // image's hash tree (and decrypted): a bad block is EIO and a log line
 // naming the file, the offset and the block. They refuse every change
 // (EROFS). They do not hide access patterns from the host, nor keep it from

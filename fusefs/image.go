@@ -21,14 +21,14 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/filesystem/squashfs"
 
-	"github.com/veil-tee/veil/image"
+	"github.com/veil-tee/veil/trustimage"
 )
 
 // ImageOptions configure an image mount.
 type ImageOptions struct {
-	// Reader is the verified image (image.LoadedBuild.Open). It must stay
+	// Reader is the verified image (trustimage.LoadedBuild.Open). It must stay
 	// open until the mount is unmounted; MountImage does not close it.
-	Reader *image.Reader
+	Reader *trustimage.Reader
 	// Logger receives integrity failures; nil means slog.Default().
 	Logger *slog.Logger
 	// AllowOther lets users other than the mounting one use the mount.
@@ -54,9 +54,9 @@ const imageTimeout = 24 * time.Hour
 // Reads of the squashfs run in parallel under rw's read lock. go-diskfs
 // keeps no error types, so a call that fails is run once more under the
 // write lock with tracking on: the wrapping ReaderAt then records the
-// Reader's error (the *image.BlockError naming the block) in lastErr.
+// Reader's error (the *trustimage.BlockError naming the block) in lastErr.
 type imageFS struct {
-	r   *image.Reader
+	r   *trustimage.Reader
 	log *slog.Logger
 	sq  *squashfs.FileSystem
 
@@ -263,7 +263,7 @@ func (t *trackedImage) Close() error               { return nil }
 
 type imageSize int64
 
-func (s imageSize) Name() string       { return image.ImageFile }
+func (s imageSize) Name() string       { return trustimage.ImageFile }
 func (s imageSize) Size() int64        { return int64(s) }
 func (s imageSize) Mode() fs.FileMode  { return 0o444 }
 func (s imageSize) ModTime() time.Time { return time.Time{} }
@@ -292,7 +292,7 @@ func (ifs *imageFS) do(f func() error) (rerr, err error) {
 // fail maps an error of a squashfs read to the errno a program sees and
 // logs it: once per bad block, naming the file, the offset and the block.
 func (ifs *imageFS) fail(p, op string, off int64, rerr, err error) syscall.Errno {
-	var be *image.BlockError
+	var be *trustimage.BlockError
 	if errors.As(rerr, &be) {
 		ifs.logMu.Lock()
 		seen := ifs.logged[be.Block]
@@ -451,9 +451,9 @@ func (n *imageNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 func (n *imageNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	out.Bsize = image.BlockSize
-	out.Frsize = image.BlockSize
-	out.Blocks = uint64(n.ifs.r.Size()) / image.BlockSize
+	out.Bsize = trustimage.BlockSize
+	out.Frsize = trustimage.BlockSize
+	out.Blocks = uint64(n.ifs.r.Size()) / trustimage.BlockSize
 	out.NameLen = 255
 	return 0
 }

@@ -9,7 +9,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/veil-tee/veil/image"
+	"github.com/veil-tee/veil/trustimage"
 )
 
 // The read-all benchmarks build one image from a shipped BOM snippet
@@ -20,14 +20,14 @@ import (
 
 var (
 	benchOnce  sync.Once
-	benchBuild *image.LoadedBuild
+	benchBuild *trustimage.LoadedBuild
 	benchTree  string // the image's tree copied to disk
 	benchBytes int64
 	benchDir   string
 	benchErr   error
 )
 
-func benchImage(b *testing.B) (*image.LoadedBuild, string, int64) {
+func benchImage(b *testing.B) (*trustimage.LoadedBuild, string, int64) {
 	b.Helper()
 	snippet := os.Getenv("VEIL_BENCH_BOM")
 	if snippet == "" {
@@ -44,7 +44,7 @@ func benchImage(b *testing.B) (*image.LoadedBuild, string, int64) {
 			return
 		}
 		lb, err := buildImageWith(filepath.Join(dir, "instance"), `, "bom": {"include": ["`+snippet+`"]}`,
-			image.Options{Compression: os.Getenv("VEIL_BENCH_COMPRESSION")})
+			trustimage.Options{Compression: os.Getenv("VEIL_BENCH_COMPRESSION")})
 		if err != nil {
 			benchErr = err
 			return

@@ -21,7 +21,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/veil-tee/veil/config"
-	"github.com/veil-tee/veil/image"
+	"github.com/veil-tee/veil/trustimage"
 )
 
 const imageConfig = `{
@@ -102,12 +102,12 @@ func writeImageTree(t *testing.T, dir string) {
 
 var (
 	signKeyOnce sync.Once
-	testSignKey *image.SignKey
+	testSignKey *trustimage.SignKey
 )
 
 // buildTestImage builds an instance in a new directory from a tree written
 // by fill and returns the loaded build.
-func buildTestImage(t testing.TB, fill func(dir string), extra string, key []byte) *image.LoadedBuild {
+func buildTestImage(t testing.TB, fill func(dir string), extra string, key []byte) *trustimage.LoadedBuild {
 	t.Helper()
 	if _, err := exec.LookPath("mksquashfs"); err != nil {
 		t.Skip("mksquashfs not installed")
@@ -126,13 +126,13 @@ func buildTestImage(t testing.TB, fill func(dir string), extra string, key []byt
 
 // buildImageIn writes dir/veil.json (extra appended inside the object) and
 // builds the instance in dir.
-func buildImageIn(dir, extra string, key []byte) (*image.LoadedBuild, error) {
-	return buildImageWith(dir, extra, image.Options{ImageKey: key})
+func buildImageIn(dir, extra string, key []byte) (*trustimage.LoadedBuild, error) {
+	return buildImageWith(dir, extra, trustimage.Options{ImageKey: key})
 }
 
-func buildImageWith(dir, extra string, opts image.Options) (*image.LoadedBuild, error) {
+func buildImageWith(dir, extra string, opts trustimage.Options) (*trustimage.LoadedBuild, error) {
 	signKeyOnce.Do(func() {
-		k, err := image.GenerateSignKey()
+		k, err := trustimage.GenerateSignKey()
 		if err != nil {
 			panic(err)
 		}
@@ -145,14 +145,14 @@ func buildImageWith(dir, extra string, opts image.Options) (*image.LoadedBuild, 
 		return nil, err
 	}
 	opts.SignKey = testSignKey
-	b, _, err := image.Build(context.Background(), dir, opts)
+	b, _, err := trustimage.Build(context.Background(), dir, opts)
 	return b, err
 }
 
 type imageMount struct {
 	dir     string
 	srv     *fuse.Server
-	r       *image.Reader
+	r       *trustimage.Reader
 	log     *logBuf
 	unmount func()
 }
@@ -167,14 +167,14 @@ func ownFDs(t testing.TB) int {
 	n := 0
 	for _, e := range ents {
 		l, _ := os.Readlink("/proc/self/fd/" + e.Name())
-		if l == "/dev/fuse" || strings.HasSuffix(l, "/"+image.ImageFile) {
+		if l == "/dev/fuse" || strings.HasSuffix(l, "/"+trustimage.ImageFile) {
 			n++
 		}
 	}
 	return n
 }
 
-func mountTestImage(t testing.TB, b *image.LoadedBuild, key []byte, openFiles ...int) *imageMount {
+func mountTestImage(t testing.TB, b *trustimage.LoadedBuild, key []byte, openFiles ...int) *imageMount {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("FUSE mounts in tests need root")
@@ -310,7 +310,7 @@ func TestImageMountServesTree(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		key  []byte
-	}{{"plain", nil}, {"encrypted", noiseBytes(9, image.ImageKeySize)}} {
+	}{{"plain", nil}, {"encrypted", noiseBytes(9, trustimage.ImageKeySize)}} {
 		t.Run(tc.name, func(t *testing.T) {
 			var src string
 			b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", tc.key)
@@ -440,7 +440,7 @@ func TestImageMountTamperIsEIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	block := pos / image.BlockSize
+	block := pos / trustimage.BlockSize
 
 	_, err = os.ReadFile(filepath.Join(m.dir, "app/unread/late.bin"))
 	if !errors.Is(err, syscall.EIO) {
@@ -477,7 +477,7 @@ func TestImageMountErrors(t *testing.T) {
 	if _, err := MountImage(t.TempDir(), ImageOptions{}); err == nil {
 		t.Error("mount without a reader succeeded")
 	}
-	key := noiseBytes(4, image.ImageKeySize)
+	key := noiseBytes(4, trustimage.ImageKeySize)
 	b := buildTestImage(t, func(dir string) {
 		os.WriteFile(filepath.Join(dir, "image", "f"), []byte("x"), 0o644)
 	}, "", key)
@@ -488,7 +488,7 @@ func TestImageMountErrors(t *testing.T) {
 	defer r.Close()
 	dir := t.TempDir()
 	srv, err := MountImage(dir, ImageOptions{Reader: r, Logger: slog.New(slog.DiscardHandler)})
-	if !errors.Is(err, image.ErrNoKey) {
+	if !errors.Is(err, trustimage.ErrNoKey) {
 		if srv != nil {
 			srv.Unmount()
 		}

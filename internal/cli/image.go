@@ -10,9 +10,9 @@ import (
 
 	"github.com/veil-tee/veil/bom"
 	"github.com/veil-tee/veil/config"
-	"github.com/veil-tee/veil/image"
 	"github.com/veil-tee/veil/internal/fsutil"
 	"github.com/veil-tee/veil/internal/userdir"
+	"github.com/veil-tee/veil/trustimage"
 )
 
 func init() {
@@ -24,9 +24,9 @@ func init() {
 	register(groupKeys, newGenImageKeyCmd)
 	exitCoders = append(exitCoders, func(err error) int {
 		switch {
-		case errors.Is(err, image.ErrCorrupt), errors.Is(err, image.ErrBadSignature),
-			errors.Is(err, image.ErrPinMismatch), errors.Is(err, image.ErrWrongKey),
-			errors.Is(err, image.ErrBadSuperblock):
+		case errors.Is(err, trustimage.ErrCorrupt), errors.Is(err, trustimage.ErrBadSignature),
+			errors.Is(err, trustimage.ErrPinMismatch), errors.Is(err, trustimage.ErrWrongKey),
+			errors.Is(err, trustimage.ErrBadSuperblock):
 			return ExitIntegrity
 		}
 		return 0
@@ -67,18 +67,18 @@ func addDirFlag(c *cobra.Command, dir *string) {
 
 // loadSignKey returns the key named by path, or the per-user development
 // key (created on first use), telling the user which one signs.
-func loadSignKey(env *Env, path string) (*image.SignKey, error) {
+func loadSignKey(env *Env, path string) (*trustimage.SignKey, error) {
 	if path != "" {
-		return image.LoadSignKey(path)
+		return trustimage.LoadSignKey(path)
 	}
 	d, err := userdir.Ensure()
 	if err != nil {
 		return nil, err
 	}
 	p := filepath.Join(d, devSignKeyFile)
-	k, err := image.LoadSignKey(p)
+	k, err := trustimage.LoadSignKey(p)
 	if errors.Is(err, os.ErrNotExist) {
-		k, err = image.WriteSignKey(p)
+		k, err = trustimage.WriteSignKey(p)
 		if err != nil {
 			return nil, err
 		}
@@ -109,9 +109,9 @@ func newBuildCmd(env *Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			opts := image.Options{SignKey: k, Compression: compression}
+			opts := trustimage.Options{SignKey: k, Compression: compression}
 			if imageKey != "" {
-				key, err := image.LoadImageKey(imageKey)
+				key, err := trustimage.LoadImageKey(imageKey)
 				if err != nil {
 					return withHint(err, "create one with veil gen-image-key FILE")
 				}
@@ -128,7 +128,7 @@ func newBuildCmd(env *Env) *cobra.Command {
 				bar.Add(done - last)
 				last = done
 			}
-			b, st, err := image.Build(c.Context(), dir, opts)
+			b, st, err := trustimage.Build(c.Context(), dir, opts)
 			bar.Done()
 			if err != nil {
 				return buildHint(err)
@@ -150,7 +150,7 @@ func newBuildCmd(env *Env) *cobra.Command {
 	addDirFlag(c, &dir)
 	c.Flags().StringVar(&signKey, "sign-key", "", "signing key from veil gen-sign-key (default: the per-user development key)")
 	c.Flags().StringVar(&imageKey, "image-key", "", "encrypt the image with this key from veil gen-image-key")
-	c.Flags().StringVar(&compression, "compression", image.DefaultCompression, "squashfs compression: zstd or none")
+	c.Flags().StringVar(&compression, "compression", trustimage.DefaultCompression, "squashfs compression: zstd or none")
 	return c
 }
 
@@ -160,9 +160,9 @@ func buildHint(err error) error {
 		return withHint(err, "see docs/config.md for the fields of veil.json")
 	case errors.Is(err, bom.ErrMissing), errors.Is(err, bom.ErrUnresolved):
 		return withHint(err, "install the missing file on the build host or remove it from the bom section; the previous build is intact")
-	case errors.Is(err, image.ErrPinMismatch):
+	case errors.Is(err, trustimage.ErrPinMismatch):
 		return withHint(err, "the host file is not the one pinned in veil.json; the previous build is intact")
-	case errors.Is(err, image.ErrMksquashfs):
+	case errors.Is(err, trustimage.ErrMksquashfs):
 		return withHint(err, "mksquashfs comes from squashfs-tools; the previous build is intact")
 	}
 	return err
@@ -179,7 +179,7 @@ func newPrintCmd(env *Env) *cobra.Command {
 			if what != "mrenclave" && what != "mrsigner" {
 				return usageErrorf("print: %q is not printable (want mrenclave or mrsigner)", what)
 			}
-			b, err := image.LoadBuild(dir)
+			b, err := trustimage.LoadBuild(dir)
 			if err != nil {
 				return loadHint(err)
 			}
@@ -197,11 +197,11 @@ func newPrintCmd(env *Env) *cobra.Command {
 
 func loadHint(err error) error {
 	switch {
-	case errors.Is(err, image.ErrNoInstance):
+	case errors.Is(err, trustimage.ErrNoInstance):
 		return withHint(err, "pass the instance directory with -C DIR, or create one with veil new DIR")
-	case errors.Is(err, image.ErrNotBuilt):
+	case errors.Is(err, trustimage.ErrNotBuilt):
 		return withHint(err, "run veil build first")
-	case errors.Is(err, image.ErrConfigChanged):
+	case errors.Is(err, trustimage.ErrConfigChanged):
 		return withHint(err, "veil.json changed since the build; run veil build")
 	case errors.Is(err, config.ErrInvalid):
 		return withHint(err, "see docs/config.md for the fields of veil.json")
@@ -216,13 +216,13 @@ func newVerifyCmd(env *Env) *cobra.Command {
 		Short: "Check the build's signature, that veil.json still matches it, and every image block against the hash tree",
 		Args:  exactArgs(0),
 		RunE: func(c *cobra.Command, args []string) error {
-			b, err := image.LoadBuild(dir)
+			b, err := trustimage.LoadBuild(dir)
 			if err != nil {
 				return loadHint(err)
 			}
 			var key []byte
 			if imageKey != "" {
-				if key, err = image.LoadImageKey(imageKey); err != nil {
+				if key, err = trustimage.LoadImageKey(imageKey); err != nil {
 					return err
 				}
 				defer clear(key)
@@ -235,7 +235,7 @@ func newVerifyCmd(env *Env) *cobra.Command {
 			bar := newProgress(env, "verifying", r.Size())
 			err = r.Verify(c.Context(), bar.Add)
 			bar.Done()
-			var be *image.BlockError
+			var be *trustimage.BlockError
 			if errors.As(err, &be) && be.Area == "data" {
 				// Name the file too, when the file system can be read.
 				if where := r.Locate(be.Block); where != "" {
@@ -264,7 +264,7 @@ func newGenSignKeyCmd(env *Env) *cobra.Command {
 		Short: "Create an Ed25519 build signing key (PEM, mode 0600) and print its mrsigner",
 		Args:  exactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			k, err := image.WriteSignKey(args[0])
+			k, err := trustimage.WriteSignKey(args[0])
 			if err != nil {
 				return err
 			}
@@ -282,7 +282,7 @@ func newGenImageKeyCmd(env *Env) *cobra.Command {
 		Short: "Create a random 32-byte image encryption key (mode 0600)",
 		Args:  exactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := image.WriteImageKey(args[0]); err != nil {
+			if err := trustimage.WriteImageKey(args[0]); err != nil {
 				return err
 			}
 			fmt.Fprintf(env.Stderr, "veil: wrote image key %s; build with --image-key %s and give it to the KMS, never to the host\n", args[0], args[0])

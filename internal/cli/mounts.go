@@ -7,13 +7,13 @@ import (
 
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/fusefs"
-	"github.com/veil-tee/veil/image"
-	"github.com/veil-tee/veil/runtime"
+	"github.com/veil-tee/veil/instance"
+	"github.com/veil-tee/veil/trustimage"
 )
 
 // The runtime's file systems are the FUSE servers of package fusefs.
 
-func mountImage(mountpoint string, r *image.Reader, log *slog.Logger) (runtime.Unmounter, error) {
+func mountImage(mountpoint string, r *trustimage.Reader, log *slog.Logger) (instance.Unmounter, error) {
 	srv, err := fusefs.MountImage(mountpoint, fusefs.ImageOptions{Reader: r, Logger: log})
 	if err != nil {
 		return nil, err
@@ -32,7 +32,7 @@ func (m fuseMount) Unmount() error { return fusefs.Unmount(m.srv, m.mountpoint) 
 // imageMount closes the image when it is unmounted.
 type imageMount struct {
 	fuseMount
-	r *image.Reader
+	r *trustimage.Reader
 }
 
 func (m imageMount) Unmount() error {
@@ -43,7 +43,7 @@ func (m imageMount) Unmount() error {
 	return err
 }
 
-func mountSealed(mountpoint string, o runtime.SealedMount, log *slog.Logger) (runtime.Unmounter, error) {
+func mountSealed(mountpoint string, o instance.SealedMount, log *slog.Logger) (instance.Unmounter, error) {
 	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, Logger: log})
 	if err != nil {
 		return nil, err
@@ -51,7 +51,7 @@ func mountSealed(mountpoint string, o runtime.SealedMount, log *slog.Logger) (ru
 	return fuseMount{srv, mountpoint}, nil
 }
 
-func mountAttestation(mountpoint string, iss attest.Issuer, log *slog.Logger) (runtime.Unmounter, error) {
+func mountAttestation(mountpoint string, iss attest.Issuer, log *slog.Logger) (instance.Unmounter, error) {
 	srv, err := fusefs.MountAttestation(mountpoint, fusefs.AttestationOptions{Issuer: iss, Logger: log})
 	if err != nil {
 		return nil, err

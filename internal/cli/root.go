@@ -16,8 +16,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/veil-tee/veil/instance/sandbox"
 	"github.com/veil-tee/veil/internal/timing"
-	"github.com/veil-tee/veil/runtime/sandbox"
 )
 
 // Exit codes of the veil command; docs/cli.md lists them for users.

@@ -20,9 +20,9 @@ import (
 
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/sim"
-	"github.com/veil-tee/veil/image"
-	"github.com/veil-tee/veil/runtime"
-	"github.com/veil-tee/veil/runtime/sandbox"
+	"github.com/veil-tee/veil/instance"
+	"github.com/veil-tee/veil/instance/sandbox"
+	"github.com/veil-tee/veil/trustimage"
 )
 
 func init() {
@@ -34,10 +34,10 @@ func init() {
 	register(groupRuntime, newStatusCmd)
 	register("", newSuperviseCmd)
 	exitCoders = append(exitCoders, func(err error) int {
-		if errors.Is(err, runtime.ErrKeyDenied) || errors.Is(err, attest.ErrDenied) || errors.Is(err, runtime.ErrKMSNotTrusted) {
+		if errors.Is(err, instance.ErrKeyDenied) || errors.Is(err, attest.ErrDenied) || errors.Is(err, instance.ErrKMSNotTrusted) {
 			return ExitDenied
 		}
-		if errors.Is(err, image.ErrCorrupt) {
+		if errors.Is(err, trustimage.ErrCorrupt) {
 			return ExitIntegrity
 		}
 		return 0
@@ -56,8 +56,8 @@ func (r *runtimeOptions) add(c *cobra.Command) {
 	c.Flags().StringVar(&r.kmsCollateral, "kms-collateral", "", "Intel PCS collateral directory, for key services in SGX or TDX whose veil.json entry has an attest policy")
 }
 
-func (r *runtimeOptions) options(env *Env) (runtime.Options, func(), error) {
-	o := runtime.Options{
+func (r *runtimeOptions) options(env *Env) (instance.Options, func(), error) {
+	o := instance.Options{
 		Dir:              r.dir,
 		MountRoot:        mountImage,
 		MountSealed:      mountSealed,
@@ -94,7 +94,7 @@ func (r *runtimeOptions) options(env *Env) (runtime.Options, func(), error) {
 	case strings.HasPrefix(r.imageKey, "kms:"):
 		o.ImageKeyRef = r.imageKey
 	case r.imageKey != "":
-		k, err := image.LoadImageKey(strings.TrimPrefix(r.imageKey, "file:"))
+		k, err := trustimage.LoadImageKey(strings.TrimPrefix(r.imageKey, "file:"))
 		if err != nil {
 			done()
 			return o, func() {}, err
@@ -107,25 +107,25 @@ func (r *runtimeOptions) options(env *Env) (runtime.Options, func(), error) {
 // runtimeErr adds hints to the runtime's errors.
 func runtimeErr(err error) error {
 	switch {
-	case errors.Is(err, image.ErrNoInstance):
+	case errors.Is(err, trustimage.ErrNoInstance):
 		return withHint(err, "pass the instance directory with -C DIR, or create one with veil new DIR")
-	case errors.Is(err, image.ErrNotBuilt):
+	case errors.Is(err, trustimage.ErrNotBuilt):
 		return withHint(err, "build the instance first: veil build -C DIR")
-	case errors.Is(err, runtime.ErrNotEntrypoint):
+	case errors.Is(err, instance.ErrNotEntrypoint):
 		return withHint(err, "add its directory to entrypoints in veil.json and rebuild")
-	case errors.Is(err, runtime.ErrNoPlatform):
+	case errors.Is(err, instance.ErrNoPlatform):
 		return withHint(err, "for development create the software platform: veil sim init")
-	case errors.Is(err, runtime.ErrNoProgram):
+	case errors.Is(err, instance.ErrNoProgram):
 		return withHint(err, "put it in DIR/image/ or the bom section of veil.json, then veil build")
-	case errors.Is(err, runtime.ErrKMSNotTrusted):
+	case errors.Is(err, instance.ErrKMSNotTrusted):
 		return withHint(err, "the key service must run `veil kms serve --attest` in a TEE its kms[].attest policy in veil.json accepts")
-	case errors.Is(err, runtime.ErrKMSUnreachable):
+	case errors.Is(err, instance.ErrKMSUnreachable):
 		return withHint(err, "is the key service running? check kms[].address in veil.json")
 	case errors.Is(err, sandbox.ErrDenied):
 		return withHint(err, "veil run needs root (or user namespaces) to create its sandbox")
-	case errors.Is(err, runtime.ErrRunning):
+	case errors.Is(err, instance.ErrRunning):
 		return withHint(err, "use veil exec to run programs in it, or veil stop first")
-	case errors.Is(err, runtime.ErrNotRunning):
+	case errors.Is(err, instance.ErrNotRunning):
 		return withHint(err, "start it with veil start")
 	case strings.Contains(err.Error(), "/dev/fuse is missing"):
 		return withHint(err, "load the fuse module (modprobe fuse) or, in a container, pass --device /dev/fuse")
@@ -167,7 +167,7 @@ was killed). If a key service refuses a key, the program never starts.`,
 			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
 			defer signal.Stop(sigs)
 			in, out, errf := stdio(env)
-			status, err := runtime.Run(context.Background(), runtime.RunOptions{
+			status, err := instance.Run(context.Background(), instance.RunOptions{
 				Options: o, Path: args[0], Args: args[1:], Env: os.Environ(),
 				Stdin: in, Stdout: out, Stderr: errf, Signals: sigs,
 			})
@@ -196,9 +196,9 @@ func newStartCmd(env *Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if conn, err := runtime.Dial(dir); err == nil {
+			if conn, err := instance.Dial(dir); err == nil {
 				conn.Close()
-				return runtimeErr(fmt.Errorf("%s: %w", dir, runtime.ErrRunning))
+				return runtimeErr(fmt.Errorf("%s: %w", dir, instance.ErrRunning))
 			}
 			if err := os.MkdirAll(filepath.Join(dir, "run"), 0o700); err != nil {
 				return err
@@ -271,7 +271,7 @@ func newSuperviseCmd(env *Env) *cobra.Command {
 			// program the sandbox starts, which could then never be
 			// interrupted (veil exec forwards Ctrl-C as SIGINT).
 			signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP, syscall.SIGINT)
-			sup, err := runtime.Supervise(context.Background(), o, "")
+			sup, err := instance.Supervise(context.Background(), o, "")
 			if err != nil {
 				report("error: " + err.Error())
 				return err
@@ -306,7 +306,7 @@ func newExecCmd(env *Env) *cobra.Command {
 			return nil
 		},
 		RunE: func(c *cobra.Command, args []string) error {
-			conn, err := runtime.Dial(dir)
+			conn, err := instance.Dial(dir)
 			if err != nil {
 				return runtimeErr(err)
 			}
@@ -318,15 +318,15 @@ func newExecCmd(env *Env) *cobra.Command {
 			sigs := make(chan os.Signal, 4)
 			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 			defer signal.Stop(sigs)
-			if _, err := runtime.Call(conn, &runtime.Request{Op: "exec", Path: args[0], Args: args[1:], Env: os.Environ()}, in, out, errf); err != nil {
+			if _, err := instance.Call(conn, &instance.Request{Op: "exec", Path: args[0], Args: args[1:], Env: os.Environ()}, in, out, errf); err != nil {
 				return runtimeErr(err)
 			}
 			go func() {
 				for s := range sigs {
-					runtime.SendRequest(conn, &runtime.Request{Op: "signal", Sig: int(s.(syscall.Signal))})
+					instance.SendRequest(conn, &instance.Request{Op: "signal", Sig: int(s.(syscall.Signal))})
 				}
 			}()
-			r, err := runtime.ReadReply(conn)
+			r, err := instance.ReadReply(conn)
 			if err != nil {
 				return err
 			}
@@ -349,18 +349,18 @@ func newStopCmd(env *Env) *cobra.Command {
 		Short: "Stop a started instance: TERM, then KILL after the timeout, then unmount",
 		Args:  exactArgs(0),
 		RunE: func(c *cobra.Command, _ []string) error {
-			conn, err := runtime.Dial(dir)
+			conn, err := instance.Dial(dir)
 			if err != nil {
 				return runtimeErr(err)
 			}
 			defer conn.Close()
-			if _, err := runtime.Call(conn, &runtime.Request{Op: "stop", Timeout: timeout.Milliseconds()}); err != nil {
+			if _, err := instance.Call(conn, &instance.Request{Op: "stop", Timeout: timeout.Milliseconds()}); err != nil {
 				return err
 			}
 			// The supervisor unmounts and exits after answering; wait for its socket to go.
 			deadline := time.Now().Add(timeout + 10*time.Second)
 			for time.Now().Before(deadline) {
-				if _, err := os.Stat(runtime.SocketPath(absDir(dir))); errors.Is(err, os.ErrNotExist) {
+				if _, err := os.Stat(instance.SocketPath(absDir(dir))); errors.Is(err, os.ErrNotExist) {
 					return nil
 				}
 				time.Sleep(50 * time.Millisecond)
@@ -403,12 +403,12 @@ func newKillCmd(env *Env) *cobra.Command {
 					return usageErrorf("PID %q is not a process id (see veil status)", args[0])
 				}
 			}
-			conn, err := runtime.Dial(dir)
+			conn, err := instance.Dial(dir)
 			if err != nil {
 				return runtimeErr(err)
 			}
 			defer conn.Close()
-			_, err = runtime.Call(conn, &runtime.Request{Op: "kill", PID: pid, Sig: int(sig)})
+			_, err = instance.Call(conn, &instance.Request{Op: "kill", PID: pid, Sig: int(sig)})
 			return err
 		},
 	}
@@ -436,15 +436,15 @@ func newStatusCmd(env *Env) *cobra.Command {
 		Short: "Show whether an instance runs: measurement, backend, mounts, processes",
 		Args:  exactArgs(0),
 		RunE: func(c *cobra.Command, _ []string) error {
-			st := &runtime.Status{State: "stopped", Dir: absDir(dir)}
-			if conn, err := runtime.Dial(dir); err == nil {
-				r, err := runtime.Call(conn, &runtime.Request{Op: "status"})
+			st := &instance.Status{State: "stopped", Dir: absDir(dir)}
+			if conn, err := instance.Dial(dir); err == nil {
+				r, err := instance.Call(conn, &instance.Request{Op: "status"})
 				conn.Close()
 				if err != nil {
 					return err
 				}
 				st = r.State
-			} else if b, err := image.LoadBuild(dir); err == nil {
+			} else if b, err := trustimage.LoadBuild(dir); err == nil {
 				st.Measurement, st.Signer = b.MeasurementHex(), b.MrSignerHex()
 			} else {
 				return runtimeErr(err)

@@ -22,11 +22,11 @@ import (
 	"github.com/veil-tee/veil/attest/sim"
 	"github.com/veil-tee/veil/attest/tsm"
 	"github.com/veil-tee/veil/attest/verifier"
-	"github.com/veil-tee/veil/image"
 	"github.com/veil-tee/veil/kms"
 	"github.com/veil-tee/veil/kms/api"
 	"github.com/veil-tee/veil/kms/client"
 	"github.com/veil-tee/veil/seal"
+	"github.com/veil-tee/veil/trustimage"
 )
 
 func init() {
@@ -131,7 +131,7 @@ func (attestPolicies) Evaluate(doc []byte, w kms.Workload) (bool, []string) {
 
 // imageInstanceIdentity reads a built instance's verified identity.
 func imageInstanceIdentity(dir string) (InstanceIdentity, error) {
-	b, err := image.LoadBuild(dir)
+	b, err := trustimage.LoadBuild(dir)
 	if err != nil {
 		return InstanceIdentity{}, err
 	}

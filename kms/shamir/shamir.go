@@ -12,7 +12,6 @@ package shamir
 
 import (
 	"crypto/rand"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -136,6 +135,3 @@ func Combine(shares [][]byte) ([]byte, error) {
 	}
 	return secret, nil
 }
-
-// Equal reports whether a and b are equal, in constant time.
-func Equal(a, b []byte) bool { return subtle.ConstantTimeCompare(a, b) == 1 }

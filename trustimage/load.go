@@ -1,4 +1,4 @@
-// Package image builds, measures, signs and reads veil's trusted images.
+// Package trustimage builds, measures, signs and reads veil's trusted images.
 //
 // An image is a squashfs file system (built by mksquashfs from a tar stream
 // veil writes: sorted paths, owner root, time zero), optionally encrypted
@@ -21,7 +21,7 @@
 // two images built from the same content and key; rollback to an older
 // build with the same signer (svn, checked by policy). The image key must
 // come from a trusted place (the KMS after attestation).
-package image
+package trustimage
 
 import (
 	"crypto/subtle"

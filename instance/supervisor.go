@@ -1,4 +1,4 @@
-package runtime
+package instance
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/veil-tee/veil/runtime/sandbox"
+	"github.com/veil-tee/veil/instance/sandbox"
 )
 
 // SocketName is the supervisor's control socket in DIR/run.

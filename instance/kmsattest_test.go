@@ -1,4 +1,4 @@
-package runtime
+package instance
 
 import (
 	"context"
@@ -30,8 +30,8 @@ import (
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/ratls"
 	"github.com/veil-tee/veil/attest/sim"
-	"github.com/veil-tee/veil/image"
 	"github.com/veil-tee/veil/kms/api"
+	"github.com/veil-tee/veil/trustimage"
 )
 
 // tlsKey is a certificate of the test CA for the stand-in key service.
@@ -149,8 +149,8 @@ func kmsInstance(t *testing.T, addr string, pin []byte, policy *attest.Policy) s
 	if err := os.WriteFile(filepath.Join(dir, "veil.json"), b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sk, _ := image.GenerateSignKey()
-	if _, _, err := image.Build(context.Background(), dir, image.Options{SignKey: sk}); err != nil {
+	sk, _ := trustimage.GenerateSignKey()
+	if _, _, err := trustimage.Build(context.Background(), dir, trustimage.Options{SignKey: sk}); err != nil {
 		t.Fatal(err)
 	}
 	return dir
@@ -201,7 +201,7 @@ func TestKMSAttestation(t *testing.T) {
 		in, err := Open(context.Background(), Options{
 			Dir: dir, SimDir: simDir, KMSRetries: 1, KMSTimeout: 5 * time.Second,
 			Info: func(s string) { notes = append(notes, s) },
-			MountRoot: func(string, *image.Reader, *slog.Logger) (Unmounter, error) {
+			MountRoot: func(string, *trustimage.Reader, *slog.Logger) (Unmounter, error) {
 				mounted = true
 				return nopUnmount{}, nil
 			},

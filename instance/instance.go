@@ -1,4 +1,4 @@
-package runtime
+package instance
 
 import (
 	"context"
@@ -26,11 +26,11 @@ import (
 	"github.com/veil-tee/veil/attest/tsm"
 	"github.com/veil-tee/veil/attest/verifier"
 	"github.com/veil-tee/veil/config"
-	"github.com/veil-tee/veil/image"
+	"github.com/veil-tee/veil/instance/sandbox"
 	"github.com/veil-tee/veil/internal/timing"
 	"github.com/veil-tee/veil/kms/client"
-	"github.com/veil-tee/veil/runtime/sandbox"
 	"github.com/veil-tee/veil/seal"
+	"github.com/veil-tee/veil/trustimage"
 )
 
 // Errors a caller may act on.
@@ -77,7 +77,7 @@ type Options struct {
 	// (and SEV-SNP with its defaults).
 	KMSVerifier attest.Verifier
 	// MountRoot mounts the verified image read-only at mountpoint.
-	MountRoot func(mountpoint string, r *image.Reader, log *slog.Logger) (Unmounter, error)
+	MountRoot func(mountpoint string, r *trustimage.Reader, log *slog.Logger) (Unmounter, error)
 	// MountSealed mounts a sealed directory at mountpoint.
 	MountSealed func(mountpoint string, o SealedMount, log *slog.Logger) (Unmounter, error)
 	// MountAttestation, when set, serves /dev/attestation (Gramine's
@@ -117,7 +117,7 @@ type MountInfo struct {
 type Instance struct {
 	Dir     string
 	RunDir  string
-	Build   *image.LoadedBuild
+	Build   *trustimage.LoadedBuild
 	Config  *config.Config
 	Backend attest.TEE
 	// KMSAttested names the key services that proved their TEE, with it.
@@ -157,7 +157,7 @@ func Open(ctx context.Context, o Options) (_ *Instance, err error) {
 		return nil, err
 	}
 	timing.Mark("veil", "opening the instance")
-	b, err := image.LoadBuild(dir)
+	b, err := trustimage.LoadBuild(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -341,7 +341,7 @@ func kmsURL(addr string) string {
 
 // detectIssuer picks configfs-tsm inside a confidential VM, else the local
 // sim platform.
-func detectIssuer(b *image.LoadedBuild, simDir string, warn func(string)) (attest.Issuer, error) {
+func detectIssuer(b *trustimage.LoadedBuild, simDir string, warn func(string)) (attest.Issuer, error) {
 	if tsm.Available() {
 		return tsm.NewLinuxIssuer("")
 	}

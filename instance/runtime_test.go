@@ -1,4 +1,4 @@
-package runtime
+package instance
 
 import (
 	"bytes"
@@ -20,9 +20,9 @@ import (
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/sim"
 	"github.com/veil-tee/veil/fusefs"
-	"github.com/veil-tee/veil/image"
 	"github.com/veil-tee/veil/internal/veiltest"
 	"github.com/veil-tee/veil/seal"
+	"github.com/veil-tee/veil/trustimage"
 )
 
 var veilBin string
@@ -55,7 +55,7 @@ func (e extracted) Unmount() error {
 	return nil
 }
 
-func extractRoot(mountpoint string, r *image.Reader, _ *slog.Logger) (Unmounter, error) {
+func extractRoot(mountpoint string, r *trustimage.Reader, _ *slog.Logger) (Unmounter, error) {
 	defer r.Close() // the mounter owns the reader; this one is done with it once copied
 	f, err := os.CreateTemp("", "veil-img-")
 	if err != nil {
@@ -123,8 +123,8 @@ func instanceWith(t *testing.T, mountExtra string) (dir, data string, key *seal.
 	if err := os.WriteFile(filepath.Join(dir, "veil.json"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sk, _ := image.GenerateSignKey()
-	if _, _, err := image.Build(context.Background(), dir, image.Options{SignKey: sk}); err != nil {
+	sk, _ := trustimage.GenerateSignKey()
+	if _, _, err := trustimage.Build(context.Background(), dir, trustimage.Options{SignKey: sk}); err != nil {
 		t.Fatal(err)
 	}
 	return dir, data, k

@@ -1,4 +1,4 @@
-package runtime
+package instance
 
 import (
 	"context"
@@ -6,8 +6,8 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/veil-tee/veil/instance/sandbox"
 	"github.com/veil-tee/veil/internal/timing"
-	"github.com/veil-tee/veil/runtime/sandbox"
 )
 
 // RunOptions are Options plus the program to run.
