@@ -1,37 +1,49 @@
 # One entry point for hygiene: make fmt lint test bench demo.
+# `make test` sets up what it needs (scripts/setup.sh) and runs gofmt,
+# go vet, staticcheck, govulncheck and go test -race ./... .
 GO       ?= go
 BIN      := bin/veil
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS  := -s -w -X github.com/veil-tee/veil/internal/cli.version=$(VERSION) -X github.com/veil-tee/veil/internal/cli.commit=$(COMMIT)
-STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(shell $(GO) env GOPATH)/bin/staticcheck)
 BENCHTIME ?= 1x
+# go.mod pins the toolchain (security fixes of the standard library); let
+# go fetch it through the module proxy where the installed Go is older.
+export GOTOOLCHAIN ?= auto
 
-.PHONY: all build test fmt lint vet bench demo clean
+.PHONY: all build setup test fmt lint vet vulncheck bench demo clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/veil
 
+# Debian packages the tests and examples need, installed if missing.
+setup:
+	./scripts/setup.sh
+
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
-	$(STATICCHECK) ./...
+	$(GO) tool staticcheck ./...
+	./scripts/vulncheck.sh
 
 vet:
 	$(GO) vet ./...
 
-test: lint build
-	$(GO) test -race -count=1 -timeout 15m ./...
+vulncheck:
+	./scripts/vulncheck.sh
+
+test: setup lint build
+	$(GO) test -race -count=1 -timeout 20m ./...
 
 # Benchmarks: results go to docs/performance.md (see scripts/bench.sh).
-bench: build
+bench: setup build
 	./scripts/bench.sh
 
-demo: build
+demo: setup build
 	./scripts/demo.sh
 
 clean:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"github.com/veil-tee/veil/internal/veiltest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -134,7 +135,7 @@ func TestLinkEscapes(t *testing.T) {
 // chain, loader and libraries are planned at their host paths.
 func TestPlanPython3(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/python3"); err != nil {
-		t.Skip("no python3")
+		veiltest.Skip(t, "no python3")
 	}
 	ents, err := Plan(filepath.Join(t.TempDir(), "image"), config.BOM{Copy: []config.Copy{{From: "/usr/bin/python3"}}}, Options{})
 	if err != nil {
@@ -201,7 +202,7 @@ func TestSnippetsParse(t *testing.T) {
 func TestParseLDCacheHost(t *testing.T) {
 	data, err := os.ReadFile("/etc/ld.so.cache")
 	if err != nil {
-		t.Skip("no /etc/ld.so.cache")
+		veiltest.Skip(t, "no /etc/ld.so.cache")
 	}
 	ents, err := ParseLDCache(data)
 	if err != nil {
@@ -295,7 +296,7 @@ func TestOriginIsPathFound(t *testing.T) {
 	const blas = "/usr/lib/x86_64-linux-gnu/libblas.so.3"
 	real, err := filepath.EvalSymlinks(blas)
 	if err != nil || !strings.Contains(real, "openblas") {
-		t.Skip("Debian openblas not installed")
+		veiltest.Skip(t, "Debian openblas not installed")
 	}
 	ents, err := Plan(filepath.Join(t.TempDir(), "image"), config.BOM{Copy: []config.Copy{{From: blas}}}, Options{})
 	if err != nil {

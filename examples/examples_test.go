@@ -25,11 +25,11 @@ func TestMain(m *testing.M) { veiltest.Main(m, &veilBin) }
 func needPython(t *testing.T, pkg string, modules ...string) {
 	t.Helper()
 	if _, err := os.Stat("/usr/bin/python3"); err != nil {
-		t.Skip("needs the Debian package python3")
+		veiltest.Skip(t, "needs the Debian package python3")
 	}
 	for _, m := range modules {
 		if err := exec.Command("/usr/bin/python3", "-c", "import "+m).Run(); err != nil {
-			t.Skipf("needs the Debian package %s (python3 cannot import %s)", pkg, m)
+			veiltest.Skip(t, "needs the Debian package %s (python3 cannot import %s)", pkg, m)
 		}
 	}
 }
@@ -38,11 +38,6 @@ func needMachine(t *testing.T) {
 	t.Helper()
 	veiltest.NeedFUSE(t)
 	veiltest.NeedCommand(t, "bash")
-}
-
-func firstLine(b []byte) string {
-	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
-	return s
 }
 
 // runExample runs examples/NAME/run.sh with a fresh WORK directory and

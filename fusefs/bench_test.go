@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"fmt"
+	"github.com/veil-tee/veil/internal/veiltest"
 	"io"
 	mrand "math/rand/v2"
 	"os"
@@ -38,7 +39,7 @@ type target struct {
 func benchTargets(b *testing.B) []target {
 	b.Helper()
 	if os.Geteuid() != 0 {
-		b.Skip("needs root for FUSE")
+		veiltest.Skip(b, "needs root for FUSE")
 	}
 	base := b.TempDir()
 	plain := filepath.Join(base, "plain")

@@ -1,6 +1,7 @@
 package fusefs
 
 import (
+	"github.com/veil-tee/veil/internal/veiltest"
 	"io"
 	"io/fs"
 	"os"
@@ -72,7 +73,7 @@ func benchImage(b *testing.B) (*trustimage.LoadedBuild, string, int64) {
 		benchBytes, benchErr = readAll(benchTree, make([]byte, 1<<20))
 	})
 	if benchErr == errSkip {
-		b.Skip("cannot build the benchmark image (needs mksquashfs and root)")
+		veiltest.Skip(b, "cannot build the benchmark image (needs mksquashfs and root)")
 	}
 	if benchErr != nil {
 		b.Fatal(benchErr)

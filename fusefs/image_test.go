@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/veil-tee/veil/internal/veiltest"
 	"io/fs"
 	"log/slog"
 	mrand "math/rand/v2"
@@ -110,7 +111,7 @@ var (
 func buildTestImage(t testing.TB, fill func(dir string), extra string, key []byte) *trustimage.LoadedBuild {
 	t.Helper()
 	if _, err := exec.LookPath("mksquashfs"); err != nil {
-		t.Skip("mksquashfs not installed")
+		veiltest.Skip(t, "mksquashfs not installed")
 	}
 	dir := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(dir, "image"), 0o755); err != nil {
@@ -177,10 +178,10 @@ func ownFDs(t testing.TB) int {
 func mountTestImage(t testing.TB, b *trustimage.LoadedBuild, key []byte, openFiles ...int) *imageMount {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("FUSE mounts in tests need root")
+		veiltest.Skip(t, "FUSE mounts in tests need root")
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
+		veiltest.Skip(t, "no /dev/fuse")
 	}
 	fds := ownFDs(t)
 	r, err := b.Open(key)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"github.com/veil-tee/veil/internal/veiltest"
 	"io"
 	"log/slog"
 	mrand "math/rand/v2"
@@ -22,10 +23,10 @@ import (
 func needFUSE(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("FUSE mounts in tests need root")
+		veiltest.Skip(t, "FUSE mounts in tests need root")
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
+		veiltest.Skip(t, "no /dev/fuse")
 	}
 }
 
@@ -297,7 +298,7 @@ func TestSealedMountDiskFull(t *testing.T) {
 	needFUSE(t)
 	src := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", src).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+		veiltest.Skip(t, "cannot mount tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { syscall.Unmount(src, 0) })
 	k := newKey(t)

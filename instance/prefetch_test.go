@@ -1,6 +1,7 @@
 package instance
 
 import (
+	"github.com/veil-tee/veil/internal/veiltest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,7 +57,7 @@ func TestPrefetchFollowsLoader(t *testing.T) {
 	copyIn("/usr/bin/dash")
 	out, err := exec.Command("ldd", "/usr/bin/dash").Output()
 	if err != nil {
-		t.Skip("needs ldd")
+		veiltest.Skip(t, "needs ldd")
 	}
 	var libs []string
 	for _, f := range strings.Fields(string(out)) {

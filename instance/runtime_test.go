@@ -32,13 +32,13 @@ func TestMain(m *testing.M) { veiltest.Main(m, &veilBin) }
 func needRootFUSE(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root")
+		veiltest.Skip(t, "needs root")
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse")
+		veiltest.Skip(t, "needs /dev/fuse")
 	}
 	if _, err := exec.LookPath("mksquashfs"); err != nil {
-		t.Skip("needs mksquashfs")
+		veiltest.Skip(t, "needs mksquashfs")
 	}
 }
 

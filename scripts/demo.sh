@@ -3,7 +3,7 @@
 # data owner seals people.csv under a key of a dev key service, the
 # developer builds the query instance and registers its measurement, the
 # operator runs it with veil run, the owner decrypts the result.
-# Installs the Debian packages it needs if they are missing; starts and
+# Installs the Debian packages it needs if they are missing (scripts/setup.sh); starts and
 # stops its own key service on a free loopback port; leaves nothing running
 # or mounted.
 set -euo pipefail
@@ -11,20 +11,7 @@ cd "$(dirname "$0")/.."
 export VEIL=${VEIL:-$PWD/bin/veil}
 ROWS=${ROWS:-100000}
 
-need=()
-for pkg in python3 python3-pandas fuse3 squashfs-tools; do
-	dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-	echo "installing Debian packages: ${need[*]}"
-	if [ "$(id -u)" != 0 ]; then
-		echo "demo: needs root to install ${need[*]} and to mount (FUSE, namespaces)" >&2
-		exit 1
-	fi
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
+./scripts/setup.sh
 if [ "$(id -u)" != 0 ]; then
 	echo "demo: veil run needs root here (FUSE mounts, namespaces)" >&2
 	exit 1

@@ -3,6 +3,7 @@ package trustimage
 import (
 	"context"
 	"crypto/sha256"
+	"github.com/veil-tee/veil/internal/veiltest"
 	"io"
 	"os"
 	"path/filepath"
@@ -25,7 +26,7 @@ func pandasInstance(b *testing.B) (string, []bom.Entry, int64) {
 
 func pandasDir(b testing.TB) (string, []bom.Entry) {
 	if _, err := os.Stat("/usr/lib/python3/dist-packages/pandas"); err != nil {
-		b.Skip("python3-pandas not installed")
+		veiltest.Skip(b, "python3-pandas not installed")
 	}
 	dir := b.TempDir()
 	os.MkdirAll(filepath.Join(dir, "image/app"), 0o755)

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"github.com/veil-tee/veil/internal/veiltest"
 	"io"
 	"io/fs"
 	mrand "math/rand/v2"
@@ -27,7 +28,7 @@ const smallConfig = `{
 func needTool(t *testing.T, name string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed", name)
+		veiltest.Skip(t, "%s not installed", name)
 	}
 }
 
@@ -495,7 +496,7 @@ func TestDiskFull(t *testing.T) {
 	needTool(t, "mksquashfs")
 	mnt := t.TempDir()
 	if err := exec.Command("mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", mnt).Run(); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v", err)
+		veiltest.Skip(t, "cannot mount a tmpfs: %v", err)
 	}
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 	dir := filepath.Join(mnt, "app")

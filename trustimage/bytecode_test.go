@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/veil-tee/veil/internal/veiltest"
 	"io"
 	"os"
 	"os/exec"
@@ -18,11 +19,11 @@ func hostPython(t *testing.T) (path, tag string) {
 	t.Helper()
 	p, err := filepath.EvalSymlinks("/usr/bin/python3")
 	if err != nil || !pythonRE.MatchString(p) {
-		t.Skip("needs /usr/bin/python3.N")
+		veiltest.Skip(t, "needs /usr/bin/python3.N")
 	}
 	out, err := exec.Command(p, "-c", "import sys; print(sys.implementation.cache_tag)").Output()
 	if err != nil {
-		t.Skip("python3 does not run")
+		veiltest.Skip(t, "python3 does not run")
 	}
 	return p, strings.TrimSpace(string(out))
 }

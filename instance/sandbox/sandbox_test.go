@@ -21,7 +21,7 @@ func TestMain(m *testing.M) { veiltest.Main(m, &veilBin) }
 
 func needRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("sandbox tests need root")
+		veiltest.Skip(t, "sandbox tests need root")
 	}
 }
 

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"github.com/veil-tee/veil/internal/veiltest"
 	"io"
 	"os"
 	"os/exec"
@@ -36,7 +37,7 @@ func usernsChild(t *testing.T, test string, maxUserNS int, env ...string) (strin
 	}
 	out, err := cmd.CombinedOutput()
 	if err == nil && strings.Contains(string(out), "--- SKIP: "+test) {
-		t.Skipf("in the child: %s", out)
+		veiltest.Skip(t, "in the child: %s", out)
 	}
 	return string(out), err
 }
@@ -47,7 +48,7 @@ func becomeNobody(t *testing.T) {
 	t.Helper()
 	if v := os.Getenv(usernsChildEnv); v != "-1" {
 		if err := os.WriteFile("/proc/sys/user/max_user_namespaces", []byte(v), 0); err != nil {
-			t.Skipf("this kernel does not let a user namespace limit its own: %v", err)
+			veiltest.Skip(t, "this kernel does not let a user namespace limit its own: %v", err)
 		}
 	}
 	if err := syscall.Setgroups(nil); err != nil {
@@ -106,7 +107,7 @@ func TestUserNamespaceSandbox(t *testing.T) {
 		}, Options{InitPath: bin, Stdout: w, Stderr: w})
 		w.Close()
 		if errors.Is(err, ErrDenied) {
-			t.Skipf("this kernel refuses user namespaces to unprivileged users: %v", err)
+			veiltest.Skip(t, "this kernel refuses user namespaces to unprivileged users: %v", err)
 		}
 		if err != nil {
 			t.Fatal(err)

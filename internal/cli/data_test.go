@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"crypto/rand"
+	"github.com/veil-tee/veil/internal/veiltest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -263,13 +264,13 @@ func TestCLIBadInput(t *testing.T) {
 
 func TestCLIDiskFull(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mounting a small tmpfs needs root")
+		veiltest.Skip(t, "mounting a small tmpfs needs root")
 	}
 	dir := t.TempDir()
 	small := filepath.Join(dir, "small")
 	os.Mkdir(small, 0o755)
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+		veiltest.Skip(t, "cannot mount tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { syscall.Unmount(small, 0) })
 	mustVeil(t, dir, nil, "gen-key", "k")

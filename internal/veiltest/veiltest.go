@@ -36,11 +36,30 @@ func Main(m *testing.M, bin *string) {
 	os.Exit(code)
 }
 
+// RequireEnv is the environment variable that turns environment skips
+// into failures: with VEIL_TEST_REQUIRE=all (set by .ci/run), a test that
+// would skip because the machine lacks root, /dev/fuse, a command, a
+// Python package or user namespaces fails instead, so a run can never pass
+// by skipping.
+const RequireEnv = "VEIL_TEST_REQUIRE"
+
+// Skip skips the test because the machine lacks something it needs, or
+// fails it when VEIL_TEST_REQUIRE=all. Skips that are not about the
+// machine (-short) call t.Skip directly.
+func Skip(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if os.Getenv(RequireEnv) == "all" {
+		t.Fatalf("%s (%s=all: environment skips are failures)", msg, RequireEnv)
+	}
+	t.Skip(msg)
+}
+
 // NeedRoot skips the test unless it runs as root.
 func NeedRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root")
+		Skip(t, "needs root")
 	}
 }
 
@@ -49,7 +68,7 @@ func NeedFUSE(t testing.TB) {
 	t.Helper()
 	NeedRoot(t)
 	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse")
+		Skip(t, "needs /dev/fuse")
 	}
 }
 
@@ -57,7 +76,7 @@ func NeedFUSE(t testing.TB) {
 func NeedCommand(t testing.TB, name string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("needs %s", name)
+		Skip(t, "needs %s", name)
 	}
 }
 

@@ -58,7 +58,7 @@ var hexLine = regexp.MustCompile(`^[0-9a-f]{64}\n$`)
 func TestAcceptance(t *testing.T) {
 	for _, tool := range []string{"mksquashfs", "/usr/bin/python3"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s missing", tool)
+			veiltest.Skip(t, "%s missing", tool)
 		}
 	}
 	home := t.TempDir()
@@ -171,7 +171,7 @@ func TestAcceptance(t *testing.T) {
 
 func TestKeysAndEncryptedBuild(t *testing.T) {
 	if _, err := exec.LookPath("mksquashfs"); err != nil {
-		t.Skip("mksquashfs missing")
+		veiltest.Skip(t, "mksquashfs missing")
 	}
 	home := t.TempDir()
 	keys := t.TempDir()

@@ -97,7 +97,7 @@ func TestRunWithoutRoot(t *testing.T) {
 
 	r := as("", "run", "-C", app, "/usr/bin/sh", "-c", script)
 	if r.code == 1 && strings.Contains(r.err, "creating a user namespace") {
-		t.Skipf("this kernel refuses user namespaces to unprivileged users:\n%s", r.err)
+		veiltest.Skip(t, "this kernel refuses user namespaces to unprivileged users:\n%s", r.err)
 	}
 	if r.code != 5 {
 		t.Fatalf("run as uid %d: exit %d, want the program's 5\n%s%s", nobody, r.code, r.out, r.err)

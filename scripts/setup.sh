@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# setup.sh: what veil's tests, demo and benchmarks need of a Debian 12
+# machine, installed if missing. Shared by `make test`, `make demo` and
+# .ci/run. Go tools (staticcheck, govulncheck) are not installed here: they
+# come through go.mod's tool directive (`go tool NAME`).
+#
+#   scripts/setup.sh           check Go, install missing Debian packages
+#   scripts/setup.sh --check   only report what is missing (exit 1 if any)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The Debian packages, one group per user.
+PACKAGES=(
+	make git                                   # the build
+	fuse3                                      # sealed and image mounts (fusermount3)
+	squashfs-tools cryptsetup-bin              # veil build (mksquashfs), image tests
+	gocryptfs                                  # the sealed-mount benchmark's peer
+	python3 python3-pandas python3-sklearn python3-torch   # examples/ run these unmodified
+)
+
+check_only=false
+[ "${1:-}" = --check ] && check_only=true
+
+# Go: go.mod names the toolchain; any Go from 1.21 on fetches it through
+# the module proxy by itself (GOTOOLCHAIN=auto).
+if ! command -v go >/dev/null 2>&1; then
+	echo "setup: go not found on PATH: install Go 1.21 or newer (Go at /usr/local/go/bin is found if it is on PATH)" >&2
+	exit 1
+fi
+want=$(sed -n 's/^toolchain go//p' go.mod)
+have=$(GOTOOLCHAIN=local go env GOVERSION | sed 's/^go//')
+older() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n1)" = "$1" ] && [ "$1" != "$2" ]; }
+if older "$have" 1.21; then
+	echo "setup: Go $have is too old: install Go 1.21 or newer (veil builds with Go $want, which newer Go fetches by itself)" >&2
+	exit 1
+fi
+if [ "${GOTOOLCHAIN:-auto}" = local ] && older "$have" "$want"; then
+	echo "setup: GOTOOLCHAIN=local but Go $have is older than go.mod's toolchain $want: unset GOTOOLCHAIN or install Go $want" >&2
+	exit 1
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+	dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	if $check_only; then
+		echo "setup: missing Debian packages: ${missing[*]}" >&2
+		exit 1
+	fi
+	if [ "$(id -u)" != 0 ]; then
+		echo "setup: missing Debian packages: ${missing[*]}" >&2
+		echo "setup: hint: sudo apt-get install --no-install-recommends ${missing[*]}" >&2
+		exit 1
+	fi
+	echo "setup: installing Debian packages: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+$check_only || go mod download
