@@ -5,31 +5,19 @@ import (
 	"fmt"
 
 	"github.com/veil-tee/veil/attest"
+	"github.com/veil-tee/veil/attest/dcap"
 )
 
 // Sizes and constants of the DCAP ECDSA quote v3 format.
 const (
 	HeaderSize     = 48
-	ReportBodySize = 384
+	ReportBodySize = dcap.ReportBodySize
 	// MaxQuoteSize bounds a quote; real ones are about 5 KiB.
 	MaxQuoteSize = 64 << 10
 
 	attKeyECDSAP256 = 2
 	teeTypeSGX      = 0
-	certPCKChain    = 5
 )
-
-// Certification data types that carry an encrypted or plain PPID instead of
-// a PCK certificate chain; they need Intel's PCS to verify.
-var certTypeNames = map[uint16]string{
-	1: "plain PPID (PCK cert id)",
-	2: "PPID encrypted with RSA-2048-OAEP",
-	3: "PPID encrypted with RSA-3072-OAEP",
-	4: "PCK leaf certificate only",
-	5: "PCK certificate chain",
-	6: "QE report certification data",
-	7: "platform manifest",
-}
 
 // Header is the quote header.
 type Header struct {
@@ -43,23 +31,7 @@ type Header struct {
 }
 
 // ReportBody is an SGX enclave report body (also the QE report).
-type ReportBody struct {
-	CPUSVN     [16]byte
-	MiscSelect uint32
-	Attributes [16]byte // flags (8) || xfrm (8)
-	MREnclave  [32]byte
-	MRSigner   [32]byte
-	ISVProdID  uint16
-	ISVSVN     uint16
-	ReportData [64]byte
-	raw        []byte
-}
-
-// Flags returns the attribute flags (DEBUG is bit 1).
-func (r *ReportBody) Flags() uint64 { return binary.LittleEndian.Uint64(r.Attributes[:8]) }
-
-// Debug reports the DEBUG attribute.
-func (r *ReportBody) Debug() bool { return r.Flags()&2 != 0 }
+type ReportBody = dcap.ReportBody
 
 // Quote is a parsed quote v3.
 type Quote struct {
@@ -72,21 +44,11 @@ type Quote struct {
 	QEAuthData     []byte
 	CertType       uint16
 	CertData       []byte
-	signed         []byte // header || body
-}
-
-func parseReportBody(b []byte) ReportBody {
-	var r ReportBody
-	copy(r.CPUSVN[:], b[0:16])
-	r.MiscSelect = binary.LittleEndian.Uint32(b[16:20])
-	copy(r.Attributes[:], b[48:64])
-	copy(r.MREnclave[:], b[64:96])
-	copy(r.MRSigner[:], b[128:160])
-	r.ISVProdID = binary.LittleEndian.Uint16(b[256:258])
-	r.ISVSVN = binary.LittleEndian.Uint16(b[258:260])
-	copy(r.ReportData[:], b[320:384])
-	r.raw = b[:ReportBodySize:ReportBodySize]
-	return r
+	// Padding is the number of zero bytes after the signature data (quote
+	// buffers handed back by DCAP get-quote APIs carry some); nothing
+	// signed covers them and Marshal restores them.
+	Padding int
+	signed  []byte // header || body
 }
 
 type reader struct {
@@ -123,8 +85,8 @@ func (r *reader) u32(what string) uint32 {
 }
 
 // ParseQuote parses a DCAP ECDSA-P256 quote v3 strictly: every length field
-// must match, and no byte may follow the signature data. It verifies
-// nothing.
+// must match, and only zero bytes (padding) may follow the signature data.
+// It verifies nothing.
 func ParseQuote(b []byte) (*Quote, error) {
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("parsing SGX quote: %s: %w", fmt.Sprintf(format, a...), attest.ErrMalformed)
@@ -161,14 +123,18 @@ func ParseQuote(b []byte) (*Quote, error) {
 	if r.err != nil {
 		return nil, bad("%v", r.err)
 	}
-	q.Body = parseReportBody(body)
+	q.Body, _ = dcap.ParseReportBody(body)
 	q.signed = b[: HeaderSize+ReportBodySize : HeaderSize+ReportBodySize]
-	if rest := len(b) - r.off; int64(sigLen) != int64(rest) {
-		if int64(sigLen) < int64(rest) {
-			return nil, bad("%d trailing bytes after the signature data", int64(rest)-int64(sigLen))
-		}
+	rest := len(b) - r.off
+	if int64(sigLen) > int64(rest) {
 		return nil, bad("signature data length %d, but %d bytes follow", sigLen, rest)
 	}
+	end := r.off + int(sigLen)
+	if i := firstNonZero(b[end:]); i >= 0 {
+		return nil, bad("non-zero byte at offset %d, after the signature data (only zero padding may follow it)", end+i)
+	}
+	q.Padding = len(b) - end
+	r.b = b[:end:end]
 	copy(q.Signature[:], r.take(64, "quote signature"))
 	copy(q.AttestationKey[:], r.take(64, "attestation key"))
 	qe := r.take(ReportBodySize, "QE report")
@@ -180,8 +146,8 @@ func ParseQuote(b []byte) (*Quote, error) {
 	if r.err != nil {
 		return nil, bad("%v", r.err)
 	}
-	q.QEReport = parseReportBody(qe)
-	if rest := len(b) - r.off; int64(certLen) != int64(rest) {
+	q.QEReport, _ = dcap.ParseReportBody(qe)
+	if rest := len(r.b) - r.off; int64(certLen) != int64(rest) {
 		if int64(certLen) < int64(rest) {
 			return nil, bad("%d trailing bytes after the certification data", int64(rest)-int64(certLen))
 		}
@@ -200,7 +166,7 @@ func (q *Quote) Marshal() []byte {
 	sd := make([]byte, 0, 64*2+ReportBodySize+64+2+len(q.QEAuthData)+6+len(q.CertData))
 	sd = append(sd, q.Signature[:]...)
 	sd = append(sd, q.AttestationKey[:]...)
-	sd = append(sd, q.QEReport.raw...)
+	sd = append(sd, q.QEReport.Raw()...)
 	sd = append(sd, q.QESignature[:]...)
 	sd = binary.LittleEndian.AppendUint16(sd, uint16(len(q.QEAuthData)))
 	sd = append(sd, q.QEAuthData...)
@@ -208,5 +174,16 @@ func (q *Quote) Marshal() []byte {
 	sd = binary.LittleEndian.AppendUint32(sd, uint32(len(q.CertData)))
 	sd = append(sd, q.CertData...)
 	out = binary.LittleEndian.AppendUint32(out, uint32(len(sd)))
-	return append(out, sd...)
+	out = append(out, sd...)
+	return append(out, make([]byte, q.Padding)...)
+}
+
+// firstNonZero returns the index of the first non-zero byte of b, or -1.
+func firstNonZero(b []byte) int {
+	for i, c := range b {
+		if c != 0 {
+			return i
+		}
+	}
+	return -1
 }

@@ -169,8 +169,8 @@ func TestEPPIDRejected(t *testing.T) {
 func TestTamperAndTruncate(t *testing.T) {
 	col := collateral(t)
 	quote := read(t, "quote_v3_ecdsa_p256_pck_chain.bin")
-	// Trailing bytes, truncation at every length class.
-	for _, b := range [][]byte{append(bytes.Clone(quote), 0), quote[:len(quote)-1], quote[:HeaderSize+10], quote[:5], nil} {
+	// Non-zero trailing bytes, truncation at every length class.
+	for _, b := range [][]byte{append(bytes.Clone(quote), 1), append(bytes.Clone(quote), 0, 0, 7, 0), quote[:len(quote)-1], quote[:HeaderSize+10], quote[:5], nil} {
 		if _, err := ParseQuote(b); !errors.Is(err, attest.ErrMalformed) {
 			t.Fatalf("len %d: %v", len(b), err)
 		}
@@ -194,6 +194,40 @@ func TestTamperAndTruncate(t *testing.T) {
 	}
 	if err := flip(sd + 128 + 64); !errors.Is(err, attest.ErrSignature) {
 		t.Fatalf("QE report: %v", err)
+	}
+}
+
+// Quote buffers from DCAP get-quote APIs carry zero padding after the
+// signature data: it is accepted and changes nothing; any non-zero byte
+// there is refused, since nothing signed covers it.
+func TestZeroPadding(t *testing.T) {
+	col := collateral(t)
+	quote := read(t, "quote_v3_ecdsa_p256_pck_chain.bin")
+	want, err := verifyAt(t, col, goodTime, 0, quote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	padded := append(bytes.Clone(quote), make([]byte, 70)...)
+	q, err := ParseQuote(padded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Padding != 70 || !bytes.Equal(q.Marshal(), padded) {
+		t.Fatalf("padding %d, marshal identical %v", q.Padding, bytes.Equal(q.Marshal(), padded))
+	}
+	got, err := verifyAt(t, col, goodTime, 0, padded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Measurement, want.Measurement) || got.TCBStatus != want.TCBStatus {
+		t.Fatalf("padded quote gives other claims: %+v", got)
+	}
+	for _, i := range []int{0, 35, 69} {
+		b := bytes.Clone(padded)
+		b[len(quote)+i] = 0x80
+		if _, err := verifyAt(t, col, goodTime, 0, b); !errors.Is(err, attest.ErrMalformed) {
+			t.Fatalf("non-zero byte %d after the signature data: %v", i, err)
+		}
 	}
 }
 

@@ -1,14 +1,15 @@
 // Package tdx verifies Intel TDX quotes (version 4) and issues them inside
-// a TDX guest through Linux configfs-tsm. Parsing, the quote signature, the
-// QE report signature and the attestation-key binding use
-// github.com/google/go-tdx-guest; the PCK chain (with named validity
-// errors), the collateral (TCB info, QE identity, CRLs) and the TCB level
-// with advisory IDs are checked by package pcs, shared with SGX, so that
-// every TCB status reaches the policy instead of only UpToDate.
+// a TDX guest through Linux configfs-tsm. Parsing uses
+// github.com/google/go-tdx-guest's abi package; everything else (PCK chain
+// with named validity errors, QE report signature, attestation-key binding,
+// quote signature, collateral, TCB level with advisory IDs) is package
+// dcap's verification, shared with SGX, so that every TCB status reaches
+// the policy instead of only UpToDate.
 //
 // What it protects against: forged or altered quotes and collateral, a TD
 // quoting enclave that is not Intel's, a TDX module whose signer or version
-// the collateral does not rate, trailing bytes smuggled after the quote.
+// the collateral does not rate, non-zero bytes smuggled after the signature
+// data (zero padding is accepted: nothing signed covers it).
 //
 // What it does not protect against: replay of a genuine quote (bind a nonce
 // into the report data); revoked PCK certificates when no CRL is supplied;
@@ -24,11 +25,10 @@ import (
 
 	"github.com/google/go-tdx-guest/abi"
 	pb "github.com/google/go-tdx-guest/proto/tdx"
-	"github.com/google/go-tdx-guest/verify"
 
 	"github.com/veil-tee/veil/attest"
+	"github.com/veil-tee/veil/attest/dcap"
 	"github.com/veil-tee/veil/attest/pcs"
-	"github.com/veil-tee/veil/attest/sgx"
 	"github.com/veil-tee/veil/attest/tsm"
 )
 
@@ -40,12 +40,14 @@ const MaxQuoteSize = 64 << 10
 type Options = pcs.VerifierOptions
 
 // Verifier verifies TDX quotes.
-type Verifier struct{ o Options }
+type Verifier struct{ d *dcap.Verifier }
 
 // NewVerifier returns a verifier with the given options.
-func NewVerifier(o Options) *Verifier { return &Verifier{o: o} }
+func NewVerifier(o Options) *Verifier { return &Verifier{d: dcap.NewVerifier(o)} }
 
-// ParseQuote parses a TDX quote v4 strictly (no trailing bytes).
+// ParseQuote parses a TDX quote v4 strictly: only zero bytes (padding) may
+// follow the signature data; the quote keeps them as its extra bytes, so
+// abi.QuoteToAbiBytes gives back the input.
 func ParseQuote(b []byte) (q *pb.QuoteV4, err error) {
 	if len(b) > MaxQuoteSize {
 		return nil, fmt.Errorf("parsing TDX quote: %d bytes, more than the maximum %d: %w", len(b), MaxQuoteSize, attest.ErrMalformed)
@@ -68,8 +70,12 @@ func ParseQuote(b []byte) (q *pb.QuoteV4, err error) {
 	if !ok {
 		return nil, fmt.Errorf("parsing TDX quote: %T is not a quote v4: %w", a, attest.ErrUnsupported)
 	}
-	if n := len(q.GetExtraBytes()); n > 0 {
-		return nil, fmt.Errorf("parsing TDX quote: %d trailing bytes after the signature data: %w", n, attest.ErrMalformed)
+	// Quote buffers from DCAP get-quote APIs and TDX guest stacks carry
+	// zero padding after the signature data; nothing signed covers it, so
+	// anything else there is refused.
+	extra := q.GetExtraBytes()
+	if i := bytes.IndexFunc(extra, func(c rune) bool { return c != 0 }); i >= 0 { // any non-zero byte decodes to a non-zero rune
+		return nil, fmt.Errorf("parsing TDX quote: non-zero byte at offset %d, after the signature data (only zero padding may follow it): %w", len(b)-len(extra)+i, attest.ErrMalformed)
 	}
 	if q.GetHeader().GetTeeType() != abi.TeeTDX {
 		return nil, fmt.Errorf("parsing TDX quote: TEE type %#x is not TDX: %w", q.GetHeader().GetTeeType(), attest.ErrMalformed)
@@ -89,81 +95,65 @@ func (v *Verifier) Verify(_ context.Context, ev *attest.Evidence) (*attest.Claim
 	if err != nil {
 		return nil, err
 	}
-	o := v.o.Options()
-	now := o.Now
-	qeCert := q.GetSignedData().GetCertificationData().GetQeReportCertificationData()
+	d, err := DCAP(q)
+	if err != nil {
+		return nil, err
+	}
+	res, err := v.d.Verify(d)
+	if err != nil {
+		return nil, err
+	}
+	return claims(q, res.PCK, res.TCB), nil
+}
+
+// DCAP returns what the shared DCAP verification reads from a parsed quote.
+func DCAP(q *pb.QuoteV4) (*dcap.Quote, error) {
+	bad := func(err error) error {
+		return fmt.Errorf("encoding TDX quote: %v: %w", err, attest.ErrMalformed)
+	}
+	header, err := abi.HeaderToAbiBytes(q.GetHeader())
+	if err != nil {
+		return nil, bad(err)
+	}
+	body, err := abi.TdQuoteBodyToAbiBytes(q.GetTdQuoteBody())
+	if err != nil {
+		return nil, bad(err)
+	}
+	sd := q.GetSignedData()
+	qeCert := sd.GetCertificationData().GetQeReportCertificationData()
+	rawQE, err := abi.EnclaveReportToAbiBytes(qeCert.GetQeReport())
+	if err != nil {
+		return nil, bad(err)
+	}
+	qeReport, err := dcap.ParseReportBody(rawQE)
+	if err != nil {
+		return nil, err
+	}
 	chainData := qeCert.GetPckCertificateChainData()
-	if chainData.GetCertificateDataType() != 5 {
-		return nil, fmt.Errorf("verifying TDX quote: certification data type %d is not a PCK certificate chain: %w", chainData.GetCertificateDataType(), attest.ErrUnsupported)
-	}
-	chain, err := sgx.ParsePCKChain(chainData.GetPckCertChain())
+	tb := q.GetTdQuoteBody()
+	return &dcap.Quote{
+		TEE:               attest.TEETDX,
+		Signed:            append(header, body...),
+		Signature:         sd.GetSignature(),
+		AttestationKey:    sd.GetEcdsaAttestationKey(),
+		QEReport:          qeReport,
+		QEReportSignature: qeCert.GetQeReportSignature(),
+		QEAuthData:        qeCert.GetQeAuthData().GetData(),
+		CertType:          uint16(chainData.GetCertificateDataType()),
+		CertData:          chainData.GetPckCertChain(),
+		TDX: &pcs.TDXInput{
+			TEETCBSVN: tb.GetTeeTcbSvn(), MRSignerSeam: tb.GetMrSignerSeam(), SeamAttributes: tb.GetSeamAttributes(),
+		},
+	}, nil
+}
+
+// PCKChain returns the PCK certificate chain of a parsed quote.
+func PCKChain(q *pb.QuoteV4) ([]*x509.Certificate, error) {
+	d, err := DCAP(q)
 	if err != nil {
 		return nil, err
 	}
-	if err := pcs.VerifyChain("PCK certificate", chain, o); err != nil {
-		return nil, fmt.Errorf("verifying PCK chain: %w", err)
-	}
-	col := v.o.Collateral
-	if col == nil {
-		return nil, fmt.Errorf("verifying TDX quote: no collateral (TCB info, QE identity): %w", attest.ErrCollateral)
-	}
-	for _, crl := range col.PCKCRLs {
-		if err := pcs.CheckRevoked("PCK certificate", chain[0], crl, o, chain[1]); err != nil {
-			return nil, fmt.Errorf("checking PCK CRL: %w", err)
-		}
-	}
-	if col.RootCRL != nil {
-		if err := pcs.CheckRevoked("PCK issuer CA", chain[1], col.RootCRL, o, chain[2]); err != nil {
-			return nil, fmt.Errorf("checking root CA CRL: %w", err)
-		}
-	}
-	// Signatures and the attestation-key binding, by go-tdx-guest; the
-	// collateral is evaluated below so that every TCB status is reported.
-	roots := x509.NewCertPool()
-	if len(v.o.Roots) == 0 {
-		roots.AddCert(pcs.IntelRootCA())
-	}
-	for _, r := range v.o.Roots {
-		roots.AddCert(r)
-	}
-	if err := verify.TdxQuote(q, &verify.Options{Now: now, TrustedRoots: roots}); err != nil {
-		return nil, fmt.Errorf("verifying TDX quote signatures: %v: %w", err, attest.ErrSignature)
-	}
-	pck, err := pcs.ParsePCKExtensions(chain[0])
-	if err != nil {
-		return nil, err
-	}
-	qeID, err := col.FindQEIdentity("TD_QE", o.Now)
-	if err != nil {
-		return nil, err
-	}
-	if err := qeID.Verify(col, o); err != nil {
-		return nil, err
-	}
-	qr := qeCert.GetQeReport()
-	qeRes, err := pcs.MatchQE(qeID, pcs.QEReport{
-		MiscSelect: qr.GetMiscSelect(), Attributes: qr.GetAttributes(), MRSigner: qr.GetMrSigner(),
-		ISVProdID: uint16(qr.GetIsvProdId()), ISVSVN: uint16(qr.GetIsvSvn()),
-	})
-	if err != nil {
-		return nil, err
-	}
-	tcbInfo, err := col.FindTCBInfo("TDX", pck.FMSPC, o.Now)
-	if err != nil {
-		return nil, err
-	}
-	if err := tcbInfo.Verify(col, o); err != nil {
-		return nil, err
-	}
-	body := q.GetTdQuoteBody()
-	platRes, err := pcs.EvaluateTDX(tcbInfo, pck, pcs.TDXInput{
-		TEETCBSVN: body.GetTeeTcbSvn(), MRSignerSeam: body.GetMrSignerSeam(), SeamAttributes: body.GetSeamAttributes(),
-	})
-	if err != nil {
-		return nil, err
-	}
-	res := pcs.Combine(platRes, qeRes)
-	return claims(q, pck, res), nil
+	return dcap.PCKChain(d)
 }
 
 // TD attribute bit 0 (TUD.DEBUG): the TD is debuggable.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tdx-guest/abi"
 	tdxdata "github.com/google/go-tdx-guest/testing/testdata"
 
 	"github.com/veil-tee/veil/attest"
@@ -97,10 +98,52 @@ func TestOutOfDate(t *testing.T) {
 	}
 }
 
-func TestTrailingRejected(t *testing.T) {
-	_, err := ParseQuote(read(t, "quote_v4_tdx_ecdsa_p256_trailing.bin"))
-	if !errors.Is(err, attest.ErrMalformed) || !strings.Contains(err.Error(), "trailing") {
-		t.Fatalf("got %v", err)
+// Quote buffers from DCAP get-quote APIs and TDX guest stacks carry zero
+// padding after the signature data: it is accepted and changes nothing; a
+// non-zero byte there is refused, since nothing signed covers it.
+func TestZeroPadding(t *testing.T) {
+	// The captured quote with 70 zero bytes parses and round-trips; it is
+	// another platform's quote whose PCK certificate was issued after the
+	// collateral's time, which is then the only reason it fails.
+	trailing := read(t, "quote_v4_tdx_ecdsa_p256_trailing.bin")
+	q, err := ParseQuote(trailing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(q.GetExtraBytes()); n != 70 {
+		t.Fatalf("%d padding bytes, want 70", n)
+	}
+	if b, err := abi.QuoteToAbiBytes(q); err != nil || !bytes.Equal(b, trailing) {
+		t.Fatalf("parse -> marshal not byte-identical: %v", err)
+	}
+	var ve *pcs.ValidityError
+	if _, err := verifyAt(goodCollateral(t), goodTime, trailing); !errors.As(err, &ve) || ve.What != "PCK certificate" || ve.Expired {
+		t.Fatalf("trailing sample: %v, want PCK certificate not yet valid", err)
+	}
+
+	// The current quote with zero padding verifies as without.
+	quote := read(t, "quote_v4_tdx_ecdsa_p256.bin")
+	want, err := verifyAt(goodCollateral(t), goodTime, quote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	padded := append(bytes.Clone(quote), make([]byte, 70)...)
+	got, err := verifyAt(goodCollateral(t), goodTime, padded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Measurement, want.Measurement) || got.TCBStatus != want.TCBStatus {
+		t.Fatalf("padded quote gives other claims: %+v", got)
+	}
+	for _, i := range []int{0, 35, 69} {
+		b := bytes.Clone(padded)
+		b[len(quote)+i] = 0x80
+		if _, err := verifyAt(goodCollateral(t), goodTime, b); !errors.Is(err, attest.ErrMalformed) || !strings.Contains(err.Error(), "non-zero") {
+			t.Fatalf("non-zero byte %d after the signature data: %v", i, err)
+		}
+	}
+	if _, err := ParseQuote(append(bytes.Clone(quote), 1)); !errors.Is(err, attest.ErrMalformed) {
+		t.Fatalf("one non-zero trailing byte: %v", err)
 	}
 }
 
@@ -197,7 +240,15 @@ func FuzzParseQuote(f *testing.F) {
 	f.Add(read(f, "quote_v4_tdx_ecdsa_p256_trailing.bin"))
 	f.Add(tdxdata.RawQuote)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = ParseQuote(b)
+		q, err := ParseQuote(b)
+		if err != nil {
+			return
+		}
+		out, err := abi.QuoteToAbiBytes(q)
+		if err != nil || !bytes.Equal(out, b) {
+			t.Fatalf("parse -> marshal not byte-identical: %v", err)
+		}
+		_, _ = PCKChain(q)
 	})
 }
 

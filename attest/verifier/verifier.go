@@ -96,8 +96,7 @@ func PlatformOf(raw []byte) (tee attest.TEE, fmspc, ca string, err error) {
 		if err != nil {
 			return "", "", "", err
 		}
-		data := q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetPckCertificateChainData().GetPckCertChain()
-		if chain, err = sgx.ParsePCKChain(data); err != nil {
+		if chain, err = tdx.PCKChain(q); err != nil {
 			return "", "", "", err
 		}
 	default:
