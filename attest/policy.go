@@ -256,8 +256,11 @@ func (p *Policy) Check() error {
 	return nil
 }
 
-// DefaultTCBStatuses are accepted when a policy lists none.
-var DefaultTCBStatuses = []TCBStatus{TCBUpToDate, TCBSWHardeningNeeded}
+// DefaultTCBStatuses returns the TCB statuses accepted when a policy lists
+// none (a new slice on every call).
+func DefaultTCBStatuses() []TCBStatus {
+	return []TCBStatus{TCBUpToDate, TCBSWHardeningNeeded}
+}
 
 // Unmet is one policy condition the claims do not satisfy.
 type Unmet struct {
@@ -341,7 +344,7 @@ func (p *Policy) EvaluateContext(c *Claims, ctx Context) (bool, []Unmet) {
 	if c.TCBStatus != TCBNotApplicable {
 		accepted := p.TCBStatuses
 		if len(accepted) == 0 {
-			accepted = DefaultTCBStatuses
+			accepted = DefaultTCBStatuses()
 		}
 		if !slices.Contains(accepted, c.TCBStatus) {
 			st := string(c.TCBStatus)

@@ -228,3 +228,20 @@ func TestPolicyRoundTrip(t *testing.T) {
 		t.Fatalf("round trip\n%s\n%s", b1, b2)
 	}
 }
+
+// The default TCB statuses cannot be changed by a caller: each call returns
+// a new slice, and a policy without tcb_statuses keeps its defaults.
+func TestDefaultTCBStatusesNotShared(t *testing.T) {
+	d := DefaultTCBStatuses()
+	if len(d) != 2 || d[0] != TCBUpToDate || d[1] != TCBSWHardeningNeeded {
+		t.Fatalf("defaults %v", d)
+	}
+	d[0], d[1] = TCBRevoked, TCBOutOfDate
+	var p Policy
+	if ok, un := p.Evaluate(&Claims{TEE: TEESGX, TCBStatus: TCBUpToDate}); !ok {
+		t.Fatalf("UpToDate refused after a caller changed its copy: %v", un)
+	}
+	if ok, _ := p.Evaluate(&Claims{TEE: TEESGX, TCBStatus: TCBOutOfDate}); ok {
+		t.Fatal("OutOfDate accepted after a caller changed its copy")
+	}
+}

@@ -39,11 +39,15 @@ import (
 	"github.com/veil-tee/veil/attest"
 )
 
-// Extension OIDs and the CBOR tag.
-var (
-	OIDTaggedEvidence = asn1.ObjectIdentifier{2, 23, 133, 5, 4, 9}
-	OIDLegacySGXQuote = asn1.ObjectIdentifier{1, 2, 840, 113741, 1337, 6}
-)
+// OIDTaggedEvidence returns the OID of the certificate extension that
+// carries CBOR-tagged evidence (a new value on every call).
+func OIDTaggedEvidence() asn1.ObjectIdentifier { return asn1.ObjectIdentifier{2, 23, 133, 5, 4, 9} }
+
+// OIDLegacySGXQuote returns the OID of the legacy extension that carries a
+// bare SGX quote (a new value on every call).
+func OIDLegacySGXQuote() asn1.ObjectIdentifier {
+	return asn1.ObjectIdentifier{1, 2, 840, 113741, 1337, 6}
+}
 
 // TagEvidence is the CBOR tag of tagged evidence (Gramine's choice).
 const TagEvidence = 60000
@@ -127,7 +131,7 @@ func NewCertificate(ctx context.Context, issuer attest.Issuer, o Options) (*tls.
 		KeyUsage:        x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		DNSNames:        []string{"localhost"},
-		ExtraExtensions: []pkix.Extension{{Id: OIDTaggedEvidence, Value: ext}},
+		ExtraExtensions: []pkix.Extension{{Id: OIDTaggedEvidence(), Value: ext}},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -160,12 +164,12 @@ func ParseExtension(cert *x509.Certificate) (*Extension, error) {
 	var tagged, legacy []byte
 	for _, e := range cert.Extensions {
 		switch {
-		case e.Id.Equal(OIDTaggedEvidence):
+		case e.Id.Equal(OIDTaggedEvidence()):
 			if tagged != nil {
 				return nil, fmt.Errorf("two tagged-evidence extensions: %w", ErrExtension)
 			}
 			tagged = e.Value
-		case e.Id.Equal(OIDLegacySGXQuote):
+		case e.Id.Equal(OIDLegacySGXQuote()):
 			legacy = e.Value
 		}
 	}

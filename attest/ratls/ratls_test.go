@@ -177,7 +177,7 @@ func TestEvidenceFromAnotherCertificate(t *testing.T) {
 	tmpl := *b.Leaf
 	tmpl.ExtraExtensions = nil
 	for _, e := range a.Leaf.Extensions {
-		if e.Id.Equal(OIDTaggedEvidence) {
+		if e.Id.Equal(OIDTaggedEvidence()) {
 			tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, e)
 		}
 	}
@@ -236,7 +236,7 @@ func FuzzParseTaggedEvidence(f *testing.F) {
 	_, iss, _ := setup(f)
 	c, _ := NewCertificate(context.Background(), iss, Options{Nonce: make([]byte, 32)})
 	for _, e := range c.Leaf.Extensions {
-		if e.Id.Equal(OIDTaggedEvidence) {
+		if e.Id.Equal(OIDTaggedEvidence()) {
 			f.Add(e.Value)
 		}
 	}
@@ -278,7 +278,7 @@ func TestLegacyAndCriticalExtensions(t *testing.T) {
 	}
 	var tagged pkix.Extension
 	for _, e := range c.Leaf.Extensions {
-		if e.Id.Equal(OIDTaggedEvidence) {
+		if e.Id.Equal(OIDTaggedEvidence()) {
 			tagged = e
 		}
 	}
@@ -298,7 +298,7 @@ func TestLegacyAndCriticalExtensions(t *testing.T) {
 	}
 	at := time.Unix(1671497404, 0)
 	sgxPeer := &Peer{Verifier: verifier.New(verifier.Options{Collateral: col, Now: func() time.Time { return at }}), Now: func() time.Time { return c.Leaf.NotBefore.Add(time.Minute) }}
-	legacy := resign([]pkix.Extension{{Id: OIDLegacySGXQuote, Value: quote}})
+	legacy := resign([]pkix.Extension{{Id: OIDLegacySGXQuote(), Value: quote}})
 	x, err := ParseExtension(legacy)
 	if err != nil || !x.Legacy {
 		t.Fatalf("legacy extension: %v", err)
@@ -308,7 +308,7 @@ func TestLegacyAndCriticalExtensions(t *testing.T) {
 	}
 	// The legacy extension carries SGX quotes only.
 	ev, _ := iss.Issue(ctx, attest.ReportData{})
-	if _, err := p.VerifyCertificate(ctx, resign([]pkix.Extension{{Id: OIDLegacySGXQuote, Value: ev.Quote}})); !errors.Is(err, ErrExtension) {
+	if _, err := p.VerifyCertificate(ctx, resign([]pkix.Extension{{Id: OIDLegacySGXQuote(), Value: ev.Quote}})); !errors.Is(err, ErrExtension) {
 		t.Fatalf("legacy extension with sim evidence: %v", err)
 	}
 	// No evidence at all.

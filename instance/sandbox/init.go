@@ -341,7 +341,7 @@ func insideRoot(root, target string) (string, error) {
 
 func setupDev(dev string, files []string) error {
 	if files == nil {
-		files = DefaultDevFiles
+		files = DefaultDevFiles()
 	}
 	if err := unix.Mount("tmpfs", dev, "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=755,size=64k"); err != nil {
 		return fmt.Errorf("mounting /dev: %w", err)

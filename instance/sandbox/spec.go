@@ -72,8 +72,11 @@ type Spec struct {
 	Timing bool `json:"timing,omitempty"`
 }
 
-// DefaultDevFiles are the devices a sandbox gets unless Spec.DevFiles says otherwise.
-var DefaultDevFiles = []string{"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
+// DefaultDevFiles returns the devices a sandbox gets unless Spec.DevFiles
+// says otherwise (a new slice on every call).
+func DefaultDevFiles() []string {
+	return []string{"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
+}
 
 // File is a file the sandbox's init writes before starting programs.
 type File struct {

@@ -29,7 +29,7 @@ const (
 )
 
 // ZeroHash is the Prev of the first entry.
-var ZeroHash = strings.Repeat("0", 64)
+const ZeroHash = "0000000000000000000000000000000000000000000000000000000000000000"
 
 // ErrMalformed is returned by Parse for an entry that is not valid JSON of
 // the expected shape.

@@ -45,7 +45,7 @@ func OpenBolt(dir string, opt BoltOptions) (*Bolt, error) {
 		return nil, fmt.Errorf("opening %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range Buckets {
+		for _, b := range Buckets() {
 			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
 				return err
 			}

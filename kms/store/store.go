@@ -25,8 +25,11 @@ var ErrNotFound = errors.New("not found")
 // ErrLocked is returned by Open when another process holds the data directory.
 var ErrLocked = errors.New("data directory is in use by another process")
 
-// Buckets used by the key service. A backend creates them on open.
-var Buckets = []string{"meta", "apps", "keys", "names", "secrets", "policies", "audit"}
+// Buckets returns the buckets used by the key service (a new slice on every
+// call). A backend creates them on open.
+func Buckets() []string {
+	return []string{"meta", "apps", "keys", "names", "secrets", "policies", "audit"}
+}
 
 // Store is a transactional key/value store over named buckets.
 type Store interface {
