@@ -18,7 +18,8 @@
 //
 // The format is specified in docs/formats/sealed-file.md. Three ways in:
 // Writer and Reader seal and open streams (pipes of unknown length, in
-// parallel on all cores); File opens a sealed file for random-access reads
+// parallel on all cores; their goroutines start with the first batch and
+// Close stops them and waits for them); File opens a sealed file for random-access reads
 // (io.ReaderAt, one segment of work per read after Open), in-place writes and
 // appends, as used by the runtime's sealed mounts.
 package seal

@@ -31,9 +31,12 @@ type task struct {
 // pipeline runs fn over tasks on several goroutines and hands them back in
 // submission order, so sealing and opening use every core while the output
 // stays sequential. Its queues are bounded: at most 2*workers tasks in flight.
+// Its workers run from newPipeline until close; wait returns once they all
+// returned.
 type pipeline struct {
-	work  chan *task
-	order chan *task
+	work    chan *task
+	order   chan *task
+	workers sync.WaitGroup
 }
 
 func newPipeline(workers int, fn func(*task)) *pipeline {
@@ -47,14 +50,14 @@ func newPipeline(workers int, fn func(*task)) *pipeline {
 		order: make(chan *task, 2*workers),
 	}
 	for i := 0; i < workers; i++ {
-		go func() {
+		p.workers.Go(func() {
 			for t := range p.work {
 				if t.err == nil {
 					fn(t)
 				}
 				close(t.done)
 			}
-		}()
+		})
 	}
 	return p
 }
@@ -72,6 +75,9 @@ func (p *pipeline) close() {
 	close(p.work)
 	close(p.order)
 }
+
+// wait returns when every worker returned (after close).
+func (p *pipeline) wait() { p.workers.Wait() }
 
 // bufPool recycles batch-sized buffers.
 type bufPool struct {

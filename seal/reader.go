@@ -14,7 +14,15 @@ import (
 // (truncation, extension, a segment replaced by an older version of itself)
 // complete when the trailer is reached: Read returns io.EOF only after they
 // pass, so a consumer must treat the data as valid only at io.EOF.
+//
+// Goroutines: a Reader starts none until the first Read or WriteTo; then
+// one goroutine reads the source ahead (a bounded number of batches) and
+// Options.Concurrency workers authenticate. Close stops them and returns
+// only after all of them returned; call it also after an error or when
+// stopping before io.EOF, or they keep running.
 type Reader struct {
+	src   io.Reader
+	conc  int
 	h     *Header
 	k     *fileKeys
 	lay   layout
@@ -22,8 +30,9 @@ type Reader struct {
 	pool  *bufPool
 	opool *bufPool
 	pipe  *pipeline
-	quit  chan struct{}
-	prod  chan struct{} // closed when the producer stopped reading the source
+	quit    chan struct{}
+	prod    chan struct{} // closed when the producer stopped reading the source
+	drained chan struct{} // closed when stop's drain of the pipeline ended
 
 	cur     []byte // plaintext not yet returned
 	curBuf  []byte // buffer backing cur, recycled when drained
@@ -44,6 +53,7 @@ type pending struct {
 
 // NewReader parses the header from r, opens a key slot with u and checks
 // the header. Concurrency in opts is honoured; other options are ignored.
+// It starts no goroutine (see Reader).
 func NewReader(r io.Reader, u KeyUnwrapper, opts *Options) (*Reader, error) {
 	h, err := ParseHeader(r)
 	if err != nil {
@@ -60,12 +70,18 @@ func NewReader(r io.Reader, u KeyUnwrapper, opts *Options) (*Reader, error) {
 		rec:   h.SegmentSize + recordOverhead,
 		pool:  newBufPool(per * (h.SegmentSize + recordOverhead)),
 		opool: newBufPool(per * h.SegmentSize),
-		quit:  make(chan struct{}),
-		prod:  make(chan struct{}),
+		src:   r,
+		conc:  opts.concurrency(),
 	}
-	sr.pipe = newPipeline(opts.concurrency(), sr.openTask)
-	go sr.produce(r)
 	return sr, nil
+}
+
+// start starts the producer and the workers, on the first read.
+func (r *Reader) start() {
+	r.quit = make(chan struct{})
+	r.prod = make(chan struct{})
+	r.pipe = newPipeline(r.conc, r.openTask)
+	go r.produce(r.src)
 }
 
 // openHeader unwraps the DEK, derives the file's keys and checks the header MAC.
@@ -190,6 +206,9 @@ func (r *Reader) next() error {
 		r.pend = nil
 		return r.finish(p)
 	}
+	if r.pipe == nil {
+		r.start()
+	}
 	t, ok := <-r.pipe.order
 	if !ok {
 		return r.stop(io.ErrUnexpectedEOF)
@@ -220,8 +239,13 @@ func (r *Reader) next() error {
 func (r *Reader) stop(err error) error {
 	if !r.stopped {
 		r.stopped = true
+		if r.pipe == nil {
+			return err // never started
+		}
 		close(r.quit)
+		r.drained = make(chan struct{})
 		go func() { // let the producer and workers finish
+			defer close(r.drained)
 			for t := range r.pipe.order {
 				<-t.done
 			}
@@ -343,14 +367,18 @@ func checkTable(stored, seen []byte, c commit, lay layout, size int64) error {
 	return nil
 }
 
-// Close releases the reader's goroutines and waits until it no longer reads
-// from the source (which may take one more read to return). It does not
-// close the source.
+// Close stops the reader's goroutines and returns after they all returned,
+// so it no longer reads from the source (this may take one more read of the
+// source to return). It does not close the source.
 func (r *Reader) Close() error {
 	if r.err == nil {
 		r.err = ErrClosed
 	}
 	r.stop(nil)
-	<-r.prod
+	if r.pipe != nil {
+		<-r.prod
+		<-r.drained
+		r.pipe.wait()
+	}
 	return nil
 }

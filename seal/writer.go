@@ -80,7 +80,13 @@ func newSealedHeader(opts *Options, wrappers []KeyWrapper) (*Header, *fileKeys, 
 // and written to the underlying writer in order; Close writes the last
 // segment and the commit trailer. The output is not valid until Close
 // returns nil. Large writes are sealed straight from the caller's buffer.
+//
+// Goroutines: a Writer starts none until its first batch of plaintext is
+// complete (Options.Concurrency workers and one goroutine that writes their
+// output in order). Close stops them and returns only after all of them
+// returned; call it also after a failed Write, or they keep running.
 type Writer struct {
+	opts  *Options
 	w     io.Writer
 	h     *Header
 	k     *fileKeys
@@ -102,7 +108,8 @@ type Writer struct {
 }
 
 // NewWriter writes a sealed header to w and returns a Writer for the
-// plaintext. Each wrapper adds a key slot that can open the file.
+// plaintext. Each wrapper adds a key slot that can open the file. It starts
+// no goroutine (see Writer).
 func NewWriter(w io.Writer, opts *Options, wrappers ...KeyWrapper) (*Writer, error) {
 	h, k, err := newSealedHeader(opts, wrappers)
 	if err != nil {
@@ -116,12 +123,17 @@ func NewWriter(w io.Writer, opts *Options, wrappers ...KeyWrapper) (*Writer, err
 		w: w, h: h, k: k, rand: opts.rand(), seg: h.SegmentSize,
 		batch: per * h.SegmentSize,
 		pool:  newBufPool(per * (h.SegmentSize + recordOverhead)),
-		done:  make(chan struct{}),
+		opts:  opts,
 	}
 	sw.cur = sw.pool.get()
-	sw.pipe = newPipeline(opts.concurrency(), sw.sealTask)
-	go sw.consume()
 	return sw, nil
+}
+
+// start starts the workers and the consumer, on the first submit.
+func (w *Writer) start() {
+	w.done = make(chan struct{})
+	w.pipe = newPipeline(w.opts.concurrency(), w.sealTask)
+	go w.consume()
 }
 
 // Header returns the header written at the start of the output.
@@ -229,12 +241,16 @@ func (w *Writer) submit(in []byte, pooled bool) (*task, error) {
 	}
 	w.size += int64(len(in))
 	w.idx += uint64(segs)
+	if w.pipe == nil {
+		w.start()
+	}
 	w.pipe.submit(t)
 	return t, nil
 }
 
 // Close seals the last segment, writes the table and commit trailer, and
-// returns the first error seen. It does not close the underlying writer.
+// returns the first error seen. It stops the Writer's goroutines and
+// returns after they all returned. It does not close the underlying writer.
 func (w *Writer) Close() error {
 	if w.closed {
 		return ErrClosed
@@ -244,8 +260,11 @@ func (w *Writer) Close() error {
 	if len(w.cur) > 0 {
 		_, err = w.submit(w.cur, true)
 	}
-	w.pipe.close()
-	<-w.done
+	if w.pipe != nil {
+		w.pipe.close()
+		<-w.done
+		w.pipe.wait()
+	}
 	if err != nil {
 		return err
 	}
