@@ -21,15 +21,15 @@ import (
 // only after all of them returned; call it also after an error or when
 // stopping before io.EOF, or they keep running.
 type Reader struct {
-	src   io.Reader
-	conc  int
-	h     *Header
-	k     *fileKeys
-	lay   layout
-	rec   int // stored bytes of a full record
-	pool  *bufPool
-	opool *bufPool
-	pipe  *pipeline
+	src     io.Reader
+	conc    int
+	h       *Header
+	k       *fileKeys
+	lay     layout
+	rec     int // stored bytes of a full record
+	pool    *bufPool
+	opool   *bufPool
+	pipe    *pipeline
 	quit    chan struct{}
 	prod    chan struct{} // closed when the producer stopped reading the source
 	drained chan struct{} // closed when stop's drain of the pipeline ended
