@@ -6,6 +6,7 @@ import (
 	"errors"
 	"github.com/veil-tee/veil/internal/veiltest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,10 +30,11 @@ func TestPlanImageDir(t *testing.T) {
 	os.Symlink("job.py", filepath.Join(dir, "app/link"))
 	os.Symlink("/usr/bin/python3", filepath.Join(dir, "app/abs"))
 	os.Symlink("../../app/job.py", filepath.Join(dir, "app/sub/up"))
-	ents, err := Plan(dir, config.BOM{}, Options{})
+	res, err := Plan(dir, config.BOM{}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	ents := res.Entries
 	if ents[0].Path != "/" {
 		t.Fatalf("first entry %q", ents[0].Path)
 	}
@@ -137,10 +139,11 @@ func TestPlanPython3(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/python3"); err != nil {
 		veiltest.Skip(t, "no python3")
 	}
-	ents, err := Plan(filepath.Join(t.TempDir(), "image"), config.BOM{Copy: []config.Copy{{From: "/usr/bin/python3"}}}, Options{})
+	res, err := Plan(filepath.Join(t.TempDir(), "image"), config.BOM{Copy: []config.Copy{{From: "/usr/bin/python3"}}}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	ents := res.Entries
 	real, _ := filepath.EvalSymlinks("/usr/bin/python3")
 	if e := find(ents, "/usr/bin/python3"); e == nil || e.Kind != Symlink {
 		t.Fatalf("/usr/bin/python3: %+v", e)
@@ -162,12 +165,59 @@ func TestPlanPython3(t *testing.T) {
 	}
 	// Without ELF resolution only the chain itself.
 	off := false
-	ents2, err := Plan(filepath.Join(t.TempDir(), "image"), config.BOM{Copy: []config.Copy{{From: "/usr/bin/python3"}}, ResolveELF: &off}, Options{})
+	res2, err := Plan(filepath.Join(t.TempDir(), "image"), config.BOM{Copy: []config.Copy{{From: "/usr/bin/python3"}}, ResolveELF: &off}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	ents2 := res2.Entries
 	if len(ents2) >= len(ents) {
 		t.Fatalf("resolve_elf=false planned %d entries, with it %d", len(ents2), len(ents))
+	}
+	if res2.Loads != nil {
+		t.Fatalf("resolve_elf=false recorded loads: %v", res2.Loads)
+	}
+}
+
+// TestLoadsMatchLoader: the recorded closure of a program is what the
+// host's dynamic loader opens for it (ldd), interpreter first, and every
+// path in it is planned in the image.
+func TestLoadsMatchLoader(t *testing.T) {
+	const prog = "/usr/bin/dash"
+	out, err := exec.Command("ldd", prog).Output()
+	if err != nil {
+		veiltest.Skip(t, "needs ldd and %s: %v", prog, err)
+	}
+	res, err := Plan(filepath.Join(t.TempDir(), "image"), config.BOM{Copy: []config.Copy{{From: prog}}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	loads := res.Loads[prog]
+	if len(loads) == 0 {
+		t.Fatalf("no loads recorded for %s: %v", prog, res.Loads)
+	}
+	interp := ""
+	for _, f := range strings.Fields(string(out)) {
+		if strings.HasPrefix(f, "/") && strings.Contains(f, "ld-linux") {
+			interp = f
+		}
+	}
+	if interp == "" || loads[0] != interp {
+		t.Fatalf("loads %v do not start with the interpreter %q", loads, interp)
+	}
+	realOf := func(p string) string { r, _ := filepath.EvalSymlinks(p); return r }
+	have := map[string]bool{}
+	for _, l := range loads {
+		// Paths go through the host's symbolic links, which the image
+		// reproduces: the file they lead to must be planned.
+		if e := find(res.Entries, realOf(l)); e == nil || e.Kind != File {
+			t.Errorf("%s (%s) is recorded as loaded but not planned", l, realOf(l))
+		}
+		have[realOf(l)] = true
+	}
+	for _, f := range strings.Fields(string(out)) {
+		if strings.HasPrefix(f, "/") && !have[realOf(f)] {
+			t.Errorf("ldd loads %s; recorded loads %v", f, loads)
+		}
 	}
 }
 
@@ -178,10 +228,11 @@ func TestPlanRenameAndExclude(t *testing.T) {
 	os.WriteFile(filepath.Join(src, "pkg/a.pyc"), []byte("a"), 0o644)
 	os.WriteFile(filepath.Join(src, "pkg/__pycache__/a.pyc"), []byte("a"), 0o644)
 	b := config.BOM{Copy: []config.Copy{{From: filepath.Join(src, "pkg"), To: "/opt/pkg", Exclude: []string{"*.pyc"}}}, Exclude: []string{"__pycache__"}}
-	ents, err := Plan(filepath.Join(src, "image"), b, Options{})
+	res, err := Plan(filepath.Join(src, "image"), b, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	ents := res.Entries
 	if find(ents, "/opt/pkg/a.py") == nil || find(ents, "/opt/pkg/a.pyc") != nil || find(ents, "/opt/pkg/__pycache__") != nil {
 		t.Fatalf("rename/exclude wrong: %v", ents)
 	}
@@ -298,10 +349,11 @@ func TestOriginIsPathFound(t *testing.T) {
 	if err != nil || !strings.Contains(real, "openblas") {
 		veiltest.Skip(t, "Debian openblas not installed")
 	}
-	ents, err := Plan(filepath.Join(t.TempDir(), "image"), config.BOM{Copy: []config.Copy{{From: blas}}}, Options{})
+	res, err := Plan(filepath.Join(t.TempDir(), "image"), config.BOM{Copy: []config.Copy{{From: blas}}}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	ents := res.Entries
 	if find(ents, "/usr/lib/x86_64-linux-gnu/libopenblas.so.0") == nil {
 		t.Fatal("libopenblas.so.0 not planned where $ORIGIN points")
 	}

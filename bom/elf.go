@@ -17,8 +17,11 @@ func mayBeELF(host string, mode fs.FileMode) bool {
 	return mode&0o111 != 0 || strings.Contains(path.Base(host), ".so")
 }
 
-func (p *planner) queueIfELF(host, origin string) {
-	if p.elfSeen[host] {
+// queueIfELF queues host, found at image path ip, for dependency
+// resolution if it is an ELF file.
+func (p *planner) queueIfELF(host, ip, origin string) {
+	key := host + "\x00" + ip
+	if p.elfSeen[key] {
 		return
 	}
 	f, err := os.Open(host)
@@ -31,8 +34,8 @@ func (p *planner) queueIfELF(host, origin string) {
 	if err != nil || string(magic[:]) != elf.ELFMAG {
 		return
 	}
-	p.elfSeen[host] = true
-	p.elfQueue = append(p.elfQueue, elfJob{host: host, origin: origin})
+	p.elfSeen[key] = true
+	p.elfQueue = append(p.elfQueue, elfJob{host: host, ip: ip, origin: origin})
 }
 
 // elfDeps lists what the loader needs to run the ELF file at host.
@@ -184,10 +187,12 @@ func (p *planner) resolveELF(j elfJob) error {
 	if err != nil {
 		return nil // not an ELF object the loader would load either
 	}
+	var loads []string
 	if d.interp != "" {
 		if _, _, err := p.addHostPath(d.interp, "ELF interpreter of "+j.host); err != nil {
 			return err
 		}
+		loads = append(loads, d.interp)
 	}
 	for _, name := range d.needed {
 		lib, viaCache, ok := p.findLib(name, d)
@@ -200,7 +205,36 @@ func (p *planner) resolveELF(j elfJob) error {
 		}
 		// The loader sets $ORIGIN from the path it found the library
 		// by, symbolic links unresolved: keep that path.
-		p.queueIfELF(lib, "ELF dependency of "+j.host)
+		p.queueIfELF(lib, lib, "ELF dependency of "+j.host)
+		loads = append(loads, lib)
+	}
+	if len(loads) > 0 {
+		p.direct[j.ip] = loads
 	}
 	return nil
+}
+
+// closures returns, for every ELF file whose dependencies were resolved,
+// every path the loader opens to run it: its interpreter and libraries,
+// then theirs, breadth first, each once.
+func (p *planner) closures() map[string][]string {
+	if len(p.direct) == 0 {
+		return nil
+	}
+	out := make(map[string][]string, len(p.direct))
+	for ip := range p.direct {
+		seen := map[string]bool{ip: true}
+		var list []string
+		for queue := []string{ip}; len(queue) > 0; queue = queue[1:] {
+			for _, dep := range p.direct[queue[0]] {
+				if !seen[dep] {
+					seen[dep] = true
+					list = append(list, dep)
+					queue = append(queue, dep)
+				}
+			}
+		}
+		out[ip] = list
+	}
+	return out
 }

@@ -2,7 +2,9 @@
 // instance's image/ directory plus the host files its bill of materials
 // (the bom section of veil.json) names, with every ELF file's shared
 // libraries resolved the way the dynamic loader would (DT_RPATH, DT_RUNPATH,
-// ld.so.cache, default directories) and added.
+// ld.so.cache, default directories) and added. It also returns, for each
+// such file, every path the loader will open to run it (Result.Loads),
+// which the build records so that the runtime never parses ELF.
 //
 // What it protects against: silently incomplete or surprising images — a
 // missing BOM file, an unresolvable library, a symbolic link that escapes
@@ -59,19 +61,33 @@ type planner struct {
 	needCache bool // a library is only found through ld.so.cache
 	resolve   bool
 	included  map[string]bool
+	direct    map[string][]string // image path -> what the loader opens for it
 }
 
-type elfJob struct{ host, origin string }
+// Result is a planned image.
+type Result struct {
+	// Entries are the image's paths, sorted, with "/" first.
+	Entries []Entry
+	// Loads maps the image path of every ELF file whose dependencies were
+	// resolved (bom files, with resolve_elf) to every path the dynamic
+	// loader opens to run it, as the loader names them: interpreter and
+	// libraries, then theirs, breadth first. Nil when there is none.
+	Loads map[string][]string
+}
+
+// elfJob is an ELF file to resolve: its host path, its image path.
+type elfJob struct{ host, ip, origin string }
 
 const ldCachePath = "/etc/ld.so.cache"
 
-// Plan returns the entries of the image, sorted by path, with "/" first.
-// imageDir may not exist (an empty image/).
-func Plan(imageDir string, b config.BOM, opts Options) ([]Entry, error) {
+// Plan returns the entries of the image, sorted by path, with "/" first,
+// and the dependency closure of its ELF files. imageDir may not exist (an
+// empty image/).
+func Plan(imageDir string, b config.BOM, opts Options) (*Result, error) {
 	if opts.LDCache == "" {
 		opts.LDCache = "/etc/ld.so.cache"
 	}
-	p := &planner{opts: opts, entries: map[string]*Entry{}, elfSeen: map[string]bool{}, elfKinds: map[string]elfKind{}, resolve: b.ResolveELFEnabled(), included: map[string]bool{}}
+	p := &planner{opts: opts, entries: map[string]*Entry{}, elfSeen: map[string]bool{}, elfKinds: map[string]elfKind{}, resolve: b.ResolveELFEnabled(), included: map[string]bool{}, direct: map[string][]string{}}
 	p.entries["/"] = &Entry{Path: "/", Kind: Dir, Mode: 0o755, Origin: "image/"}
 	if err := p.walkImage(imageDir); err != nil {
 		return nil, err
@@ -97,7 +113,7 @@ func Plan(imageDir string, b config.BOM, opts Options) ([]Entry, error) {
 		out = append(out, *e)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
-	return out, nil
+	return &Result{Entries: out, Loads: p.closures()}, nil
 }
 
 func (p *planner) walkImage(dir string) error {
@@ -152,7 +168,7 @@ func (p *planner) addHost(host, ip, origin string, fromBOM bool) error {
 			return err
 		}
 		if fromBOM && p.resolve && mayBeELF(host, fi.Mode()) {
-			p.queueIfELF(host, origin)
+			p.queueIfELF(host, ip, origin)
 		}
 		return nil
 	}
@@ -361,7 +377,7 @@ func (p *planner) applyCopy(c config.Copy, origin string, excl []string) error {
 		if from := strings.TrimSuffix(c.From, "/"); p.resolve && from != real {
 			// $ORIGIN is the real directory for a program but the
 			// directory it was found in for a library: resolve both.
-			p.queueIfELF(from, origin)
+			p.queueIfELF(from, from, origin)
 		}
 		return nil
 	}

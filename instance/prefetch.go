@@ -1,9 +1,7 @@
 package instance
 
 import (
-	"debug/elf"
 	"errors"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -19,22 +17,24 @@ const (
 	prefetchMaxFiles = 64
 )
 
-// libDirs are where the dynamic loader looks for libraries by default.
-var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib",
-	"/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu"}
-
-// Prefetch reads the program at prog (a path inside the image), its ELF
-// interpreter and the libraries it needs, through the image mount, while
-// the sandbox is still being set up: every block is verified (and
-// decompressed) by the mount now, and the program's loader then finds it
-// in the kernel's page cache instead of waiting for the mount. It returns
-// at once; Close stops and waits for it.
+// Prefetch reads the program at prog (a path inside the image) and what
+// the dynamic loader will open for it — the closure the build recorded
+// (trustimage.ImageInfo.Loads, measured with the image) — through the image
+// mount, while the sandbox is still being set up: every block is verified
+// (and decompressed) by the mount now, and the program's loader then finds
+// it in the kernel's page cache instead of waiting for the mount. A program
+// the build recorded nothing for is read alone. It returns at once; Close
+// stops and waits for it.
 func (in *Instance) Prefetch(prog string) {
+	var loads map[string][]string
+	if in.Build != nil && in.Build.Record != nil {
+		loads = in.Build.Record.Image.Loads
+	}
 	in.prefetchWG.Add(1)
 	go func() {
 		defer in.prefetchWG.Done()
 		p := &prefetcher{root: in.root, stop: &in.prefetchStop, seen: map[string]bool{}}
-		p.file(prog, 0)
+		p.run(prog, loads)
 		timing.Mark("veil", "program and libraries read ahead")
 	}()
 }
@@ -42,15 +42,31 @@ func (in *Instance) Prefetch(prog string) {
 type prefetcher struct {
 	root  string
 	stop  *atomic.Bool
-	seen  map[string]bool
+	seen  map[string]bool // host paths read
 	bytes int64
 	buf   []byte
 }
 
-// file reads the file at p (inside the image) and, if it is a dynamic
-// ELF object, what it loads.
-func (p *prefetcher) file(name string, depth int) {
-	if p.stop.Load() || len(p.seen) >= prefetchMaxFiles || p.bytes >= prefetchMaxBytes || depth > 8 {
+// run reads prog, then what loads records for it (under its own path or,
+// for a symbolic link, the path of the file it leads to), in order.
+func (p *prefetcher) run(prog string, loads map[string][]string) {
+	list, ok := loads[prog]
+	if !ok {
+		if host, err := resolveIn(p.root, prog); err == nil {
+			if rel, err := filepath.Rel(p.root, host); err == nil {
+				list = loads[path.Join("/", filepath.ToSlash(rel))]
+			}
+		}
+	}
+	p.file(prog)
+	for _, name := range list {
+		p.file(name)
+	}
+}
+
+// file reads the file at name (inside the image) within the limits.
+func (p *prefetcher) file(name string) {
+	if p.stop.Load() || len(p.seen) >= prefetchMaxFiles || p.bytes >= prefetchMaxBytes {
 		return
 	}
 	host, err := resolveIn(p.root, name)
@@ -63,18 +79,6 @@ func (p *prefetcher) file(name string, depth int) {
 		return
 	}
 	defer f.Close()
-	var interp string
-	var needed []string
-	if ef, err := elf.NewFile(f); err == nil {
-		for _, pr := range ef.Progs {
-			if pr.Type == elf.PT_INTERP {
-				if b, err := io.ReadAll(io.LimitReader(pr.Open(), 4096)); err == nil {
-					interp = strings.TrimRight(string(b), "\x00")
-				}
-			}
-		}
-		needed, _ = ef.ImportedLibraries()
-	}
 	if p.buf == nil {
 		p.buf = make([]byte, 1<<20)
 	}
@@ -84,20 +88,6 @@ func (p *prefetcher) file(name string, depth int) {
 		p.bytes += int64(n)
 		if err != nil || n == 0 {
 			break
-		}
-	}
-	if interp != "" {
-		p.file(interp, depth+1)
-	}
-	for _, lib := range needed {
-		if strings.Contains(lib, "/") {
-			continue
-		}
-		for _, d := range libDirs {
-			if _, err := resolveIn(p.root, path.Join(d, lib)); err == nil {
-				p.file(path.Join(d, lib), depth+1)
-				break
-			}
 		}
 	}
 }

@@ -1,13 +1,16 @@
 package instance
 
 import (
-	"github.com/veil-tee/veil/internal/veiltest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/veil-tee/veil/bom"
+	"github.com/veil-tee/veil/config"
+	"github.com/veil-tee/veil/internal/veiltest"
 )
 
 func TestResolveInStaysInRoot(t *testing.T) {
@@ -41,44 +44,110 @@ func TestResolveInStaysInRoot(t *testing.T) {
 	}
 }
 
+// layOut creates the planned entries under root (the image as the mount
+// shows it).
+func layOut(t *testing.T, root string, entries []bom.Entry) {
+	t.Helper()
+	for _, e := range entries {
+		dst := filepath.Join(root, e.Path)
+		switch e.Kind {
+		case bom.Dir:
+			if err := os.MkdirAll(dst, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		case bom.Symlink:
+			if err := os.Symlink(e.Link, dst); err != nil {
+				t.Fatal(err)
+			}
+		case bom.File:
+			b, err := os.ReadFile(e.Source)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dst, b, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
 // TestPrefetchFollowsLoader: the program, its ELF interpreter and the
-// libraries it names are read, found the way the loader finds them.
+// libraries it needs, as the build recorded them, are read ahead — every
+// file the host's loader (ldd) names.
 func TestPrefetchFollowsLoader(t *testing.T) {
-	root := t.TempDir()
-	copyIn := func(src string) {
-		dst := filepath.Join(root, src)
-		os.MkdirAll(filepath.Dir(dst), 0o755)
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(dst, b, 0o755)
-	}
-	copyIn("/usr/bin/dash")
-	out, err := exec.Command("ldd", "/usr/bin/dash").Output()
+	const prog = "/usr/bin/dash"
+	out, err := exec.Command("ldd", prog).Output()
 	if err != nil {
-		veiltest.Skip(t, "needs ldd")
+		veiltest.Skip(t, "needs ldd and %s: %v", prog, err)
 	}
-	var libs []string
-	for _, f := range strings.Fields(string(out)) {
-		if strings.HasPrefix(f, "/") {
-			real, _ := filepath.EvalSymlinks(f)
-			copyIn(real)
-			libs = append(libs, real)
-		}
+	res, err := bom.Plan(filepath.Join(t.TempDir(), "image"), config.BOM{Copy: []config.Copy{{From: prog}}}, bom.Options{})
+	if err != nil {
+		t.Fatal(err)
 	}
+	root := t.TempDir()
+	layOut(t, root, res.Entries)
 	var stop atomic.Bool
 	p := &prefetcher{root: root, stop: &stop, seen: map[string]bool{}}
-	p.file("/usr/bin/dash", 0)
-	if !p.seen[filepath.Join(root, "usr/bin/dash")] {
+	p.run(prog, res.Loads)
+	if !p.seen[filepath.Join(root, prog)] {
 		t.Fatalf("program not read: %v", p.seen)
 	}
-	for _, l := range libs {
-		if !p.seen[filepath.Join(root, l)] {
-			t.Errorf("%s not read ahead (read: %v)", l, p.seen)
+	for _, f := range strings.Fields(string(out)) {
+		if !strings.HasPrefix(f, "/") {
+			continue
+		}
+		real, _ := filepath.EvalSymlinks(f)
+		if !p.seen[filepath.Join(root, real)] {
+			t.Errorf("%s not read ahead (read: %v)", real, p.seen)
 		}
 	}
 	if p.bytes == 0 {
 		t.Fatal("nothing read")
+	}
+}
+
+// TestPrefetchReadsTheRecord: prefetch follows the recorded closure, found
+// also through a symbolic link to the program, and parses no ELF: a
+// program the build recorded nothing for is read alone.
+func TestPrefetchReadsTheRecord(t *testing.T) {
+	root := t.TempDir()
+	for _, f := range []string{"app/run", "app/lib/a.so", "app/lib/b.so", "app/other"} {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(f)), 0o755)
+		if err := os.WriteFile(filepath.Join(root, f), []byte("not an ELF file: "+f), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Symlink("run", filepath.Join(root, "app/start"))
+	loads := map[string][]string{"/app/run": {"/app/lib/a.so", "/app/lib/b.so", "/../../../etc/passwd"}}
+	for _, prog := range []string{"/app/run", "/app/start"} {
+		var stop atomic.Bool
+		p := &prefetcher{root: root, stop: &stop, seen: map[string]bool{}}
+		p.run(prog, loads)
+		for _, f := range []string{"app/run", "app/lib/a.so", "app/lib/b.so"} {
+			if !p.seen[filepath.Join(root, f)] {
+				t.Errorf("%s: %s not read (read: %v)", prog, f, p.seen)
+			}
+		}
+		if len(p.seen) != 3 {
+			t.Errorf("%s: read %v, want the program and its two recorded loads", prog, p.seen)
+		}
+	}
+	// A dynamic ELF program without a record: only the program.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "app/other"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var stop atomic.Bool
+	p := &prefetcher{root: root, stop: &stop, seen: map[string]bool{}}
+	p.run("/app/other", loads)
+	if len(p.seen) != 1 || !p.seen[filepath.Join(root, "app/other")] {
+		t.Fatalf("unrecorded program: read %v, want only it", p.seen)
 	}
 }

@@ -36,10 +36,11 @@ func pandasDir(b testing.TB) (string, []bom.Entry) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ents, err := bom.Plan(filepath.Join(dir, "image"), cfg.BOM, bom.Options{})
+	res, err := bom.Plan(filepath.Join(dir, "image"), cfg.BOM, bom.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
+	ents := res.Entries
 	return dir, ents
 }
 

@@ -101,10 +101,11 @@ func Build(ctx context.Context, dir string, opts Options) (*LoadedBuild, *Stats,
 	if err != nil {
 		return nil, nil, err
 	}
-	entries, err := bom.Plan(filepath.Join(dir, "image"), cfg.BOM, opts.BOM)
+	planned, err := bom.Plan(filepath.Join(dir, "image"), cfg.BOM, opts.BOM)
 	if err != nil {
 		return nil, nil, fmt.Errorf("planning the image: %w", err)
 	}
+	entries := planned.Entries
 	if entries, err = addRuntimeDirs(entries, cfg); err != nil {
 		return nil, nil, fmt.Errorf("planning the image: %w", err)
 	}
@@ -162,6 +163,7 @@ func Build(ctx context.Context, dir string, opts Options) (*LoadedBuild, *Stats,
 		}
 	}
 	info.File = ImageFile
+	info.Loads = planned.Loads // also for a reused image: the plan is the same
 	st.ImageBytes = info.Size
 
 	meas, err := Measure(*info, cfg)

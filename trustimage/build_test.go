@@ -611,3 +611,43 @@ func TestReaderConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildRecordsLoads: a build that resolves a program's libraries
+// records what the loader opens for it; the record is measured, so an
+// edited closure in build.json no longer loads.
+func TestBuildRecordsLoads(t *testing.T) {
+	needTool(t, "mksquashfs")
+	const prog = "/usr/bin/dash"
+	if _, err := os.Stat(prog); err != nil {
+		veiltest.Skip(t, "no %s", prog)
+	}
+	dir := t.TempDir()
+	newInstance(t, dir, `, "bom": {"copy": [{"from": "`+prog+`"}]}`, nil)
+	b, _ := build(t, dir, nil)
+	loads := b.Record.Image.Loads[prog]
+	if len(loads) < 2 || !strings.Contains(loads[0], "ld-linux") {
+		t.Fatalf("loads of %s: %v", prog, b.Record.Image.Loads)
+	}
+	path := filepath.Join(dir, "build", RecordFile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Drop the last library from the closure (the rest of the record,
+	// signature included, unchanged).
+	rec, err := ParseRecord(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Image.Loads[prog] = loads[:len(loads)-1]
+	edited, err := rec.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, edited, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadBuild(dir); !errors.Is(err, ErrConfigChanged) {
+		t.Fatalf("edited loads: %v", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"testing"
 	"time"
@@ -142,6 +143,17 @@ func TestMeasuredFields(t *testing.T) {
 		"salt":        func(im *ImageInfo) { im.Salt = pin2 },
 		"data_blocks": func(im *ImageInfo) { im.DataBlocks++ },
 		"encrypted":   func(im *ImageInfo) { im.Encryption = &EncryptionInfo{Cipher: CipherAES256CTR} },
+		"loads": func(im *ImageInfo) {
+			im.Loads = map[string][]string{"/usr/bin/x": {"/lib64/ld-linux-x86-64.so.2", "/lib/libc.so.6"}}
+		},
+	}
+	// The order of a program's loads is measured too (it is the order
+	// the runtime reads them in).
+	l1, l2 := testInfo, testInfo
+	l1.Loads = map[string][]string{"/usr/bin/x": {"/lib/a.so", "/lib/b.so"}}
+	l2.Loads = map[string][]string{"/usr/bin/x": {"/lib/b.so", "/lib/a.so"}}
+	if measure(t, l1, mustParse(t, baseConfig)) == measure(t, l2, mustParse(t, baseConfig)) {
+		t.Error("reordering loads did not change the measurement")
 	}
 	// For an encrypted image the key salt is measured too.
 	enc := testInfo
@@ -178,5 +190,35 @@ func TestMeasurementVector(t *testing.T) {
 	want := `{"config":{"args":{"passthrough":true},"entrypoints":["/usr/bin/","/app/"],"env":{"default":{"LANG":"C.UTF-8","PATH":"/usr/bin:/bin"},"passthrough":["TERM"]},"kms":[{"ca_cert_sha256":"","name":"main","pin_sha256":"` + pin1 + `"}],"metadata":{"debuggable":false,"product_id":1,"svn":2},"mounts":[{"key":"kms:k1@main","read_only":false,"size_bytes":0,"target":"/data","type":"sealed","write_key":"kms:k2@main"},{"key":"","read_only":true,"size_bytes":0,"target":"/host","type":"hostfs","write_key":""},{"key":"","read_only":false,"size_bytes":67108864,"target":"/tmp","type":"tmpfs","write_key":""}],"resources":{"max_processes":64,"memory_bytes":1073741824},"secrets":[{"env":"DB_PASSWORD","file":"","from":"kms:db-pass@main","name":"db"}]},"format":"veil-measurement/1","image":{"block_size":4096,"data_blocks":10,"encrypted":false,"hash":"sha256","root_hash":"` + pin2 + `","salt":"00` + pin1[2:] + `"},"runtime":"veil-runtime/1"}`
 	if string(doc) != want {
 		t.Fatalf("canonical document changed:\n got %s\nwant %s", doc, want)
+	}
+}
+
+// Loads in a build record must be absolute clean paths.
+func TestRecordLoadsChecked(t *testing.T) {
+	rec := &Record{Format: RecordFormat, Runtime: RuntimeIdentity, Measurement: pin1, Image: testInfo}
+	rec.Image.Size = rec.Image.HashOffset + 2*BlockSize
+	rec.Image.Loads = map[string][]string{"/usr/bin/x": {"/lib/libc.so.6"}}
+	good, err := rec.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseRecord(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := got.Image.Loads["/usr/bin/x"]; len(l) != 1 || l[0] != "/lib/libc.so.6" {
+		t.Fatalf("loads %v", got.Image.Loads)
+	}
+	for _, bad := range []map[string][]string{
+		{"usr/bin/x": {"/lib/libc.so.6"}},
+		{"/usr/bin/x": {"../lib/libc.so.6"}},
+		{"/usr/bin/x": {"/lib/../../etc/passwd"}},
+		{"/usr/bin/x": {""}},
+	} {
+		rec.Image.Loads = bad
+		b, _ := rec.Marshal()
+		if _, err := ParseRecord(b); !errors.Is(err, ErrBadRecord) {
+			t.Errorf("loads %v: %v", bad, err)
+		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
+	"strings"
 
 	"github.com/veil-tee/veil/config"
 )
@@ -57,6 +59,41 @@ type ImageInfo struct {
 	Salt       string          `json:"salt"`
 	RootHash   string          `json:"root_hash"`
 	Encryption *EncryptionInfo `json:"encryption"`
+	// Loads maps each ELF program or library of the image whose
+	// dependencies the build resolved to every path the dynamic loader
+	// opens to run it (package bom), so that the runtime can read them
+	// ahead without parsing ELF. Measured. Absent when there is none.
+	Loads map[string][]string `json:"loads,omitempty"`
+}
+
+// Bounds of ImageInfo.Loads.
+const (
+	maxLoadsPrograms = 1 << 16
+	maxLoadsPerProg  = 1 << 10
+)
+
+// checkLoads checks that every path of a loads map is absolute and clean.
+func checkLoads(loads map[string][]string) error {
+	if len(loads) > maxLoadsPrograms {
+		return fmt.Errorf("%d programs, more than %d", len(loads), maxLoadsPrograms)
+	}
+	ok := func(p string) bool {
+		return path.IsAbs(p) && path.Clean(p) == p && !strings.ContainsRune(p, 0)
+	}
+	for prog, list := range loads {
+		if !ok(prog) {
+			return fmt.Errorf("%q is not an absolute clean path", prog)
+		}
+		if len(list) > maxLoadsPerProg {
+			return fmt.Errorf("%s: %d paths, more than %d", prog, len(list), maxLoadsPerProg)
+		}
+		for _, p := range list {
+			if !ok(p) {
+				return fmt.Errorf("%s: %q is not an absolute clean path", prog, p)
+			}
+		}
+	}
+	return nil
 }
 
 // EncryptionInfo describes an encrypted image.
@@ -106,6 +143,9 @@ func ParseRecord(data []byte) (*Record, error) {
 	if _, err := decodeHex(r.Measurement, sha256.Size); err != nil {
 		return nil, fmt.Errorf("%w: measurement: %v", ErrBadRecord, err)
 	}
+	if err := checkLoads(im.Loads); err != nil {
+		return nil, fmt.Errorf("%w: image.loads: %v", ErrBadRecord, err)
+	}
 	if e := im.Encryption; e != nil {
 		if e.Cipher != CipherAES256CTR {
 			return nil, fmt.Errorf("%w: cipher %q is not supported", ErrBadRecord, e.Cipher)
@@ -148,6 +188,9 @@ type MeasuredImage struct {
 	// KeySalt binds an encrypted image's subkey derivation; absent for a
 	// plain image.
 	KeySalt string `json:"key_salt,omitempty"`
+	// Loads is ImageInfo.Loads; absent when there is none, so builds
+	// without it keep their measurement.
+	Loads map[string][]string `json:"loads,omitempty"`
 }
 
 // MeasuredDocument is what the measurement is the SHA-256 of, in its
@@ -172,7 +215,7 @@ func MeasuredDoc(im ImageInfo, cfg *config.Config) MeasuredDocument {
 		Image: MeasuredImage{
 			Hash: im.Hash, BlockSize: im.BlockSize, DataBlocks: im.DataBlocks,
 			Salt: im.Salt, RootHash: im.RootHash, Encrypted: im.Encryption != nil,
-			KeySalt: keySalt,
+			KeySalt: keySalt, Loads: im.Loads,
 		},
 		Config: cfg.Measured(),
 	}
