@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	tdxdata "github.com/google/go-tdx-guest/testing/testdata"
+
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/dcap"
 	"github.com/veil-tee/veil/attest/pcs"
@@ -173,6 +175,23 @@ func TestSameVerdicts(t *testing.T) {
 		{"no TCB info for the platform", func(t *testing.T, b backend) (pcs.VerifierOptions, []byte) {
 			c := b.col(t)
 			c.TCBInfos = nil
+			return pcs.VerifierOptions{Collateral: c, Now: at(b.now)}, b.quote
+		}, verdict{is: attest.ErrCollateral}},
+		// Intel's CRLs shipped with go-tdx-guest were current in 2023:
+		// before the SGX sample's time, after the TDX sample's. Both
+		// backends check them, and refuse them as stale collateral.
+		{"stale PCK CRL", func(t *testing.T, b backend) (pcs.VerifierOptions, []byte) {
+			c := b.col(t)
+			if ok, err := c.Add("pckcrl", tdxdata.PckCrlBody); !ok || err != nil {
+				t.Fatalf("PCK CRL: %v %v", ok, err)
+			}
+			return pcs.VerifierOptions{Collateral: c, Now: at(b.now)}, b.quote
+		}, verdict{is: attest.ErrCollateral}},
+		{"stale root CA CRL", func(t *testing.T, b backend) (pcs.VerifierOptions, []byte) {
+			c := b.col(t)
+			if ok, err := c.Add("rootcrl", tdxdata.RootCrlBody); !ok || err != nil {
+				t.Fatalf("root CRL: %v %v", ok, err)
+			}
 			return pcs.VerifierOptions{Collateral: c, Now: at(b.now)}, b.quote
 		}, verdict{is: attest.ErrCollateral}},
 		{"no QE identity", func(t *testing.T, b backend) (pcs.VerifierOptions, []byte) {
