@@ -69,6 +69,11 @@ type Claims struct {
 	Platform    Platform   `json:"platform"`
 	TDX         *TDXClaims `json:"tdx,omitempty"`
 	SNP         *SNPClaims `json:"snp,omitempty"`
+	// Instance is the veil instance measurement the runtime bound into the
+	// report data (RuntimeReportData), set by RA-TLS verification when the
+	// certificate carries it; empty otherwise. In a confidential VM it is
+	// the only evidence of which instance asks: the TEE measures the VM.
+	Instance Hex `json:"instance,omitempty"`
 	// IssuedAt is when the evidence was produced, when the evidence carries
 	// a trustworthy time (sim quotes, RA-TLS certificates); zero otherwise.
 	IssuedAt time.Time `json:"issued_at,omitzero"`

@@ -26,6 +26,11 @@ type Policy struct {
 	TEE []TEE `json:"tee,omitempty"`
 	// Measurements: the claims' measurement must equal one of them.
 	Measurements []Hex `json:"measurements,omitempty"`
+	// InstanceMeasurements: the veil instance measurement the runtime bound
+	// into its RA-TLS evidence (Claims.Instance) must equal one of them. In
+	// a TDX or SEV-SNP VM the TEE measures the VM, so this is what tells
+	// one instance from another.
+	InstanceMeasurements []Hex `json:"instance_measurements,omitempty"`
 	// Signer, ProductID, MinSVN constrain the workload's signer identity.
 	Signer    Hex     `json:"signer,omitempty"`
 	ProductID *uint16 `json:"product_id,omitempty"`
@@ -220,6 +225,11 @@ func (p *Policy) Check() error {
 			return &PolicyError{Field: fmt.Sprintf("measurements[%d]", i), Err: fmt.Errorf("want 32 or 48 bytes, got %d", len(m))}
 		}
 	}
+	for i, m := range p.InstanceMeasurements {
+		if len(m) != InstanceSize {
+			return &PolicyError{Field: fmt.Sprintf("instance_measurements[%d]", i), Err: fmt.Errorf("want %d bytes, got %d", InstanceSize, len(m))}
+		}
+	}
 	if len(p.Signer) != 0 && len(p.Signer) != 32 {
 		return &PolicyError{Field: "signer", Err: fmt.Errorf("want 32 bytes, got %d", len(p.Signer))}
 	}
@@ -323,6 +333,9 @@ func (p *Policy) EvaluateContext(c *Claims, ctx Context) (bool, []Unmet) {
 	}
 	if len(p.Measurements) > 0 && !anyEqual(p.Measurements, c.Measurement) {
 		add("measurements", "measurement %s is not one of %s", c.Measurement, hexList(p.Measurements))
+	}
+	if len(p.InstanceMeasurements) > 0 && !anyEqual(p.InstanceMeasurements, c.Instance) {
+		add("instance_measurements", "instance measurement %s is not one of %s", hexOrNone(c.Instance), hexList(p.InstanceMeasurements))
 	}
 	if len(p.Signer) > 0 && subtle.ConstantTimeCompare(p.Signer, c.Signer) != 1 {
 		add("signer", "signer %s, want %s", hexOrNone(c.Signer), p.Signer)

@@ -81,8 +81,10 @@ type Options struct {
 	// MountSealed mounts a sealed directory at mountpoint.
 	MountSealed func(mountpoint string, o SealedMount, log *slog.Logger) (Unmounter, error)
 	// MountAttestation, when set, serves /dev/attestation (Gramine's
-	// pseudo-files) for programs that want evidence themselves.
-	MountAttestation func(mountpoint string, iss attest.Issuer, log *slog.Logger) (Unmounter, error)
+	// pseudo-files) for programs that want evidence themselves. The issuer
+	// binds everything under the workload label with the instance
+	// measurement (attest.WorkloadReportData).
+	MountAttestation func(mountpoint string, iss *attest.WorkloadIssuer, log *slog.Logger) (Unmounter, error)
 	// Logger receives runtime events (integrity failures, mounts).
 	Logger *slog.Logger
 	// Warn receives messages for the user (the sim backend, unapplied limits).
@@ -242,7 +244,8 @@ func (in *Instance) attest(ctx context.Context, o Options) error {
 	if len(in.Config.KMS) == 0 {
 		return nil
 	}
-	cert, err := ratls.NewCertificate(ctx, iss, ratls.Options{})
+	measurement := in.Build.Measurement
+	cert, err := ratls.NewCertificate(ctx, iss, ratls.Options{Instance: &measurement})
 	if err != nil {
 		return fmt.Errorf("creating the workload's RA-TLS certificate: %w", err)
 	}
@@ -447,7 +450,7 @@ func (in *Instance) mount(ctx context.Context, o Options) error {
 		if err := os.MkdirAll(mp, 0o700); err != nil {
 			return err
 		}
-		u, err := o.MountAttestation(mp, in.issuer, in.log)
+		u, err := o.MountAttestation(mp, &attest.WorkloadIssuer{Issuer: in.issuer, Instance: in.Build.Measurement}, in.log)
 		if err != nil {
 			return fmt.Errorf("mounting /dev/attestation: %w", err)
 		}

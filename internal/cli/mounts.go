@@ -51,7 +51,7 @@ func mountSealed(mountpoint string, o instance.SealedMount, log *slog.Logger) (i
 	return fuseMount{srv, mountpoint}, nil
 }
 
-func mountAttestation(mountpoint string, iss attest.Issuer, log *slog.Logger) (instance.Unmounter, error) {
+func mountAttestation(mountpoint string, iss *attest.WorkloadIssuer, log *slog.Logger) (instance.Unmounter, error) {
 	srv, err := fusefs.MountAttestation(mountpoint, fusefs.AttestationOptions{Issuer: iss, Logger: log})
 	if err != nil {
 		return nil, err
