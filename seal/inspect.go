@@ -21,7 +21,7 @@ type Info struct {
 	// BoundMount and BoundPath (version 2) are where the file is bound.
 	BoundMount string `json:"bound_mount,omitempty"`
 	BoundPath  string `json:"bound_path,omitempty"`
-	Problem       string     `json:"problem,omitempty"`
+	Problem    string `json:"problem,omitempty"`
 }
 
 // SlotInfo names a key slot without its wrapped key.
