@@ -105,6 +105,9 @@ type SealedMount struct {
 	Keys      seal.KeyUnwrapper
 	WriteKeys []seal.KeyWrapper
 	ReadOnly  bool
+	// MountID binds the mount's files to it: seal.MountID of the target
+	// declared in veil.json (measured), never of a host path.
+	MountID []byte
 }
 
 // MountInfo describes an active mount, for status output.
@@ -489,7 +492,7 @@ func hostDir(src string, i int) (string, error) {
 // sealedKeys resolves a sealed mount's keys and checks, before anything
 // starts, that the key services release them: a denial stops the run here.
 func (in *Instance) sealedKeys(ctx context.Context, m config.Mount, src string) (*SealedMount, error) {
-	sm := &SealedMount{Source: src, ReadOnly: m.ReadOnly}
+	sm := &SealedMount{Source: src, ReadOnly: m.ReadOnly, MountID: seal.MountID(m.Target)}
 	var keys seal.Keys
 	resolve := func(refText string) (seal.KeyWrapper, seal.KeyUnwrapper, error) {
 		ref, err := config.ParseKeyRef(refText)

@@ -156,11 +156,14 @@ func (h *Header) CanRebind(path string) error {
 	return nil
 }
 
-// Rebind binds the sealed file in st to p by rewriting its place block
-// (and the block's MAC) alone: nothing is re-encrypted, the data, table
-// and commit stay as they are. The header is authenticated first with a
-// key u opens. A version 1 file gives ErrUnbound and is left unchanged.
-func Rebind(st Storage, u KeyUnwrapper, p Place) error {
+// Rebind moves the binding of the sealed file in st from its place from
+// to p by rewriting its place block (and the block's MAC) alone: nothing
+// is re-encrypted, the data, table and commit stay as they are. The header
+// is authenticated first with a key u opens, and the file must be bound to
+// from (so a file the host put in another's place is not re-bound but
+// refused with an integrity error). A version 1 file gives ErrUnbound and
+// is left unchanged.
+func Rebind(st Storage, u KeyUnwrapper, from, p Place) error {
 	h, err := ParseHeader(io.NewSectionReader(st, 0, maxHeaderLen))
 	if err != nil {
 		return err
@@ -174,7 +177,7 @@ func Rebind(st Storage, u KeyUnwrapper, p Place) error {
 	if !bytes.Equal(p.Mount, h.Place.Mount) && len(p.Mount) != len(h.Place.Mount) {
 		return fmt.Errorf("%w: mount id of %d bytes in a place block made for %d", ErrPlaceFull, len(p.Mount), len(h.Place.Mount))
 	}
-	k, err := openHeader(h, u, nil)
+	k, err := openHeader(h, u, &from)
 	if err != nil {
 		return err
 	}

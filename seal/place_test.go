@@ -93,7 +93,7 @@ func TestRebind(t *testing.T) {
 	sealed := sealBytes(t, plain, bound("/data", "old.csv"), k)
 	st := memStorage(sealed)
 	h, _ := ParseHeader(bytes.NewReader(sealed))
-	if err := Rebind(st, k, Place{Mount: MountID("/data"), Path: "dir/new.csv"}); err != nil {
+	if err := Rebind(st, k, *bound("/data", "old.csv").Place, Place{Mount: MountID("/data"), Path: "dir/new.csv"}); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(st.b[:h.placeOff()], sealed[:h.placeOff()]) || !bytes.Equal(st.b[h.Len():], sealed[h.Len():]) || len(st.b) != len(sealed) {
@@ -111,14 +111,19 @@ func TestRebind(t *testing.T) {
 	if _, err := Open(memStorage(st.b), k, bound("/data", "old.csv")); !errors.Is(err, ErrIntegrity) {
 		t.Fatalf("open at the old place: %v", err)
 	}
-	if err := Rebind(st, k, Place{Mount: MountID("/data"), Path: strings.Repeat("n", h.PlaceCapacity+1)}); !errors.Is(err, ErrPlaceFull) {
+	if err := Rebind(st, k, *bound("/data", "dir/new.csv").Place, Place{Mount: MountID("/data"), Path: strings.Repeat("n", h.PlaceCapacity+1)}); !errors.Is(err, ErrPlaceFull) {
 		t.Fatalf("too long: %v", err)
 	}
-	if err := Rebind(st, testKey(t), Place{Mount: MountID("/data"), Path: "x"}); !errors.Is(err, ErrWrongKey) {
+	if err := Rebind(st, testKey(t), *bound("/data", "dir/new.csv").Place, Place{Mount: MountID("/data"), Path: "x"}); !errors.Is(err, ErrWrongKey) {
 		t.Fatalf("another key: %v", err)
 	}
+	// A file that is not where the caller thinks (the host swapped it in)
+	// is not re-bound.
+	if err := Rebind(st, k, *bound("/data", "elsewhere.csv").Place, Place{Mount: MountID("/data"), Path: "x"}); !errors.Is(err, ErrIntegrity) {
+		t.Fatalf("re-binding a file from the wrong place: %v", err)
+	}
 	v1 := memStorage(sealBytes(t, plain, &Options{SegmentSize: testSeg}, k))
-	if err := Rebind(v1, k, Place{Mount: MountID("/data"), Path: "x"}); !errors.Is(err, ErrUnbound) {
+	if err := Rebind(v1, k, *bound("/data", "y").Place, Place{Mount: MountID("/data"), Path: "x"}); !errors.Is(err, ErrUnbound) {
 		t.Fatalf("version 1: %v", err)
 	}
 	for _, p := range []string{"", "/abs", "a/../b", "a//b", "./a"} {

@@ -44,7 +44,7 @@ func (m imageMount) Unmount() error {
 }
 
 func mountSealed(mountpoint string, o instance.SealedMount, log *slog.Logger) (instance.Unmounter, error) {
-	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, Logger: log})
+	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, MountID: o.MountID, Logger: log})
 	if err != nil {
 		return nil, err
 	}
