@@ -94,6 +94,10 @@ type Options struct {
 	// KMSRetries and KMSTimeout bound the key service calls at start.
 	KMSRetries int
 	KMSTimeout time.Duration
+	// ExtendRTMR extends a TDX RTMR with the instance measurement before
+	// anything is attested; nil means the kernel's configfs-tsm
+	// (tsm.ExtendLinuxInstance). Only called for the tdx backend.
+	ExtendRTMR func(instance [32]byte) error
 }
 
 // Unmounter undoes a mount.
@@ -244,6 +248,9 @@ func (in *Instance) attest(ctx context.Context, o Options) error {
 	}
 	in.Backend = iss.TEE()
 	in.issuer = iss
+	if err := extendRTMR(in.Backend, in.Build.Measurement, o.ExtendRTMR, in.log); err != nil {
+		return err
+	}
 	if len(in.Config.KMS) == 0 {
 		return nil
 	}
@@ -334,6 +341,28 @@ func (in *Instance) attestKMS(ctx context.Context, o Options, k config.KMS, cl *
 	in.KMSAttested = append(in.KMSAttested, note)
 	if o.Info != nil {
 		o.Info("kms attested: " + note)
+	}
+	return nil
+}
+
+// extendRTMR records the instance in the TDX VM's RTMR3 before its
+// evidence is made and its program starts, so every later quote of the VM
+// shows it. Where the kernel offers no RTMR extension it logs that and
+// goes on: the report data binds the instance measurement either way.
+func extendRTMR(tee attest.TEE, measurement [32]byte, extend func([32]byte) error, log *slog.Logger) error {
+	if tee != attest.TEETDX {
+		return nil
+	}
+	if extend == nil {
+		extend = tsm.ExtendLinuxInstance
+	}
+	switch err := extend(measurement); {
+	case errors.Is(err, tsm.ErrNoRTMR):
+		log.Warn("RTMR3 not extended: this kernel offers no configfs-tsm RTMR extension; the instance measurement is bound in the report data only", "measurement", hex.EncodeToString(measurement[:]))
+	case err != nil:
+		return fmt.Errorf("recording the instance in RTMR%d: %w", tsm.InstanceRTMR, err)
+	default:
+		log.Info("RTMR3 extended with the instance measurement", "rtmr", tsm.InstanceRTMR, "measurement", hex.EncodeToString(measurement[:]))
 	}
 	return nil
 }
