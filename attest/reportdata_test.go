@@ -5,6 +5,7 @@ import (
 	"crypto/sha512"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -42,5 +43,22 @@ func TestReportDataLayout(t *testing.T) {
 	// The vector of the format document.
 	if got := hex.EncodeToString(rd[32:]); got != "707d5b4ce52cafcba8c97d48632624d0bde79298aef4f95606ab6bb0c2a59c02" {
 		t.Fatalf("runtime tag for instance 00..1f and binding SHA-256(\"claims\"): %s", got)
+	}
+}
+
+// TestInstanceMeasurementsPolicy: the field parses strictly and names
+// itself when wrong.
+func TestInstanceMeasurementsPolicy(t *testing.T) {
+	p, err := ParsePolicy(strings.NewReader(`{"instance_measurements": ["` + strings.Repeat("ab", 32) + `"]}`))
+	if err != nil || len(p.InstanceMeasurements) != 1 {
+		t.Fatalf("%v %+v", err, p)
+	}
+	var pe *PolicyError
+	if _, err := ParsePolicy(strings.NewReader(`{"instance_measurements": ["abcd"]}`)); !errors.As(err, &pe) || pe.Field != "instance_measurements[0]" {
+		t.Fatalf("short instance measurement: %v", err)
+	}
+	// Claims without an instance (not runtime evidence) never match.
+	if ok, un := p.Evaluate(&Claims{TEE: TEETDX, TCBStatus: TCBUpToDate}); ok || un[0].Field != "instance_measurements" {
+		t.Fatalf("claims without an instance: %v %v", ok, un)
 	}
 }

@@ -348,6 +348,9 @@ func newInspectCmd(env *Env) *cobra.Command {
 			fmt.Fprintf(w, "file id:         %s\n", info.FileID)
 			fmt.Fprintf(w, "segment size:    %d bytes\n", info.SegmentSize)
 			fmt.Fprintf(w, "header size:     %d bytes\n", info.HeaderSize)
+			if info.BoundPath != "" {
+				fmt.Fprintf(w, "bound to:        %s in mount %s (unauthenticated until opened with a key)\n", info.BoundPath, info.BoundMount)
+			}
 			fmt.Fprintf(w, "stored size:     %d bytes\n", info.StoredSize)
 			if info.PlaintextSize >= 0 {
 				fmt.Fprintf(w, "plaintext size:  %d bytes (%d segments; unauthenticated until opened with a key)\n", info.PlaintextSize, info.Segments)
