@@ -69,6 +69,11 @@ type Claims struct {
 	Platform    Platform   `json:"platform"`
 	TDX         *TDXClaims `json:"tdx,omitempty"`
 	SNP         *SNPClaims `json:"snp,omitempty"`
+	// Instance is the veil instance measurement the runtime bound into the
+	// report data (RuntimeReportData), set by RA-TLS verification when the
+	// certificate carries it; empty otherwise. In a confidential VM it is
+	// the only evidence of which instance asks: the TEE measures the VM.
+	Instance Hex `json:"instance,omitempty"`
 	// IssuedAt is when the evidence was produced, when the evidence carries
 	// a trustworthy time (sim quotes, RA-TLS certificates); zero otherwise.
 	IssuedAt time.Time `json:"issued_at,omitzero"`
@@ -98,13 +103,41 @@ type TDXClaims struct {
 	TEETCBSVN    Hex    `json:"tee_tcb_svn"`
 }
 
-// SNPClaims are the SEV-SNP-specific fields.
+// SNPClaims are the SEV-SNP-specific fields. TCB values are the reports'
+// 64-bit TCB_VERSION (see SNPTCB for their parts).
 type SNPClaims struct {
-	Measurement Hex    `json:"measurement"`
-	Policy      uint64 `json:"policy"`
-	VMPL        uint32 `json:"vmpl"`
-	HostData    Hex    `json:"host_data"`
-	FamilyID    Hex    `json:"family_id"`
-	ImageID     Hex    `json:"image_id"`
-	ReportedTCB uint64 `json:"reported_tcb"`
+	Measurement  Hex    `json:"measurement"`
+	Policy       uint64 `json:"policy"`
+	VMPL         uint32 `json:"vmpl"`
+	GuestSVN     uint32 `json:"guest_svn"`
+	HostData     Hex    `json:"host_data"`
+	FamilyID     Hex    `json:"family_id"`
+	ImageID      Hex    `json:"image_id"`
+	ReportedTCB  uint64 `json:"reported_tcb"`
+	LaunchTCB    uint64 `json:"launch_tcb"`
+	CommittedTCB uint64 `json:"committed_tcb"`
+	CurrentTCB   uint64 `json:"current_tcb"`
+	// RevocationChecked: the VCEK and ASK were checked against AMD's CRL
+	// (snp.Options.CheckRevocations) and are not revoked.
+	RevocationChecked bool `json:"revocation_checked,omitempty"`
+}
+
+// SNPTCB are the security patch levels of an SEV-SNP TCB_VERSION, as
+// go-sev-guest decomposes it (kds.TCBParts): boot loader (byte 0), PSP OS
+// (byte 1), SNP firmware (byte 6) and CPU microcode (byte 7).
+type SNPTCB struct {
+	BootLoader uint8 `json:"bl_spl"`
+	TEE        uint8 `json:"tee_spl"`
+	SNP        uint8 `json:"snp_spl"`
+	Microcode  uint8 `json:"ucode_spl"`
+}
+
+// DecomposeSNPTCB splits a TCB_VERSION into its parts.
+func DecomposeSNPTCB(v uint64) SNPTCB {
+	return SNPTCB{BootLoader: uint8(v), TEE: uint8(v >> 8), SNP: uint8(v >> 48), Microcode: uint8(v >> 56)}
+}
+
+// AtLeast reports whether every part of t is at least the part of min.
+func (t SNPTCB) AtLeast(min SNPTCB) bool {
+	return t.BootLoader >= min.BootLoader && t.TEE >= min.TEE && t.SNP >= min.SNP && t.Microcode >= min.Microcode
 }

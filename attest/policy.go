@@ -26,6 +26,11 @@ type Policy struct {
 	TEE []TEE `json:"tee,omitempty"`
 	// Measurements: the claims' measurement must equal one of them.
 	Measurements []Hex `json:"measurements,omitempty"`
+	// InstanceMeasurements: the veil instance measurement the runtime bound
+	// into its RA-TLS evidence (Claims.Instance) must equal one of them. In
+	// a TDX or SEV-SNP VM the TEE measures the VM, so this is what tells
+	// one instance from another.
+	InstanceMeasurements []Hex `json:"instance_measurements,omitempty"`
 	// Signer, ProductID, MinSVN constrain the workload's signer identity.
 	Signer    Hex     `json:"signer,omitempty"`
 	ProductID *uint16 `json:"product_id,omitempty"`
@@ -82,6 +87,19 @@ type SNPPolicy struct {
 	// PolicyMask and PolicyValue: (claims policy & mask) must equal value.
 	PolicyMask  uint64 `json:"policy_mask,omitempty"`
 	PolicyValue uint64 `json:"policy_value,omitempty"`
+	// MinReportedTCB and MinLaunchTCB: every part of the report's
+	// REPORTED_TCB (the TCB the VCEK is derived from) and LAUNCH_TCB (the
+	// TCB the guest was launched with) must be at least the policy's.
+	MinReportedTCB *SNPTCB `json:"min_reported_tcb,omitempty"`
+	MinLaunchTCB   *SNPTCB `json:"min_launch_tcb,omitempty"`
+	// VMPL: the report must come from exactly this VM privilege level
+	// (0 is the most privileged; a paravisor runs the guest at 1 or more).
+	VMPL *uint32 `json:"vmpl,omitempty"`
+	// MinGuestSVN: the guest's security version from its ID block.
+	MinGuestSVN *uint32 `json:"min_guest_svn,omitempty"`
+	// RequireRevocationCheck: the verifier must have checked the VCEK and
+	// ASK against AMD's CRL (snp.Options.CheckRevocations).
+	RequireRevocationCheck bool `json:"require_revocation_check,omitempty"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("90s").
@@ -220,6 +238,11 @@ func (p *Policy) Check() error {
 			return &PolicyError{Field: fmt.Sprintf("measurements[%d]", i), Err: fmt.Errorf("want 32 or 48 bytes, got %d", len(m))}
 		}
 	}
+	for i, m := range p.InstanceMeasurements {
+		if len(m) != InstanceSize {
+			return &PolicyError{Field: fmt.Sprintf("instance_measurements[%d]", i), Err: fmt.Errorf("want %d bytes, got %d", InstanceSize, len(m))}
+		}
+	}
 	if len(p.Signer) != 0 && len(p.Signer) != 32 {
 		return &PolicyError{Field: "signer", Err: fmt.Errorf("want 32 bytes, got %d", len(p.Signer))}
 	}
@@ -251,6 +274,9 @@ func (p *Policy) Check() error {
 		}
 		if p.SNP.PolicyValue&^p.SNP.PolicyMask != 0 {
 			return &PolicyError{Field: "snp.policy_value", Err: errors.New("sets bits outside snp.policy_mask")}
+		}
+		if p.SNP.VMPL != nil && *p.SNP.VMPL > 3 {
+			return &PolicyError{Field: "snp.vmpl", Err: fmt.Errorf("VMPL %d, want 0 to 3", *p.SNP.VMPL)}
 		}
 	}
 	return nil
@@ -327,6 +353,9 @@ func (p *Policy) EvaluateContext(c *Claims, ctx Context) (bool, []Unmet) {
 	if len(p.Measurements) > 0 && !anyEqual(p.Measurements, c.Measurement) {
 		add("measurements", "measurement %s is not one of %s", c.Measurement, hexList(p.Measurements))
 	}
+	if len(p.InstanceMeasurements) > 0 && !anyEqual(p.InstanceMeasurements, c.Instance) {
+		add("instance_measurements", "instance measurement %s is not one of %s", hexOrNone(c.Instance), hexList(p.InstanceMeasurements))
+	}
 	if len(p.Signer) > 0 && subtle.ConstantTimeCompare(p.Signer, c.Signer) != 1 {
 		add("signer", "signer %s, want %s", hexOrNone(c.Signer), p.Signer)
 	}
@@ -388,6 +417,21 @@ func (p *Policy) EvaluateContext(c *Claims, ctx Context) (bool, []Unmet) {
 			}
 			if c.SNP.Policy&p.SNP.PolicyMask != p.SNP.PolicyValue {
 				add("snp.policy_mask", "guest policy %#x & mask %#x = %#x, want %#x", c.SNP.Policy, p.SNP.PolicyMask, c.SNP.Policy&p.SNP.PolicyMask, p.SNP.PolicyValue)
+			}
+			if m := p.SNP.MinReportedTCB; m != nil && !DecomposeSNPTCB(c.SNP.ReportedTCB).AtLeast(*m) {
+				add("snp.min_reported_tcb", "reported TCB %+v is below %+v", DecomposeSNPTCB(c.SNP.ReportedTCB), *m)
+			}
+			if m := p.SNP.MinLaunchTCB; m != nil && !DecomposeSNPTCB(c.SNP.LaunchTCB).AtLeast(*m) {
+				add("snp.min_launch_tcb", "launch TCB %+v is below %+v", DecomposeSNPTCB(c.SNP.LaunchTCB), *m)
+			}
+			if p.SNP.VMPL != nil && c.SNP.VMPL != *p.SNP.VMPL {
+				add("snp.vmpl", "VMPL %d, want %d", c.SNP.VMPL, *p.SNP.VMPL)
+			}
+			if p.SNP.MinGuestSVN != nil && c.SNP.GuestSVN < *p.SNP.MinGuestSVN {
+				add("snp.min_guest_svn", "guest svn %d is below the minimum %d", c.SNP.GuestSVN, *p.SNP.MinGuestSVN)
+			}
+			if p.SNP.RequireRevocationCheck && !c.SNP.RevocationChecked {
+				add("snp.require_revocation_check", "the VCEK was not checked against AMD's revocation list (verifier without CheckRevocations)")
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"syscall"
@@ -15,8 +16,12 @@ import (
 
 // AttestationOptions configure the /dev/attestation file system.
 type AttestationOptions struct {
-	// Issuer produces evidence for the workload (the instance's identity).
-	Issuer attest.Issuer
+	// Issuer produces evidence for the workload. It must be an
+	// *attest.WorkloadIssuer: every quote binds the workload's report data
+	// under the workload label together with the instance measurement, so
+	// a workload can never produce the runtime's evidence (the key service
+	// refuses it) nor evidence for another instance.
+	Issuer *attest.WorkloadIssuer
 	Logger *slog.Logger
 }
 
@@ -27,8 +32,13 @@ type AttestationOptions struct {
 //	user_report_data  write: 64 bytes of report data; read: them back
 //	quote             read: evidence binding the last report data written
 //
-// The report data is shared by the whole sandbox, as in Gramine.
+// The report data is shared by the whole sandbox, as in Gramine. Unlike
+// Gramine, the quote does not bind the 64 bytes written as they are but
+// attest.WorkloadReportData(instance, them) (docs/formats/report-data.md).
 func MountAttestation(mountpoint string, o AttestationOptions) (*fuse.Server, error) {
+	if o.Issuer == nil || o.Issuer.Issuer == nil {
+		return nil, errors.New("mounting the attestation files: no workload issuer")
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}

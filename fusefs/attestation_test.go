@@ -21,7 +21,7 @@ func TestAttestationFiles(t *testing.T) {
 	}
 	id := sim.Identity{Measurement: [32]byte{1, 2, 3}}
 	dir := t.TempDir()
-	srv, err := MountAttestation(dir, AttestationOptions{Issuer: p.Issuer(id)})
+	srv, err := MountAttestation(dir, AttestationOptions{Issuer: &attest.WorkloadIssuer{Issuer: p.Issuer(id), Instance: id.Measurement}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,10 @@ func TestAttestationFiles(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the quote does not verify: %v", err)
 	}
-	if !bytes.Equal(claims.ReportData, rd) || claims.Measurement[0] != 1 {
+	var user attest.ReportData
+	copy(user[:], rd)
+	want := attest.WorkloadReportData(id.Measurement, user)
+	if !bytes.Equal(claims.ReportData, want[:]) || claims.Measurement[0] != 1 {
 		t.Fatalf("quote binds report data %x, measurement %x", claims.ReportData, claims.Measurement)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "quote"), []byte("x"), 0); err == nil {

@@ -50,7 +50,7 @@ func benchTargets(b *testing.B) []target {
 	backing, mnt := filepath.Join(base, "sealed-backing"), filepath.Join(base, "sealed")
 	os.Mkdir(backing, 0o700)
 	os.Mkdir(mnt, 0o700)
-	srv, err := MountSealed(mnt, SealedOptions{Source: backing, Keys: k, WriteKeys: []seal.KeyWrapper{k}})
+	srv, err := MountSealed(mnt, SealedOptions{Source: backing, Keys: k, WriteKeys: []seal.KeyWrapper{k}, MountID: seal.MountID("/bench")})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -28,6 +29,12 @@ type SealedOptions struct {
 	// WriteKeys wrap the data keys of new files. Without them new files
 	// cannot be created (EACCES); existing files can still be changed.
 	WriteKeys []seal.KeyWrapper
+	// MountID identifies the mount (seal.MountID of its target in
+	// veil.json). Every file created in the mount is bound to it and to
+	// its path below the mount root; a bound file opened anywhere else
+	// fails (EIO, logged with the path it is bound to), and a rename
+	// through the mount re-binds it. Required.
+	MountID []byte
 	// ReadOnly refuses every change (EROFS).
 	ReadOnly bool
 	// SegmentSize of new files; zero means DefaultSealedSegmentSize.
@@ -81,6 +88,7 @@ var (
 	_ fs.NodeLinker         = (*sealedNode)(nil)
 	_ fs.NodeSymlinker      = (*sealedNode)(nil)
 	_ fs.NodeCopyFileRanger = (*sealedNode)(nil)
+	_ fs.NodeRenamer        = (*sealedNode)(nil)
 )
 
 // MountSealed mounts a sealed file system of opts.Source at mountpoint. The
@@ -96,6 +104,9 @@ func MountSealed(mountpoint string, opts SealedOptions) (*fuse.Server, error) {
 	}
 	if st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
 		return nil, fmt.Errorf("sealed mount source %s: not a directory", src)
+	}
+	if len(opts.MountID) == 0 || len(opts.MountID) > seal.MaxMountIDLen {
+		return nil, fmt.Errorf("sealed mount of %s: want a mount id of 1 to %d bytes", src, seal.MaxMountIDLen)
 	}
 	if opts.SegmentSize == 0 {
 		opts.SegmentSize = DefaultSealedSegmentSize
@@ -141,7 +152,19 @@ func (n *sealedNode) WrapChild(ctx context.Context, ops fs.InodeEmbedder) fs.Ino
 }
 
 func (n *sealedNode) backingPath() string {
-	return filepath.Join(n.sfs.root.Path, n.Path(n.sfs.root.RootNode.EmbeddedInode()))
+	return filepath.Join(n.sfs.root.Path, n.relPath())
+}
+
+// relPath is the node's path below the mount root ("" for the root).
+func (n *sealedNode) relPath() string {
+	return n.Path(n.sfs.root.RootNode.EmbeddedInode())
+}
+
+// sealOptions are the mount's options with the place of the file at rel.
+func (sfs *sealedFS) sealOptions(rel string) *seal.Options {
+	o := *sfs.seal
+	o.Place = &seal.Place{Mount: sfs.opts.MountID, Path: rel}
+	return &o
 }
 
 // Lookup reports plaintext sizes.
@@ -239,7 +262,7 @@ func (n *sealedNode) acquire(flags uint32) syscall.Errno {
 	if err != nil {
 		return fs.ToErrno(err)
 	}
-	f, err := seal.Open(osf, n.sfs.opts.Keys, n.sfs.seal)
+	f, err := seal.Open(osf, n.sfs.opts.Keys, n.sfs.sealOptions(n.relPath()))
 	if err != nil {
 		osf.Close()
 		return n.errno("opening", err)
@@ -322,7 +345,7 @@ func (n *sealedNode) Create(ctx context.Context, name string, flags uint32, mode
 	if err != nil {
 		return nil, nil, 0, fs.ToErrno(err)
 	}
-	f, err := seal.Create(osf, n.sfs.seal, n.sfs.opts.WriteKeys...)
+	f, err := seal.Create(osf, n.sfs.sealOptions(path.Join(n.relPath(), name)), n.sfs.opts.WriteKeys...)
 	if err != nil {
 		osf.Close()
 		os.Remove(p)

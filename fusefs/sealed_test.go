@@ -61,6 +61,9 @@ func mountSealed(t *testing.T, src string, opts SealedOptions) *mount {
 	lb := &logBuf{}
 	opts.Source = src
 	opts.Logger = slog.New(slog.NewTextHandler(lb, nil))
+	if opts.MountID == nil {
+		opts.MountID = seal.MountID("/data")
+	}
 	srv, err := MountSealed(dir, opts)
 	if err != nil {
 		t.Fatal(err)

@@ -81,8 +81,10 @@ type Options struct {
 	// MountSealed mounts a sealed directory at mountpoint.
 	MountSealed func(mountpoint string, o SealedMount, log *slog.Logger) (Unmounter, error)
 	// MountAttestation, when set, serves /dev/attestation (Gramine's
-	// pseudo-files) for programs that want evidence themselves.
-	MountAttestation func(mountpoint string, iss attest.Issuer, log *slog.Logger) (Unmounter, error)
+	// pseudo-files) for programs that want evidence themselves. The issuer
+	// binds everything under the workload label with the instance
+	// measurement (attest.WorkloadReportData).
+	MountAttestation func(mountpoint string, iss *attest.WorkloadIssuer, log *slog.Logger) (Unmounter, error)
 	// Logger receives runtime events (integrity failures, mounts).
 	Logger *slog.Logger
 	// Warn receives messages for the user (the sim backend, unapplied limits).
@@ -92,6 +94,10 @@ type Options struct {
 	// KMSRetries and KMSTimeout bound the key service calls at start.
 	KMSRetries int
 	KMSTimeout time.Duration
+	// ExtendRTMR extends a TDX RTMR with the instance measurement before
+	// anything is attested; nil means the kernel's configfs-tsm
+	// (tsm.ExtendLinuxInstance). Only called for the tdx backend.
+	ExtendRTMR func(instance [32]byte) error
 }
 
 // Unmounter undoes a mount.
@@ -103,6 +109,9 @@ type SealedMount struct {
 	Keys      seal.KeyUnwrapper
 	WriteKeys []seal.KeyWrapper
 	ReadOnly  bool
+	// MountID binds the mount's files to it: seal.MountID of the target
+	// declared in veil.json (measured), never of a host path.
+	MountID []byte
 }
 
 // MountInfo describes an active mount, for status output.
@@ -239,10 +248,14 @@ func (in *Instance) attest(ctx context.Context, o Options) error {
 	}
 	in.Backend = iss.TEE()
 	in.issuer = iss
+	if err := extendRTMR(in.Backend, in.Build.Measurement, o.ExtendRTMR, in.log); err != nil {
+		return err
+	}
 	if len(in.Config.KMS) == 0 {
 		return nil
 	}
-	cert, err := ratls.NewCertificate(ctx, iss, ratls.Options{})
+	measurement := in.Build.Measurement
+	cert, err := ratls.NewCertificate(ctx, iss, ratls.Options{Instance: &measurement})
 	if err != nil {
 		return fmt.Errorf("creating the workload's RA-TLS certificate: %w", err)
 	}
@@ -328,6 +341,28 @@ func (in *Instance) attestKMS(ctx context.Context, o Options, k config.KMS, cl *
 	in.KMSAttested = append(in.KMSAttested, note)
 	if o.Info != nil {
 		o.Info("kms attested: " + note)
+	}
+	return nil
+}
+
+// extendRTMR records the instance in the TDX VM's RTMR3 before its
+// evidence is made and its program starts, so every later quote of the VM
+// shows it. Where the kernel offers no RTMR extension it logs that and
+// goes on: the report data binds the instance measurement either way.
+func extendRTMR(tee attest.TEE, measurement [32]byte, extend func([32]byte) error, log *slog.Logger) error {
+	if tee != attest.TEETDX {
+		return nil
+	}
+	if extend == nil {
+		extend = tsm.ExtendLinuxInstance
+	}
+	switch err := extend(measurement); {
+	case errors.Is(err, tsm.ErrNoRTMR):
+		log.Warn("RTMR3 not extended: this kernel offers no configfs-tsm RTMR extension; the instance measurement is bound in the report data only", "measurement", hex.EncodeToString(measurement[:]))
+	case err != nil:
+		return fmt.Errorf("recording the instance in RTMR%d: %w", tsm.InstanceRTMR, err)
+	default:
+		log.Info("RTMR3 extended with the instance measurement", "rtmr", tsm.InstanceRTMR, "measurement", hex.EncodeToString(measurement[:]))
 	}
 	return nil
 }
@@ -447,7 +482,7 @@ func (in *Instance) mount(ctx context.Context, o Options) error {
 		if err := os.MkdirAll(mp, 0o700); err != nil {
 			return err
 		}
-		u, err := o.MountAttestation(mp, in.issuer, in.log)
+		u, err := o.MountAttestation(mp, &attest.WorkloadIssuer{Issuer: in.issuer, Instance: in.Build.Measurement}, in.log)
 		if err != nil {
 			return fmt.Errorf("mounting /dev/attestation: %w", err)
 		}
@@ -486,7 +521,7 @@ func hostDir(src string, i int) (string, error) {
 // sealedKeys resolves a sealed mount's keys and checks, before anything
 // starts, that the key services release them: a denial stops the run here.
 func (in *Instance) sealedKeys(ctx context.Context, m config.Mount, src string) (*SealedMount, error) {
-	sm := &SealedMount{Source: src, ReadOnly: m.ReadOnly}
+	sm := &SealedMount{Source: src, ReadOnly: m.ReadOnly, MountID: seal.MountID(m.Target)}
 	var keys seal.Keys
 	resolve := func(refText string) (seal.KeyWrapper, seal.KeyUnwrapper, error) {
 		ref, err := config.ParseKeyRef(refText)

@@ -73,7 +73,7 @@ func extractRoot(mountpoint string, r *trustimage.Reader, _ *slog.Logger) (Unmou
 }
 
 func sealedFUSE(mountpoint string, o SealedMount, log *slog.Logger) (Unmounter, error) {
-	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, Logger: log})
+	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, MountID: o.MountID, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +82,7 @@ func sealedFUSE(mountpoint string, o SealedMount, log *slog.Logger) (Unmounter, 
 
 type serverUnmounter struct{ *fuse.Server }
 
-func attFUSE(mountpoint string, iss attest.Issuer, log *slog.Logger) (Unmounter, error) {
+func attFUSE(mountpoint string, iss *attest.WorkloadIssuer, log *slog.Logger) (Unmounter, error) {
 	srv, err := fusefs.MountAttestation(mountpoint, fusefs.AttestationOptions{Issuer: iss, Logger: log})
 	if err != nil {
 		return nil, err

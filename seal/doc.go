@@ -9,11 +9,17 @@
 // or segments taken from another sealed file, and the replacement of a
 // segment by an older version of itself from the same file are all reported
 // as integrity errors naming the offset. A torn write (a crash between
-// writing data and committing it) is reported on the next open.
+// writing data and committing it) is reported on the next open. A file
+// sealed with Options.Place (format version 2) is bound to a mount and a
+// path: opened with another place it is an integrity error naming the path
+// it is bound to, so files swapped or moved by the host, also between
+// mounts under the same key, are refused; Rebind moves the binding by
+// rewriting the place block alone.
 //
 // What it does not protect against: rolling back the whole file to an
 // earlier complete version (this needs state outside the file, such as a
-// version counter kept by a key service); a party that holds a key that
+// version counter kept by a key service); swaps and moves of version 1
+// (unbound) files, and deletion of any file; a party that holds a key that
 // opens one of the slots; traffic analysis of file sizes and write patterns.
 //
 // The format is specified in docs/formats/sealed-file.md. Three ways in:

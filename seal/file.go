@@ -167,7 +167,7 @@ func Open(st Storage, u KeyUnwrapper, opts *Options) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, err := openHeader(h, u)
+	k, err := openHeader(h, u, opts.place())
 	if err != nil {
 		return nil, err
 	}

@@ -12,11 +12,12 @@ import (
 	"io"
 )
 
-// Format constants of version 1.
+// Format constants of versions 1 and 2.
 const (
 	Magic        = "VEILSEAL"
 	commitMagic  = "VEILCMIT"
 	Version1     = 1
+	Version2     = 2 // version 1 plus a place block: the file's mount and path
 	AlgAES256GCM = 1 // AES-256-GCM segments, HKDF-SHA256 subkeys, HMAC-SHA256 header and commit
 
 	fixedHeaderLen = 37 // magic 8, version 1, alg 1, flags 2, segment 4, header length 4, file ID 16, slot count 1
@@ -52,12 +53,37 @@ type Header struct {
 	FileID      [FileIDLen]byte
 	Slots       []Slot
 	MAC         [headerMACLen]byte
+	// Place (version 2) is where the file belongs; nil for version 1.
+	Place *Place
+	// PlaceCapacity (version 2) is the room for the path in the place
+	// block: a rename re-binds the file in place up to this length.
+	PlaceCapacity int
+	// PlaceMAC (version 2) authenticates the place block.
+	PlaceMAC [headerMACLen]byte
 
 	raw []byte // the exact bytes parsed or marshalled, MAC included
 }
 
-// Len is the header's length in bytes, MAC included.
+// Len is the header's length in bytes, MAC and place block included.
 func (h *Header) Len() int { return len(h.raw) }
+
+// macOff is where the header MAC starts: the end of the key slots.
+func (h *Header) macOff() int {
+	if h.Place == nil {
+		return len(h.raw) - headerMACLen
+	}
+	return len(h.raw) - h.placeBlockLen() - headerMACLen
+}
+
+// placeOff is where the place block starts.
+func (h *Header) placeOff() int { return len(h.raw) - h.placeBlockLen() }
+
+func (h *Header) placeBlockLen() int {
+	if h.Place == nil {
+		return 0
+	}
+	return placeBlockLen(len(h.Place.Mount), h.PlaceCapacity)
+}
 
 // binding is the file-specific context every key slot authenticates.
 func (h *Header) binding() []byte {
@@ -67,8 +93,22 @@ func (h *Header) binding() []byte {
 	return append(b, h.FileID[:]...)
 }
 
-// marshal encodes h without its MAC (the MAC needs the DEK). It checks limits.
+// marshalBody encodes h up to its MAC (the MAC needs the DEK), with the
+// header length of the whole header. It checks limits.
 func (h *Header) marshalBody() ([]byte, error) {
+	if (h.Version == Version2) != (h.Place != nil) {
+		return nil, fmt.Errorf("%w: version %d with place %v", ErrMalformed, h.Version, h.Place)
+	}
+	var pb int
+	if h.Place != nil {
+		if err := h.Place.check(); err != nil {
+			return nil, err
+		}
+		if len(h.Place.Path) > h.PlaceCapacity || h.PlaceCapacity > MaxPlacePath {
+			return nil, fmt.Errorf("%w: path of %d bytes in a place of %d", ErrMalformed, len(h.Place.Path), h.PlaceCapacity)
+		}
+		pb = h.placeBlockLen()
+	}
 	if len(h.Slots) == 0 || len(h.Slots) > MaxSlots {
 		return nil, fmt.Errorf("%w: %d key slots (want 1 to %d)", ErrMalformed, len(h.Slots), MaxSlots)
 	}
@@ -95,7 +135,7 @@ func (h *Header) marshalBody() ([]byte, error) {
 		binary.Write(&b, binary.BigEndian, uint16(len(s.Wrapped)))
 		b.Write(s.Wrapped)
 	}
-	total := b.Len() + headerMACLen
+	total := b.Len() + headerMACLen + pb
 	if total > maxHeaderLen {
 		return nil, fmt.Errorf("%w: header of %d bytes exceeds %d", ErrMalformed, total, maxHeaderLen)
 	}
@@ -133,14 +173,19 @@ func checkSegmentSize(n int) error {
 	return nil
 }
 
-// Marshal encodes the header from its fields, MAC included. For a parsed
+// Marshal encodes the header from its fields, MACs included. For a parsed
 // header it reproduces the parsed bytes exactly.
 func (h *Header) Marshal() ([]byte, error) {
 	body, err := h.marshalBody()
 	if err != nil {
 		return nil, err
 	}
-	return append(body, h.MAC[:]...), nil
+	out := append(body, h.MAC[:]...)
+	if h.Place != nil {
+		out = append(out, h.placeBlock()...)
+		out = append(out, h.PlaceMAC[:]...)
+	}
+	return out, nil
 }
 
 // ParseHeader reads and parses a header from r without any key. It reads
@@ -170,8 +215,8 @@ func ParseHeader(r io.Reader) (*Header, error) {
 
 func parseHeaderBytes(raw []byte) (*Header, error) {
 	h := &Header{Version: raw[8], Algorithm: raw[9], raw: raw}
-	if h.Version != Version1 {
-		return nil, fmt.Errorf("%w: version %d (this build reads version %d)", ErrUnsupported, h.Version, Version1)
+	if h.Version != Version1 && h.Version != Version2 {
+		return nil, fmt.Errorf("%w: version %d (this build reads versions %d and %d)", ErrUnsupported, h.Version, Version1, Version2)
 	}
 	if h.Algorithm != AlgAES256GCM {
 		return nil, fmt.Errorf("%w: algorithm %d", ErrUnsupported, h.Algorithm)
@@ -186,6 +231,9 @@ func parseHeaderBytes(raw []byte) (*Header, error) {
 	copy(h.FileID[:], raw[20:36])
 	nslots := int(raw[36])
 	body := raw[fixedHeaderLen : len(raw)-headerMACLen]
+	if h.Version == Version2 {
+		body = raw[fixedHeaderLen:]
+	}
 	for i := 0; i < nslots; i++ {
 		var s Slot
 		var ok bool
@@ -207,6 +255,16 @@ func parseHeaderBytes(raw []byte) (*Header, error) {
 	}
 	if nslots == 0 || nslots > MaxSlots {
 		return nil, fmt.Errorf("%w: %d key slots (want 1 to %d)", ErrMalformed, nslots, MaxSlots)
+	}
+	if h.Version == Version2 {
+		if len(body) < headerMACLen {
+			return nil, fmt.Errorf("%w: header MAC truncated", ErrMalformed)
+		}
+		copy(h.MAC[:], body)
+		if err := h.parsePlace(body[headerMACLen:]); err != nil {
+			return nil, err
+		}
+		return h, nil
 	}
 	if len(body) != 0 {
 		return nil, fmt.Errorf("%w: %d unexpected bytes after the key slots", ErrMalformed, len(body))
@@ -233,7 +291,8 @@ func cut16(b []byte) (field, rest []byte, ok bool) {
 	return b[2 : 2+n], b[2+n:], true
 }
 
-// seal completes a header: it marshals the body and appends the MAC.
+// seal completes a header: it marshals the body and appends the MAC (and,
+// in version 2, the place block and its MAC).
 func (h *Header) seal(k *fileKeys) error {
 	body, err := h.marshalBody()
 	if err != nil {
@@ -243,15 +302,28 @@ func (h *Header) seal(k *fileKeys) error {
 	m.Write(body)
 	copy(h.MAC[:], m.Sum(nil))
 	h.raw = append(body, h.MAC[:]...)
+	if h.Place != nil {
+		blk := h.placeBlock()
+		h.PlaceMAC = placeMAC(k, &h.MAC, blk)
+		h.raw = append(append(h.raw, blk...), h.PlaceMAC[:]...)
+	}
 	return nil
 }
 
-// verify checks the header MAC under the file's keys.
+// verify checks the header MAC, and the place MAC of a version 2 header,
+// under the file's keys.
 func (h *Header) verify(k *fileKeys) error {
+	off := h.macOff()
 	m := hmac.New(sha256.New, k.header[:])
-	m.Write(h.raw[:len(h.raw)-headerMACLen])
+	m.Write(h.raw[:off])
 	if !hmac.Equal(m.Sum(nil), h.MAC[:]) {
-		return integrityErr(int64(len(h.raw)-headerMACLen), "header authentication failed (header altered or taken from another file)")
+		return integrityErr(int64(off), "header authentication failed (header altered or taken from another file)")
+	}
+	if h.Place != nil {
+		want := placeMAC(k, &h.MAC, h.raw[h.placeOff():len(h.raw)-headerMACLen])
+		if !hmac.Equal(want[:], h.PlaceMAC[:]) {
+			return integrityErr(int64(h.placeOff()), "place block authentication failed (path binding altered or taken from another file)")
+		}
 	}
 	return nil
 }

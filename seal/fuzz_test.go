@@ -22,6 +22,9 @@ func fuzzSeeds(f *testing.F) [][]byte {
 	for i, n := range []int{0, 5, testSeg, 2*testSeg + 9} {
 		opts := &Options{SegmentSize: testSeg, Rand: mrand.NewChaCha8([32]byte{byte(i)})}
 		seeds = append(seeds, sealBytes(f, bytes.Repeat([]byte{'x'}, n), opts, k))
+		// Version 2: the same with a place block.
+		opts = &Options{SegmentSize: testSeg, Rand: mrand.NewChaCha8([32]byte{byte(i)}), Place: &Place{Mount: MountID("/data"), Path: "dir/f" + string(rune('a'+i))}}
+		seeds = append(seeds, sealBytes(f, bytes.Repeat([]byte{'x'}, n), opts, k))
 	}
 	return seeds
 }

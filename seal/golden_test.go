@@ -3,10 +3,12 @@ package seal
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"flag"
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -65,8 +67,42 @@ func goldenKey(t *testing.T, name string) *FileKey {
 	return k
 }
 
-func TestGoldenV1(t *testing.T) {
-	for _, c := range goldenV1 {
+func TestGoldenV1(t *testing.T) { testGolden(t, "v1", goldenV1) }
+
+// goldenV2: version 2 files, bound to a place of the mount at /data.
+var goldenV2 = []goldenCase{
+	{"hello", 2, DefaultSegmentSize, func() []byte { return []byte("hello, veil\n") }, []string{"alice.key"}},
+	{"people", 3, MinSegmentSize, goldenPeople, []string{"alice.key", "bob.key"}},
+}
+
+// goldenV2Place is where each version 2 golden file is bound.
+func goldenV2Place(name string) *Place {
+	return &Place{Mount: MountID("/data"), Path: "in/" + name + ".csv"}
+}
+
+// TestGoldenV2 decrypts the version 2 golden files at their place, refuses
+// them at another, and reproduces them from the recorded randomness.
+func TestGoldenV2(t *testing.T) {
+	testGolden(t, "v2", goldenV2)
+	for _, c := range goldenV2 {
+		golden, err := os.ReadFile(filepath.Join("testdata", "v2", c.name+".sealed"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := goldenKey(t, c.keys[0])
+		f, err := Open(memStorage(golden), k, &Options{Place: goldenV2Place(c.name)})
+		if err != nil {
+			t.Fatalf("%s at its place: %v", c.name, err)
+		}
+		f.Close()
+		if _, err := Open(memStorage(golden), k, &Options{Place: &Place{Mount: MountID("/data"), Path: "in/other.csv"}}); !errors.Is(err, ErrIntegrity) || !strings.Contains(err.Error(), goldenV2Place(c.name).Path) {
+			t.Fatalf("%s under another name: %v; want an integrity error naming %s", c.name, err, goldenV2Place(c.name).Path)
+		}
+	}
+}
+
+func testGolden(t *testing.T, version string, cases []goldenCase) {
+	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var wrappers []KeyWrapper
 			var keys []*FileKey
@@ -77,9 +113,13 @@ func TestGoldenV1(t *testing.T) {
 			}
 			plain := c.plain()
 			opts := &Options{SegmentSize: c.segment, Rand: mrand.NewChaCha8([32]byte{c.seed}), Concurrency: 1}
+			if version == "v2" {
+				opts.Place = goldenV2Place(c.name)
+			}
 			fresh := sealBytes(t, plain, opts, wrappers...)
-			path := filepath.Join("testdata", "v1", c.name+".sealed")
+			path := filepath.Join("testdata", version, c.name+".sealed")
 			if _, err := os.Stat(path); os.IsNotExist(err) && *writeGolden {
+				os.MkdirAll(filepath.Dir(path), 0o755)
 				if err := os.WriteFile(path, fresh, 0o644); err != nil {
 					t.Fatal(err)
 				}
@@ -98,9 +138,9 @@ func TestGoldenV1(t *testing.T) {
 				}
 			}
 			if !bytes.Equal(fresh, golden) {
-				t.Fatalf("sealing with the recorded randomness no longer reproduces %s: the v1 format changed", path)
+				t.Fatalf("sealing with the recorded randomness no longer reproduces %s: the %s format changed", path, version)
 			}
-			if os.Getenv("VEIL_PRINT_VECTORS") != "" && c.name == "hello" {
+			if os.Getenv("VEIL_PRINT_VECTORS") != "" && c.name == "hello" && version == "v1" {
 				t.Logf("key %s\nsealed %s", keys[0].ID(), hex.EncodeToString(golden))
 			}
 		})

@@ -18,7 +18,10 @@ type Info struct {
 	PlaintextSize int64      `json:"plaintext_size"` // -1 if the trailer does not fit
 	Segments      int64      `json:"segments"`
 	Slots         []SlotInfo `json:"key_slots"`
-	Problem       string     `json:"problem,omitempty"`
+	// BoundMount and BoundPath (version 2) are where the file is bound.
+	BoundMount string `json:"bound_mount,omitempty"`
+	BoundPath  string `json:"bound_path,omitempty"`
+	Problem    string `json:"problem,omitempty"`
 }
 
 // SlotInfo names a key slot without its wrapped key.
@@ -55,6 +58,9 @@ func InspectReader(r io.ReaderAt, size int64) (*Info, error) {
 	}
 	for _, s := range h.Slots {
 		info.Slots = append(info.Slots, SlotInfo{Kind: s.Kind, KeyID: s.KeyID})
+	}
+	if h.Place != nil {
+		info.BoundMount, info.BoundPath = hex.EncodeToString(h.Place.Mount), h.Place.Path
 	}
 	lay := layout{headerLen: int64(h.Len()), segSize: int64(h.SegmentSize)}
 	cb := make([]byte, commitLen)

@@ -24,6 +24,7 @@ type fileKeys struct {
 	seg    cipher.AEAD
 	header [32]byte
 	commit [32]byte
+	place  [32]byte // version 2: MAC key of the place block
 }
 
 func deriveKeys(dek []byte, fileID *[FileIDLen]byte) (*fileKeys, error) {
@@ -44,10 +45,16 @@ func deriveKeys(dek []byte, fileID *[FileIDLen]byte) (*fileKeys, error) {
 	if err != nil {
 		return nil, err
 	}
+	pk, err := hkdf.Key(sha256.New, dek, fileID[:], "veil/seal/v2/place", 32)
+	if err != nil {
+		return nil, err
+	}
 	copy(k.header[:], hk)
 	copy(k.commit[:], ck)
+	copy(k.place[:], pk)
 	clear(hk)
 	clear(ck)
+	clear(pk)
 	block, err := aes.NewCipher(segKey)
 	if err != nil {
 		return nil, err

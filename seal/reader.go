@@ -59,7 +59,7 @@ func NewReader(r io.Reader, u KeyUnwrapper, opts *Options) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, err := openHeader(h, u)
+	k, err := openHeader(h, u, opts.place())
 	if err != nil {
 		return nil, err
 	}
@@ -84,8 +84,9 @@ func (r *Reader) start() {
 	go r.produce(r.src)
 }
 
-// openHeader unwraps the DEK, derives the file's keys and checks the header MAC.
-func openHeader(h *Header, u KeyUnwrapper) (*fileKeys, error) {
+// openHeader unwraps the DEK, derives the file's keys, checks the header
+// MAC (and place MAC) and that the file belongs at want (nil: anywhere).
+func openHeader(h *Header, u KeyUnwrapper, want *Place) (*fileKeys, error) {
 	dek, err := unwrapDEK(h, u)
 	if err != nil {
 		return nil, err
@@ -96,6 +97,9 @@ func openHeader(h *Header, u KeyUnwrapper) (*fileKeys, error) {
 		return nil, err
 	}
 	if err := h.verify(k); err != nil {
+		return nil, err
+	}
+	if err := h.checkPlace(want); err != nil {
 		return nil, err
 	}
 	return k, nil

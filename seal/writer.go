@@ -19,6 +19,18 @@ type Options struct {
 	// Rand is the source of the DEK, file ID and nonces. Nil means
 	// crypto/rand; tests set it to make test vectors.
 	Rand io.Reader
+	// Place, when sealing, binds the new file to a mount and path (format
+	// version 2); when opening, is where the file is opened: a file bound
+	// elsewhere is an integrity error. Nil seals an unbound version 1 file
+	// and opens files without checking their place.
+	Place *Place
+}
+
+func (o *Options) place() *Place {
+	if o == nil {
+		return nil
+	}
+	return o.Place
 }
 
 func (o *Options) rand() io.Reader {
@@ -48,6 +60,9 @@ func newSealedHeader(opts *Options, wrappers []KeyWrapper) (*Header, *fileKeys, 
 		return nil, nil, fmt.Errorf("%w: sealing needs at least one key", ErrWrongKey)
 	}
 	h := &Header{Version: Version1, Algorithm: AlgAES256GCM, SegmentSize: opts.segmentSize()}
+	if p := opts.place(); p != nil {
+		h.Version, h.Place, h.PlaceCapacity = Version2, &Place{Mount: p.Mount, Path: p.Path}, placeCapacity(p.Path)
+	}
 	if err := checkSegmentSize(h.SegmentSize); err != nil {
 		return nil, nil, err
 	}

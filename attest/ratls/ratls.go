@@ -7,6 +7,12 @@
 // certificates with Gramine's legacy extension (OID 1.2.840.113741.1337.6,
 // the raw quote, report_data[0:32] = SHA-256(SPKI DER)) are accepted too.
 //
+// The runtime's own certificates (Options.Instance) add the claim
+// "veil-instance" (the instance measurement) and fill report_data[32:64]
+// with attest.RuntimeReportData's tag, which evidence a workload asks for
+// through /dev/attestation can never carry (docs/formats/report-data.md);
+// a Peer with RequireRuntime accepts only those.
+//
 // What it protects against: a peer that is not the attested workload (the
 // TLS key must be the one the evidence binds), evidence taken from another
 // certificate, stale evidence when a server-chosen nonce is used (Nonces).
@@ -75,6 +81,10 @@ type Options struct {
 	Validity time.Duration
 	// Now is the issuing time; default time.Now.
 	Now func() time.Time
+	// Instance, when set, makes a runtime certificate: the claims name this
+	// instance measurement and the report data is
+	// attest.RuntimeReportData(instance, SHA-256(claims)).
+	Instance *[attest.InstanceSize]byte
 }
 
 type taggedEvidence struct {
@@ -109,7 +119,7 @@ func NewCertificate(ctx context.Context, issuer attest.Issuer, o Options) (*tls.
 	if err != nil {
 		return nil, err
 	}
-	ext, err := taggedEvidenceFor(ctx, issuer, spki, o.Nonce)
+	ext, err := taggedEvidenceFor(ctx, issuer, spki, o.Nonce, o.Instance)
 	if err != nil {
 		return nil, fmt.Errorf("making RA-TLS certificate: %w", err)
 	}
@@ -141,11 +151,17 @@ func NewCertificate(ctx context.Context, issuer attest.Issuer, o Options) (*tls.
 	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
 }
 
-func encodeClaims(spki, nonce []byte) ([]byte, error) {
+// claimInstance is the claim naming the runtime's instance measurement.
+const claimInstance = "veil-instance"
+
+func encodeClaims(spki, nonce []byte, instance *[attest.InstanceSize]byte) ([]byte, error) {
 	h := sha256.Sum256(spki)
 	m := map[string]any{"pubkey-hash": []any{hashAlgSHA256, h[:]}}
 	if nonce != nil {
 		m["nonce"] = nonce
+	}
+	if instance != nil {
+		m[claimInstance] = instance[:]
 	}
 	return encMode.Marshal(m)
 }
@@ -157,6 +173,7 @@ type Extension struct {
 	Claims     []byte // CBOR claims (nil for legacy)
 	PubKeyHash []byte // from the claims
 	Nonce      []byte // from the claims, if any
+	Instance   []byte // the "veil-instance" claim of a runtime certificate, if any
 }
 
 // ParseExtension finds and parses the evidence extension of cert strictly.
@@ -227,6 +244,10 @@ func ParseTaggedEvidence(b []byte) (*Extension, error) {
 			if err := decMode.Unmarshal(v, &x.Nonce); err != nil || len(x.Nonce) != nonceSize {
 				return nil, fmt.Errorf("claim nonce: want %d bytes: %w", nonceSize, ErrExtension)
 			}
+		case claimInstance:
+			if err := decMode.Unmarshal(v, &x.Instance); err != nil || len(x.Instance) != attest.InstanceSize {
+				return nil, fmt.Errorf("claim %s: want %d bytes: %w", claimInstance, attest.InstanceSize, ErrExtension)
+			}
 		default:
 			return nil, fmt.Errorf("unknown claim %q: %w", k, ErrExtension)
 		}
@@ -253,6 +274,12 @@ type Peer struct {
 	// returned claims later (the key service applies each key's own
 	// policy). Policy must then be nil.
 	DeferPolicy bool
+	// RequireRuntime accepts only the runtime's own certificates: a
+	// "veil-instance" claim and report data made by
+	// attest.RuntimeReportData for it (the key service's rule for
+	// workloads). Evidence a workload asked for through /dev/attestation
+	// is refused with attest.ErrBinding.
+	RequireRuntime bool
 }
 
 // VerifyCertificate checks that cert is a valid self-signed RA-TLS
@@ -321,6 +348,19 @@ func (p *Peer) verifyBinding(ctx context.Context, x *Extension, spki []byte, wha
 	if len(claims.ReportData) < 32 || !bytes.Equal(claims.ReportData[:32], want) {
 		return nil, fmt.Errorf("verifying %s: evidence report data does not bind the peer's key: %w", what, attest.ErrBinding)
 	}
+	switch {
+	case x.Instance != nil:
+		if err := attest.CheckRuntimeReportData(claims.ReportData, x.Instance); err != nil {
+			return nil, fmt.Errorf("verifying %s: %w", what, err)
+		}
+		// Sim evidence measures the instance itself: the claim must agree.
+		if claims.TEE == attest.TEESim && !bytes.Equal(claims.Measurement, x.Instance) {
+			return nil, fmt.Errorf("verifying %s: instance claim %x is not the evidence's measurement %s: %w", what, x.Instance, claims.Measurement, attest.ErrBinding)
+		}
+		claims.Instance = bytes.Clone(x.Instance)
+	case p.RequireRuntime:
+		return nil, fmt.Errorf("verifying %s: not the runtime's evidence (no %s claim; evidence a workload asked for is never accepted here): %w", what, claimInstance, attest.ErrBinding)
+	}
 	return claims, nil
 }
 
@@ -355,20 +395,23 @@ func BindKey(ctx context.Context, issuer attest.Issuer, spki, nonce []byte) ([]b
 	if len(nonce) != nonceSize {
 		return nil, fmt.Errorf("binding a key: nonce has %d bytes, want %d", len(nonce), nonceSize)
 	}
-	return taggedEvidenceFor(ctx, issuer, spki, nonce)
+	return taggedEvidenceFor(ctx, issuer, spki, nonce, nil)
 }
 
 // taggedEvidenceFor issues evidence whose report data is the hash of the
 // claims {pubkey-hash of spki, nonce}, and encodes [evidence, claims] as
 // tagged evidence: the certificate extension, or BindKey's answer.
-func taggedEvidenceFor(ctx context.Context, issuer attest.Issuer, spki, nonce []byte) ([]byte, error) {
-	claims, err := encodeClaims(spki, nonce)
+func taggedEvidenceFor(ctx context.Context, issuer attest.Issuer, spki, nonce []byte, instance *[attest.InstanceSize]byte) ([]byte, error) {
+	claims, err := encodeClaims(spki, nonce, instance)
 	if err != nil {
 		return nil, err
 	}
 	var rd attest.ReportData
 	h := sha256.Sum256(claims)
 	copy(rd[:32], h[:])
+	if instance != nil {
+		rd = attest.RuntimeReportData(*instance, h)
+	}
 	ev, err := issuer.Issue(ctx, rd)
 	if err != nil {
 		return nil, fmt.Errorf("issuing evidence: %w", err)

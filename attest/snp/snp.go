@@ -8,9 +8,12 @@
 // bit is reported as Claims.Debug).
 //
 // What it does not protect against: replay of a genuine report (bind a
-// nonce into the report data); revoked VCEKs unless CheckRevocations is set
-// with network access; TCB ratings — SNP has no TCB-info status, so claims
-// carry TCB status NotApplicable and the reported TCB value for policies.
+// nonce into the report data); revoked VCEKs or ASKs unless
+// Options.CheckRevocations is set, with a current CRL in TrustedRoots or
+// AllowNetwork; TCB ratings — SNP has no TCB-info status, so claims carry
+// TCB status NotApplicable and the reported, launch, committed and current
+// TCB values, which policies bound part by part (snp.min_reported_tcb,
+// snp.min_launch_tcb), with the VMPL and guest SVN.
 package snp
 
 import (
@@ -43,9 +46,14 @@ type Options struct {
 	// TrustedRoots maps product lines ("Milan", "Genoa", ...) to AMD
 	// ARK/ASK roots; nil means the roots embedded in go-sev-guest.
 	TrustedRoots map[string][]*trust.AMDRootCerts
-	// AllowNetwork lets the verifier fetch missing certificates from AMD's
-	// KDS (never used in tests).
+	// AllowNetwork lets the verifier fetch missing certificates, and the
+	// CRL for CheckRevocations, from AMD's KDS (never used in tests).
 	AllowNetwork bool
+	// CheckRevocations checks the VCEK and ASK against the ARK-signed CRL:
+	// the one in TrustedRoots (AMDRootCerts.CRL) while it is current, else
+	// fetched with AllowNetwork; without either, verification fails.
+	// Claims then carry SNP.RevocationChecked.
+	CheckRevocations bool
 	// Now returns the verification time; nil means time.Now.
 	Now func() time.Time
 }
@@ -105,7 +113,10 @@ func (v *Verifier) Verify(ctx context.Context, ev *attest.Evidence) (*attest.Cla
 	if v.o.Now != nil {
 		now = v.o.Now()
 	}
-	opts := &verify.Options{Now: now, DisableCertFetching: !v.o.AllowNetwork, TrustedRoots: v.o.TrustedRoots}
+	opts := &verify.Options{Now: now, DisableCertFetching: !v.o.AllowNetwork, TrustedRoots: v.o.TrustedRoots, CheckRevocations: v.o.CheckRevocations}
+	if v.o.CheckRevocations && !v.o.AllowNetwork {
+		opts.Getter = noNetwork{}
+	}
 	if err := verify.SnpAttestationContext(ctx, &spb.Attestation{Report: r, CertificateChain: chain}, opts); err != nil {
 		return nil, fmt.Errorf("verifying SEV-SNP report: %v: %w", err, attest.ErrSignature)
 	}
@@ -121,15 +132,27 @@ func (v *Verifier) Verify(ctx context.Context, ev *attest.Evidence) (*attest.Cla
 		TCBStatus:   attest.TCBNotApplicable,
 		Platform:    attest.Platform{ChipID: bytes.Clone(r.GetChipId())},
 		SNP: &attest.SNPClaims{
-			Measurement: bytes.Clone(r.GetMeasurement()),
-			Policy:      r.GetPolicy(),
-			VMPL:        r.GetVmpl(),
-			HostData:    bytes.Clone(r.GetHostData()),
-			FamilyID:    bytes.Clone(r.GetFamilyId()),
-			ImageID:     bytes.Clone(r.GetImageId()),
-			ReportedTCB: r.GetReportedTcb(),
+			Measurement:       bytes.Clone(r.GetMeasurement()),
+			Policy:            r.GetPolicy(),
+			VMPL:              r.GetVmpl(),
+			GuestSVN:          r.GetGuestSvn(),
+			HostData:          bytes.Clone(r.GetHostData()),
+			FamilyID:          bytes.Clone(r.GetFamilyId()),
+			ImageID:           bytes.Clone(r.GetImageId()),
+			ReportedTCB:       r.GetReportedTcb(),
+			LaunchTCB:         r.GetLaunchTcb(),
+			CommittedTCB:      r.GetCommittedTcb(),
+			CurrentTCB:        r.GetCurrentTcb(),
+			RevocationChecked: v.o.CheckRevocations,
 		},
 	}, nil
+}
+
+// noNetwork refuses every fetch: a CRL must come from the trusted roots.
+type noNetwork struct{}
+
+func (noNetwork) Get(url string) ([]byte, error) {
+	return nil, fmt.Errorf("fetching %s: network access is off (snp.Options.AllowNetwork)", url)
 }
 
 // NewIssuer returns an issuer of SEV-SNP reports (with the host's

@@ -415,7 +415,7 @@ func newAttestVerifyCmd(env *Env) *cobra.Command {
 }
 
 func newRATLSCertCmd(env *Env) *cobra.Command {
-	var out, keyOut, nonceHex string
+	var out, keyOut, nonceHex, instanceHex string
 	var validity time.Duration
 	var idf identityFlags
 	c := &cobra.Command{
@@ -433,11 +433,19 @@ func newRATLSCertCmd(env *Env) *cobra.Command {
 					return usageErrorf("--nonce: want 64 hex digits (the server-chosen nonce)")
 				}
 			}
+			o := ratls.Options{Nonce: nonce, Validity: validity}
+			if instanceHex != "" {
+				m, err := hex.DecodeString(instanceHex)
+				if err != nil || len(m) != attest.InstanceSize {
+					return usageErrorf("--instance: want 64 hex digits (the instance measurement, veil print mrenclave)")
+				}
+				o.Instance = (*[attest.InstanceSize]byte)(m)
+			}
 			iss, err := issuer(env, &idf)
 			if err != nil {
 				return err
 			}
-			cert, err := ratls.NewCertificate(c.Context(), iss, ratls.Options{Nonce: nonce, Validity: validity})
+			cert, err := ratls.NewCertificate(c.Context(), iss, o)
 			if err != nil {
 				return err
 			}
@@ -458,6 +466,7 @@ func newRATLSCertCmd(env *Env) *cobra.Command {
 	}
 	c.Flags().StringVarP(&out, "output", "o", "", "certificate file to write (PEM)")
 	c.Flags().StringVarP(&keyOut, "key", "k", "", "private key file to write (PEM, mode 0600)")
+	c.Flags().StringVar(&instanceHex, "instance", "", "make the runtime's certificate for this instance measurement (64 hex digits), the only kind the key service accepts")
 	c.Flags().StringVar(&nonceHex, "nonce", "", "server-chosen nonce to bind (64 hex digits)")
 	c.Flags().DurationVar(&validity, "validity", 24*time.Hour, "certificate validity")
 	idf.add(c)

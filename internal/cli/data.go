@@ -7,7 +7,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -86,15 +88,22 @@ func (f *cryptFlags) check() error {
 func newEncryptCmd(env *Env) *cobra.Command {
 	var f cryptFlags
 	var segSize int
+	var bindMount, bindPath string
 	c := &cobra.Command{
-		Use:   "encrypt --key KIND:REF -i IN -o OUT",
+		Use:   "encrypt --key KIND:REF -i IN -o OUT [--bind-mount TARGET --bind-path PATH]",
 		Short: "Seal a file, a stream or a directory tree",
 		Long: `encrypt seals IN into OUT under a fresh data key, wrapped in one key slot per
 --key. A directory IN is sealed file by file into directory OUT, keeping
-relative names. OUT appears only once it is complete.`,
+relative names. OUT appears only once it is complete.
+
+--bind-mount and --bind-path bind a single file to its place in a sealed
+mount: the mount's target in veil.json and the file's path below it. The
+mount then refuses the file under any other name or in any other mount.
+Without them the file is unbound and opens anywhere, as before.`,
 		Example: `  veil gen-key owner.key
   veil encrypt --key file:owner.key -i people.csv -o people.csv.sealed
-  tar c data | veil encrypt --key file:owner.key -i - -o data.tar.sealed`,
+  tar c data | veil encrypt --key file:owner.key -i - -o data.tar.sealed
+  veil encrypt --key kms:owner-cmk -i people.csv -o in/people.csv --bind-mount /data --bind-path people.csv`,
 		Args: exactArgs(0),
 		RunE: func(c *cobra.Command, args []string) error {
 			if err := f.check(); err != nil {
@@ -106,6 +115,15 @@ relative names. OUT appears only once it is complete.`,
 				return err
 			}
 			opts := &seal.Options{SegmentSize: segSize}
+			if bindMount != "" || bindPath != "" {
+				if bindMount == "" || bindPath == "" || !path.IsAbs(bindMount) {
+					return usageErrorf("--bind-mount TARGET (absolute, as in veil.json) and --bind-path PATH (below it) go together")
+				}
+				if fi, err := os.Stat(f.in); err == nil && fi.IsDir() {
+					return usageErrorf("--bind-path binds one file; IN is a directory")
+				}
+				opts.Place = &seal.Place{Mount: seal.MountID(path.Clean(bindMount)), Path: strings.TrimPrefix(bindPath, "./")}
+			}
 			op := func(ctx context.Context, in io.Reader, out io.Writer, size int64, label string) error {
 				p := newProgress(env, label, size)
 				defer p.Done()
@@ -125,6 +143,8 @@ relative names. OUT appears only once it is complete.`,
 	}
 	f.add(c, "key to wrap the file's data key: file:PATH (repeat for several slots)")
 	c.Flags().IntVar(&segSize, "segment-size", 0, fmt.Sprintf("plaintext bytes per segment, a power of two from %d to %d (default %d)", seal.MinSegmentSize, seal.MaxSegmentSize, seal.DefaultSegmentSize))
+	c.Flags().StringVar(&bindMount, "bind-mount", "", "bind the file to the sealed mount at this target (veil.json)")
+	c.Flags().StringVar(&bindPath, "bind-path", "", "bind the file to this path below the mount's root")
 	return c
 }
 
@@ -328,6 +348,9 @@ func newInspectCmd(env *Env) *cobra.Command {
 			fmt.Fprintf(w, "file id:         %s\n", info.FileID)
 			fmt.Fprintf(w, "segment size:    %d bytes\n", info.SegmentSize)
 			fmt.Fprintf(w, "header size:     %d bytes\n", info.HeaderSize)
+			if info.BoundPath != "" {
+				fmt.Fprintf(w, "bound to:        %s in mount %s (unauthenticated until opened with a key)\n", info.BoundPath, info.BoundMount)
+			}
 			fmt.Fprintf(w, "stored size:     %d bytes\n", info.StoredSize)
 			if info.PlaintextSize >= 0 {
 				fmt.Fprintf(w, "plaintext size:  %d bytes (%d segments; unauthenticated until opened with a key)\n", info.PlaintextSize, info.Segments)

@@ -893,12 +893,16 @@ func newKMSSecretCmd(env *Env, o *kmsOpts) *cobra.Command {
 type policyDocument struct {
 	TEE          []string `json:"tee,omitempty"`
 	Measurements []string `json:"measurements,omitempty"`
-	Signers      []string `json:"-"` // one at most: the document's "signer"
-	Signer       string   `json:"signer,omitempty"`
-	ProductID    *uint16  `json:"product_id,omitempty"`
-	MinSVN       uint16   `json:"min_svn,omitempty"`
-	AllowDebug   bool     `json:"allow_debug,omitempty"`
-	AllowSim     bool     `json:"allow_sim,omitempty"`
+	// InstanceMeasurements: from --from-instance, the instance measurement
+	// the runtime binds into its evidence (what tells instances apart in a
+	// confidential VM).
+	InstanceMeasurements []string `json:"instance_measurements,omitempty"`
+	Signers              []string `json:"-"` // one at most: the document's "signer"
+	Signer               string   `json:"signer,omitempty"`
+	ProductID            *uint16  `json:"product_id,omitempty"`
+	MinSVN               uint16   `json:"min_svn,omitempty"`
+	AllowDebug           bool     `json:"allow_debug,omitempty"`
+	AllowSim             bool     `json:"allow_sim,omitempty"`
 }
 
 func checkHex(flag string, vals []string, n int) error {
@@ -953,6 +957,7 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 						return loadHint(fmt.Errorf("reading the instance identity: %w", err))
 					}
 					doc.Measurements = append(doc.Measurements, id.Measurement)
+					doc.InstanceMeasurements = append(doc.InstanceMeasurements, id.Measurement)
 					if id.Signer != "" {
 						doc.Signers = append(doc.Signers, id.Signer)
 					}

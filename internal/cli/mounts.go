@@ -44,14 +44,14 @@ func (m imageMount) Unmount() error {
 }
 
 func mountSealed(mountpoint string, o instance.SealedMount, log *slog.Logger) (instance.Unmounter, error) {
-	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, Logger: log})
+	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, MountID: o.MountID, Logger: log})
 	if err != nil {
 		return nil, err
 	}
 	return fuseMount{srv, mountpoint}, nil
 }
 
-func mountAttestation(mountpoint string, iss attest.Issuer, log *slog.Logger) (instance.Unmounter, error) {
+func mountAttestation(mountpoint string, iss *attest.WorkloadIssuer, log *slog.Logger) (instance.Unmounter, error) {
 	srv, err := fusefs.MountAttestation(mountpoint, fusefs.AttestationOptions{Issuer: iss, Logger: log})
 	if err != nil {
 		return nil, err

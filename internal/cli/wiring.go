@@ -49,7 +49,7 @@ func attestWorkloadAuth(o WorkloadAuthOptions) (kms.WorkloadVerifier, kms.Policy
 	if err != nil {
 		return nil, nil, err
 	}
-	return &ratlsWorkloads{peer: &ratls.Peer{Verifier: v, DeferPolicy: true}}, attestPolicies{}, nil
+	return &ratlsWorkloads{peer: &ratls.Peer{Verifier: v, DeferPolicy: true, RequireRuntime: true}}, attestPolicies{}, nil
 }
 
 // evidenceVerifier verifies sim evidence of the local platform (localSim:

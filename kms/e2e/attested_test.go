@@ -64,7 +64,7 @@ func TestAttestedWorkloadUnwrap(t *testing.T) {
 		var id sim.Identity
 		copy(id.Measurement[:], measurement)
 		copy(id.Signer[:], signer)
-		cert, err := ratls.NewCertificate(context.Background(), platform.Issuer(id), ratls.Options{})
+		cert, err := ratls.NewCertificate(context.Background(), platform.Issuer(id), ratls.Options{Instance: &id.Measurement})
 		if err != nil {
 			t.Fatal(err)
 		}
