@@ -221,7 +221,7 @@ func loadHint(err error) error {
 	case errors.Is(err, trustimage.ErrNotBuilt):
 		return withHint(err, "run veil build first")
 	case errors.Is(err, trustimage.ErrConfigChanged):
-		return withHint(err, "veil.json changed since the build; run veil build")
+		return withHint(err, "veil.json (or a file it names, such as a ca_cert file) changed since the build; run veil build")
 	case errors.Is(err, config.ErrInvalid):
 		return withHint(err, "see docs/config.md for the fields of veil.json")
 	}
