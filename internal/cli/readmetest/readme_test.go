@@ -47,6 +47,12 @@ func runDoc(t *testing.T, doc string, setup func(dir string)) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	runSession(t, doc, md, setup)
+}
+
+// runSession runs the first console block of md (named doc in messages).
+func runSession(t *testing.T, doc string, md []byte, setup func(dir string)) {
+	t.Helper()
 	steps, err := parseConsole(md)
 	if err != nil {
 		t.Fatalf("%s: %v", doc, err)
@@ -150,9 +156,7 @@ func copyFiles(t *testing.T, from, to string, names ...string) {
 // holds for it (examples/quickstart).
 func TestREADME(t *testing.T) {
 	needMachine(t)
-	runDoc(t, "README.md", func(dir string) {
-		copyFiles(t, "examples/quickstart", filepath.Join(dir, "examples", "quickstart"), "people.csv", "job.py")
-	})
+	runDoc(t, "README.md", quickstart(t))
 }
 
 // TestKMSDoc runs the session at the top of docs/kms.md.
@@ -165,4 +169,47 @@ func TestKMSDoc(t *testing.T) {
 func TestRuntimeDoc(t *testing.T) {
 	needMachine(t)
 	runDoc(t, "docs/runtime.md", nil)
+}
+
+// quickstart copies what the README's walkthrough starts from.
+func quickstart(t *testing.T) func(string) {
+	return func(dir string) {
+		copyFiles(t, "examples/quickstart", filepath.Join(dir, "examples", "quickstart"), "people.csv", "job.py")
+	}
+}
+
+// TestRebuildNeedsReplace follows the README and goes on as users do: a
+// changed program is refused its key, with a hint that names the
+// command that registers the new measurement, which then works; and a
+// run under another sim platform is told to give the key service that
+// platform's CA.
+func TestRebuildNeedsReplace(t *testing.T) {
+	needMachine(t)
+	session := "```console\n" + `$ cd examples/quickstart
+$ veil kms serve --dev --data kms >kms.log 2>&1 &
+$ eval "$(veil kms env --data kms)"
+$ eval "$(veil kms enroll --name bob)"
+$ veil kms key create --name bob-cmk
+$ veil encrypt --key kms:bob-cmk -i people.csv -o data/people.csv
+$ veil new app --bom debian/python3 --kms main --mount /data=data,key=kms:bob-cmk@main
+$ mkdir app/image/app && cp job.py app/image/app/
+$ veil build -C app
+$ veil kms policy create --from-instance app --key bob-cmk --allow-sim
+$ veil run -C app /usr/bin/python3 /app/job.py
+$ echo '# changed' >>app/image/app/job.py && veil build -C app
+$ veil run -C app /usr/bin/python3 /app/job.py 2>err || echo "exit $?"
+exit 4
+$ sed -n 's/^veil: hint: //p' err
+no release policy of the key accepts this build; after a rebuild the key's owner runs: veil kms policy create --from-instance DIR --key KEY --replace (with --allow-sim for the sim backend)
+$ veil kms policy create --from-instance app --key bob-cmk --allow-sim --replace
+$ veil kms key describe bob-cmk --json | grep -c '"p_'
+1
+$ veil run -C app /usr/bin/python3 /app/job.py
+$ HOME=$PWD/elsewhere veil sim init >/dev/null
+$ HOME=$PWD/elsewhere veil run -C app /usr/bin/python3 /app/job.py 2>err || echo "exit $?"
+exit 4
+$ grep -c 'hint: the key service does not trust this machine.s sim platform: start it with --sim-ca /.*/elsewhere/.*ca.pem' err
+1
+` + "```\n"
+	runSession(t, "rebuild session", []byte(session), quickstart(t))
 }
