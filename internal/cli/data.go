@@ -238,8 +238,7 @@ func cryptToFile(ctx context.Context, outPath string, force bool, what string, f
 		if errors.Is(err, fsutil.ErrExists) {
 			return withHint(fmt.Errorf("output %w", err), "use --force to overwrite it")
 		}
-		// The error names the temporary file; name the output instead.
-		return fmt.Errorf("creating %s: %w", outPath, unwrapPath(err))
+		return err // names outPath, never the temporary file
 	}
 	defer out.Abort()
 	if err := fn(out); err != nil {
