@@ -233,6 +233,10 @@ func TestKMSFirstHourErrors(t *testing.T) {
 		r := veilEnv(t, dir, env, "decrypt", "-i", "data/people.csv", "-o", "out.csv")
 		wantErr(t, r, `unreachable`, `start it .*VEIL_KMS_URL`)
 	})
+	t.Run("policy as the admin", func(t *testing.T) {
+		r := veilEnv(t, dir, admin, "kms", "policy", "create", "--from-instance", "app", "--key", "bob-cmk", "--allow-sim")
+		wantErr(t, r, `policies are managed by the app that owns the key, and no app is set`, `VEIL_APP_ID and VEIL_API_KEY`)
+	})
 	t.Run("policy replace needs a target", func(t *testing.T) {
 		r := veilEnv(t, dir, bob, "kms", "policy", "create", "--mrenclave", strings.Repeat("ab", 32), "--replace")
 		wantErr(t, r, `--replace needs --key or --secret`, "")

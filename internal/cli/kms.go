@@ -974,7 +974,15 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 	c.PersistentFlags().StringVar(&forApp, "app", "", "act as the admin on behalf of this app id (needs VEIL_ADMIN_TOKEN)")
 	run := func(fn func(c *cobra.Command, cl *client.Client, args []string) error) func(*cobra.Command, []string) error {
 		return func(c *cobra.Command, args []string) error {
-			cl, err := o.client()
+			cfg, err := o.config(true)
+			if err != nil {
+				return err
+			}
+			// Policies are the key owner's to attach: act as the app.
+			if forApp == "" && cfg.AppID == "" {
+				return withHint(errors.New("policies are managed by the app that owns the key, and no app is set"), `set VEIL_APP_ID and VEIL_API_KEY of the key's owner (eval "$(veil kms enroll --name NAME)" prints them)`)
+			}
+			cl, err := client.New(cfg)
 			if err != nil {
 				return err
 			}
