@@ -1115,7 +1115,7 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 		}),
 	}
 	f := create.Flags()
-	f.BoolVar(&replace, "replace", false, "detach (and delete, if unused elsewhere) the policies attached to --key/--secret before, e.g. after a rebuild changed the measurement")
+	f.BoolVar(&replace, "replace", false, "replace the policies of --key/--secret: once the new one is attached, detach the others (deleting those nothing else uses); for a rebuild that changed the measurement")
 	f.StringVar(&name, "name", "", "policy name (default: policy-TIMESTAMP-RANDOM)")
 	f.StringVar(&fromInstance, "from-instance", "", "take the measurement, signer, product id and svn from a built instance")
 	f.StringVar(&docFile, "document", "", "policy document (JSON file) instead of flags")
