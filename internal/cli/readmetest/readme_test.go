@@ -112,9 +112,35 @@ func runSession(t *testing.T, doc string, md []byte, setup func(dir string)) {
 	if err := syscall.Kill(-pgid, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("%s: processes of the session are still running", doc)
 	}
+	// A process that is ending may take a moment to go: wait up to 5 s.
+	p := processesNaming(base)
+	for i := 0; i < 50 && len(p) > 0; i++ {
+		time.Sleep(100 * time.Millisecond)
+		p = processesNaming(base)
+	}
+	if len(p) > 0 {
+		t.Errorf("%s: left running: %v", doc, p)
+	}
 	if m := mountsUnder(t, base); len(m) > 0 {
 		t.Errorf("%s: left mounted: %v", doc, m)
 	}
+}
+
+// processesNaming lists the processes whose command line names dir (a
+// detached supervisor is in no process group of the session).
+func processesNaming(dir string) []string {
+	ents, _ := os.ReadDir("/proc")
+	var out []string
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && bytes.Contains(b, []byte(dir)) {
+			out = append(out, e.Name()+": "+strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	return out
 }
 
 func mountsUnder(t *testing.T, dir string) []string {
