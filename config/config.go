@@ -19,7 +19,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 
@@ -174,8 +176,19 @@ type Symlink struct {
 // ResolveELFEnabled reports bom.resolve_elf with its default applied.
 func (b BOM) ResolveELFEnabled() bool { return b.ResolveELF == nil || *b.ResolveELF }
 
-// Load reads, parses and validates path.
-func Load(path string) (*Config, error) {
+// Load reads, parses and validates path. Relative to the directory
+// holding path (the instance directory) it resolves what veil.json may
+// name by file: a kms[].ca_cert that is a path (its PEM content replaces
+// the path, so the measurement covers the certificate, not where it was
+// read from), and relative mounts[].source directories. It then applies
+// the key and secret ids that veil build recorded for names (IDsFile).
+func Load(path string) (*Config, error) { return load(path, true) }
+
+// LoadNames is Load without applying IDsFile: kms references keep the
+// names written in veil.json (veil build resolves them).
+func LoadNames(path string) (*Config, error) { return load(path, false) }
+
+func load(path string, ids bool) (*Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading configuration: %w", err)
@@ -188,8 +201,26 @@ func Load(path string) (*Config, error) {
 	if len(data) > MaxSize {
 		return nil, fmt.Errorf("%s: %w", path, fieldErr("", "file is larger than %d bytes", MaxSize))
 	}
-	c, err := Parse(data)
+	c, err := decode(data)
 	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	if err := c.resolveFiles(dir); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if ids {
+		m, err := ReadIDs(dir)
+		if err != nil {
+			return nil, err
+		}
+		m.Apply(c)
+	}
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return c, nil
@@ -197,7 +228,20 @@ func Load(path string) (*Config, error) {
 
 // Parse decodes data strictly (unknown fields, trailing data and type
 // mismatches are errors naming the field), applies defaults and validates.
+// Unlike Load it reads no files: a ca_cert must be PEM text.
 func Parse(data []byte) (*Config, error) {
+	c, err := decode(data)
+	if err != nil {
+		return nil, err
+	}
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func decode(data []byte) (*Config, error) {
 	if err := checkUnknown(data, reflect.TypeOf(Config{})); err != nil {
 		return nil, err
 	}
@@ -205,19 +249,74 @@ func Parse(data []byte) (*Config, error) {
 	dec.DisallowUnknownFields()
 	var c Config
 	if err := dec.Decode(&c); err != nil {
-		return nil, decodeError(err)
+		return nil, decodeError(err, data)
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, fieldErr("", "unexpected data after the top-level object")
 	}
-	c.applyDefaults()
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
 	return &c, nil
 }
 
-func decodeError(err error) error {
+// isPEM reports whether s holds PEM text rather than a file name.
+func isPEM(s string) bool { return strings.HasPrefix(strings.TrimSpace(s), "-----BEGIN") }
+
+// resolveFiles reads ca_cert files and makes mount sources absolute,
+// both relative to dir.
+func (c *Config) resolveFiles(dir string) error {
+	for i := range c.KMS {
+		k := &c.KMS[i]
+		if k.CACert == "" || isPEM(k.CACert) {
+			continue
+		}
+		p := k.CACert
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return fieldErr(fmt.Sprintf("kms[%d].ca_cert", i), "reading the CA certificate %s: %v", p, unwrapPathErr(err))
+		}
+		if !isPEM(string(b)) {
+			return fieldErr(fmt.Sprintf("kms[%d].ca_cert", i), "%s holds no PEM certificate", p)
+		}
+		k.CACert = string(b)
+	}
+	for i := range c.Mounts {
+		m := &c.Mounts[i]
+		if m.Source != "" && !filepath.IsAbs(m.Source) {
+			m.Source = filepath.Join(dir, m.Source)
+		}
+	}
+	return nil
+}
+
+func unwrapPathErr(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// JSONPosition returns the 1-based line and column of byte offset off in
+// data, for error messages.
+func JSONPosition(data []byte, off int64) (line, col int) {
+	if off > int64(len(data)) {
+		off = int64(len(data))
+	}
+	line, col = 1, 1
+	for _, b := range data[:off] {
+		if b == '\n' {
+			line++
+			col = 1
+		} else {
+			col++
+		}
+	}
+	return line, col
+}
+
+func decodeError(err error, data []byte) error {
 	var te *json.UnmarshalTypeError
 	var se *json.SyntaxError
 	switch {
@@ -228,7 +327,9 @@ func decodeError(err error) error {
 		}
 		return fieldErr(field, "expected %s, got JSON %s", jsonType(te.Type.String()), te.Value)
 	case errors.As(err, &se):
-		return fieldErr("", "JSON syntax error at byte %d: %v", se.Offset, se)
+		// The offset is just past the offending byte.
+		line, col := JSONPosition(data, max(se.Offset-1, 0))
+		return fieldErr("", "JSON syntax error at line %d, column %d: %v", line, col, se)
 	case errors.Is(err, io.EOF):
 		return fieldErr("", "empty file (want a JSON object)")
 	case errors.Is(err, io.ErrUnexpectedEOF):

@@ -92,6 +92,9 @@ func (c *Config) Validate() error {
 			}
 		}
 		if k.CACert != "" {
+			if !isPEM(k.CACert) {
+				return fieldErr(f+".ca_cert", "%q is neither PEM text nor a file read from the instance directory (veil.json loaded by path)", k.CACert)
+			}
 			if err := checkPEMCert(k.CACert); err != nil {
 				return fieldErr(f+".ca_cert", "%v", err)
 			}

@@ -427,7 +427,7 @@ func (in *Instance) fetchSecrets(ctx context.Context) error {
 
 func kmsDenied(what string, err error) error {
 	if errors.Is(err, client.ErrPolicyDenied) || errors.Is(err, client.ErrWorkloadAuth) || errors.Is(err, client.ErrForbidden) {
-		return fmt.Errorf("%w: %s: %v", ErrKeyDenied, what, err)
+		return fmt.Errorf("%w: %s: %w", ErrKeyDenied, what, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/hex"
@@ -219,12 +220,14 @@ func (f *verifyFlags) setup(ctx context.Context, raw []byte) (attest.Verifier, *
 	}
 	pol := &attest.Policy{}
 	if f.policy != "" {
-		fh, err := os.Open(f.policy)
+		b, err := os.ReadFile(f.policy)
 		if err != nil {
 			return nil, nil, now, nil, err
 		}
-		defer fh.Close()
-		pol, err = attest.ParsePolicy(fh)
+		if err := checkJSONFile(f.policy, b); err != nil {
+			return nil, nil, now, nil, err
+		}
+		pol, err = attest.ParsePolicy(bytes.NewReader(b))
 		if err != nil {
 			return nil, nil, now, nil, fmt.Errorf("%s: %w", f.policy, err)
 		}

@@ -178,7 +178,7 @@ segments and exits non-zero at the first bad one.`,
 						return withHint(err, "the input does not start with the sealed-file magic; it may be plaintext already")
 					}
 					if errors.Is(err, seal.ErrWrongKey) && len(f.keys) == 0 {
-						return withHint(err, "give the key with --key file:PATH; veil inspect shows the file's key slots")
+						return withHint(err, wrongKeyHint(f.in))
 					}
 					return err
 				}
@@ -245,13 +245,19 @@ func cryptFile(ctx context.Context, env *Env, inPath, outPath string, force bool
 
 // cryptToFile writes through fn into a temporary file beside outPath and
 // renames it only if fn succeeded.
+// Missing parent directories of outPath are created (mode 0700).
 func cryptToFile(ctx context.Context, outPath string, force bool, what string, fn func(io.Writer) error) error {
+	if dir := filepath.Dir(outPath); dir != "." {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("creating the output directory %s: %w", dir, unwrapPath(err))
+		}
+	}
 	out, err := fsutil.CreateAtomic(outPath, 0o600, force)
 	if err != nil {
 		if errors.Is(err, fsutil.ErrExists) {
 			return withHint(fmt.Errorf("output %w", err), "use --force to overwrite it")
 		}
-		return fmt.Errorf("creating output: %w", err)
+		return err // names outPath, never the temporary file
 	}
 	defer out.Abort()
 	if err := fn(out); err != nil {
@@ -353,7 +359,7 @@ func newInspectCmd(env *Env) *cobra.Command {
 			}
 			fmt.Fprintf(w, "stored size:     %d bytes\n", info.StoredSize)
 			if info.PlaintextSize >= 0 {
-				fmt.Fprintf(w, "plaintext size:  %d bytes (%d segments; unauthenticated until opened with a key)\n", info.PlaintextSize, info.Segments)
+				fmt.Fprintf(w, "plaintext size:  %d bytes (%s; unauthenticated until opened with a key)\n", info.PlaintextSize, plural(int64(info.Segments), "segment", "segments"))
 			} else {
 				fmt.Fprintf(w, "plaintext size:  unknown: %s\n", info.Problem)
 			}
@@ -376,4 +382,37 @@ func unwrapPath(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+// plural writes n with the singular or plural noun.
+func plural(n int64, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
+// wrongKeyHint says how to open the sealed file in (its slots read
+// without a key) when no slot opened.
+func wrongKeyHint(in string) string {
+	var kmsIDs []string
+	file := false
+	if in != "-" {
+		if info, err := seal.Inspect(in); err == nil {
+			for _, s := range info.Slots {
+				if s.Kind == "kms" {
+					kmsIDs = append(kmsIDs, s.KeyID)
+				} else {
+					file = true
+				}
+			}
+		}
+	}
+	switch {
+	case len(kmsIDs) > 0 && !file:
+		return "the file is sealed under key service key " + strings.Join(kmsIDs, ", ") + ": only the app that owns it (VEIL_APP_ID, VEIL_API_KEY at its VEIL_KMS_URL) or a workload its policy admits can open it"
+	case len(kmsIDs) > 0:
+		return "give the key with --key file:PATH, or open it as the app that owns key service key " + strings.Join(kmsIDs, ", ") + "; veil inspect shows the file's key slots"
+	}
+	return "give the key with --key file:PATH; veil inspect shows the file's key slots"
 }

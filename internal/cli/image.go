@@ -37,12 +37,19 @@ func init() {
 const devSignKeyFile = "dev-sign-key.pem"
 
 func newNewCmd(env *Env) *cobra.Command {
-	return &cobra.Command{
-		Use:   "new DIR",
+	var nf newFlags
+	c := &cobra.Command{
+		Use:   "new DIR [--bom SNIPPET] [--kms NAME[=URL][,ca=PATH]] [--mount TARGET=SOURCE[,key=REF]]",
 		Short: "Create an instance directory with a documented veil.json and an empty image/",
-		Args:  exactArgs(1),
+		Example: `  veil new app
+  veil new app --bom debian/python3 --kms main --mount /data=data,key=kms:bob-cmk@main`,
+		Args: exactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			dir := args[0]
+			cfg, err := newConfig(dir, &nf)
+			if err != nil {
+				return err
+			}
 			if _, err := os.Lstat(dir); err == nil {
 				return withHint(fmt.Errorf("%s: %w", dir, fsutil.ErrExists), "choose a new directory; veil new never touches an existing one")
 			}
@@ -52,13 +59,22 @@ func newNewCmd(env *Env) *cobra.Command {
 			if err := os.Mkdir(filepath.Join(dir, "image"), 0o755); err != nil {
 				return fmt.Errorf("creating instance: %w", err)
 			}
-			if err := fsutil.WriteFile(filepath.Join(dir, config.FileName), []byte(config.Template), 0o644, false); err != nil {
+			if err := fsutil.WriteFile(filepath.Join(dir, config.FileName), cfg, 0o644, false); err != nil {
 				return fmt.Errorf("creating instance: %w", err)
+			}
+			if _, err := config.Load(filepath.Join(dir, config.FileName)); err != nil {
+				os.RemoveAll(dir) // made just now, by this command
+				return withHint(fmt.Errorf("the flags make an invalid veil.json: %w", err), "see 'veil new --help' and docs/config.md")
 			}
 			fmt.Fprintf(env.Stderr, "veil: created %s: put the workload's files in %s/image/ or list host files in the bom section of %s/veil.json (docs/config.md), then run veil build -C %s\n", dir, dir, dir, dir)
 			return nil
 		},
 	}
+	f := c.Flags()
+	f.StringArrayVar(&nf.bom, "bom", nil, "add a shipped BOM snippet to bom.include, e.g. debian/python3 (repeatable)")
+	f.StringArrayVar(&nf.kms, "kms", nil, "add a key service: NAME[=URL][,ca=PATH][,pin=HEX]; URL and CA default to VEIL_KMS_URL and VEIL_KMS_CA (repeatable)")
+	f.StringArrayVar(&nf.mounts, "mount", nil, "add a mount: TARGET=SOURCE,key=kms:KEY@NAME[,write_key=REF] (sealed), TARGET=SOURCE (hostfs) or TARGET,type=tmpfs[,size=64M]; relative paths are written relative to DIR (repeatable)")
+	return c
 }
 
 func addDirFlag(c *cobra.Command, dir *string) {
@@ -102,8 +118,11 @@ func newBuildCmd(env *Env) *cobra.Command {
 		RunE: func(c *cobra.Command, args []string) error {
 			// Check veil.json first: a bad configuration should not create
 			// a development key.
-			if _, err := config.Load(filepath.Join(dir, config.FileName)); err != nil {
+			if _, err := config.LoadNames(filepath.Join(dir, config.FileName)); err != nil {
 				return buildHint(err)
+			}
+			if err := resolveNames(c.Context(), env.Stderr, dir); err != nil {
+				return err
 			}
 			k, err := loadSignKey(env, signKey)
 			if err != nil {
@@ -202,7 +221,7 @@ func loadHint(err error) error {
 	case errors.Is(err, trustimage.ErrNotBuilt):
 		return withHint(err, "run veil build first")
 	case errors.Is(err, trustimage.ErrConfigChanged):
-		return withHint(err, "veil.json changed since the build; run veil build")
+		return withHint(err, "veil.json (or a file it names, such as a ca_cert file) changed since the build; run veil build")
 	case errors.Is(err, config.ErrInvalid):
 		return withHint(err, "see docs/config.md for the fields of veil.json")
 	}

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -103,7 +104,7 @@ directory) holding {"url","ca","app_id","api_key","admin_token"}.`,
 	pf.DurationVar(&o.timeout, "timeout", 30*time.Second, "time limit of each call")
 	c.AddCommand(newKMSServeCmd(env), newKMSInitCmd(env, o), newKMSUnsealCmd(env, o), newKMSSealCmd(env, o),
 		newKMSStatusCmd(env, o), newKMSEnrollCmd(env, o), newKMSAppsCmd(env, o), newKMSKeyCmd(env, o),
-		newKMSSecretCmd(env, o), newKMSPolicyCmd(env, o), newKMSAuditCmd(env, o))
+		newKMSSecretCmd(env, o), newKMSPolicyCmd(env, o), newKMSAuditCmd(env, o), newKMSEnvCmd(env, o))
 	return c
 }
 
@@ -117,6 +118,16 @@ func readSecretFile(path string) (string, error) {
 
 // client builds a key service client from flags, environment and profile.
 func (o *kmsOpts) client() (*client.Client, error) {
+	cfg, err := o.config(true)
+	if err != nil {
+		return nil, err
+	}
+	return client.New(cfg)
+}
+
+// config gathers the client settings; needURL says a missing URL is an
+// error (callers that take the address from elsewhere pass false).
+func (o *kmsOpts) config(needURL bool) (client.Config, error) {
 	var p kmsProfile
 	path := o.profile
 	if path == "" {
@@ -132,10 +143,10 @@ func (o *kmsOpts) client() (*client.Client, error) {
 		b, err := os.ReadFile(path)
 		if err == nil {
 			if err := api.DecodeStrict(b, &p); err != nil {
-				return nil, withHint(fmt.Errorf("reading profile %s: %w", path, err), "a profile holds only url, ca, app_id, api_key and admin_token")
+				return client.Config{}, withHint(fmt.Errorf("reading profile %s: %w", path, err), "a profile holds only url, ca, app_id, api_key and admin_token")
 			}
 		} else if explicit {
-			return nil, fmt.Errorf("reading profile: %w", err)
+			return client.Config{}, fmt.Errorf("reading profile: %w", err)
 		}
 	}
 	pick := func(flag, envName, prof string) string {
@@ -149,13 +160,13 @@ func (o *kmsOpts) client() (*client.Client, error) {
 	}
 	cfg := client.Config{Timeout: o.timeout}
 	cfg.URL = pick(o.url, "VEIL_KMS_URL", p.URL)
-	if cfg.URL == "" {
-		return nil, withHint(errors.New("no key service URL"), "pass --url or set VEIL_KMS_URL (veil kms serve --dev prints it)")
+	if cfg.URL == "" && needURL {
+		return client.Config{}, withHint(errors.New("no key service URL"), "pass --url or set VEIL_KMS_URL (veil kms serve --dev prints it)")
 	}
 	if ca := pick(o.ca, "VEIL_KMS_CA", p.CA); ca != "" {
 		b, err := os.ReadFile(ca)
 		if err != nil {
-			return nil, fmt.Errorf("reading the CA file: %w", err)
+			return client.Config{}, withHint(fmt.Errorf("reading the key service's CA certificate: %w", err), "VEIL_KMS_CA (or --ca) names the PEM file 'veil kms serve --dev' printed")
 		}
 		cfg.CAPEM = b
 	}
@@ -163,7 +174,7 @@ func (o *kmsOpts) client() (*client.Client, error) {
 	if o.apiKeyFile != "" {
 		k, err := readSecretFile(o.apiKeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("reading the API key file: %w", err)
+			return client.Config{}, fmt.Errorf("reading the API key file: %w", err)
 		}
 		cfg.APIKey = k
 	} else {
@@ -172,19 +183,19 @@ func (o *kmsOpts) client() (*client.Client, error) {
 	if o.adminTokenFile != "" {
 		k, err := readSecretFile(o.adminTokenFile)
 		if err != nil {
-			return nil, fmt.Errorf("reading the admin token file: %w", err)
+			return client.Config{}, fmt.Errorf("reading the admin token file: %w", err)
 		}
 		cfg.AdminToken = k
 	} else {
 		cfg.AdminToken = pick("", "VEIL_ADMIN_TOKEN", p.AdminToken)
 	}
 	if (o.clientCert == "") != (o.clientKey == "") {
-		return nil, usageErrorf("give --client-cert and --client-key together")
+		return client.Config{}, usageErrorf("give --client-cert and --client-key together")
 	}
 	if o.clientCert != "" {
 		cert, err := tls.LoadX509KeyPair(o.clientCert, o.clientKey)
 		if err != nil {
-			return nil, fmt.Errorf("loading the client certificate: %w", err)
+			return client.Config{}, fmt.Errorf("loading the client certificate: %w", err)
 		}
 		cfg.WorkloadCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
 	}
@@ -192,9 +203,9 @@ func (o *kmsOpts) client() (*client.Client, error) {
 		cfg.APIKey = ""
 	}
 	if cfg.AppID != "" && cfg.APIKey == "" {
-		return nil, withHint(errors.New("an app id is set but no API key"), "set VEIL_API_KEY or pass --api-key-file")
+		return client.Config{}, withHint(errors.New("an app id is set but no API key"), "set VEIL_API_KEY or pass --api-key-file")
 	}
-	return client.New(cfg)
+	return cfg, nil
 }
 
 func (o *kmsOpts) ctx(c *cobra.Command) context.Context { return c.Context() }
@@ -221,6 +232,39 @@ func kmsErr(err error) error {
 		return withHint(err, "admin verbs need VEIL_ADMIN_TOKEN; key, secret and policy verbs need an app (VEIL_APP_ID, VEIL_API_KEY)")
 	case errors.Is(err, client.ErrConfig):
 		return withHint(err, "see 'veil kms --help' for the settings")
+	case errors.Is(err, client.ErrKeyNotFound):
+		return withHint(err, "veil kms key list shows the keys of the app in VEIL_APP_ID (names and ids)")
+	case errors.Is(err, client.Code("secret_not_found")):
+		return withHint(err, "veil kms secret list shows the secrets of the app in VEIL_APP_ID")
+	case errors.Is(err, client.Code("policy_not_found")):
+		return withHint(err, "veil kms policy list shows the app's policies")
+	}
+	return connErr(err)
+}
+
+// connErr turns a failed connection to the key service into an error that
+// names the service and says what to check.
+func connErr(err error) error {
+	var ue *url.Error
+	if err == nil || !errors.As(err, &ue) {
+		return err
+	}
+	where := ue.URL
+	if u, perr := url.Parse(ue.URL); perr == nil {
+		where = u.Scheme + "://" + u.Host
+	}
+	var ne *net.OpError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	switch {
+	case errors.As(err, &ne) && ne.Op == "dial":
+		return withHint(fmt.Errorf("the key service at %s is unreachable: %w", where, ne.Err), "start it (veil kms serve --dev --data DIR) or check VEIL_KMS_URL")
+	case errors.As(err, &ua):
+		return withHint(fmt.Errorf("the key service at %s presented a certificate its CA file does not sign: %w", where, ua), "VEIL_KMS_CA (or --ca) must name the CA of this service (veil kms env --data DIR prints it)")
+	case errors.As(err, &he):
+		return withHint(fmt.Errorf("the key service at %s: %w", where, he), "use the address its certificate names (VEIL_KMS_URL)")
+	case errors.Is(err, context.DeadlineExceeded):
+		return withHint(fmt.Errorf("the key service at %s did not answer in time", where), "check VEIL_KMS_URL, or raise --timeout")
 	}
 	return err
 }
@@ -278,7 +322,11 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 			var cert tls.Certificate
 			var root []byte
 			var ready string // printed once the server is about to accept connections
-			devDir := filepath.Join(dataDir, "dev")
+			absData, err := filepath.Abs(dataDir)
+			if err != nil {
+				return err
+			}
+			devDir := filepath.Join(absData, "dev")
 			if dev {
 				var token string
 				cert, root, token, err = devSetup(ctx, st, devDir, ln.Addr().String())
@@ -329,6 +377,15 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 			}
 			log.Info("serving", "addr", ln.Addr().String(), "sealed", svc.Status().Sealed, "dev", dev)
 			fmt.Fprint(env.Stdout, ready)
+			if dev {
+				// For veil kms env: written once the listener is up,
+				// removed when the service stops.
+				envPath := filepath.Join(devDir, devEnvFile)
+				if err := fsutil.WriteFile(envPath, []byte(ready), 0o600, true); err != nil {
+					return err
+				}
+				defer os.Remove(envPath)
+			}
 			return svc.Serve(ctx, ln, cert)
 		},
 	}
@@ -921,7 +978,15 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 	c.PersistentFlags().StringVar(&forApp, "app", "", "act as the admin on behalf of this app id (needs VEIL_ADMIN_TOKEN)")
 	run := func(fn func(c *cobra.Command, cl *client.Client, args []string) error) func(*cobra.Command, []string) error {
 		return func(c *cobra.Command, args []string) error {
-			cl, err := o.client()
+			cfg, err := o.config(true)
+			if err != nil {
+				return err
+			}
+			// Policies are the key owner's to attach: act as the app.
+			if forApp == "" && cfg.AppID == "" {
+				return withHint(errors.New("policies are managed by the app that owns the key, and no app is set"), `set VEIL_APP_ID and VEIL_API_KEY of the key's owner (eval "$(veil kms enroll --name NAME)" prints them)`)
+			}
+			cl, err := client.New(cfg)
 			if err != nil {
 				return err
 			}
@@ -932,6 +997,7 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 		}
 	}
 	var name, fromInstance, docFile, keyRef, secretRef string
+	var replace bool
 	var doc policyDocument
 	var productID int
 	create := &cobra.Command{
@@ -944,6 +1010,9 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 			case docFile != "":
 				b, err := os.ReadFile(docFile)
 				if err != nil {
+					return fmt.Errorf("reading the policy document: %w", err)
+				}
+				if err := checkJSONFile(docFile, b); err != nil {
 					return err
 				}
 				body = b
@@ -999,8 +1068,21 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 				rand.Read(r[:])
 				name = fmt.Sprintf("policy-%s-%x", time.Now().UTC().Format("20060102-150405"), r)
 			}
+			var old []string
+			if replace {
+				if keyRef == "" && secretRef == "" {
+					return usageErrorf("--replace needs --key or --secret: it replaces the policies attached there")
+				}
+				var err error
+				if old, err = replacePolicies(c, o, cl, keyRef, secretRef, name); err != nil {
+					return err
+				}
+			}
 			p, err := cl.CreatePolicy(o.ctx(c), name, body)
 			if err != nil {
+				if errors.Is(err, client.Code("already_exists")) {
+					return withHint(fmt.Errorf("a policy named %s exists: %w", name, err), "choose another --name, or add --replace with --key to replace the key's policies")
+				}
 				return err
 			}
 			if keyRef != "" {
@@ -1013,10 +1095,32 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 					return fmt.Errorf("policy %s created, attaching it to secret %s: %w", p.ID, secretRef, err)
 				}
 			}
+			for _, id := range old {
+				if id == p.ID {
+					continue
+				}
+				if keyRef != "" {
+					if _, err := cl.DetachKeyPolicy(o.ctx(c), keyRef, id); err != nil && !errors.Is(err, client.Code("policy_not_found")) {
+						return fmt.Errorf("policy %s attached; detaching the old policy %s from key %s: %w", p.ID, id, keyRef, err)
+					}
+				}
+				if secretRef != "" {
+					if _, err := cl.DetachSecretPolicy(o.ctx(c), secretRef, id); err != nil && !errors.Is(err, client.Code("policy_not_found")) {
+						return fmt.Errorf("policy %s attached; detaching the old policy %s from secret %s: %w", p.ID, id, secretRef, err)
+					}
+				}
+				// Deleted unless something else still uses it.
+				if err := cl.DeletePolicy(o.ctx(c), id); err == nil {
+					fmt.Fprintf(env.Stderr, "veil: replaced policy %s (deleted)\n", id)
+				} else {
+					fmt.Fprintf(env.Stderr, "veil: replaced policy %s (detached; kept: %v)\n", id, err)
+				}
+			}
 			return o.print(env, p, func(w io.Writer) { fmt.Fprintf(w, "%s %s %s\n", p.ID, p.Name, p.Document) })
 		}),
 	}
 	f := create.Flags()
+	f.BoolVar(&replace, "replace", false, "replace the policies of --key/--secret: once the new one is attached, detach the others (deleting those nothing else uses); for a rebuild that changed the measurement")
 	f.StringVar(&name, "name", "", "policy name (default: policy-TIMESTAMP-RANDOM)")
 	f.StringVar(&fromInstance, "from-instance", "", "take the measurement, signer, product id and svn from a built instance")
 	f.StringVar(&docFile, "document", "", "policy document (JSON file) instead of flags")

@@ -22,6 +22,7 @@ import (
 	"github.com/veil-tee/veil/attest/sim"
 	"github.com/veil-tee/veil/instance"
 	"github.com/veil-tee/veil/instance/sandbox"
+	"github.com/veil-tee/veil/kms/client"
 	"github.com/veil-tee/veil/trustimage"
 )
 
@@ -119,6 +120,12 @@ func runtimeErr(err error) error {
 		return withHint(err, "put it in DIR/image/ or the bom section of veil.json, then veil build")
 	case errors.Is(err, instance.ErrKMSNotTrusted):
 		return withHint(err, "the key service must run `veil kms serve --attest` in a TEE its kms[].attest policy in veil.json accepts")
+	case errors.Is(err, client.ErrWorkloadAuth) && strings.Contains(err.Error(), "unknown authority"):
+		return withHint(err, "the key service does not trust this machine's sim platform: start it with --sim-ca "+simCAPath()+" (or run both under one VEIL_HOME)")
+	case errors.Is(err, client.ErrPolicyDenied):
+		return withHint(err, "no release policy of the key accepts this build; after a rebuild the key's owner runs: veil kms policy create --from-instance DIR --key KEY --replace (with --allow-sim for the sim backend)")
+	case errors.Is(err, client.ErrKeyNotFound), errors.Is(err, client.Code("secret_not_found")):
+		return withHint(err, "the id in veil.json is not at that key service (veil kms key list shows the owner's keys); names in veil.json are resolved by veil build")
 	case errors.Is(err, instance.ErrKMSUnreachable):
 		return withHint(err, "is the key service running? check kms[].address in veil.json")
 	case errors.Is(err, sandbox.ErrDenied):
@@ -479,4 +486,13 @@ func newStatusCmd(env *Env) *cobra.Command {
 	addDirFlag(c, &dir)
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return c
+}
+
+// simCAPath names the local sim platform's CA certificate.
+func simCAPath() string {
+	d, err := sim.DefaultDir()
+	if err != nil {
+		return "CA.pem"
+	}
+	return filepath.Join(d, sim.CAFile)
 }

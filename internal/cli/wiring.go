@@ -175,6 +175,12 @@ func (k kmsKeySource) auto(context.Context) (seal.KeyUnwrapper, error) {
 // kmsSlot reports a slot the key service refuses to open as seal.ErrWrongKey.
 type kmsSlot struct{ *client.Slot }
 
+// WrapKey adds the key service hints (unreachable, unknown key) to errors.
+func (s *kmsSlot) WrapKey(dek, binding []byte) (seal.Slot, error) {
+	sl, err := s.Slot.WrapKey(dek, binding)
+	return sl, kmsErr(err)
+}
+
 func (s *kmsSlot) UnwrapKey(sl seal.Slot, binding []byte) ([]byte, error) {
 	dek, err := s.Slot.UnwrapKey(sl, binding)
 	if err != nil && !errors.Is(err, seal.ErrSlotMismatch) && (errors.Is(err, client.ErrDecryptFailed) || errors.Is(err, client.ErrPolicyDenied) || errors.Is(err, client.ErrKeyNotFound)) {

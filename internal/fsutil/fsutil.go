@@ -37,12 +37,12 @@ func CreateAtomic(path string, perm fs.FileMode, overwrite bool) (*AtomicFile, e
 	}
 	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("creating %s: %w", path, bare(err))
 	}
 	if err := f.Chmod(perm); err != nil {
 		f.Close()
 		os.Remove(f.Name())
-		return nil, err
+		return nil, fmt.Errorf("creating %s: %w", path, bare(err))
 	}
 	return &AtomicFile{File: f, Path: path, overwrite: overwrite}, nil
 }
@@ -57,17 +57,17 @@ func (a *AtomicFile) Commit() error {
 	if err := a.Sync(); err != nil {
 		a.File.Close()
 		os.Remove(tmp)
-		return fmt.Errorf("syncing %s: %w", a.Path, err)
+		return fmt.Errorf("syncing %s: %w", a.Path, bare(err))
 	}
 	if err := a.File.Close(); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("writing %s: %w", a.Path, err)
+		return fmt.Errorf("writing %s: %w", a.Path, bare(err))
 	}
 	if a.overwrite {
 		err := os.Rename(tmp, a.Path)
 		if err != nil {
 			os.Remove(tmp)
-			return err
+			return fmt.Errorf("writing %s: %w", a.Path, bare(err))
 		}
 	} else {
 		// Link fails if the target appeared meanwhile: never clobber.
@@ -76,11 +76,35 @@ func (a *AtomicFile) Commit() error {
 			if errors.Is(err, fs.ErrExist) {
 				return fmt.Errorf("%s: %w", a.Path, ErrExists)
 			}
-			return err
+			return fmt.Errorf("writing %s: %w", a.Path, bare(err))
 		}
 		os.Remove(tmp)
 	}
 	return SyncDir(filepath.Dir(a.Path))
+}
+
+// Write writes to the temporary file; its errors name Path, never the
+// temporary file.
+func (a *AtomicFile) Write(p []byte) (int, error) {
+	n, err := a.File.Write(p)
+	if err != nil {
+		err = fmt.Errorf("writing %s: %w", a.Path, bare(err))
+	}
+	return n, err
+}
+
+// bare drops the operation and file name of *fs.PathError and
+// *os.LinkError, which would name the temporary file.
+func bare(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	var le *os.LinkError
+	if errors.As(err, &le) {
+		return le.Err
+	}
+	return err
 }
 
 // Abort removes the temporary file. It is safe to call after Commit.
@@ -101,7 +125,7 @@ func WriteFile(path string, data []byte, perm fs.FileMode, overwrite bool) error
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Abort()
-		return fmt.Errorf("writing %s: %w", path, err)
+		return err
 	}
 	return f.Commit()
 }

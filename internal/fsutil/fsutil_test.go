@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -61,4 +62,29 @@ func TestAbortLeavesNothing(t *testing.T) {
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Fatalf("left behind: %v", ents)
 	}
+}
+
+// Errors name the file asked for, never the temporary file beside it.
+func TestErrorsNameNoTemporaryFile(t *testing.T) {
+	dir := t.TempDir()
+	ro := filepath.Join(dir, "ro")
+	os.Mkdir(ro, 0o555)
+	if os.Geteuid() == 0 {
+		// Root writes anywhere: make the directory a file instead.
+		os.Remove(ro)
+		os.WriteFile(ro, nil, 0o644)
+	}
+	_, err := CreateAtomic(filepath.Join(ro, "out"), 0o600, false)
+	if err == nil || strings.Contains(err.Error(), ".tmp-") || !strings.Contains(err.Error(), filepath.Join(ro, "out")) {
+		t.Fatalf("CreateAtomic: %v", err)
+	}
+	f, err := CreateAtomic(filepath.Join(dir, "out"), 0o600, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.File.Close() // writes now fail
+	if _, err := f.Write([]byte("x")); err == nil || strings.Contains(err.Error(), ".tmp-") || !strings.Contains(err.Error(), filepath.Join(dir, "out")) {
+		t.Fatalf("Write: %v", err)
+	}
+	f.Abort()
 }
