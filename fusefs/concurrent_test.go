@@ -261,3 +261,53 @@ func TestSealedMountCreatedFileIsOneNode(t *testing.T) {
 		t.Errorf("the mount logged: %s", l)
 	}
 }
+
+// TestImageMountConcurrentTreeWalks: several goroutines compare the whole
+// mounted image tree with its source at once (lookups, stat, readdir,
+// readlink and reads interleaved), with fewer open image files allowed
+// than files read at once, while another goroutine keeps making the
+// kernel forget the top-level entries so lookups run again mid-walk.
+// Every walk sees the source tree. Run under -race.
+func TestImageMountConcurrentTreeWalks(t *testing.T) {
+	var src string
+	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", nil)
+	m := mountTestImage(t, b, nil, 3)
+	tops, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var churn sync.WaitGroup
+	churn.Go(func() {
+		for {
+			for _, e := range tops {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				m.srv.EntryNotify(1, e.Name())
+			}
+		}
+	})
+	var wg sync.WaitGroup
+	counts := make([]int, 4)
+	for g := range counts {
+		wg.Go(func() {
+			for range 3 {
+				counts[g] += compareTrees(t, src, m.dir)
+			}
+		})
+	}
+	wg.Wait()
+	close(done)
+	churn.Wait()
+	for g, n := range counts {
+		if n != counts[0] || n < 3*len(tops) {
+			t.Fatalf("walker %d saw %d entries, walker 0 %d", g, n, counts[0])
+		}
+	}
+	if l := m.log.String(); l != "" {
+		t.Errorf("the mount logged: %s", l)
+	}
+}
