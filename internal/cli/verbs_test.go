@@ -48,6 +48,7 @@ var blackBoxTests = map[string]struct{ dir, test string }{
 	"veil kms status":                {"kms/e2e", "TestSealedServerShares"},
 	"veil kms seal":                  {"kms/e2e", "TestKMSAppsAndSeal"},
 	"veil kms enroll":                {"kms/e2e", "TestDevServerCLIFlow"},
+	"veil kms env":                   {"internal/cli", "TestKMSFirstHourErrors"},
 	"veil kms apps":                  {"kms/e2e", "TestKMSAppsAndSeal"},
 	"veil kms audit list":            {"kms/e2e", "TestDevServerCLIFlow"},
 	"veil kms audit verify":          {"kms/e2e", "TestDevServerCLIFlow"},
