@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/ed25519"
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
@@ -11,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +32,10 @@ const (
 
 const sharePrefix = "vks1-"
 
+// FormatVersion is the version of the data directory's records. Version 1
+// (before record MACs, the audit genesis and share commitments) is refused.
+const FormatVersion = 2
+
 // rootMeta is the "meta/root" record: how the root key is held and a blob
 // that only the right root key opens.
 type rootMeta struct {
@@ -39,6 +45,9 @@ type rootMeta struct {
 	Threshold int       `json:"threshold,omitempty"`
 	Created   time.Time `json:"created"`
 	Check     []byte    `json:"check"`
+	// Commitments holds, per share index (1-based, as a decimal string),
+	// the hex shamir.Commitment of the share issued for it.
+	Commitments map[string]string `json:"commitments,omitempty"`
 }
 
 type adminMeta struct {
@@ -63,15 +72,17 @@ func Initialize(ctx context.Context, st store.Store, mode string, shares, thresh
 	}
 	defer clear(root)
 	res := &InitResult{}
-	meta := rootMeta{Version: 1, Mode: mode, Created: now.UTC()}
+	meta := rootMeta{Version: FormatVersion, Mode: mode, Created: now.UTC()}
 	switch mode {
 	case ModeShamir:
 		parts, err := shamir.Split(root, shares, threshold)
 		if err != nil {
 			return nil, fmt.Errorf("splitting root key: %w", err)
 		}
+		meta.Commitments = map[string]string{}
 		for _, p := range parts {
 			res.Shares = append(res.Shares, sharePrefix+hex.EncodeToString(p))
+			meta.Commitments[strconv.Itoa(int(p[0]))] = hex.EncodeToString(shamir.Commitment(p))
 			clear(p)
 		}
 		meta.Shares, meta.Threshold = shares, threshold
@@ -100,11 +111,14 @@ func Initialize(ctx context.Context, st store.Store, mode string, shares, thresh
 			return err
 		}
 		mb, _ := json.Marshal(meta)
-		ab, _ := json.Marshal(adminMeta{TokenHash: hashToken(res.AdminToken)})
 		if err := tx.Put("meta", "root", mb); err != nil {
 			return err
 		}
-		return tx.Put("meta", "admin", ab)
+		itx := store.WithIntegrity(tx, k.recordK, protectedRecord, nil)
+		if err := putJSON(itx, "meta", "admin", adminMeta{TokenHash: hashToken(res.AdminToken)}); err != nil {
+			return err
+		}
+		return writeGenesis(tx, k, now)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("storing root key metadata: %w", err)
@@ -134,7 +148,11 @@ func ParseShare(s string) ([]byte, error) {
 // per-record keys (immutable once written), all dropped when sealing.
 type keyring struct {
 	records cipher.AEAD // encrypts key material, secrets and app signing keys
-	auditK  []byte      // MACs the audit head
+	auditK  []byte      // MACs the audit head and genesis
+	recordK []byte      // MACs stored records (store.WithIntegrity)
+	// checkpoint signs audit checkpoints; its public key is stable for
+	// the life of the root key.
+	checkpoint ed25519.PrivateKey
 
 	mu      sync.RWMutex
 	appKeys map[string][]byte      // app id -> HMAC signing key
@@ -174,6 +192,16 @@ func newKeyring(root []byte) (*keyring, error) {
 	if err != nil {
 		return nil, err
 	}
+	mk, err := hkdf.Key(sha256.New, root, nil, "veil kms record mac key v1", 32)
+	if err != nil {
+		return nil, err
+	}
+	seed, err := hkdf.Key(sha256.New, root, nil, "veil kms audit checkpoint key v1", ed25519.SeedSize)
+	if err != nil {
+		return nil, err
+	}
+	cp := ed25519.NewKeyFromSeed(seed)
+	clear(seed)
 	blk, err := aes.NewCipher(rk)
 	if err != nil {
 		return nil, err
@@ -182,7 +210,7 @@ func newKeyring(root []byte) (*keyring, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &keyring{records: aead, auditK: ak, appKeys: map[string][]byte{}, aeads: map[string]cipher.AEAD{}}, nil
+	return &keyring{records: aead, auditK: ak, recordK: mk, checkpoint: cp, appKeys: map[string][]byte{}, aeads: map[string]cipher.AEAD{}}, nil
 }
 
 // seal encrypts plaintext under the record key, bound to label.

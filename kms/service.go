@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -72,6 +72,10 @@ type Service struct {
 	keys    *keyring  // nil: sealed
 	pending [][]byte  // shares received while sealed
 
+	// damaged is the reason the audit chain is damaged, once found; every
+	// audited operation is then refused and /readyz fails.
+	damaged atomic.Pointer[string]
+
 	auditQ     chan auditReq
 	closed     chan struct{}
 	closeOnce  sync.Once
@@ -125,6 +129,9 @@ func (s *Service) loadMeta(ctx context.Context) error {
 		if err := json.Unmarshal(b, &m); err != nil {
 			return fmt.Errorf("reading root key metadata: %w", err)
 		}
+		if m.Version != FormatVersion {
+			return fmt.Errorf("%w: the data directory has format %d, this server reads format %d", ErrDataFormat, m.Version, FormatVersion)
+		}
 		s.mu.Lock()
 		s.meta = &m
 		s.mu.Unlock()
@@ -163,6 +170,17 @@ func (s *Service) Unseal(ctx context.Context, share string) (api.Status, error) 
 		s.mu.Unlock()
 		return s.Status(), fail(ErrInvalidState, "the root key of this server is not split into shares")
 	}
+	// A share that does not match the commitment stored for its index is
+	// refused on its own: it neither counts nor resets the progress, so
+	// nobody can disturb an unseal in progress by sending bogus shares.
+	want, _ := hex.DecodeString(s.meta.Commitments[strconv.Itoa(int(b[0]))])
+	if len(want) == 0 || subtle.ConstantTimeCompare(want, shamir.Commitment(b)) != 1 {
+		idx := b[0]
+		clear(b)
+		s.mu.Unlock()
+		s.metrics.badShares.Inc()
+		return s.Status(), fail(ErrBadShares, "this is not a share issued for this server (index %d)", idx)
+	}
 	for _, p := range s.pending {
 		if p[0] == b[0] {
 			s.mu.Unlock()
@@ -192,6 +210,7 @@ func (s *Service) Unseal(ctx context.Context, share string) (api.Status, error) 
 	s.keys = k
 	s.mu.Unlock()
 	s.log.Info("unsealed")
+	s.checkChainOnUnseal(ctx, k)
 	s.auditBatch(ctx, audit.Entry{Actor: audit.Actor{Kind: "operator"}, Op: "unseal"}, nil)
 	return s.Status(), nil
 }
@@ -199,15 +218,18 @@ func (s *Service) Unseal(ctx context.Context, share string) (api.Status, error) 
 // UnsealWithRootKey unseals with the whole root key (dev mode).
 func (s *Service) UnsealWithRootKey(root []byte) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.meta == nil {
+		s.mu.Unlock()
 		return ErrNotInitialized
 	}
 	k, err := checkRoot(*s.meta, root)
 	if err != nil {
+		s.mu.Unlock()
 		return fail(ErrBadShares, "the root key file does not match this data directory")
 	}
 	s.keys, s.pending = k, nil
+	s.mu.Unlock()
+	s.checkChainOnUnseal(context.Background(), k)
 	return nil
 }
 
@@ -263,13 +285,25 @@ func (c Caller) actor() audit.Actor {
 // AuthenticateAdmin checks an admin bearer token in constant time.
 func (s *Service) AuthenticateAdmin(ctx context.Context, token string) (Caller, error) {
 	var am adminMeta
+	s.mu.RLock()
+	k := s.keys
+	s.mu.RUnlock()
 	err := s.st.View(ctx, func(tx store.Tx) error {
+		if k != nil {
+			return getJSON(s.itx(tx, k), "meta", "admin", &am)
+		}
+		// Sealed: the MAC cannot be checked yet, and nothing but sealing
+		// (again) is open to the admin until the root key is known.
 		b, err := tx.Get("meta", "admin")
 		if err != nil {
 			return err
 		}
+		if b, err = store.PeekValue("meta", "admin", b); err != nil {
+			return err
+		}
 		return json.Unmarshal(b, &am)
 	})
+	err = serviceError(err)
 	if errors.Is(err, store.ErrNotFound) {
 		return Caller{}, ErrNotInitialized
 	}
@@ -303,7 +337,7 @@ func (s *Service) AuthenticateApp(ctx context.Context, appID, tsStr, nonce, sig,
 	}
 	key, err := cached(k, k.appKeys, appID, func() ([]byte, error) {
 		var app appRecord
-		if err := s.st.View(ctx, func(tx store.Tx) error { return getJSON(tx, "apps", appID, &app) }); err != nil {
+		if err := s.view(ctx, k, func(tx store.Tx) error { return getJSON(tx, "apps", appID, &app) }); err != nil {
 			return nil, err
 		}
 		return k.open("app/"+app.ID, app.SigningKey)
@@ -380,7 +414,11 @@ func (s *Service) OnBehalfOf(ctx context.Context, c Caller, app string) (Caller,
 	if c.Kind != KindAdmin {
 		return Caller{}, fail(ErrUnknownField, "query parameter \"app\" is for admin callers")
 	}
-	err := s.st.View(ctx, func(tx store.Tx) error { _, err := tx.Get("apps", app); return err })
+	k, err := s.keyring()
+	if err != nil {
+		return Caller{}, err
+	}
+	err = s.view(ctx, k, func(tx store.Tx) error { _, err := tx.Get("apps", app); return err })
 	if errors.Is(err, store.ErrNotFound) {
 		return Caller{}, fail(ErrAppNotFound, "app %q is not enrolled", app)
 	}
@@ -414,41 +452,6 @@ func (s *Service) AuthenticateWorkload(certs []*x509.Certificate) (Caller, error
 		return Caller{}, fail(ErrWorkloadAuth, "verifying the workload's evidence: %v", err)
 	}
 	return Caller{Kind: KindWorkload, Workload: &w}, nil
-}
-
-// auditHead is the "meta/audit_head" record.
-type auditHead struct {
-	Seq  uint64 `json:"seq"`
-	Hash string `json:"hash"`
-	MAC  string `json:"mac"`
-}
-
-func (k *keyring) headMAC(seq uint64, hash string) string {
-	m := hmac.New(sha256.New, k.auditK)
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], seq)
-	m.Write(b[:])
-	m.Write([]byte(hash))
-	return hex.EncodeToString(m.Sum(nil))
-}
-
-func auditKey(seq uint64) string { return fmt.Sprintf("%020d", seq) }
-
-// appendAudit links e to the chain inside tx.
-func (s *Service) appendAudit(tx store.Tx, k *keyring, e audit.Entry) error {
-	var h auditHead
-	if err := getJSON(tx, "meta", "audit_head", &h); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return err
-	}
-	if h.Seq == 0 {
-		h.Hash = audit.ZeroHash
-	}
-	audit.Link(&e, h.Seq, h.Hash)
-	if err := tx.Put("audit", auditKey(e.Seq), audit.Marshal(e)); err != nil {
-		return err
-	}
-	nh := auditHead{Seq: e.Seq, Hash: e.Hash, MAC: k.headMAC(e.Seq, e.Hash)}
-	return putJSON(tx, "meta", "audit_head", nh)
 }
 
 // auditBatch appends one entry through the group-commit writer and waits

@@ -271,6 +271,12 @@ type CreatePolicyRequest struct {
 	Document json.RawMessage `json:"document"`
 }
 
+// ReplacePolicyRequest is PUT /v1/policies/{ref}: a new document for an
+// existing policy (owner only).
+type ReplacePolicyRequest struct {
+	Document json.RawMessage `json:"document"`
+}
+
 // Policy is a stored release policy.
 type Policy struct {
 	ID       string          `json:"id"`
@@ -290,6 +296,12 @@ type AuditHead struct {
 	Seq       uint64 `json:"seq"`
 	Hash      string `json:"hash"`
 	Authentic bool   `json:"authentic"`
+	// Damaged says what is wrong with the chain's anchors (a missing or
+	// forged genesis or head, entries beyond the head); empty when intact.
+	Damaged string `json:"damaged,omitempty"`
+	// CheckpointKey is the hex Ed25519 public key that signs this
+	// service's audit checkpoints.
+	CheckpointKey string `json:"checkpoint_key"`
 }
 
 // AuditPage is GET /v1/audit; entries are audit.Entry values kept raw so

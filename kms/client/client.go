@@ -518,6 +518,14 @@ func (c *Client) CreatePolicy(ctx context.Context, name string, document json.Ra
 	return p, c.do(ctx, "POST", path, api.CreatePolicyRequest{Name: name, Document: document}, a, &p)
 }
 
+// ReplacePolicy replaces the document of one of the app's policies; every
+// key and secret it is attached to follows the new document. Only the
+// owning app may do it: the service refuses it from the admin.
+func (c *Client) ReplacePolicy(ctx context.Context, ref string, document json.RawMessage) (p api.Policy, err error) {
+	path, a := c.pol("/v1/policies/" + esc(ref))
+	return p, c.do(ctx, "PUT", path, api.ReplacePolicyRequest{Document: document}, a, &p)
+}
+
 // ListPolicies lists the app's policies.
 func (c *Client) ListPolicies(ctx context.Context) (r api.PolicyList, err error) {
 	p, a := c.pol("/v1/policies")
