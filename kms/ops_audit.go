@@ -57,4 +57,3 @@ func (s *Service) AuditEntries(ctx context.Context, c Caller, key string, after 
 	}
 	return out, err
 }
-

@@ -1,0 +1,149 @@
+package kms_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/veil-tee/veil/kms"
+	"github.com/veil-tee/veil/kms/client"
+	"github.com/veil-tee/veil/kms/store"
+)
+
+// editBolt opens the stopped server's database file with bbolt itself, as
+// an attacker with write access to the file would, and runs fn on it.
+func editBolt(t *testing.T, s *server, fn func(tx *bolt.Tx) error) {
+	t.Helper()
+	db, err := bolt.Open(s.dir+"/"+store.BoltFile, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(fn); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// enroll enrolls an app and returns its credentials, for clients made
+// again after a restart (the server's address changes).
+func enroll(t *testing.T, s *server, name string) client.Config {
+	t.Helper()
+	r, err := s.adminClient(t).Enroll(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client.Config{AppID: r.AppID, APIKey: r.APIKey, Clock: s.clock.Now}
+}
+
+func metricsText(t *testing.T, s *server) string {
+	t.Helper()
+	resp, err := (&http.Client{Transport: transportOf(t, s)}).Get(s.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// TestEditedPolicyRecordRefused: whoever can write kms.db edits the
+// measurement in an attached policy document so that their workload
+// qualifies. The release is refused, the error names the record, and the
+// refusal is counted in the metrics.
+func TestEditedPolicyRecordRefused(t *testing.T) {
+	s := newServer(t, false)
+	bob, _ := s.app(t, "bob")
+	good := hexString("5f").repeat32()
+	evil := hexString("e1").repeat32()
+	if _, err := bob.CreateKey(ctx, "k", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	p, err := bob.CreatePolicy(ctx, "prod", json.RawMessage(`{"measurements":["`+good+`"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.AttachKeyPolicy(ctx, "k", "prod"); err != nil {
+		t.Fatal(err)
+	}
+	dk, _ := bob.GenerateDataKey(ctx, "k", 32, nil)
+	if _, err := s.workload(t, kms.Workload{TEE: "sim", Measurement: good}).Decrypt(ctx, dk.Ciphertext, nil); err != nil {
+		t.Fatalf("release before the edit: %v", err)
+	}
+	s.stop()
+	editBolt(t, s, func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("policies"))
+		v := b.Get([]byte(p.ID))
+		if !bytes.Contains(v, []byte(good)) {
+			t.Fatalf("policy record does not hold the measurement: %q", v)
+		}
+		return b.Put([]byte(p.ID), bytes.ReplaceAll(v, []byte(good), []byte(evil)))
+	})
+	s.start(s.certs, false)
+	_, err = s.workload(t, kms.Workload{TEE: "sim", Measurement: evil}).Decrypt(ctx, dk.Ciphertext, nil)
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Problem.Code != "record_integrity" || !strings.Contains(ce.Problem.Detail, "policies/"+p.ID) {
+		t.Fatalf("release after editing the policy record: %v", err)
+	}
+	if m := metricsText(t, s); !strings.Contains(m, `veil_kms_record_integrity_failures_total{bucket="policies"} 1`) {
+		t.Fatalf("integrity failure not counted:\n%.3000s", m)
+	}
+}
+
+// TestForgedStoreRecordsRefused: records written, moved or swapped in the
+// file without the root key are refused by name: a key record whose policy
+// list was edited, a policy record copied under another id, a name index
+// entry redirected to another app's key, and a record with no MAC at all.
+func TestForgedStoreRecordsRefused(t *testing.T) {
+	s := newServer(t, false)
+	bobC, eveC := enroll(t, s, "bob"), enroll(t, s, "eve")
+	bob, eve := s.client(t, bobC), s.client(t, eveC)
+	k, _ := bob.CreateKey(ctx, "k", "", "")
+	ek, _ := eve.CreateKey(ctx, "ek", "", "")
+	evil := hexString("e1").repeat32()
+	ep, _ := eve.CreatePolicy(ctx, "mine", json.RawMessage(`{"measurements":["`+evil+`"]}`))
+	bp, _ := bob.CreatePolicy(ctx, "other", json.RawMessage(`{"measurements":["00"]}`))
+	dk, _ := bob.GenerateDataKey(ctx, "k", 32, nil)
+	s.stop()
+	editBolt(t, s, func(tx *bolt.Tx) error {
+		// bob's key now lists eve's policy (raw JSON edit).
+		keys := tx.Bucket([]byte("keys"))
+		v := keys.Get([]byte(k.ID))
+		v = bytes.Replace(v, []byte(`"policies":[]`), []byte(`"policies":["`+ep.ID+`"]`), 1)
+		if err := keys.Put([]byte(k.ID), v); err != nil {
+			return err
+		}
+		// eve's policy copied over bob's policy id.
+		pol := tx.Bucket([]byte("policies"))
+		if err := pol.Put([]byte(bp.ID), append([]byte(nil), pol.Get([]byte(ep.ID))...)); err != nil {
+			return err
+		}
+		// eve's name "ek" now points at bob's key.
+		if err := tx.Bucket([]byte("names")).Put([]byte("key/"+ek.Owner+"/ek"), []byte(k.ID)); err != nil {
+			return err
+		}
+		return nil
+	})
+	s.start(s.certs, false)
+	bob, eve = s.client(t, bobC), s.client(t, eveC)
+	wantRecord := func(err error, rec string) {
+		t.Helper()
+		var ce *client.Error
+		if !errors.As(err, &ce) || ce.Problem.Code != "record_integrity" || !strings.Contains(ce.Problem.Detail, rec) {
+			t.Fatalf("got %v, want record_integrity naming %s", err, rec)
+		}
+	}
+	_, err := s.workload(t, kms.Workload{TEE: "sim", Measurement: evil}).Decrypt(ctx, dk.Ciphertext, nil)
+	wantRecord(err, "keys/"+k.ID)
+	_, err = bob.GetPolicy(ctx, bp.ID)
+	wantRecord(err, "policies/"+bp.ID)
+	_, err = eve.Encrypt(ctx, "ek", []byte("x"), nil)
+	wantRecord(err, "names/key/")
+}
