@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -146,4 +147,114 @@ func TestForgedStoreRecordsRefused(t *testing.T) {
 	wantRecord(err, "policies/"+bp.ID)
 	_, err = eve.Encrypt(ctx, "ek", []byte("x"), nil)
 	wantRecord(err, "names/key/")
+}
+
+// TestBogusSharesDoNotDisturbUnseal: an unauthenticated caller sends
+// shares of another root key, shares with a real index but a forged value,
+// and garbage, while holders are unsealing. Each is refused on its own and
+// the progress of the real holders is untouched.
+func TestBogusSharesDoNotDisturbUnseal(t *testing.T) {
+	s := newServer(t, true)
+	anon := s.client(t, client.Config{})
+	if st, err := anon.Unseal(ctx, s.shares[0]); err != nil || st.Progress != 1 {
+		t.Fatalf("first share: %+v %v", st, err)
+	}
+	other, _ := kms.Initialize(ctx, mustBolt(t), kms.ModeShamir, 3, 2, time.Now())
+	forged := []byte(s.shares[1])
+	if forged[len(forged)-1] == '0' {
+		forged[len(forged)-1] = '1'
+	} else {
+		forged[len(forged)-1] = '0'
+	}
+	for i := range 20 {
+		bogus := []string{other.Shares[i%3], string(forged), "vks1-02" + strings.Repeat("ab", 32)}[i%3]
+		st, err := anon.Unseal(ctx, bogus)
+		if !errors.Is(err, client.Code("bad_shares")) {
+			t.Fatalf("bogus share %d accepted: %v", i, err)
+		}
+		if st, _ = anon.Status(ctx); !st.Sealed || st.Progress != 1 {
+			t.Fatalf("bogus share %d changed the progress: %+v", i, st)
+		}
+	}
+	if st, err := anon.Unseal(ctx, s.shares[1]); err != nil || st.Sealed {
+		t.Fatalf("second real share: %+v %v", st, err)
+	}
+	if m := metricsText(t, s); !strings.Contains(m, "veil_kms_unseal_bad_shares_total 20") {
+		t.Fatal("bad shares not counted")
+	}
+}
+
+// TestAppKeyRotateAndDisable: after a rotation the old API key is refused
+// at once (even though it was cached by a request just before); the app
+// may rotate its own key but not another's; a disabled app is refused.
+func TestAppKeyRotateAndDisable(t *testing.T) {
+	s := newServer(t, false)
+	bobC, eveC := enroll(t, s, "bob"), enroll(t, s, "eve")
+	bob, eve := s.client(t, bobC), s.client(t, eveC)
+	if _, err := bob.CreateKey(ctx, "k", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	adm := s.adminClient(t)
+	r, err := adm.RotateAppKey(ctx, bobC.AppID)
+	if err != nil || r.AppID != bobC.AppID || r.APIKey == bobC.APIKey {
+		t.Fatalf("admin rotates: %+v %v", r, err)
+	}
+	_, err = bob.ListKeys(ctx)
+	wantCode(t, err, client.ErrBadSignature)
+	newC := bobC
+	newC.APIKey = r.APIKey
+	bob2 := s.client(t, newC)
+	if l, err := bob2.ListKeys(ctx); err != nil || len(l.Keys) != 1 {
+		t.Fatalf("new key: %v %v", l, err)
+	}
+	// The app rotates its own key; the previous one stops working.
+	r2, err := bob2.RotateAppKey(ctx, bobC.AppID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = bob2.ListKeys(ctx)
+	wantCode(t, err, client.ErrBadSignature)
+	newC.APIKey = r2.APIKey
+	bob3 := s.client(t, newC)
+	// Another app cannot rotate bob's key.
+	_, err = eve.RotateAppKey(ctx, bobC.AppID)
+	wantCode(t, err, client.ErrForbidden)
+	err = bob3.Raw(ctx, "POST", "/v1/apps/"+eveC.AppID+"/disable", nil, false, nil)
+	wantCode(t, err, client.ErrForbidden)
+	// Disabled: refused at once, whatever the key.
+	if _, err := bob3.ListKeys(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := adm.DisableApp(ctx, bobC.AppID); err != nil || !a.Disabled {
+		t.Fatalf("disable: %+v %v", a, err)
+	}
+	_, err = bob3.ListKeys(ctx)
+	wantCode(t, err, client.Code("app_disabled"))
+	if _, err := adm.RotateAppKey(ctx, bobC.AppID); !errors.Is(err, client.Code("app_disabled")) {
+		t.Fatalf("rotate a disabled app: %v", err)
+	}
+	if _, err := eve.ListKeys(ctx); err != nil {
+		t.Fatalf("other app after bob was disabled: %v", err)
+	}
+}
+
+// TestReplayCachePerApp: one app filling its replay cache (here a bound
+// of 5 signed requests per window) gets replay_cache_full; another app is
+// still served.
+func TestReplayCachePerApp(t *testing.T) {
+	s := newServer(t, false)
+	s.maxNonces = 5
+	s.restart(false)
+	bobC, eveC := enroll(t, s, "bob"), enroll(t, s, "eve")
+	bob, eve := s.client(t, bobC), s.client(t, eveC)
+	var err error
+	for range 6 {
+		if _, err = bob.ListKeys(ctx); err != nil {
+			break
+		}
+	}
+	wantCode(t, err, client.Code("replay_cache_full"))
+	if _, err := eve.ListKeys(ctx); err != nil {
+		t.Fatalf("other app while bob's cache is full: %v", err)
+	}
 }

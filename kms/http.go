@@ -222,6 +222,24 @@ func (s *Service) Handler() http.Handler {
 		}
 		return created(s.Enroll(ctx, q.caller, req))
 	})
+	h("POST /v1/apps/{app}/rotate-key", authCaller, func(ctx context.Context, q *request) (int, any, error) {
+		if len(q.body) > 0 {
+			var empty struct{}
+			if err := q.decode(&empty); err != nil {
+				return 0, nil, err
+			}
+		}
+		return ok(s.RotateAppKey(ctx, q.caller, q.r.PathValue("app")))
+	})
+	h("POST /v1/apps/{app}/disable", authCaller, func(ctx context.Context, q *request) (int, any, error) {
+		if len(q.body) > 0 {
+			var empty struct{}
+			if err := q.decode(&empty); err != nil {
+				return 0, nil, err
+			}
+		}
+		return ok(s.DisableApp(ctx, q.caller, q.r.PathValue("app")))
+	})
 	h("GET /v1/apps", authCaller, func(ctx context.Context, q *request) (int, any, error) { return ok(s.ListApps(ctx, q.caller)) })
 
 	h("POST /v1/keys", authCaller, func(ctx context.Context, q *request) (int, any, error) {

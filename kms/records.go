@@ -19,6 +19,7 @@ type appRecord struct {
 	Name       string    `json:"name"`
 	Created    time.Time `json:"created"`
 	SigningKey []byte    `json:"signing_key"` // sealed, label "app/ID"
+	Disabled   bool      `json:"disabled,omitempty"`
 }
 
 type keyVersionRecord struct {

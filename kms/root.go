@@ -156,6 +156,7 @@ type keyring struct {
 
 	mu      sync.RWMutex
 	appKeys map[string][]byte      // app id -> HMAC signing key
+	appGen  map[string]uint64      // app id -> times its key was forgotten
 	aeads   map[string]cipher.AEAD // "key id/version" -> AEAD of that key version
 }
 
@@ -177,6 +178,41 @@ func cached[V any](kr *keyring, m map[string]V, k string, compute func() (V, err
 	}
 	kr.mu.Unlock()
 	return v, nil
+}
+
+// appKey returns app id's signing key from the cache, or loads it and
+// caches it unless forgetApp ran meanwhile (a load that began before a
+// rotation committed must not put the old key back).
+func (k *keyring) appKey(id string, load func() ([]byte, error)) ([]byte, error) {
+	k.mu.RLock()
+	v, ok := k.appKeys[id]
+	gen := k.appGen[id]
+	k.mu.RUnlock()
+	if ok {
+		return v, nil
+	}
+	v, err := load()
+	if err != nil {
+		return nil, err
+	}
+	k.mu.Lock()
+	if k.appGen[id] == gen && len(k.appKeys) < 100_000 {
+		k.appKeys[id] = v
+	}
+	k.mu.Unlock()
+	return v, nil
+}
+
+// forgetApp drops app id's cached signing key (after a rotation or a
+// disable has committed).
+func (k *keyring) forgetApp(id string) {
+	k.mu.Lock()
+	if v, ok := k.appKeys[id]; ok {
+		clear(v)
+		delete(k.appKeys, id)
+	}
+	k.appGen[id]++
+	k.mu.Unlock()
 }
 
 func newKeyring(root []byte) (*keyring, error) {
@@ -210,7 +246,7 @@ func newKeyring(root []byte) (*keyring, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &keyring{records: aead, auditK: ak, recordK: mk, checkpoint: cp, appKeys: map[string][]byte{}, aeads: map[string]cipher.AEAD{}}, nil
+	return &keyring{records: aead, auditK: ak, recordK: mk, checkpoint: cp, appKeys: map[string][]byte{}, appGen: map[string]uint64{}, aeads: map[string]cipher.AEAD{}}, nil
 }
 
 // seal encrypts plaintext under the record key, bound to label.

@@ -47,7 +47,9 @@ type Options struct {
 	SignatureWindow time.Duration
 	// MaxBody bounds request bodies (default 1 MiB).
 	MaxBody int64
-	// MaxNonces bounds the replay cache (default 1,000,000).
+	// MaxNonces bounds each app's share of the replay cache: the signed
+	// requests one app may send within the signature window (default
+	// 100,000).
 	MaxNonces int
 	// Registerer receives the Prometheus metrics (default: a new registry
 	// served at /metrics).
@@ -100,7 +102,7 @@ func New(ctx context.Context, opt Options) (*Service, error) {
 		opt.MaxBody = 1 << 20
 	}
 	if opt.MaxNonces == 0 {
-		opt.MaxNonces = 1_000_000
+		opt.MaxNonces = 100_000
 	}
 	if opt.Registry == nil {
 		opt.Registry = prometheus.NewRegistry()
@@ -335,10 +337,16 @@ func (s *Service) AuthenticateApp(ctx context.Context, appID, tsStr, nonce, sig,
 	if err != nil || len(mac) != sha256.Size {
 		return Caller{}, fail(ErrBadSignature, "header %s must be 64 hex digits", api.HeaderSignature)
 	}
-	key, err := cached(k, k.appKeys, appID, func() ([]byte, error) {
+	if !isID(appID, "a") {
+		return Caller{}, fail(ErrBadSignature, "unknown app id or bad signature")
+	}
+	key, err := k.appKey(appID, func() ([]byte, error) {
 		var app appRecord
 		if err := s.view(ctx, k, func(tx store.Tx) error { return getJSON(tx, "apps", appID, &app) }); err != nil {
 			return nil, err
+		}
+		if app.Disabled {
+			return nil, fail(ErrAppDisabled, "app %s is disabled", appID)
 		}
 		return k.open("app/"+app.ID, app.SigningKey)
 	})
@@ -359,7 +367,7 @@ func (s *Service) AuthenticateApp(ctx context.Context, appID, tsStr, nonce, sig,
 	if t.Before(now.Add(-w)) || t.After(now.Add(w)) {
 		return Caller{}, fail(ErrStaleTimestamp, "request time %s is outside the %s window around the server time", t.UTC().Format(time.RFC3339), w)
 	}
-	if err := s.nonces.add(appID+"\x00"+nonce, t.Add(w+time.Second), now); err != nil {
+	if err := s.nonces.add(appID, nonce, t.Add(w+time.Second), now); err != nil {
 		return Caller{}, err
 	}
 	return Caller{Kind: KindApp, AppID: appID}, nil
@@ -375,36 +383,55 @@ func isToken(s string) bool {
 }
 
 // nonceCache remembers (app, nonce) pairs until their timestamp leaves the
-// window, so a captured request cannot be replayed.
+// window, so a captured request cannot be replayed. Each app has its own
+// bound: an app that fills its share (by accident or on purpose) gets
+// replay_cache_full while every other app is served.
 type nonceCache struct {
 	mu        sync.Mutex
-	max       int
-	m         map[string]time.Time
+	max       int // per app
+	apps      map[string]map[string]time.Time
 	lastSweep time.Time
 }
 
 func newNonceCache(max int) *nonceCache {
-	return &nonceCache{max: max, m: map[string]time.Time{}}
+	return &nonceCache{max: max, apps: map[string]map[string]time.Time{}}
 }
 
-func (c *nonceCache) add(key string, expiry, now time.Time) error {
+func sweepNonces(m map[string]time.Time, now time.Time) {
+	for k, e := range m {
+		if !e.After(now) {
+			delete(m, k)
+		}
+	}
+}
+
+func (c *nonceCache) add(app, nonce string, expiry, now time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if now.Sub(c.lastSweep) > 10*time.Second || len(c.m) >= c.max {
-		for k, e := range c.m {
-			if !e.After(now) {
-				delete(c.m, k)
+	if now.Sub(c.lastSweep) > 10*time.Second {
+		for a, m := range c.apps {
+			sweepNonces(m, now)
+			if len(m) == 0 {
+				delete(c.apps, a)
 			}
 		}
 		c.lastSweep = now
 	}
-	if e, ok := c.m[key]; ok && e.After(now) {
+	m := c.apps[app]
+	if m == nil {
+		m = map[string]time.Time{}
+		c.apps[app] = m
+	}
+	if len(m) >= c.max {
+		sweepNonces(m, now)
+	}
+	if e, ok := m[nonce]; ok && e.After(now) {
 		return fail(ErrReplayed, "this request's nonce was already used")
 	}
-	if len(c.m) >= c.max {
-		return fail(ErrReplayCacheFull, "too many signed requests in the time window; retry later")
+	if len(m) >= c.max {
+		return fail(ErrReplayCacheFull, "this app sent more than %d signed requests within the time window; retry later", c.max)
 	}
-	c.m[key] = expiry
+	m[nonce] = expiry
 	return nil
 }
 

@@ -155,9 +155,10 @@ type EnrollResponse struct {
 
 // App describes an enrolled app.
 type App struct {
-	AppID   string    `json:"app_id"`
-	Name    string    `json:"name"`
-	Created time.Time `json:"created"`
+	AppID    string    `json:"app_id"`
+	Name     string    `json:"name"`
+	Created  time.Time `json:"created"`
+	Disabled bool      `json:"disabled,omitempty"`
 }
 
 // AppList is GET /v1/apps.

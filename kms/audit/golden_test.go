@@ -16,7 +16,7 @@ func goldenEntries() []Entry {
 	Link(&e1, 0, ZeroHash)
 	e2 := Entry{Time: time.Date(2026, 1, 2, 3, 4, 6, 0, time.UTC),
 		Actor: Actor{Kind: "workload", Workload: &Claims{TEE: "tdx", Measurement: "5f5f", Signer: "", ProductID: 2, SVN: 3, Debug: true}},
-		Op: "secret.get", Owner: "a_00112233445566778899aabbccddeeff", Secret: "s_0123456789abcdef0123456789abcdef",
+		Op:    "secret.get", Owner: "a_00112233445566778899aabbccddeeff", Secret: "s_0123456789abcdef0123456789abcdef",
 		Policy: "p_0123456789abcdef0123456789abcdef", Result: Denied, Reason: "policy_denied: measurement 5f5f is not allowed"}
 	Link(&e2, e1.Seq, e1.Hash)
 	return []Entry{e1, e2}
