@@ -2,6 +2,8 @@ package kms_test
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -126,6 +128,11 @@ func TestForgedStoreRecordsRefused(t *testing.T) {
 		if err := pol.Put([]byte(bp.ID), append([]byte(nil), pol.Get([]byte(ep.ID))...)); err != nil {
 			return err
 		}
+		// The admin token hash replaced by one of the attacker's token.
+		h := sha256.Sum256([]byte("veil-kms-admin-token-v1\nvat_mine"))
+		if err := tx.Bucket([]byte("meta")).Put([]byte("admin"), []byte(`{"token_hash":"`+hex.EncodeToString(h[:])+`"}`)); err != nil {
+			return err
+		}
 		// eve's name "ek" now points at bob's key.
 		if err := tx.Bucket([]byte("names")).Put([]byte("key/"+ek.Owner+"/ek"), []byte(k.ID)); err != nil {
 			return err
@@ -147,6 +154,8 @@ func TestForgedStoreRecordsRefused(t *testing.T) {
 	wantRecord(err, "policies/"+bp.ID)
 	_, err = eve.Encrypt(ctx, "ek", []byte("x"), nil)
 	wantRecord(err, "names/key/")
+	_, err = s.client(t, client.Config{AdminToken: "vat_mine"}).ListApps(ctx)
+	wantRecord(err, "meta/admin")
 }
 
 // TestBogusSharesDoNotDisturbUnseal: an unauthenticated caller sends
