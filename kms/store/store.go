@@ -6,8 +6,11 @@
 // transaction is fsynced before Update returns) and against two servers
 // writing the same data directory (an exclusive file lock). It does not
 // protect confidentiality: callers encrypt key material under the root key
-// before it reaches the store, and anyone who can write the file can edit
-// or delete records (the audit chain detects that for the audit log only).
+// before it reaches the store. Integrity is the caller's choice per record:
+// WithIntegrity (envelope.go) MACs values under a key the caller derives
+// from its root key, bound to bucket and key, so edits, forgeries and moved
+// records are refused by name; deletions and rollbacks to older authentic
+// values are not detected there (the audit chain covers the audit log).
 //
 // A networked backend (PostgreSQL, for stateless replicas) implements the
 // same interface with one table (bucket, key, value) and serializable
