@@ -146,12 +146,19 @@ func (s *Service) appendAudit(tx store.Tx, k *keyring, e audit.Entry) error {
 	if err != nil {
 		return s.chainDamaged(err)
 	}
+	_, err = linkAudit(tx, k, h, e)
+	return err
+}
+
+// linkAudit appends e after the checked head h inside tx and returns the
+// new head (a group of entries in one transaction is checked once).
+func linkAudit(tx store.Tx, k *keyring, h auditHead, e audit.Entry) (auditHead, error) {
 	audit.Link(&e, h.Seq, h.Hash)
 	if err := tx.Put("audit", auditKey(e.Seq), audit.Marshal(e)); err != nil {
-		return err
+		return h, err
 	}
 	nh := auditHead{Seq: e.Seq, Hash: e.Hash, MAC: k.headMAC(e.Seq, e.Hash)}
-	return putJSON(tx, "meta", "audit_head", nh)
+	return nh, putJSON(tx, "meta", "audit_head", nh)
 }
 
 // chainDamaged records a damaged chain (an *errChain) and returns the

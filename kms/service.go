@@ -535,8 +535,18 @@ func (s *Service) auditWriter() {
 			}
 		}
 		err := s.st.Update(context.Background(), func(tx store.Tx) error {
+			var h auditHead
+			var k *keyring
 			for _, r := range group {
-				if err := s.appendAudit(tx, r.k, r.e); err != nil {
+				if r.k != k { // check the chain once per group (and per root key)
+					var err error
+					if h, err = checkChain(tx, r.k); err != nil {
+						return s.chainDamaged(err)
+					}
+					k = r.k
+				}
+				var err error
+				if h, err = linkAudit(tx, r.k, h, r.e); err != nil {
 					return err
 				}
 			}
