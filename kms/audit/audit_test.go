@@ -176,3 +176,26 @@ func TestCheckpoint(t *testing.T) {
 		t.Fatalf("unknown field: %v", err)
 	}
 }
+
+func FuzzParseCheckpoint(f *testing.F) {
+	_, priv, _ := ed25519.GenerateKey(nil)
+	cp, _ := SignCheckpoint(priv, Head{Seq: 3, Hash: ZeroHash}, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	b, _ := json.Marshal(cp)
+	f.Add(b)
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseCheckpoint(b)
+		if err != nil {
+			return
+		}
+		m, err := json.Marshal(c)
+		if err != nil {
+			return // e.g. a year outside 0-9999 does not re-encode
+		}
+		c2, err := ParseCheckpoint(m)
+		if err != nil || c2.Seq != c.Seq || c2.Hash != c.Hash || !c2.Time.Equal(c.Time) || c2.Signature != c.Signature {
+			t.Fatalf("re-encoding changed the checkpoint: %v", err)
+		}
+		c.Check(c.PublicKey) // must not panic
+	})
+}
