@@ -52,7 +52,7 @@ func (s *Service) CreatePolicy(ctx context.Context, c Caller, req api.CreatePoli
 		if _, err := tx.Get("names", "policy/"+c.AppID+"/"+req.Name); err == nil {
 			return fail(ErrAlreadyExists, "you already have a policy named %q", req.Name)
 		}
-		p := policyRecord{ID: id, Owner: c.AppID, Name: req.Name, Created: s.now().UTC(), Document: doc}
+		p := policyRecord{ID: id, Owner: c.AppID, Name: req.Name, Created: s.now().UTC(), Document: doc, ByAdmin: c.ViaAdmin}
 		if err := putJSON(tx, "policies", id, p); err != nil {
 			return err
 		}
@@ -104,7 +104,7 @@ func (s *Service) ReplacePolicy(ctx context.Context, c Caller, ref string, req a
 			return err
 		}
 		e.Policy, e.Owner = p.ID, p.Owner
-		p.Document = doc
+		p.Document, p.ByAdmin = doc, false
 		out = p.info()
 		return putJSON(tx, "policies", p.ID, p)
 	})

@@ -64,6 +64,9 @@ type policyRecord struct {
 	Name     string          `json:"name"`
 	Created  time.Time       `json:"created"`
 	Document json.RawMessage `json:"document"`
+	// ByAdmin marks a document written by the admin on the app's behalf
+	// (it then takes effect only once the app itself attaches it).
+	ByAdmin bool `json:"by_admin,omitempty"`
 }
 
 func newID(prefix string) string {
@@ -113,5 +116,5 @@ func (s *secretRecord) info() api.Secret {
 }
 
 func (p *policyRecord) info() api.Policy {
-	return api.Policy{ID: p.ID, Name: p.Name, Owner: p.Owner, Created: p.Created, Document: p.Document}
+	return api.Policy{ID: p.ID, Name: p.Name, Owner: p.Owner, Created: p.Created, Document: p.Document, ByAdmin: p.ByAdmin}
 }

@@ -571,8 +571,11 @@ func TestAdminCannotAttachPolicies(t *testing.T) {
 	adm := s.adminClient(t)
 	evil := hexString("e1").repeat32()
 	p, err := adm.AdminFor(bobID).CreatePolicy(ctx, "evil", json.RawMessage(`{"measurements":["`+evil+`"],"allow_debug":true}`))
-	if err != nil || p.Owner != bobID {
+	if err != nil || p.Owner != bobID || !p.ByAdmin {
 		t.Fatalf("admin creates bob's policy: %+v %v", p, err)
+	}
+	if got, _ := bob.GetPolicy(ctx, "evil"); !got.ByAdmin {
+		t.Fatal("bob cannot tell the policy was written by the admin")
 	}
 	_, err = adm.AdminFor(bobID).AttachKeyPolicy(ctx, k.ID, "evil")
 	wantCode(t, err, client.ErrForbidden)

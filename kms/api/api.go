@@ -285,6 +285,9 @@ type Policy struct {
 	Owner    string          `json:"owner"`
 	Created  time.Time       `json:"created"`
 	Document json.RawMessage `json:"document"`
+	// ByAdmin is true when the admin wrote the document on the app's
+	// behalf; the app reviews it before attaching it.
+	ByAdmin bool `json:"by_admin,omitempty"`
 }
 
 // PolicyList is GET /v1/policies.
