@@ -222,6 +222,10 @@ func kmsErr(err error) error {
 		return withHint(err, "admin verbs need VEIL_ADMIN_TOKEN; key, secret and policy verbs need an app (VEIL_APP_ID, VEIL_API_KEY)")
 	case errors.Is(err, client.ErrConfig):
 		return withHint(err, "see 'veil kms --help' for the settings")
+	case errors.Is(err, client.Code("audit_chain_damaged")), errors.Is(err, client.Code("record_integrity")):
+		return withHint(err, "the key service's data directory was modified without its root key; restore it from a backup (veil kms audit verify shows the log's state)")
+	case errors.Is(err, client.Code("app_disabled")):
+		return withHint(err, "the admin disabled this app; ask for a new enrollment")
 	}
 	return err
 }
