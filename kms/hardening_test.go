@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/veil-tee/veil/kms"
+	"github.com/veil-tee/veil/kms/api"
 	"github.com/veil-tee/veil/kms/client"
 	"github.com/veil-tee/veil/kms/store"
 )
@@ -225,6 +227,13 @@ func TestAppKeyRotateAndDisable(t *testing.T) {
 	wantCode(t, err, client.ErrBadSignature)
 	newC.APIKey = r2.APIKey
 	bob3 := s.client(t, newC)
+	// Now only bob knows its key: the admin may no longer re-key bob
+	// (that would hand the admin bob's credentials).
+	_, err = adm.RotateAppKey(ctx, bobC.AppID)
+	wantCode(t, err, client.ErrForbidden)
+	if l, _ := adm.ListApps(ctx); len(l.Apps) != 2 || !slices.ContainsFunc(l.Apps, func(a api.App) bool { return a.AppID == bobC.AppID && a.SelfKeyed }) {
+		t.Fatalf("apps: %+v", l.Apps)
+	}
 	// Another app cannot rotate bob's key.
 	_, err = eve.RotateAppKey(ctx, bobC.AppID)
 	wantCode(t, err, client.ErrForbidden)
@@ -239,11 +248,18 @@ func TestAppKeyRotateAndDisable(t *testing.T) {
 	}
 	_, err = bob3.ListKeys(ctx)
 	wantCode(t, err, client.Code("app_disabled"))
+	re, err := adm.RotateAppKey(ctx, eveC.AppID)
+	if err != nil {
+		t.Fatalf("admin re-keys eve, who never rotated her own key: %v", err)
+	}
 	if _, err := adm.RotateAppKey(ctx, bobC.AppID); !errors.Is(err, client.Code("app_disabled")) {
 		t.Fatalf("rotate a disabled app: %v", err)
 	}
-	if _, err := eve.ListKeys(ctx); err != nil {
-		t.Fatalf("other app after bob was disabled: %v", err)
+	_, err = eve.ListKeys(ctx)
+	wantCode(t, err, client.ErrBadSignature) // eve's old key, re-keyed above
+	eveC.APIKey = re.APIKey
+	if _, err := s.client(t, eveC).ListKeys(ctx); err != nil {
+		t.Fatalf("eve after bob was disabled: %v", err)
 	}
 }
 

@@ -60,7 +60,7 @@ func (s *Service) ListApps(ctx context.Context, c Caller) (api.AppList, error) {
 			if err := json.Unmarshal(v, &a); err != nil {
 				return err
 			}
-			out.Apps = append(out.Apps, api.App{AppID: a.ID, Name: a.Name, Created: a.Created, Disabled: a.Disabled})
+			out.Apps = append(out.Apps, api.App{AppID: a.ID, Name: a.Name, Created: a.Created, Disabled: a.Disabled, SelfKeyed: a.SelfKeyed})
 			return nil
 		})
 	})
@@ -98,7 +98,10 @@ func loadApp(tx store.Tx, ref string) (*appRecord, error) {
 }
 
 // RotateAppKey gives an app a new API key and refuses the old one from
-// then on. The admin may rotate any app's key, an app only its own.
+// then on. An app may rotate only its own key; the admin (who saw the key
+// issued at enrollment) may rotate the key of an app that has not rotated
+// its own yet. Once an app has rotated its own key nobody else learns its
+// credentials: the admin can then only disable it.
 func (s *Service) RotateAppKey(ctx context.Context, c Caller, ref string) (api.EnrollResponse, error) {
 	if err := require(c, KindAdmin, KindApp); err != nil {
 		return api.EnrollResponse{}, err
@@ -121,6 +124,10 @@ func (s *Service) RotateAppKey(ctx context.Context, c Caller, ref string) (api.E
 		if a.Disabled {
 			return fail(ErrAppDisabled, "app %s is disabled", a.ID)
 		}
+		if c.Kind == KindAdmin && a.SelfKeyed {
+			return fail(ErrForbidden, "app %s rotated its own API key, which only it knows; the admin may disable the app but not re-key it", a.ID)
+		}
+		a.SelfKeyed = c.Kind == KindApp
 		sk := api.SigningKey(apiKey)
 		a.SigningKey, err = k.seal("app/"+a.ID, sk)
 		clear(sk)

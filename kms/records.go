@@ -20,6 +20,10 @@ type appRecord struct {
 	Created    time.Time `json:"created"`
 	SigningKey []byte    `json:"signing_key"` // sealed, label "app/ID"
 	Disabled   bool      `json:"disabled,omitempty"`
+	// SelfKeyed is set once the app rotated its own API key: from then on
+	// only the app knows it, and the admin may disable the app but not
+	// re-key it (which would hand the admin the app's credentials).
+	SelfKeyed bool `json:"self_keyed,omitempty"`
 }
 
 type keyVersionRecord struct {

@@ -159,6 +159,8 @@ type App struct {
 	Name     string    `json:"name"`
 	Created  time.Time `json:"created"`
 	Disabled bool      `json:"disabled,omitempty"`
+	// SelfKeyed: the app rotated its own API key, which the admin never saw.
+	SelfKeyed bool `json:"self_keyed,omitempty"`
 }
 
 // AppList is GET /v1/apps.
