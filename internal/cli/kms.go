@@ -591,9 +591,16 @@ func newKMSAppsCmd(env *Env, o *kmsOpts) *cobra.Command {
 			}
 			return o.print(env, r, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "APP ID\tNAME\tCREATED")
+				fmt.Fprintln(tw, "APP ID\tNAME\tCREATED\tSTATE")
 				for _, a := range r.Apps {
-					fmt.Fprintf(tw, "%s\t%s\t%s\n", a.AppID, a.Name, a.Created.Format(time.RFC3339))
+					state := "enrolled (key issued to the admin)"
+					switch {
+					case a.Disabled:
+						state = "disabled"
+					case a.SelfKeyed:
+						state = "self-keyed"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.AppID, a.Name, a.Created.Format(time.RFC3339), state)
 				}
 				tw.Flush()
 			})
