@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/veil-tee/veil/kms/api"
@@ -36,17 +37,32 @@ type auditGenesis struct {
 type auditHead struct {
 	Seq  uint64 `json:"seq"`
 	Hash string `json:"hash"`
-	MAC  string `json:"mac"`
+	// State is the hex state digest of the protected records
+	// (store.StateDigest) as of this entry.
+	State string `json:"state"`
+	MAC   string `json:"mac"`
 }
 
-func (k *keyring) headMAC(seq uint64, hash string) string {
+func (k *keyring) headMAC(seq uint64, hash, state string) string {
 	m := hmac.New(sha256.New, k.auditK)
 	m.Write([]byte("veil-audit-head-v2\n"))
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], seq)
 	m.Write(b[:])
 	m.Write([]byte(hash))
+	m.Write([]byte(state))
 	return hex.EncodeToString(m.Sum(nil))
+}
+
+func (h auditHead) state() store.StateDigest {
+	var d store.StateDigest
+	hex.Decode(d[:], []byte(h.State)) // checked by checkChain (MAC) before use
+	return d
+}
+
+func newHead(k *keyring, seq uint64, hash string, state store.StateDigest) auditHead {
+	st := hex.EncodeToString(state[:])
+	return auditHead{Seq: seq, Hash: hash, State: st, MAC: k.headMAC(seq, hash, st)}
 }
 
 func (k *keyring) genesisMAC(version int, created time.Time) string {
@@ -60,13 +76,13 @@ func (k *keyring) genesisMAC(version int, created time.Time) string {
 }
 
 // writeGenesis writes the genesis and the empty head of a new log.
-func writeGenesis(tx store.Tx, k *keyring, now time.Time) error {
+func writeGenesis(tx store.Tx, k *keyring, now time.Time, state store.StateDigest) error {
 	g := auditGenesis{Version: 2, Created: now.UTC()}
 	g.MAC = k.genesisMAC(g.Version, g.Created)
 	if err := putJSON(tx, "meta", "audit_genesis", g); err != nil {
 		return err
 	}
-	return putJSON(tx, "meta", "audit_head", auditHead{Seq: 0, Hash: audit.ZeroHash, MAC: k.headMAC(0, audit.ZeroHash)})
+	return putJSON(tx, "meta", "audit_head", newHead(k, 0, audit.ZeroHash, state))
 }
 
 func auditKey(seq uint64) string { return fmt.Sprintf("%020d", seq) }
@@ -105,7 +121,7 @@ func checkChain(tx store.Tx, k *keyring) (auditHead, error) {
 	} else if err != nil {
 		return h, &errChain{fmt.Sprintf("the audit log's head is unreadable: %v", err)}
 	}
-	if !hmac.Equal([]byte(h.MAC), []byte(k.headMAC(h.Seq, h.Hash))) {
+	if !hmac.Equal([]byte(h.MAC), []byte(k.headMAC(h.Seq, h.Hash, h.State))) || len(h.State) != 64 {
 		return h, &errChain{"the audit log's head does not carry the service's MAC"}
 	}
 	if lastErr == nil && lastKey > auditKey(h.Seq) {
@@ -141,6 +157,10 @@ func trimSeq(key string) string {
 // appendAudit links e to the chain inside tx. It refuses to append to a
 // damaged chain (see checkChain) and marks the service damaged, so that
 // the damage is reported rather than overwritten.
+// The head also carries the state digest of the protected records, updated
+// by the changes the transaction made (store.IntegrityTx), so that
+// deleting a record or putting back an older version of it makes the store
+// disagree with the authenticated head (checkState).
 func (s *Service) appendAudit(tx store.Tx, k *keyring, e audit.Entry) error {
 	h, err := checkChain(tx, k)
 	if err != nil {
@@ -153,12 +173,47 @@ func (s *Service) appendAudit(tx store.Tx, k *keyring, e audit.Entry) error {
 // linkAudit appends e after the checked head h inside tx and returns the
 // new head (a group of entries in one transaction is checked once).
 func linkAudit(tx store.Tx, k *keyring, h auditHead, e audit.Entry) (auditHead, error) {
+	state := h.state()
+	if itx, ok := tx.(*store.IntegrityTx); ok {
+		state = state.Add(itx.TakeDelta())
+	}
 	audit.Link(&e, h.Seq, h.Hash)
 	if err := tx.Put("audit", auditKey(e.Seq), audit.Marshal(e)); err != nil {
 		return h, err
 	}
-	nh := auditHead{Seq: e.Seq, Hash: e.Hash, MAC: k.headMAC(e.Seq, e.Hash)}
+	nh := newHead(k, e.Seq, e.Hash, state)
 	return nh, putJSON(tx, "meta", "audit_head", nh)
+}
+
+// checkState recomputes the state digest over the stored protected
+// records and compares it with the authenticated head's. On a mismatch it
+// names the records whose MAC fails (they are counted in the metrics too);
+// a deleted record or an older authentic version cannot be named.
+func (s *Service) checkState(tx store.Tx, k *keyring, h auditHead) error {
+	d, err := store.ComputeState(tx, k.stateK, protectedBuckets, protectedRecord)
+	if err != nil {
+		return err
+	}
+	if d == h.state() {
+		return nil
+	}
+	var bad []string
+	itx := s.itx(tx, k)
+	for _, b := range protectedBuckets {
+		tx.List(b, "", func(key string, _ []byte) error {
+			if protectedRecord(b, key) {
+				if _, err := itx.Get(b, key); errors.Is(err, store.ErrIntegrity) && len(bad) < 10 {
+					bad = append(bad, b+"/"+key)
+				}
+			}
+			return nil
+		})
+	}
+	reason := "the stored records do not match the authenticated head of the audit log: a record was deleted, added, edited or replaced by an older version"
+	if len(bad) > 0 {
+		reason += "; records failing their integrity check: " + strings.Join(bad, ", ")
+	}
+	return &errChain{reason}
 }
 
 // chainDamaged records a damaged chain (an *errChain) and returns the
@@ -187,7 +242,13 @@ func (s *Service) chainUsable() error {
 // checkChainOnUnseal checks the log once the root key is known, so that
 // /readyz reports damage before the first request.
 func (s *Service) checkChainOnUnseal(ctx context.Context, k *keyring) {
-	err := s.st.View(ctx, func(tx store.Tx) error { _, err := checkChain(tx, k); return err })
+	err := s.st.View(ctx, func(tx store.Tx) error {
+		h, err := checkChain(tx, k)
+		if err != nil {
+			return err
+		}
+		return s.checkState(tx, k, h)
+	})
 	if err != nil {
 		s.chainDamaged(err)
 	}
@@ -213,14 +274,18 @@ func (s *Service) AuditHead(ctx context.Context, c Caller) (api.AuditHead, error
 		if gerr != nil && !errors.Is(gerr, store.ErrNotFound) {
 			return gerr
 		}
-		_, chainErr = checkChain(tx, k)
+		ch, cerr := checkChain(tx, k)
+		if cerr == nil {
+			cerr = s.checkState(tx, k, ch)
+		}
+		chainErr = cerr
 		return nil
 	})
 	if err != nil {
 		return out, err
 	}
 	out.Seq, out.Hash = h.Seq, h.Hash
-	out.Authentic = h.MAC != "" && hmac.Equal([]byte(k.headMAC(h.Seq, h.Hash)), []byte(h.MAC))
+	out.Authentic = h.MAC != "" && hmac.Equal([]byte(k.headMAC(h.Seq, h.Hash, h.State)), []byte(h.MAC))
 	var ec *errChain
 	if errors.As(chainErr, &ec) {
 		out.Damaged = ec.reason

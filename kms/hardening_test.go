@@ -17,6 +17,7 @@ import (
 
 	"github.com/veil-tee/veil/kms"
 	"github.com/veil-tee/veil/kms/api"
+	"github.com/veil-tee/veil/kms/audit"
 	"github.com/veil-tee/veil/kms/client"
 	"github.com/veil-tee/veil/kms/store"
 )
@@ -59,9 +60,22 @@ func metricsText(t *testing.T, s *server) string {
 	return string(b)
 }
 
+// wantRecordRefused checks that err refuses the request and names the
+// record: record_integrity when the record is read, or, once the server
+// found at start that the stored records disagree with the authenticated
+// audit head, audit_chain_damaged listing the records that fail.
+func wantRecordRefused(t *testing.T, err error, rec string) {
+	t.Helper()
+	var ce *client.Error
+	if !errors.As(err, &ce) || (ce.Problem.Code != "record_integrity" && ce.Problem.Code != "audit_chain_damaged") || !strings.Contains(ce.Problem.Detail, rec) {
+		t.Fatalf("got %v, want a refusal naming %s", err, rec)
+	}
+}
+
 // TestEditedPolicyRecordRefused: whoever can write kms.db edits the
 // measurement in an attached policy document so that their workload
-// qualifies. The release is refused, the error names the record, and the
+// qualifies — with the server stopped (bbolt opened directly), and while
+// it runs. The release is refused, the error names the record, and the
 // refusal is counted in the metrics.
 func TestEditedPolicyRecordRefused(t *testing.T) {
 	s := newServer(t, false)
@@ -82,16 +96,19 @@ func TestEditedPolicyRecordRefused(t *testing.T) {
 	if _, err := s.workload(t, kms.Workload{TEE: "sim", Measurement: good}).Decrypt(ctx, dk.Ciphertext, nil); err != nil {
 		t.Fatalf("release before the edit: %v", err)
 	}
-	s.stop()
-	editBolt(t, s, func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte("policies"))
-		v := b.Get([]byte(p.ID))
+	edit := func(v []byte) []byte {
 		if !bytes.Contains(v, []byte(good)) {
 			t.Fatalf("policy record does not hold the measurement: %q", v)
 		}
-		return b.Put([]byte(p.ID), bytes.ReplaceAll(v, []byte(good), []byte(evil)))
+		return bytes.ReplaceAll(v, []byte(good), []byte(evil))
+	}
+	// While the server runs (a write that bypasses the service).
+	var orig []byte
+	s.st.Update(ctx, func(tx store.Tx) error {
+		v, _ := tx.Get("policies", p.ID)
+		orig = bytes.Clone(v)
+		return tx.Put("policies", p.ID, edit(v))
 	})
-	s.start(s.certs, false)
 	_, err = s.workload(t, kms.Workload{TEE: "sim", Measurement: evil}).Decrypt(ctx, dk.Ciphertext, nil)
 	var ce *client.Error
 	if !errors.As(err, &ce) || ce.Problem.Code != "record_integrity" || !strings.Contains(ce.Problem.Detail, "policies/"+p.ID) {
@@ -99,6 +116,19 @@ func TestEditedPolicyRecordRefused(t *testing.T) {
 	}
 	if m := metricsText(t, s); !strings.Contains(m, `veil_kms_record_integrity_failures_total{bucket="policies"} 1`) {
 		t.Fatalf("integrity failure not counted:\n%.3000s", m)
+	}
+	s.st.Update(ctx, func(tx store.Tx) error { return tx.Put("policies", p.ID, orig) })
+	// With the server stopped, on the file.
+	s.stop()
+	editBolt(t, s, func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("policies"))
+		return b.Put([]byte(p.ID), edit(b.Get([]byte(p.ID))))
+	})
+	s.start(s.certs, false)
+	_, err = s.workload(t, kms.Workload{TEE: "sim", Measurement: evil}).Decrypt(ctx, dk.Ciphertext, nil)
+	wantRecordRefused(t, err, "policies/"+p.ID)
+	if m := metricsText(t, s); !strings.Contains(m, `veil_kms_record_integrity_failures_total{bucket="policies"}`) {
+		t.Fatalf("integrity failure not counted after restart:\n%.3000s", m)
 	}
 }
 
@@ -143,13 +173,7 @@ func TestForgedStoreRecordsRefused(t *testing.T) {
 	})
 	s.start(s.certs, false)
 	bob, eve = s.client(t, bobC), s.client(t, eveC)
-	wantRecord := func(err error, rec string) {
-		t.Helper()
-		var ce *client.Error
-		if !errors.As(err, &ce) || ce.Problem.Code != "record_integrity" || !strings.Contains(ce.Problem.Detail, rec) {
-			t.Fatalf("got %v, want record_integrity naming %s", err, rec)
-		}
-	}
+	wantRecord := func(err error, rec string) { t.Helper(); wantRecordRefused(t, err, rec) }
 	_, err := s.workload(t, kms.Workload{TEE: "sim", Measurement: evil}).Decrypt(ctx, dk.Ciphertext, nil)
 	wantRecord(err, "keys/"+k.ID)
 	_, err = bob.GetPolicy(ctx, bp.ID)
@@ -281,5 +305,73 @@ func TestReplayCachePerApp(t *testing.T) {
 	wantCode(t, err, client.Code("replay_cache_full"))
 	if _, err := eve.ListKeys(ctx); err != nil {
 		t.Fatalf("other app while bob's cache is full: %v", err)
+	}
+}
+
+// TestRolledBackRecordDetected: whoever can write kms.db puts back older
+// authentic versions of records — the key record from before its policy
+// was detached, the app record from before its API key was rotated — or
+// deletes one. Each record's MAC still verifies, but the stored records no
+// longer match the state digest in the authenticated audit head: the
+// service refuses audited requests, /readyz says why, and the revoked
+// release and the old API key do not work.
+func TestRolledBackRecordDetected(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		run  func(t *testing.T, s *server, bobC client.Config, keyID, policyID string) (restore func(tx *bolt.Tx) error)
+	}{
+		{"detached policy re-attached", func(t *testing.T, s *server, bobC client.Config, keyID, policyID string) func(tx *bolt.Tx) error {
+			var old []byte
+			s.st.View(ctx, func(tx store.Tx) error { v, _ := tx.Get("keys", keyID); old = bytes.Clone(v); return nil })
+			if _, err := s.client(t, bobC).DetachKeyPolicy(ctx, keyID, policyID); err != nil {
+				t.Fatal(err)
+			}
+			return func(tx *bolt.Tx) error { return tx.Bucket([]byte("keys")).Put([]byte(keyID), old) }
+		}},
+		{"rotated API key restored", func(t *testing.T, s *server, bobC client.Config, _, _ string) func(tx *bolt.Tx) error {
+			var old []byte
+			s.st.View(ctx, func(tx store.Tx) error { v, _ := tx.Get("apps", bobC.AppID); old = bytes.Clone(v); return nil })
+			if _, err := s.client(t, bobC).RotateAppKey(ctx, bobC.AppID); err != nil {
+				t.Fatal(err)
+			}
+			return func(tx *bolt.Tx) error { return tx.Bucket([]byte("apps")).Put([]byte(bobC.AppID), old) }
+		}},
+		{"record deleted", func(t *testing.T, s *server, bobC client.Config, _, _ string) func(tx *bolt.Tx) error {
+			return func(tx *bolt.Tx) error { return tx.Bucket([]byte("names")).Delete([]byte("key/" + bobC.AppID + "/k")) }
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer(t, false)
+			bobC := enroll(t, s, "bob")
+			bob := s.client(t, bobC)
+			good := hexString("5f").repeat32()
+			k, _ := bob.CreateKey(ctx, "k", "", "")
+			p, _ := bob.CreatePolicy(ctx, "prod", json.RawMessage(`{"measurements":["`+good+`"]}`))
+			if _, err := bob.AttachKeyPolicy(ctx, k.ID, p.ID); err != nil {
+				t.Fatal(err)
+			}
+			dk, _ := bob.GenerateDataKey(ctx, k.ID, 32, nil)
+			restore := tc.run(t, s, bobC, k.ID, p.ID)
+			s.stop()
+			editBolt(t, s, restore)
+			s.start(s.certs, false)
+			_, err := s.workload(t, kms.Workload{TEE: "sim", Measurement: good}).Decrypt(ctx, dk.Ciphertext, nil)
+			var ce *client.Error
+			if !errors.As(err, &ce) || ce.Problem.Code != "audit_chain_damaged" || !strings.Contains(ce.Problem.Detail, "older version") {
+				t.Fatalf("release after the rollback: %v", err)
+			}
+			_, err = s.client(t, bobC).ListKeys(ctx) // the API key bob had at the start
+			if !errors.As(err, &ce) || ce.Problem.Code != "audit_chain_damaged" {
+				t.Fatalf("app request after the rollback: %v", err)
+			}
+			err = s.adminClient(t).Raw(ctx, "GET", "/readyz", nil, false, nil)
+			if !errors.As(err, &ce) || ce.Problem.Code != "audit_chain_damaged" {
+				t.Fatalf("/readyz after the rollback: %v", err)
+			}
+			probs, _, err := s.adminClient(t).VerifyAudit(ctx)
+			if err != nil || !hasProblem(probs, audit.Damaged, 0) {
+				t.Fatalf("verify after the rollback: %v %v", probs, err)
+			}
+		})
 	}
 }

@@ -672,6 +672,11 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener, cert tls.Certifica
 			if n, err := s.Sweep(ctx); err == nil && n > 0 {
 				s.log.Info("deleted keys past their deletion time", "count", n)
 			}
+			// Records deleted or rolled back while the server runs are
+			// found here rather than at the next start.
+			if k, err := s.keyring(); err == nil {
+				s.checkChainOnUnseal(ctx, k)
+			}
 		case <-ctx.Done():
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()

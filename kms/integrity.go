@@ -28,8 +28,11 @@ func protectedRecord(bucket, key string) bool {
 
 // itx returns tx with record integrity under k.
 func (s *Service) itx(tx store.Tx, k *keyring) store.Tx {
-	return store.WithIntegrity(tx, k.recordK, protectedRecord, s.metrics.integrityFailure)
+	return store.WithIntegrity(tx, k.recordK, k.stateK, protectedRecord, s.metrics.integrityFailure)
 }
+
+// protectedBuckets are the buckets holding protected records.
+var protectedBuckets = []string{"apps", "keys", "names", "secrets", "policies", "meta"}
 
 // view and update run fn in a transaction whose protected records are
 // MACed under k.

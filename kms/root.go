@@ -114,11 +114,11 @@ func Initialize(ctx context.Context, st store.Store, mode string, shares, thresh
 		if err := tx.Put("meta", "root", mb); err != nil {
 			return err
 		}
-		itx := store.WithIntegrity(tx, k.recordK, protectedRecord, nil)
+		itx := store.WithIntegrity(tx, k.recordK, k.stateK, protectedRecord, nil)
 		if err := putJSON(itx, "meta", "admin", adminMeta{TokenHash: hashToken(res.AdminToken)}); err != nil {
 			return err
 		}
-		return writeGenesis(tx, k, now)
+		return writeGenesis(tx, k, now, itx.TakeDelta())
 	})
 	if err != nil {
 		return nil, fmt.Errorf("storing root key metadata: %w", err)
@@ -150,6 +150,7 @@ type keyring struct {
 	records cipher.AEAD // encrypts key material, secrets and app signing keys
 	auditK  []byte      // MACs the audit head and genesis
 	recordK []byte      // MACs stored records (store.WithIntegrity)
+	stateK  []byte      // elements of the state digest of stored records
 	// checkpoint signs audit checkpoints; its public key is stable for
 	// the life of the root key.
 	checkpoint ed25519.PrivateKey
@@ -232,6 +233,10 @@ func newKeyring(root []byte) (*keyring, error) {
 	if err != nil {
 		return nil, err
 	}
+	sk, err := hkdf.Key(sha256.New, root, nil, "veil kms state key v1", 32)
+	if err != nil {
+		return nil, err
+	}
 	seed, err := hkdf.Key(sha256.New, root, nil, "veil kms audit checkpoint key v1", ed25519.SeedSize)
 	if err != nil {
 		return nil, err
@@ -246,7 +251,7 @@ func newKeyring(root []byte) (*keyring, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &keyring{records: aead, auditK: ak, recordK: mk, checkpoint: cp, appKeys: map[string][]byte{}, appGen: map[string]uint64{}, aeads: map[string]cipher.AEAD{}}, nil
+	return &keyring{records: aead, auditK: ak, recordK: mk, stateK: sk, checkpoint: cp, appKeys: map[string][]byte{}, appGen: map[string]uint64{}, aeads: map[string]cipher.AEAD{}}, nil
 }
 
 // seal encrypts plaintext under the record key, bound to label.

@@ -73,7 +73,7 @@ func TestWithIntegrity(t *testing.T) {
 	var failed []string
 	onFail := func(e *IntegrityError) { failed = append(failed, e.Bucket+"/"+e.Key) }
 	err = s.Update(ctx, func(tx Tx) error {
-		it := WithIntegrity(tx, k, prot, onFail)
+		it := WithIntegrity(tx, k, k, prot, onFail)
 		it.Put("keys", "a", []byte("1"))
 		it.Put("audit", "x", []byte("plain"))
 		return tx.Put("keys", "b", []byte("forged")) // raw, no MAC
@@ -86,7 +86,7 @@ func TestWithIntegrity(t *testing.T) {
 		if string(raw) != "plain" {
 			t.Errorf("unprotected record changed: %q", raw)
 		}
-		it := WithIntegrity(tx, k, prot, onFail)
+		it := WithIntegrity(tx, k, k, prot, onFail)
 		if v, err := it.Get("keys", "a"); err != nil || string(v) != "1" {
 			t.Errorf("get a: %q %v", v, err)
 		}
@@ -120,4 +120,86 @@ func FuzzOpenValue(f *testing.F) {
 			t.Fatal("open then seal is not byte-identical")
 		}
 	})
+}
+
+// TestStateDigestFollowsWrites: the digest change accumulated by an
+// IntegrityTx's writes equals the recomputed digest after them, across
+// puts, overwrites and deletes; putting back an older authentic version of
+// a record, or deleting one, changes the recomputed digest.
+func TestStateDigestFollowsWrites(t *testing.T) {
+	ctx := context.Background()
+	s, err := OpenBolt(t.TempDir(), BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mk, sk := testKey(), bytes.Repeat([]byte{7}, 32)
+	prot := func(bucket, _ string) bool { return bucket == "keys" || bucket == "apps" }
+	buckets := []string{"keys", "apps", "audit"}
+	var state StateDigest
+	var oldA []byte
+	step := func(fn func(it *IntegrityTx)) {
+		t.Helper()
+		err := s.Update(ctx, func(tx Tx) error {
+			it := WithIntegrity(tx, mk, sk, prot, nil)
+			fn(it)
+			state = state.Add(it.TakeDelta())
+			if d := it.TakeDelta(); d != (StateDigest{}) {
+				t.Error("TakeDelta did not reset")
+			}
+			got, err := ComputeState(tx, sk, buckets, prot)
+			if err != nil {
+				return err
+			}
+			if got != state {
+				t.Errorf("digest %x, recomputed %x", state, got)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	step(func(it *IntegrityTx) {
+		it.Put("keys", "a", []byte("1"))
+		it.Put("apps", "b", []byte("2"))
+		it.Put("audit", "1", []byte("unprotected"))
+	})
+	s.View(ctx, func(tx Tx) error { oldA, _ = tx.Get("keys", "a"); oldA = bytes.Clone(oldA); return nil })
+	step(func(it *IntegrityTx) { it.Put("keys", "a", []byte("1 revised")) })
+	step(func(it *IntegrityTx) {
+		it.Delete("apps", "b")
+		it.Delete("apps", "missing")
+		it.Put("keys", "c", []byte("3"))
+	})
+	for name, edit := range map[string]func(tx Tx) error{
+		"older version put back": func(tx Tx) error { return tx.Put("keys", "a", oldA) },
+		"record deleted":         func(tx Tx) error { return tx.Delete("keys", "c") },
+	} {
+		s.Update(ctx, func(tx Tx) error {
+			edit(tx)
+			got, _ := ComputeState(tx, sk, buckets, prot)
+			if got == state {
+				t.Errorf("%s: digest unchanged", name)
+			}
+			return errors.New("roll back this transaction")
+		})
+	}
+}
+
+func TestStateDigestArithmetic(t *testing.T) {
+	a := StateElement([]byte("k"), "b", "x", []byte("v"))
+	b := StateElement([]byte("k"), "b", "y", []byte("v"))
+	if a.Add(b) != b.Add(a) || a.Add(b).Add(b.Neg()) != a || a.Add(a.Neg()) != (StateDigest{}) {
+		t.Fatal("digest arithmetic")
+	}
+	var max StateDigest
+	for i := range max {
+		max[i] = 0xff
+	}
+	var one StateDigest
+	one[31] = 1
+	if max.Add(one) != (StateDigest{}) {
+		t.Fatal("no wrap-around at 2^256")
+	}
 }
