@@ -9,9 +9,11 @@
 // stored in the clear outside --dev; the root key is split with Shamir's
 // scheme and the server starts sealed); whoever can write the data
 // directory without the root key (every record that decides access is
-// MACed under the root key and refused by name when it fails; the audit
-// log is a hash chain anchored by a MACed genesis and head, and signed
-// checkpoints reveal a rollback of the whole store); a network attacker
+// MACed under the root key and refused by name when it fails; a state
+// digest of those records in the MACed audit head reveals deleted and
+// rolled-back records; the audit log is a hash chain anchored by a MACed
+// genesis and head, and signed checkpoints reveal a rollback of the whole
+// store); a network attacker
 // (TLS 1.3 only; app requests signed over method, path, time, nonce and
 // body, replays refused within the time window, per app); an
 // unauthenticated caller disturbing an unseal (shares are checked against
@@ -21,10 +23,11 @@
 // re-key apps, read the audit log and revoke policies, but never use keys
 // or attach or replace a policy, so it cannot admit a workload of its own.
 // What it does not protect against: an attacker who controls the running
-// server process or its memory or holds the root key; deletion of records
-// or rollback of single records to older authentic versions (denial of
-// service); a compromised app key until the app rotates it or the admin
-// disables the app.
+// server process or its memory or holds the root key; a consistent
+// rollback of the whole store (revealed only against a checkpoint the
+// operator kept); denial of service by whoever can write the store (any
+// damage found stops the service); a compromised app key until the app
+// rotates it or the admin disables the app.
 //
 // Attestation is a seam: WorkloadVerifier turns a client certificate chain
 // into a Workload, PolicyEvaluator decides a release policy; both are

@@ -14,10 +14,9 @@ import (
 // value) under a key the caller derives from its root key, so whoever can
 // write the backing file or table but does not hold the root key cannot
 // forge, edit, or move a record to another key or bucket: the record is
-// refused by name when it is read. The MAC does not detect that a record
-// was deleted, nor that a record was replaced by an older authentic
-// version of itself (the audit chain and its checkpoints cover rollback of
-// the log, not of every record).
+// refused by name when it is read. The MAC alone does not detect that a
+// record was deleted, or replaced by an older authentic version of itself;
+// the state digest below does, when the caller keeps it authenticated.
 //
 // The envelope is the four fields (bucket, key, value, mac); the MAC is
 //

@@ -9,8 +9,9 @@
 // before it reaches the store. Integrity is the caller's choice per record:
 // WithIntegrity (envelope.go) MACs values under a key the caller derives
 // from its root key, bound to bucket and key, so edits, forgeries and moved
-// records are refused by name; deletions and rollbacks to older authentic
-// values are not detected there (the audit chain covers the audit log).
+// records are refused by name, and a state digest over all protected
+// records (kept authenticated by the caller) reveals deletions and
+// rollbacks to older authentic values.
 //
 // A networked backend (PostgreSQL, for stateless replicas) implements the
 // same interface with one table (bucket, key, value) and serializable
