@@ -27,6 +27,7 @@ import (
 	"github.com/veil-tee/veil/internal/userdir"
 	"github.com/veil-tee/veil/kms"
 	"github.com/veil-tee/veil/kms/api"
+	"github.com/veil-tee/veil/kms/audit"
 	"github.com/veil-tee/veil/kms/client"
 	"github.com/veil-tee/veil/kms/store"
 )
@@ -103,7 +104,7 @@ directory) holding {"url","ca","app_id","api_key","admin_token"}.`,
 	pf.BoolVar(&o.json, "json", false, "print JSON for scripts")
 	pf.DurationVar(&o.timeout, "timeout", 30*time.Second, "time limit of each call")
 	c.AddCommand(newKMSServeCmd(env), newKMSInitCmd(env, o), newKMSUnsealCmd(env, o), newKMSSealCmd(env, o),
-		newKMSStatusCmd(env, o), newKMSEnrollCmd(env, o), newKMSAppsCmd(env, o), newKMSKeyCmd(env, o),
+		newKMSStatusCmd(env, o), newKMSEnrollCmd(env, o), newKMSAppsCmd(env, o), newKMSAppCmd(env, o), newKMSKeyCmd(env, o),
 		newKMSSecretCmd(env, o), newKMSPolicyCmd(env, o), newKMSAuditCmd(env, o), newKMSEnvCmd(env, o))
 	return c
 }
@@ -238,6 +239,10 @@ func kmsErr(err error) error {
 		return withHint(err, "veil kms secret list shows the secrets of the app in VEIL_APP_ID")
 	case errors.Is(err, client.Code("policy_not_found")):
 		return withHint(err, "veil kms policy list shows the app's policies")
+	case errors.Is(err, client.Code("audit_chain_damaged")), errors.Is(err, client.Code("record_integrity")):
+		return withHint(err, "the key service's data directory was modified without its root key; restore it from a backup (veil kms audit verify shows the log's state)")
+	case errors.Is(err, client.Code("app_disabled")):
+		return withHint(err, "the admin disabled this app; ask for a new enrollment")
 	}
 	return connErr(err)
 }
@@ -360,6 +365,9 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 				log.Info("presenting evidence", "tee", string(tee), "measurement", hex.EncodeToString(m))
 			}
 			svc, err := kms.New(ctx, opt)
+			if errors.Is(err, kms.ErrDataFormat) {
+				return withHint(err, "this data directory was written by an older veil (records without MACs); initialize a new one and move the apps' keys and secrets over")
+			}
 			if err != nil {
 				return err
 			}
@@ -526,18 +534,26 @@ func printStatus(w io.Writer, st api.Status) {
 }
 
 func newKMSUnsealCmd(env *Env, o *kmsOpts) *cobra.Command {
-	return &cobra.Command{
-		Use:   "unseal [SHARE]",
-		Short: "Give the server one share of its root key (read from standard input without SHARE)",
-		Args:  cobra.MaximumNArgs(1),
+	var shareFile string
+	c := &cobra.Command{
+		Use:   "unseal [--share-file FILE]",
+		Short: "Give the server one share of its root key, read from standard input or --share-file",
+		Long: "Give the server one share of its root key. The share is read from standard input, or from\n" +
+			"--share-file; it is never taken from the command line, where other users see it (ps).",
 		RunE: func(c *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return withHint(usageErrorf("veil kms unseal takes no share on the command line (other users see it in ps)"),
+					"pipe it in (veil kms unseal < share.txt) or use --share-file FILE")
+			}
 			cl, err := o.client()
 			if err != nil {
 				return err
 			}
-			share := ""
-			if len(args) == 1 {
-				share = args[0]
+			var share string
+			if shareFile != "" {
+				if share, err = readSecretFile(shareFile); err != nil {
+					return fmt.Errorf("reading --share-file: %w", err)
+				}
 			} else {
 				b, err := io.ReadAll(io.LimitReader(env.Stdin, 4096))
 				if err != nil {
@@ -552,6 +568,8 @@ func newKMSUnsealCmd(env *Env, o *kmsOpts) *cobra.Command {
 			return o.print(env, st, func(w io.Writer) { printStatus(w, st) })
 		},
 	}
+	c.Flags().StringVar(&shareFile, "share-file", "", "read the share from this file instead of standard input")
+	return c
 }
 
 func newKMSSealCmd(env *Env, o *kmsOpts) *cobra.Command {
@@ -630,14 +648,62 @@ func newKMSAppsCmd(env *Env, o *kmsOpts) *cobra.Command {
 			}
 			return o.print(env, r, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "APP ID\tNAME\tCREATED")
+				fmt.Fprintln(tw, "APP ID\tNAME\tCREATED\tSTATE")
 				for _, a := range r.Apps {
-					fmt.Fprintf(tw, "%s\t%s\t%s\n", a.AppID, a.Name, a.Created.Format(time.RFC3339))
+					state := "enrolled (key issued to the admin)"
+					switch {
+					case a.Disabled:
+						state = "disabled"
+					case a.SelfKeyed:
+						state = "self-keyed"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.AppID, a.Name, a.Created.Format(time.RFC3339), state)
 				}
 				tw.Flush()
 			})
 		},
 	}
+}
+
+func newKMSAppCmd(env *Env, o *kmsOpts) *cobra.Command {
+	c := &cobra.Command{Use: "app", Short: "Manage an enrolled app's credentials"}
+	rotate := &cobra.Command{
+		Use:   "rotate-key APPID",
+		Short: "Give an app a new API key (admin, or the app itself); the old key is refused at once",
+		Args:  exactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			cl, err := o.client()
+			if err != nil {
+				return err
+			}
+			r, err := cl.RotateAppKey(o.ctx(c), args[0])
+			if err != nil {
+				return kmsErr(err)
+			}
+			return o.print(env, r, func(w io.Writer) {
+				fmt.Fprintf(w, "export VEIL_APP_ID=%s\nexport VEIL_API_KEY=%s\n", r.AppID, r.APIKey)
+				fmt.Fprintln(env.Stderr, "veil: the new API key is shown only now; the old one no longer works")
+			})
+		},
+	}
+	disable := &cobra.Command{
+		Use:   "disable APPID",
+		Short: "Refuse every request signed by an app from now on (admin)",
+		Args:  exactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			cl, err := o.client()
+			if err != nil {
+				return err
+			}
+			a, err := cl.DisableApp(o.ctx(c), args[0])
+			if err != nil {
+				return kmsErr(err)
+			}
+			return o.print(env, a, func(w io.Writer) { fmt.Fprintf(w, "app %s (%s) disabled\n", a.AppID, a.Name) })
+		},
+	}
+	c.AddCommand(rotate, disable)
+	return c
 }
 
 // ---- keys ----
@@ -1230,15 +1296,35 @@ func newKMSAuditCmd(env *Env, o *kmsOpts) *cobra.Command {
 		},
 	}
 	list.Flags().StringVar(&key, "key", "", "only entries naming this key id")
+	var checkpointFile string
 	verify := &cobra.Command{
-		Use: "verify", Short: "Recompute the chain; report edited, reordered or deleted entries", Args: exactArgs(0),
+		Use:   "verify [--checkpoint FILE]",
+		Short: "Recompute the chain; report edited, reordered, deleted or appended entries, a damaged head, a rollback",
+		Args:  exactArgs(0),
 		RunE: func(c *cobra.Command, _ []string) error {
 			cl, err := o.client()
 			if err != nil {
 				return err
 			}
-			probs, head, err := cl.VerifyAudit(o.ctx(c))
-			if err != nil {
+			var probs []audit.Problem
+			var head api.AuditHead
+			if checkpointFile != "" {
+				b, err := os.ReadFile(checkpointFile)
+				if err != nil {
+					return fmt.Errorf("reading --checkpoint: %w", err)
+				}
+				cp, err := audit.ParseCheckpoint(b)
+				if err != nil {
+					return withHint(fmt.Errorf("reading --checkpoint %s: %w", checkpointFile, err), "give a file written by 'veil kms audit checkpoint'")
+				}
+				probs, head, err = cl.VerifyAuditCheckpoint(o.ctx(c), cp)
+				if errors.Is(err, audit.ErrCheckpoint) {
+					return fmt.Errorf("%w: %v", errAuditBroken, err)
+				}
+				if err != nil {
+					return kmsErr(err)
+				}
+			} else if probs, head, err = cl.VerifyAudit(o.ctx(c)); err != nil {
 				return kmsErr(err)
 			}
 			out := map[string]any{"entries": head.Seq, "head": head.Hash, "ok": len(probs) == 0, "problems": probs}
@@ -1258,6 +1344,28 @@ func newKMSAuditCmd(env *Env, o *kmsOpts) *cobra.Command {
 			return nil
 		},
 	}
-	c.AddCommand(list, verify)
+	verify.Flags().StringVar(&checkpointFile, "checkpoint", "", "also check that the log still holds this checkpoint (detects a rollback of the data directory)")
+	checkpoint := &cobra.Command{
+		Use:   "checkpoint",
+		Short: "Print a signed checkpoint (seq, hash, time) of the log's head; store it away from the server",
+		Args:  exactArgs(0),
+		RunE: func(c *cobra.Command, _ []string) error {
+			cl, err := o.client()
+			if err != nil {
+				return err
+			}
+			cp, err := cl.AuditCheckpoint(o.ctx(c))
+			if err != nil {
+				return kmsErr(err)
+			}
+			b, err := json.MarshalIndent(cp, "", "  ")
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(env.Stdout, "%s\n", b)
+			return err
+		},
+	}
+	c.AddCommand(list, verify, checkpoint)
 	return c
 }
