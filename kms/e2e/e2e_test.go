@@ -266,6 +266,11 @@ func TestDevServerCLIFlow(t *testing.T) {
 	if out := must(t, p.env, "", "kms", "audit", "list", "--json"); !strings.Contains(out, "key.policy.attach") {
 		t.Fatalf("audit after restart lacks entries")
 	}
+	// The admin disables bob: every request bob signs is refused at once.
+	must(t, p.env, "", "kms", "app", "disable", bob["VEIL_APP_ID"])
+	if _, errs, code := run(t, bob, "", "kms", "key", "list"); code == 0 || !strings.Contains(errs, "app_disabled") {
+		t.Fatalf("disabled app lists its keys: exit %d %s", code, errs)
+	}
 	// Logs never hold the API key or token.
 	if s := p.stderr.String(); strings.Contains(s, enr.APIKey) || strings.Contains(s, rot.APIKey) || strings.Contains(s, p.env["VEIL_ADMIN_TOKEN"]) {
 		t.Fatal("server log holds a credential")
