@@ -86,8 +86,19 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 			Pdeathsig:  syscall.SIGKILL,
 		},
 	}
+	if !spec.HostNetwork {
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNET
+	}
 	userNS := os.Geteuid() != 0
-	if userNS {
+	if !userNS {
+		// As root, init stays root on the host (it mounts from host paths
+		// the workload's IDs could not reach) and starts each program in a
+		// user namespace mapped to an unprivileged host range.
+		if spec.IDs == nil {
+			spec.IDs = hostIDs()
+		}
+	} else {
+		spec.IDs = nil
 		// Without root, a user namespace owns the others: init is root in
 		// it (mapped to the caller, so it may mount and switch the root)
 		// and drops every capability before any program starts. Only the

@@ -87,6 +87,12 @@ func TestExitStatusAndIsolation(t *testing.T) {
 	needRoot(t)
 	root := makeRoot(t)
 	host := t.TempDir()
+	// Started by root, the workload's root is an unprivileged host uid:
+	// a host directory it writes to must be its.
+	ids := hostIDs()
+	if err := os.Chown(host, int(ids.UID), int(ids.GID)); err != nil {
+		t.Fatal(err)
+	}
 	spec := &Spec{
 		Root:     root,
 		Hostname: "veil-test",
