@@ -663,7 +663,8 @@ func CheckEntrypoint(cfg *config.Config, path string) error {
 
 // Spec is the sandbox for main (empty main: a sandbox for exec only).
 func (in *Instance) Spec(main sandbox.Command) (*sandbox.Spec, error) {
-	spec := &sandbox.Spec{Root: in.root, Mounts: in.binds, Hostname: "veil", Main: main, Files: in.files}
+	spec := &sandbox.Spec{Root: in.root, Mounts: in.binds, Hostname: "veil", Main: main, Files: in.files,
+		HostNetwork: in.Config.Network == config.NetworkHost}
 	if in.Config.Resources.Memory != "" {
 		n, err := config.ParseSize(in.Config.Resources.Memory)
 		if err != nil {
