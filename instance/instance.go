@@ -676,7 +676,8 @@ func (in *Instance) Spec(main sandbox.Command) (*sandbox.Spec, error) {
 	return spec, nil
 }
 
-// Close unmounts everything (lazily if busy) and removes the run directory.
+// Close unmounts everything (lazily if busy) and removes the run
+// directory, except any mount that could not be detached.
 func (in *Instance) Close() error {
 	in.prefetchStop.Store(true)
 	in.prefetchWG.Wait()
@@ -699,7 +700,9 @@ func (in *Instance) Close() error {
 	for _, c := range in.kms {
 		c.Close()
 	}
-	if err := os.RemoveAll(in.RunDir); err != nil && first == nil {
+	// Never across a mount point: a mount still there (its unmount failed)
+	// would otherwise have the owner's files unlinked through it.
+	if err := removeRunDir(in.RunDir); err != nil && first == nil {
 		first = err
 	}
 	timing.Mark("veil", "unmounted")

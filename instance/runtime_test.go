@@ -20,6 +20,7 @@ import (
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/sim"
 	"github.com/veil-tee/veil/fusefs"
+	"github.com/veil-tee/veil/instance/sandbox"
 	"github.com/veil-tee/veil/internal/veiltest"
 	"github.com/veil-tee/veil/seal"
 	"github.com/veil-tee/veil/trustimage"
@@ -73,7 +74,7 @@ func extractRoot(mountpoint string, r *trustimage.Reader, _ *slog.Logger) (Unmou
 }
 
 func sealedFUSE(mountpoint string, o SealedMount, log *slog.Logger) (Unmounter, error) {
-	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, Logger: log})
+	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, Logger: log, AllowOther: sandbox.HostIDs() != nil})
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +84,7 @@ func sealedFUSE(mountpoint string, o SealedMount, log *slog.Logger) (Unmounter, 
 type serverUnmounter struct{ *fuse.Server }
 
 func attFUSE(mountpoint string, iss attest.Issuer, log *slog.Logger) (Unmounter, error) {
-	srv, err := fusefs.MountAttestation(mountpoint, fusefs.AttestationOptions{Issuer: iss, Logger: log})
+	srv, err := fusefs.MountAttestation(mountpoint, fusefs.AttestationOptions{Issuer: iss, Logger: log, AllowOther: sandbox.HostIDs() != nil})
 	if err != nil {
 		return nil, err
 	}
