@@ -116,6 +116,9 @@ func readSecretFile(path string) (string, error) {
 }
 
 // client builds a key service client from flags, environment and profile.
+// errNoKMSURL: no key service is configured at all.
+var errNoKMSURL = errors.New("no key service URL")
+
 func (o *kmsOpts) client() (*client.Client, error) {
 	var p kmsProfile
 	path := o.profile
@@ -150,7 +153,7 @@ func (o *kmsOpts) client() (*client.Client, error) {
 	cfg := client.Config{Timeout: o.timeout}
 	cfg.URL = pick(o.url, "VEIL_KMS_URL", p.URL)
 	if cfg.URL == "" {
-		return nil, withHint(errors.New("no key service URL"), "pass --url or set VEIL_KMS_URL (veil kms serve --dev prints it)")
+		return nil, withHint(errNoKMSURL, "pass --url or set VEIL_KMS_URL (veil kms serve --dev prints it)")
 	}
 	if ca := pick(o.ca, "VEIL_KMS_CA", p.CA); ca != "" {
 		b, err := os.ReadFile(ca)
