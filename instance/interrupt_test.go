@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -15,8 +16,9 @@ import (
 	"github.com/veil-tee/veil/trustimage"
 )
 
-// hangingKMS listens on loopback, accepts connections and never answers.
-func hangingKMS(t *testing.T) string {
+// hangingKMS listens on loopback, accepts connections and never answers;
+// stop closes the listener and every connection.
+func hangingKMS(t *testing.T) (addr string, stop func()) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -34,14 +36,18 @@ func hangingKMS(t *testing.T) string {
 			conns = append(conns, c)
 		}
 	}()
-	t.Cleanup(func() {
-		l.Close()
-		<-done
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return l.Addr().String()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			l.Close()
+			<-done
+			for _, c := range conns {
+				c.Close()
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return l.Addr().String(), stop
 }
 
 // hangingInstance builds an instance whose one key service is at addr.
@@ -73,7 +79,8 @@ func hangingInstance(t *testing.T, addr string) string {
 func TestRunInterruptedDuringSetup(t *testing.T) {
 	needRootFUSE(t)
 	checkLeaks(t)
-	dir := hangingInstance(t, hangingKMS(t))
+	addr, stop := hangingKMS(t)
+	dir := hangingInstance(t, addr)
 	sigs := make(chan os.Signal, 1)
 	go func() {
 		time.Sleep(300 * time.Millisecond)
@@ -92,6 +99,21 @@ func TestRunInterruptedDuringSetup(t *testing.T) {
 		t.Fatal("the program ran")
 	}
 	assertNoMounts(t, dir)
+	// The HTTP client may still hold the connection it was dialling in
+	// the background: it ends when the service goes away.
+	stop()
+	for i := 0; i < 100 && hasSocket(); i++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func hasSocket() bool {
+	for _, l := range openFDs() {
+		if strings.HasPrefix(l, "socket:") {
+			return true
+		}
+	}
+	return false
 }
 
 // TestRunIgnoresOtherSignalsDuringSetup: a signal that is not a

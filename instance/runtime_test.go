@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/hanwen/go-fuse/v2/splice"
@@ -294,11 +295,21 @@ func TestRunRefusals(t *testing.T) {
 func TestRunSignalAndStaleCleanup(t *testing.T) {
 	needRootFUSE(t)
 	checkLeaks(t)
-	dir, _, _ := instance(t)
+	dir, dataDir, _ := instance(t)
 	plat := simPlatform(t)
+	// SIGTERM once the program runs (it says so on the sealed mount)
+	// reaches it; before that it would cancel the set-up.
 	sigs := make(chan os.Signal, 1)
-	sigs <- syscall.SIGTERM
-	st, _, err := runIn(t, dir, plat, sigs, "/usr/bin/sleep", "100")
+	go func() {
+		for i := 0; i < 400; i++ {
+			if _, err := os.Stat(filepath.Join(dataDir, "ready")); err == nil {
+				break
+			}
+			time.Sleep(25 * time.Millisecond)
+		}
+		sigs <- syscall.SIGTERM
+	}()
+	st, _, err := runIn(t, dir, plat, sigs, "/usr/bin/sh", "-c", "echo > /data/ready; exec sleep 100")
 	if err != nil || st != 128+int(syscall.SIGTERM) {
 		t.Fatalf("status %d, %v; want %d", st, err, 128+int(syscall.SIGTERM))
 	}

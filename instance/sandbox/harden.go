@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -93,7 +92,3 @@ func loopbackUp() error {
 	}
 	return nil
 }
-
-// errNoProc: a sandbox started by root needs /proc in the image to map
-// its programs' IDs.
-var errNoProc = errors.New("the image has no /proc directory, which a sandbox started by root needs")

@@ -18,27 +18,16 @@ import (
 	"github.com/veil-tee/veil/internal/timing"
 )
 
-// initArg0 is argv[0] of veil re-executed as a sandbox's init; execArg0
-// of veil re-executed by init to start a program in the workload's user
-// namespace (sandboxes started by root).
-const (
-	initArg0 = "veil-sandbox-init"
-	execArg0 = "veil-sandbox-exec"
-)
+// initArg0 is argv[0] of veil re-executed as a sandbox's init.
+const initArg0 = "veil-sandbox-init"
 
-// IsInit reports whether this process is a sandbox's init (or the helper
-// that starts its programs); the program's entry point must then call Init
-// before doing anything else.
-func IsInit() bool {
-	return len(os.Args) > 0 && (os.Args[0] == initArg0 || os.Args[0] == execArg0)
-}
+// IsInit reports whether this process is a sandbox's init; the program's
+// entry point must then call Init before doing anything else.
+func IsInit() bool { return len(os.Args) > 0 && os.Args[0] == initArg0 }
 
 // Init runs a sandbox's init: it never returns to normal program flow; its
 // result is the process's exit code (the main program's status).
 func Init() int {
-	if os.Args[0] == execArg0 {
-		return execProgram()
-	}
 	ctl := &conn{fd: 4}
 	fail := func(err error) int {
 		ctl.send(&message{Op: "error", Error: err.Error()})
@@ -62,14 +51,7 @@ func Init() int {
 			return fail(err)
 		}
 	}
-	// Started by root, init keeps what it needs to start programs in the
-	// workload's user namespace (writing its ID maps) and to signal them;
-	// the programs themselves get nothing (execProgram).
-	var keep []int
-	if spec.IDs != nil {
-		keep = []int{unix.CAP_SETUID, unix.CAP_SETGID, unix.CAP_KILL}
-	}
-	if err := dropPrivileges(keep); err != nil {
+	if err := dropPrivileges(); err != nil {
 		return fail(err)
 	}
 	if err := installSeccomp(); err != nil {
@@ -86,7 +68,7 @@ func Init() int {
 	io.Copy(io.Discard, specFile)
 	specFile.Close()
 	timing.Mark("init", "limits in place")
-	in := &initProc{ids: spec.IDs, ctl: ctl, procs: map[int]*Proc{}, spawned: make(chan struct{}, 1), shutdown: make(chan int, 1)}
+	in := &initProc{ctl: ctl, procs: map[int]*Proc{}, spawned: make(chan struct{}, 1), shutdown: make(chan int, 1)}
 	// Programs start with these signals at their default action whatever
 	// init inherited: a signal ignored here would stay ignored in them.
 	sigs := make(chan os.Signal, 8)
@@ -110,7 +92,6 @@ func Init() int {
 }
 
 type initProc struct {
-	ids      *IDRange // host IDs of the workload's user namespace (started by root)
 	shutdown chan int // a sandbox without a main program ends with this status
 	ctl      *conn
 	mu       sync.Mutex
@@ -126,13 +107,7 @@ func (in *initProc) spawn(c *Command, stdio []*os.File, main bool) (int, error) 
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	var p *os.Process
-	var err error
-	if in.ids == nil {
-		p, err = os.StartProcess(c.Path, c.Args, &os.ProcAttr{Dir: dir, Env: c.Env, Files: stdio})
-	} else {
-		p, err = in.startMapped(c, dir, stdio)
-	}
+	p, err := os.StartProcess(c.Path, c.Args, &os.ProcAttr{Dir: dir, Env: c.Env, Files: stdio})
 	if err != nil {
 		return 0, err
 	}
@@ -264,62 +239,66 @@ func setupRoot(spec *Spec) error {
 	if err := unix.Mount(root, root, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("binding root %s: %w", root, err)
 	}
-	// Mounts under /dev go on top of the fresh /dev, after it exists.
+	if err := unix.Chdir(root); err != nil {
+		return err
+	}
+	// Every bind source is opened now, by the user that reaches host
+	// paths, and mounted later through its descriptor. Mounts under /dev
+	// go on top of the fresh /dev, after it exists.
 	var devMounts, mounts []Mount
 	for _, m := range spec.Mounts {
+		if m.Type == Bind {
+			fd, err := unix.Open(m.Source, unix.O_PATH|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("mounting %s at %s: %w", m.Source, m.Target, err)
+			}
+			defer unix.Close(fd)
+			m.via = fmt.Sprintf("/proc/self/fd/%d", fd)
+		}
 		if strings.HasPrefix(m.Target, "/dev/") {
 			devMounts = append(devMounts, m)
 		} else {
 			mounts = append(mounts, m)
 		}
 	}
-	if err := applyMounts(root, mounts); err != nil {
+	if spec.IDs != nil {
+		// Started by root, init was the host's uid 0 so far (nobody here,
+		// but the owner of the run directory and the mount sources); from
+		// now on it is the sandbox's root, the range's first uid on the
+		// host, with no supplementary groups, and creates what it mounts
+		// and writes as that user. Its capabilities in the namespace stay
+		// until dropPrivileges.
+		if err := syscall.Setgroups(nil); err != nil {
+			return fmt.Errorf("dropping supplementary groups: %w", err)
+		}
+		if err := syscall.Setresgid(0, 0, 0); err != nil {
+			return fmt.Errorf("becoming the sandbox's root group: %w", err)
+		}
+		if err := syscall.Setresuid(0, 0, 0); err != nil {
+			return fmt.Errorf("becoming the sandbox's root: %w", err)
+		}
+	}
+	// The root is the working directory: every path below is relative.
+	if err := applyMounts(".", mounts); err != nil {
 		return err
 	}
-	for _, f := range spec.Files {
-		dir, err := insideRoot(root, filepath.Dir(f.Path))
-		if err != nil {
-			return err
-		}
-		mode := os.FileMode(f.Mode & 0o777)
-		if mode == 0 {
-			mode = 0o400
-		}
-		name := filepath.Join(dir, filepath.Base(f.Path))
-		if err := os.WriteFile(name, f.Data, mode); err != nil {
-			return fmt.Errorf("writing %s: %w", f.Path, err)
-		}
-		// The workload's root owns its secrets (and their directory).
-		if spec.IDs != nil {
-			for _, p := range []string{name, dir} {
-				if err := os.Lchown(p, int(spec.IDs.UID), int(spec.IDs.GID)); err != nil {
-					return fmt.Errorf("handing %s to the workload: %w", f.Path, err)
-				}
-			}
-		}
-	}
-	if fi, err := os.Lstat(filepath.Join(root, "proc")); err == nil && fi.IsDir() {
-		if err := unix.Mount("proc", filepath.Join(root, "proc"), "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+	if fi, err := os.Lstat("proc"); err == nil && fi.IsDir() {
+		if err := unix.Mount("proc", "proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 			return fmt.Errorf("mounting /proc: %w", err)
 		}
-		if err := hardenProc(filepath.Join(root, "proc")); err != nil {
-			return err
-		}
-	} else if spec.IDs != nil {
-		return errNoProc
-	}
-	if err := hideSys(root); err != nil {
-		return err
-	}
-	if fi, err := os.Lstat(filepath.Join(root, "dev")); err == nil && fi.IsDir() {
-		if err := setupDev(filepath.Join(root, "dev"), spec.DevFiles); err != nil {
+		if err := hardenProc("proc"); err != nil {
 			return err
 		}
 	}
-	if err := applyMounts(root, devMounts); err != nil {
+	if err := hideSys("."); err != nil {
 		return err
 	}
-	if err := unix.Chdir(root); err != nil {
+	if fi, err := os.Lstat("dev"); err == nil && fi.IsDir() {
+		if err := setupDev("dev", spec.DevFiles); err != nil {
+			return err
+		}
+	}
+	if err := applyMounts(".", devMounts); err != nil {
 		return err
 	}
 	// pivot_root(".", ".") stacks the old root under the new one, which
@@ -339,6 +318,19 @@ func setupRoot(spec *Spec) error {
 			return fmt.Errorf("setting hostname: %w", err)
 		}
 	}
+	for _, f := range spec.Files {
+		dir, err := insideRoot("/", filepath.Dir(f.Path))
+		if err != nil {
+			return err
+		}
+		mode := os.FileMode(f.Mode & 0o777)
+		if mode == 0 {
+			mode = 0o400
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f.Path)), f.Data, mode); err != nil {
+			return fmt.Errorf("writing %s: %w", f.Path, err)
+		}
+	}
 	return nil
 }
 
@@ -351,7 +343,11 @@ func applyMounts(root string, mounts []Mount) error {
 		}
 		switch m.Type {
 		case Bind:
-			if err := unix.Mount(m.Source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			src := m.Source
+			if m.via != "" {
+				src = m.via
+			}
+			if err := unix.Mount(src, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 				return fmt.Errorf("mounting %s at %s: %w", m.Source, m.Target, err)
 			}
 			if m.ReadOnly {
@@ -424,11 +420,10 @@ func setupDev(dev string, files []string) error {
 }
 
 // dropPrivileges sets no_new_privs and drops every capability from the
-// bounding, ambient and inheritable sets of every thread, and every one
-// but keep from the effective and permitted sets, so neither init nor
-// anything it starts can regain them. It needs a binary built without cgo
-// (syscall.AllThreadsSyscall).
-func dropPrivileges(keep []int) error {
+// bounding, ambient, effective, permitted and inheritable sets of every
+// thread, so neither init nor anything it starts can regain them. It needs
+// a binary built without cgo (syscall.AllThreadsSyscall).
+func dropPrivileges() error {
 	all := func(what string, trap, a1, a2, a3 uintptr) error {
 		if _, _, e := syscall.AllThreadsSyscall(trap, a1, a2, a3); e != 0 {
 			if e == syscall.ENOTSUP {
@@ -451,65 +446,5 @@ func dropPrivileges(keep []int) error {
 	}
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
-	for _, c := range keep {
-		data[c/32].Effective |= 1 << (c % 32)
-		data[c/32].Permitted |= 1 << (c % 32)
-	}
 	return all("clearing capabilities", unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
-}
-
-// startMapped starts c in a new user namespace whose IDs 0 to
-// in.ids.Size-1 are the host range in.ids, as its root, through
-// execProgram (veil again), which drops the capabilities the new namespace
-// grants and then executes c. Errors before c runs come back through a
-// pipe, as os.StartProcess reports its own.
-func (in *initProc) startMapped(c *Command, dir string, stdio []*os.File) (*os.Process, error) {
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	defer errR.Close()
-	n := int(in.ids.Size)
-	p, err := os.StartProcess("/proc/self/exe", append([]string{execArg0, c.Path}, c.Args...), &os.ProcAttr{
-		Dir: dir, Env: c.Env, Files: append(append([]*os.File{}, stdio...), errW),
-		Sys: &syscall.SysProcAttr{
-			Cloneflags:                 syscall.CLONE_NEWUSER,
-			UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(in.ids.UID), Size: n}},
-			GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(in.ids.GID), Size: n}},
-			GidMappingsEnableSetgroups: true,
-			Credential:                 &syscall.Credential{Uid: 0, Gid: 0},
-		},
-	})
-	errW.Close()
-	if err != nil {
-		return nil, err
-	}
-	msg, _ := io.ReadAll(io.LimitReader(errR, 4096))
-	if len(msg) > 0 {
-		// execProgram exits at once; reap sees an unknown PID and moves on.
-		p.Release()
-		return nil, errors.New(string(msg))
-	}
-	return p, nil
-}
-
-// execProgram runs in a new user namespace as its root, started by
-// startMapped with argv execArg0, path, argv... and fd 3 the error pipe:
-// it drops every capability the namespace gave it (no_new_privs and the
-// seccomp filter are inherited from init) and executes the program.
-func execProgram() int {
-	errPipe := os.NewFile(3, "errors")
-	fail := func(err error) int {
-		errPipe.WriteString(err.Error())
-		return 127
-	}
-	if len(os.Args) < 3 {
-		return fail(errors.New("no program given"))
-	}
-	unix.CloseOnExec(3)
-	if err := dropPrivileges(nil); err != nil {
-		return fail(err)
-	}
-	err := syscall.Exec(os.Args[1], os.Args[2:], os.Environ())
-	return fail(&os.PathError{Op: "exec", Path: os.Args[1], Err: err})
 }

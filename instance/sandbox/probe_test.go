@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -94,24 +95,51 @@ func TestProbeWorkloadIDs(t *testing.T) {
 			t.Errorf("missing %q:\n%s", want, out)
 		}
 	}
-	// Seen from the host, the program runs as the range's first uid.
+	// Seen from the host, init and the program run as the range's first
+	// uid, not as root.
 	ids := hostIDs()
-	spec = &Spec{Root: root, Main: Command{Path: "/probe", Args: []string{"probe", "status=Uid"}}}
-	r, w, _ := os.Pipe()
-	sb, err := Start(spec, Options{InitPath: veilBin, Stdout: w})
-	w.Close()
+	if ids.UID == 0 || ids.GID == 0 {
+		t.Fatalf("the host range starts at 0: %+v", ids)
+	}
+	sb, err := Start(&Spec{Root: root, Main: Command{Path: "/bin/sleep", Args: []string{"sleep", "100"}}}, Options{InitPath: veilBin})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
-	buf := make([]byte, 512)
-	n, _ := r.Read(buf)
-	sb.Wait()
-	if !strings.Contains(string(buf[:n]), "Uid: 0 0 0 0") {
-		t.Fatalf("inside: %q", buf[:n])
+	defer func() { sb.Kill(); sb.Wait() }()
+	pids := []string{fmt.Sprint(sb.init.Process.Pid)}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) > 1 && f[1] == pids[0] {
+			pids = append(pids, e.Name())
+		}
 	}
-	if ids.UID == 0 {
-		t.Fatal("the host range starts at uid 0")
+	if len(pids) < 2 {
+		t.Fatal("the program is not a child of init")
+	}
+	for _, pid := range pids {
+		st, err := os.ReadFile("/proc/" + pid + "/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(st), "\n") {
+			f := strings.Fields(l)
+			if len(f) == 5 && (f[0] == "Uid:" || f[0] == "Gid:") {
+				want := fmt.Sprint(ids.UID)
+				if f[0] == "Gid:" {
+					want = fmt.Sprint(ids.GID)
+				}
+				for _, v := range f[1:] {
+					if v != want {
+						t.Errorf("process %s on the host: %s", pid, l)
+					}
+				}
+			}
+		}
 	}
 }
 

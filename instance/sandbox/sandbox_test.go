@@ -254,6 +254,9 @@ func TestLimits(t *testing.T) {
 func TestFilesAndNoMainProgram(t *testing.T) {
 	needRoot(t)
 	root := makeRoot(t)
+	// The image has the mount point (the sandbox's root may not create
+	// it in a directory of the host's root).
+	os.MkdirAll(filepath.Join(root, "run", "secrets"), 0o755)
 	sb, err := Start(&Spec{Root: root,
 		Mounts: []Mount{{Type: Tmpfs, Target: "/run/secrets", Options: "mode=0700"}},
 		Files:  []File{{Path: "/run/secrets/db", Data: []byte("s3cret")}},

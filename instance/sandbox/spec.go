@@ -12,11 +12,13 @@
 // without root, to the caller's own uid and gid.
 //
 // The sandbox's first process (init) is veil itself, re-executed inside the
-// new namespaces: it prepares the mounts, switches the root, drops its
-// privileges, installs the seccomp filter, makes itself undumpable (no
-// ptrace of init, which holds the control socket), and then starts
-// programs on request — the main program and any later `veil exec` —
-// reaping every process and forwarding signals.
+// new namespaces: it opens the mount sources (as root, it is still the
+// host's uid 0 then, unmapped inside), becomes the sandbox's root, prepares
+// the mounts, switches the root, drops its privileges, installs the
+// seccomp filter, makes itself undumpable (no ptrace of init, which holds
+// the control socket), and then starts programs on request — the main
+// program and any later `veil exec` — reaping every process and forwarding
+// signals.
 //
 // What it protects against: the workload seeing or changing host files
 // other than its mounts, signalling or tracing host processes or its own
@@ -49,6 +51,8 @@ type Mount struct {
 	Target   string `json:"target"`           // absolute path inside the root
 	ReadOnly bool   `json:"read_only,omitempty"`
 	Options  string `json:"options,omitempty"` // tmpfs options, e.g. "size=64m"
+
+	via string // for Bind inside init: the descriptor Source was opened as
 }
 
 // Limits of the sandbox as a whole. Zero means no limit.
