@@ -138,10 +138,7 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 		unix.Close(fds[0])
 		specW.Close()
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EACCES) {
-			if userNS || spec.IDs != nil {
-				return nil, fmt.Errorf("%w: creating a user namespace as uid %d: %v (%s)", ErrDenied, os.Geteuid(), err, userNSLimits())
-			}
-			return nil, fmt.Errorf("%w: creating namespaces: %v", ErrDenied, err)
+			return nil, fmt.Errorf("%w: creating a user namespace as uid %d: %v (%s)", ErrDenied, os.Geteuid(), err, userNSLimits())
 		}
 		return nil, fmt.Errorf("starting sandbox init: %w", err)
 	}
