@@ -118,6 +118,9 @@ func readSecretFile(path string) (string, error) {
 }
 
 // client builds a key service client from flags, environment and profile.
+// errNoKMSURL: no key service is configured at all.
+var errNoKMSURL = errors.New("no key service URL")
+
 func (o *kmsOpts) client() (*client.Client, error) {
 	cfg, err := o.config(true)
 	if err != nil {
@@ -162,7 +165,7 @@ func (o *kmsOpts) config(needURL bool) (client.Config, error) {
 	cfg := client.Config{Timeout: o.timeout}
 	cfg.URL = pick(o.url, "VEIL_KMS_URL", p.URL)
 	if cfg.URL == "" && needURL {
-		return client.Config{}, withHint(errors.New("no key service URL"), "pass --url or set VEIL_KMS_URL (veil kms serve --dev prints it)")
+		return client.Config{}, withHint(errNoKMSURL, "pass --url or set VEIL_KMS_URL (veil kms serve --dev prints it)")
 	}
 	if ca := pick(o.ca, "VEIL_KMS_CA", p.CA); ca != "" {
 		b, err := os.ReadFile(ca)
