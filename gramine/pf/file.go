@@ -459,15 +459,19 @@ func (f *File) flush() error {
 		return nil
 	}
 	if f.md.size > mdDataSize && f.root.dirty {
-		var mhts []*node
+		var datas, mhts []*node
 		for _, n := range f.cache {
-			if !n.dirty {
-				continue
-			}
-			if n.mht {
+			switch {
+			case !n.dirty:
+			case n.mht:
 				mhts = append(mhts, n)
-				continue
+			default:
+				datas = append(datas, n)
 			}
+		}
+		// In node order, so that a fixed Options.Rand gives fixed bytes.
+		slices.SortFunc(datas, func(a, b *node) int { return cmp.Compare(a.logical, b.logical) })
+		for _, n := range datas {
 			if err := f.seal(n, n.entry()); err != nil {
 				return err
 			}
