@@ -85,13 +85,18 @@ func (f *cryptFlags) check() error {
 
 func newEncryptCmd(env *Env) *cobra.Command {
 	var f cryptFlags
+	var pff pfFlags
 	var segSize int
 	c := &cobra.Command{
 		Use:   "encrypt --key KIND:REF -i IN -o OUT",
 		Short: "Seal a file, a stream or a directory tree",
 		Long: `encrypt seals IN into OUT under a fresh data key, wrapped in one key slot per
 --key. A directory IN is sealed file by file into directory OUT, keeping
-relative names. OUT appears only once it is complete.`,
+relative names. OUT appears only once it is complete.
+
+With --format gramine-pf, IN is written as a Gramine protected file (the
+format of Gramine's encrypted mounts) under a 16-byte wrap key
+(--key file:PATH), bound to --pf-path or to OUT as given.`,
 		Example: `  veil gen-key owner.key
   veil encrypt --key file:owner.key -i people.csv -o people.csv.sealed
   tar c data | veil encrypt --key file:owner.key -i - -o data.tar.sealed`,
@@ -101,6 +106,13 @@ relative names. OUT appears only once it is complete.`,
 				return err
 			}
 			ctx := c.Context()
+			switch pff.format {
+			case "veil":
+			case formatGraminePF:
+				return encryptGraminePF(ctx, env, &f, &pff)
+			default:
+				return usageErrorf("--format %q: want veil or %s", pff.format, formatGraminePF)
+			}
 			ws, err := resolveWrappers(ctx, f.keys)
 			if err != nil {
 				return err
@@ -124,19 +136,25 @@ relative names. OUT appears only once it is complete.`,
 		},
 	}
 	f.add(c, "key to wrap the file's data key: file:PATH (repeat for several slots)")
+	pff.addEncrypt(c)
 	c.Flags().IntVar(&segSize, "segment-size", 0, fmt.Sprintf("plaintext bytes per segment, a power of two from %d to %d (default %d)", seal.MinSegmentSize, seal.MaxSegmentSize, seal.DefaultSegmentSize))
 	return c
 }
 
 func newDecryptCmd(env *Env) *cobra.Command {
 	var f cryptFlags
+	var pff pfFlags
 	c := &cobra.Command{
 		Use:   "decrypt [--key KIND:REF] -i IN -o OUT",
 		Short: "Open a sealed file, stream or directory tree",
 		Long: `decrypt authenticates and opens IN into OUT. Output to a file is written beside
 OUT and renamed only after the whole input authenticated, so a tampered input
 never leaves plaintext at OUT. Output to standard output streams authenticated
-segments and exits non-zero at the first bad one.`,
+segments and exits non-zero at the first bad one.
+
+A Gramine protected file (GRAFS_PF) is recognised by its magic and opened
+with its 16-byte wrap key (--key file:PATH); it must be bound to the input
+path as given, or to --pf-path.`,
 		Example: `  veil decrypt --key file:owner.key -i people.csv.sealed -o people.csv
   veil decrypt --key file:owner.key -i data.tar.sealed -o - | tar x`,
 		Args: exactArgs(0),
@@ -145,6 +163,9 @@ segments and exits non-zero at the first bad one.`,
 				return err
 			}
 			ctx := c.Context()
+			if isPFFile(f.in) {
+				return decryptGraminePF(ctx, env, &f, &pff)
+			}
 			u, err := resolveUnwrappers(ctx, f.keys)
 			if err != nil {
 				return err
@@ -170,6 +191,7 @@ segments and exits non-zero at the first bad one.`,
 		},
 	}
 	f.add(c, "key that opens one of the file's slots: file:PATH (repeat to try several)")
+	pff.addDecrypt(c)
 	return c
 }
 

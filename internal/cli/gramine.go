@@ -1,0 +1,201 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/veil-tee/veil/gramine/pf"
+	"github.com/veil-tee/veil/internal/fsutil"
+)
+
+// Gramine protected files in veil encrypt and decrypt: decrypt recognises
+// the GRAFS_PF magic; encrypt writes the format with --format gramine-pf.
+
+const formatGraminePF = "gramine-pf"
+
+func init() {
+	exitCoders = append(exitCoders, func(err error) int {
+		if errors.Is(err, pf.ErrIntegrity) {
+			return ExitIntegrity
+		}
+		return 0
+	})
+}
+
+type pfFlags struct {
+	format string // encrypt only
+	path   string
+}
+
+func (p *pfFlags) addEncrypt(c *cobra.Command) {
+	c.Flags().StringVar(&p.format, "format", "veil", "output format: veil (sealed file) or gramine-pf (Gramine protected file, 16-byte wrap key)")
+	c.Flags().StringVar(&p.path, "pf-path", "", "gramine-pf: the path bound into the file, as Gramine will open it (default: the output path as given)")
+}
+
+func (p *pfFlags) addDecrypt(c *cobra.Command) {
+	c.Flags().StringVar(&p.path, "pf-path", "", "Gramine protected files: the path the file must be bound to (default: the input path as given)")
+}
+
+// loadPFKey reads the single --key file:PATH holding a Gramine wrap key.
+func loadPFKey(refs []string) (pf.Key, error) {
+	hint := "Gramine protected files take one 16-byte wrap key: --key file:PATH (16 raw bytes or 32 hex digits, as gramine-sgx-pf-crypt uses)"
+	if len(refs) != 1 {
+		return pf.Key{}, &Error{Err: fmt.Errorf("a Gramine protected file needs exactly one --key, got %d", len(refs)), Code: ExitUsage, Hint: hint}
+	}
+	kind, path, ok := strings.Cut(refs[0], ":")
+	if !ok || kind != "file" || path == "" {
+		return pf.Key{}, &Error{Err: fmt.Errorf("key %q: a Gramine wrap key must be given as file:PATH", refs[0]), Code: ExitUsage, Hint: hint}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return pf.Key{}, fmt.Errorf("reading key: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return pf.Key{}, fmt.Errorf("reading key %s: %w", path, err)
+	}
+	defer clear(b)
+	k, err := pf.ParseKey(b)
+	if err != nil {
+		return pf.Key{}, withHint(fmt.Errorf("reading key %s: %w", path, err), hint)
+	}
+	return k, nil
+}
+
+// isPFFile reports whether path is a regular file starting with the
+// protected-file magic.
+func isPFFile(path string) bool {
+	if path == "-" {
+		return false
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return false
+	}
+	b := make([]byte, len(pf.Magic))
+	n, _ := io.ReadFull(f, b)
+	return pf.IsPF(b[:n])
+}
+
+// decryptGraminePF opens a Gramine protected file into f.out.
+func decryptGraminePF(ctx context.Context, env *Env, f *cryptFlags, p *pfFlags) error {
+	key, err := loadPFKey(f.keys)
+	if err != nil {
+		return err
+	}
+	defer clear(key[:])
+	in, err := os.Open(f.in)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", f.in, unwrapPath(err))
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", f.in, err)
+	}
+	bound := p.path
+	if bound == "" {
+		bound = f.in
+	}
+	pfile, err := pf.Open(in, fi.Size(), key, bound, nil)
+	if err != nil {
+		var pe *pf.PathError
+		if errors.As(err, &pe) {
+			return withHint(fmt.Errorf("opening %s: %w", f.in, err), fmt.Sprintf("Gramine binds a file to its path; if it was moved on purpose, pass --pf-path %s", pe.Bound))
+		}
+		if errors.Is(err, pf.ErrIntegrity) {
+			return withHint(fmt.Errorf("opening %s: %w", f.in, err), "check that --key names the Gramine wrap key this file was written with")
+		}
+		return fmt.Errorf("opening %s: %w", f.in, err)
+	}
+	defer pfile.Close()
+	copyOut := func(w io.Writer) error {
+		prog := newProgress(env, "opening", pfile.Size())
+		defer prog.Done()
+		buf := make([]byte, 1<<20)
+		_, err := io.CopyBuffer(w, io.TeeReader(ctxReader{ctx, io.NewSectionReader(pfile, 0, pfile.Size())}, prog), buf)
+		return err
+	}
+	if f.out == "-" {
+		if err := copyOut(env.Stdout); err != nil {
+			return fmt.Errorf("opening %s: %w", f.in, err)
+		}
+		return nil
+	}
+	return cryptToFile(ctx, f.out, f.force, "opening "+f.in, copyOut)
+}
+
+// encryptGraminePF writes f.in as a Gramine protected file at f.out.
+func encryptGraminePF(ctx context.Context, env *Env, f *cryptFlags, p *pfFlags) error {
+	if f.out == "-" {
+		return usageErrorf("--format gramine-pf writes a file with random access; give -o FILE, not -")
+	}
+	key, err := loadPFKey(f.keys)
+	if err != nil {
+		return err
+	}
+	defer clear(key[:])
+	var in io.Reader = env.Stdin
+	size := int64(-1)
+	if f.in != "-" {
+		fin, err := os.Open(f.in)
+		if err != nil {
+			return fmt.Errorf("sealing %s: %w", f.in, unwrapPath(err))
+		}
+		defer fin.Close()
+		fi, err := fin.Stat()
+		if err != nil {
+			return fmt.Errorf("sealing %s: %w", f.in, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return usageErrorf("--format gramine-pf encrypts one file; %s is not a regular file", f.in)
+		}
+		in, size = fin, fi.Size()
+	}
+	bound := p.path
+	if bound == "" {
+		bound = f.out
+	}
+	out, err := fsutil.CreateAtomic(f.out, 0o600, f.force)
+	if err != nil {
+		if errors.Is(err, fsutil.ErrExists) {
+			return withHint(fmt.Errorf("output %w", err), "use --force to overwrite it")
+		}
+		return fmt.Errorf("creating output: %w", err)
+	}
+	defer out.Abort()
+	pfile, err := pf.Create(out.File, key, bound, nil)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", f.out, err)
+	}
+	prog := newProgress(env, "sealing", size)
+	buf := make([]byte, 1<<20)
+	_, err = io.CopyBuffer(io.NewOffsetWriter(pfile, 0), io.TeeReader(ctxReader{ctx, in}, prog), buf)
+	prog.Done()
+	if err != nil {
+		pfile.Close()
+		return fmt.Errorf("sealing %s: %w", f.in, err)
+	}
+	if err := pfile.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", f.out, err)
+	}
+	if err := out.Commit(); err != nil {
+		if errors.Is(err, fsutil.ErrExists) {
+			return withHint(fmt.Errorf("output %w", err), "use --force to overwrite it")
+		}
+		return fmt.Errorf("writing %s: %w", f.out, err)
+	}
+	fmt.Fprintf(env.Stderr, "veil: bound to path %q (Gramine must open it under this path)\n", pf.NormPath(bound))
+	return nil
+}
