@@ -193,11 +193,10 @@ uri = "file:/opt"
 
 func TestFromOcclum(t *testing.T) {
 	data := load(t, "Occlum.json")
-	r, err := FromOcclum(data, Options{BaseDir: base, SealedKey: "kms:data@corp"})
-	if err == nil {
+	if _, err := FromOcclum(data, Options{BaseDir: base, SealedKey: "kms:data@corp"}); err == nil {
 		t.Fatal("a kms key reference without a kms section validated")
 	}
-	r, err = FromOcclum(data, Options{BaseDir: base, SealedKey: "file:/etc/veil/data.key"})
+	r, err := FromOcclum(data, Options{BaseDir: base, SealedKey: "file:/etc/veil/data.key"})
 	if err != nil {
 		t.Fatal(err)
 	}
