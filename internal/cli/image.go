@@ -37,12 +37,23 @@ func init() {
 const devSignKeyFile = "dev-sign-key.pem"
 
 func newNewCmd(env *Env) *cobra.Command {
-	return &cobra.Command{
-		Use:   "new DIR",
+	var imp importFlags
+	c := &cobra.Command{
+		Use:   "new [--from-occlum Occlum.json | --from-gramine MANIFEST] DIR",
 		Short: "Create an instance directory with a documented veil.json and an empty image/",
 		Args:  exactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			dir := args[0]
+			content := []byte(config.Template)
+			res, err := imp.load()
+			if err != nil {
+				return err
+			}
+			if res != nil {
+				if content, err = res.Config.Marshal(); err != nil {
+					return err
+				}
+			}
 			if _, err := os.Lstat(dir); err == nil {
 				return withHint(fmt.Errorf("%s: %w", dir, fsutil.ErrExists), "choose a new directory; veil new never touches an existing one")
 			}
@@ -52,13 +63,20 @@ func newNewCmd(env *Env) *cobra.Command {
 			if err := os.Mkdir(filepath.Join(dir, "image"), 0o755); err != nil {
 				return fmt.Errorf("creating instance: %w", err)
 			}
-			if err := fsutil.WriteFile(filepath.Join(dir, config.FileName), []byte(config.Template), 0o644, false); err != nil {
+			if err := fsutil.WriteFile(filepath.Join(dir, config.FileName), content, 0o644, false); err != nil {
 				return fmt.Errorf("creating instance: %w", err)
+			}
+			if res != nil {
+				if err := imp.report(env, dir, res); err != nil {
+					return fmt.Errorf("creating instance: %w", err)
+				}
 			}
 			fmt.Fprintf(env.Stderr, "veil: created %s: put the workload's files in %s/image/ or list host files in the bom section of %s/veil.json (docs/config.md), then run veil build -C %s\n", dir, dir, dir, dir)
 			return nil
 		},
 	}
+	imp.add(c)
+	return c
 }
 
 func addDirFlag(c *cobra.Command, dir *string) {
