@@ -531,3 +531,25 @@ func (f *File) Close() error {
 	f.r, f.w = nil, nil
 	return err
 }
+
+// Rename binds the file to a new path (normalized with NormPath) and
+// rewrites its metadata, as Gramine does when a program renames a file.
+// Moving the backing file is the caller's.
+func (f *File) Rename(path string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.check(); err != nil {
+		return err
+	}
+	if f.w == nil {
+		return ErrReadOnly
+	}
+	p := NormPath(path)
+	if len(p) >= pathMaxSize {
+		return fmt.Errorf("path %q is longer than the format's %d bytes", p, pathMaxSize-1)
+	}
+	clear(f.md.path[:])
+	copy(f.md.path[:], p)
+	f.dirty = true
+	return f.flush()
+}

@@ -3,6 +3,7 @@ package pf
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -125,5 +126,33 @@ func TestWriterLargeReferenceSizes(t *testing.T) {
 		if err != nil || !bytes.Equal(got, plain) {
 			t.Fatalf("%s: read back: %v", r.name, err)
 		}
+	}
+}
+
+// TestRename rebinds a file: it opens under the new path only.
+func TestRename(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "r.pf")
+	plain := testPlain(50000)
+	writeFile(t, p, attackKey, "dir/old.pf", plain, nil)
+	of, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer of.Close()
+	fi, _ := of.Stat()
+	f, err := OpenFile(of, fi.Size(), attackKey, "dir/old.pf", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Rename("./dir/../other/new.pf"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	b, _ := os.ReadFile(p)
+	if _, err := openAndRead(b, attackKey, "dir/old.pf"); !errors.Is(err, ErrIntegrity) {
+		t.Fatalf("old path after rename: %v", err)
+	}
+	if got, err := openAndRead(b, attackKey, "other/new.pf"); err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("new path after rename: %v", err)
 	}
 }
