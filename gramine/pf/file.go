@@ -436,21 +436,51 @@ func (f *File) newKey(k []byte) error {
 	return nil
 }
 
+// sealed is a node encrypted by a flush, waiting to be written.
+type sealed struct {
+	physical uint64
+	ct       []byte
+}
+
 // seal encrypts n under a fresh key, records key and MAC in dst, and
-// writes the ciphertext.
-func (f *File) seal(n *node, dst []byte) error {
+// queues the ciphertext in *out.
+func (f *File) seal(n *node, dst []byte, out *[]sealed, slab []byte) error {
 	var key [KeySize]byte
 	if err := f.newKey(key[:]); err != nil {
 		return err
 	}
-	out := newGCM(key[:]).Seal(f.buf[:0], zeroIV[:], n.plain[:], nil)
+	ct := newGCM(key[:]).Seal(slab[:0], zeroIV[:], n.plain[:], nil)
 	copy(dst[:KeySize], key[:])
-	copy(dst[KeySize:entrySize], out[NodeSize:])
+	copy(dst[KeySize:entrySize], ct[NodeSize:])
 	clear(key[:])
-	if _, err := f.w.WriteAt(out[:NodeSize], int64(n.physical)*NodeSize); err != nil {
-		return fmt.Errorf("writing node %d: %w", n.physical, err)
-	}
+	*out = append(*out, sealed{n.physical, ct[:NodeSize]})
 	n.dirty = false
+	return nil
+}
+
+// writeNodes writes queued nodes in physical order, one write per run of
+// adjacent nodes.
+func (f *File) writeNodes(q []sealed) error {
+	slices.SortFunc(q, func(a, b sealed) int { return cmp.Compare(a.physical, b.physical) })
+	var run []byte
+	for i := 0; i < len(q); {
+		j := i + 1
+		for j < len(q) && q[j].physical == q[j-1].physical+1 {
+			j++
+		}
+		b := q[i].ct
+		if j-i > 1 {
+			run = run[:0]
+			for _, s := range q[i:j] {
+				run = append(run, s.ct...)
+			}
+			b = run
+		}
+		if _, err := f.w.WriteAt(b, int64(q[i].physical)*NodeSize); err != nil {
+			return fmt.Errorf("writing node %d: %w", q[i].physical, err)
+		}
+		i = j
+	}
 	return nil
 }
 
@@ -469,10 +499,18 @@ func (f *File) flush() error {
 				datas = append(datas, n)
 			}
 		}
+		count := len(datas) + len(mhts) + 1
+		slab := make([]byte, count*(NodeSize+macSize))
+		q := make([]sealed, 0, count)
+		next := func() []byte {
+			b := slab[:NodeSize+macSize]
+			slab = slab[NodeSize+macSize:]
+			return b
+		}
 		// In node order, so that a fixed Options.Rand gives fixed bytes.
 		slices.SortFunc(datas, func(a, b *node) int { return cmp.Compare(a.logical, b.logical) })
 		for _, n := range datas {
-			if err := f.seal(n, n.entry()); err != nil {
+			if err := f.seal(n, n.entry(), &q, next()); err != nil {
 				return err
 			}
 		}
@@ -480,17 +518,21 @@ func (f *File) flush() error {
 		// new keys and MACs.
 		slices.SortFunc(mhts, func(a, b *node) int { return cmp.Compare(b.logical, a.logical) })
 		for _, n := range mhts {
-			if err := f.seal(n, n.entry()); err != nil {
+			if err := f.seal(n, n.entry(), &q, next()); err != nil {
 				return err
 			}
 		}
 		var rk [entrySize]byte
-		if err := f.seal(&f.root, rk[:]); err != nil {
+		if err := f.seal(&f.root, rk[:], &q, next()); err != nil {
 			return err
 		}
 		copy(f.md.rootKey[:], rk[:KeySize])
 		copy(f.md.rootMAC[:], rk[KeySize:])
 		clear(rk[:])
+		// Nodes and root first, the metadata that authenticates them last.
+		if err := f.writeNodes(q); err != nil {
+			return err
+		}
 	}
 	if err := f.newKey(f.hdr.nonce[:]); err != nil {
 		return err
