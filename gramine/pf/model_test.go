@@ -156,3 +156,35 @@ func TestRename(t *testing.T) {
 		t.Fatalf("new path after rename: %v", err)
 	}
 }
+
+// TestVersion1 reads a file in the version-1 layout (no flags byte: the
+// encrypted part one byte earlier), made here from a version-2 file the way
+// Gramine's migration undoes it, and rewrites it as version 2.
+func TestVersion1(t *testing.T) {
+	plain := testPlain(20000)
+	p := filepath.Join(t.TempDir(), "v1.pf")
+	b := writeFile(t, p, attackKey, "v1.pf", plain, nil)
+	copy(b[offFlags:], b[plainSize:plainSize+encSize])
+	b[offMajor] = 1
+	clear(b[offFlags+encSize : NodeSize])
+	if got, err := openAndRead(b, attackKey, "v1.pf"); err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("version 1: %v", err)
+	}
+	os.WriteFile(p, b, 0o600)
+	of, _ := os.OpenFile(p, os.O_RDWR, 0)
+	defer of.Close()
+	f, err := OpenFile(of, int64(len(b)), attackKey, "v1.pf", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b2, _ := os.ReadFile(p)
+	if b2[offMajor] != versionMajor {
+		t.Fatalf("closing a version-1 file opened for writing left version %d", b2[offMajor])
+	}
+	if got, err := openAndRead(b2, attackKey, "v1.pf"); err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("after migration: %v", err)
+	}
+}

@@ -337,7 +337,7 @@ func newInspectCmd(env *Env) *cobra.Command {
 			info, err := seal.Inspect(args[0])
 			if err != nil {
 				if errors.Is(err, seal.ErrNotSealed) {
-					return withHint(fmt.Errorf("%s: %w", args[0], err), "the file does not start with the sealed-file magic; it may be plaintext")
+					return withHint(fmt.Errorf("%s: %w", args[0], err), notSealedHint(args[0]))
 				}
 				return fmt.Errorf("inspecting %s: %w", args[0], err)
 			}

@@ -199,3 +199,11 @@ func encryptGraminePF(ctx context.Context, env *Env, f *cryptFlags, p *pfFlags) 
 	fmt.Fprintf(env.Stderr, "veil: bound to path %q (Gramine must open it under this path)\n", pf.NormPath(bound))
 	return nil
 }
+
+// notSealedHint is the hint for a file without the sealed-file magic.
+func notSealedHint(path string) string {
+	if isPFFile(path) {
+		return "it is a Gramine protected file: open it with veil decrypt --key file:WRAP_KEY (docs/formats/gramine-pf.md)"
+	}
+	return "the file does not start with the sealed-file magic; it may be plaintext"
+}

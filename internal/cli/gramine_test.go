@@ -104,6 +104,9 @@ func TestCLIEncryptGraminePF(t *testing.T) {
 	if !bytes.HasPrefix(b, []byte("GRAFS_PF\x02\x00")) || len(b)%4096 != 0 {
 		t.Fatalf("output does not look like a protected file: %q", b[:10])
 	}
+	if r := veil(t, dir, nil, "inspect", "enc/in.pf"); r.code == 0 || !strings.Contains(string(r.stderr), "Gramine protected file") {
+		t.Fatalf("inspect of a protected file: exit %d\n%s", r.code, r.stderr)
+	}
 	mustVeil(t, dir, nil, "decrypt", "--key", "file:wrap.key", "-i", "enc/in.pf", "-o", "out")
 	if got, _ := os.ReadFile(filepath.Join(dir, "out")); !bytes.Equal(got, plain) {
 		t.Fatal("round trip differs")
