@@ -163,7 +163,7 @@ path as given, or to --pf-path.`,
 				return err
 			}
 			ctx := c.Context()
-			if isPFFile(f.in) {
+			if isPFInput(f.in) {
 				return decryptGraminePF(ctx, env, &f, &pff)
 			}
 			u, err := resolveUnwrappers(ctx, f.keys)

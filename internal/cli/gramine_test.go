@@ -133,3 +133,36 @@ func TestCLIEncryptGraminePF(t *testing.T) {
 	}
 	assertNoTemps(t, dir)
 }
+
+// TestCLIGraminePFTree writes a directory tree as a Gramine encrypted
+// directory and opens it back, where it was written and after a move.
+func TestCLIGraminePFTree(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "wrap.key"), bytes.Repeat([]byte{7}, 16), 0o600)
+	os.MkdirAll(filepath.Join(dir, "plain", "sub"), 0o755)
+	a := writeRandom(t, filepath.Join(dir, "plain", "a.bin"), 5000)
+	b := writeRandom(t, filepath.Join(dir, "plain", "sub", "b.bin"), 400000)
+	mustVeil(t, dir, nil, "encrypt", "--format", "gramine-pf", "--key", "file:wrap.key", "-i", "plain", "-o", "enc")
+	mustVeil(t, dir, nil, "decrypt", "--key", "file:wrap.key", "-i", "enc", "-o", "out")
+	if got, _ := os.ReadFile(filepath.Join(dir, "out", "a.bin")); !bytes.Equal(got, a) {
+		t.Fatal("a.bin differs")
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "out", "sub", "b.bin")); !bytes.Equal(got, b) {
+		t.Fatal("sub/b.bin differs")
+	}
+	// Each file is bound to enc/NAME, as in a Gramine mount of uri "file:enc".
+	r := mustVeil(t, dir, nil, "decrypt", "--key", "file:wrap.key", "--pf-path", "enc/sub/b.bin", "-i", "enc/sub/b.bin", "-o", "-")
+	if !bytes.Equal(r.stdout, b) {
+		t.Fatal("single file of the tree differs")
+	}
+	if err := os.Rename(filepath.Join(dir, "enc"), filepath.Join(dir, "moved")); err != nil {
+		t.Fatal(err)
+	}
+	if r := veil(t, dir, nil, "decrypt", "--key", "file:wrap.key", "-i", "moved", "-o", "out2"); r.code != ExitIntegrity || !strings.Contains(string(r.stderr), "enc/") {
+		t.Fatalf("moved tree: exit %d\n%s", r.code, r.stderr)
+	}
+	mustVeil(t, dir, nil, "decrypt", "--key", "file:wrap.key", "--pf-path", "enc", "-i", "moved", "-o", "out3")
+	if got, _ := os.ReadFile(filepath.Join(dir, "out3", "sub", "b.bin")); !bytes.Equal(got, b) {
+		t.Fatal("moved tree with --pf-path differs")
+	}
+}
