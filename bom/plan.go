@@ -1,8 +1,13 @@
 // Package bom plans the contents of an instance image: the files of the
 // instance's image/ directory plus the host files its bill of materials
 // (the bom section of veil.json) names, with every ELF file's shared
-// libraries resolved the way the dynamic loader would (DT_RPATH, DT_RUNPATH,
-// ld.so.cache, default directories) and added. It also returns, for each
+// libraries resolved the way the dynamic loader would (DT_RPATH, DT_RUNPATH
+// with $ORIGIN, $LIB and $PLATFORM expanded, ld.so.cache, default
+// directories) and added. A dependency found in none of those but matching
+// the soname of a library the image already holds resolves to it, as the
+// loader reuses an object it has loaded: the JVM's launcher loads
+// lib/server/libjvm.so by path before lib/libjava.so, which needs
+// "libjvm.so" with only lib/ on its search path. It also returns, for each
 // such file, every path the loader will open to run it (Result.Loads),
 // which the build records so that the runtime never parses ELF.
 //
@@ -57,6 +62,8 @@ type planner struct {
 	ldLoaded  bool
 	elfSeen   map[string]bool
 	elfQueue  []elfJob
+	elfJobs   []elfJob          // every ELF file queued, in order
+	sonames   map[string]string // host path -> DT_SONAME, read on demand
 	elfKinds  map[string]elfKind
 	needCache bool // a library is only found through ld.so.cache
 	resolve   bool
@@ -87,7 +94,7 @@ func Plan(imageDir string, b config.BOM, opts Options) (*Result, error) {
 	if opts.LDCache == "" {
 		opts.LDCache = "/etc/ld.so.cache"
 	}
-	p := &planner{opts: opts, entries: map[string]*Entry{}, elfSeen: map[string]bool{}, elfKinds: map[string]elfKind{}, resolve: b.ResolveELFEnabled(), included: map[string]bool{}, direct: map[string][]string{}}
+	p := &planner{opts: opts, entries: map[string]*Entry{}, elfSeen: map[string]bool{}, elfKinds: map[string]elfKind{}, sonames: map[string]string{}, resolve: b.ResolveELFEnabled(), included: map[string]bool{}, direct: map[string][]string{}}
 	p.entries["/"] = &Entry{Path: "/", Kind: Dir, Mode: 0o755, Origin: "image/"}
 	if err := p.walkImage(imageDir); err != nil {
 		return nil, err

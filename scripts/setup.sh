@@ -16,6 +16,8 @@ PACKAGES=(
 	squashfs-tools cryptsetup-bin              # veil build (mksquashfs), image tests
 	gocryptfs                                  # the sealed-mount benchmark's peer
 	python3 python3-pandas python3-sklearn python3-torch   # examples/ run these unmodified
+	openjdk-17-jre-headless                    # the bom snippet debian/openjdk-17, JVM and Spark tests
+	python3-pip                                # installs pyspark for the Spark test (below)
 )
 
 check_only=false
