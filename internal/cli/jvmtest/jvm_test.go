@@ -124,9 +124,9 @@ func TestJavaInVeil(t *testing.T) {
 	e := newEnv(t)
 	app, _ := e.instance(map[string]any{
 		"entrypoints": []string{"/usr/bin/java"},
-		"env": map[string]any{"default": map[string]string{"PATH": "/usr/bin", "LANG": "C.UTF-8", "JAVA_TOOL_OPTIONS": "-Xmx256m"}, "passthrough": []string{}},
-		"resources": map[string]any{"memory": "2G", "max_processes": 256},
-		"bom":       map[string]any{"include": []string{"debian/openjdk-17"}},
+		"env":         map[string]any{"default": map[string]string{"PATH": "/usr/bin", "LANG": "C.UTF-8", "JAVA_TOOL_OPTIONS": "-Xmx256m"}, "passthrough": []string{}},
+		"resources":   map[string]any{"memory": "2G", "max_processes": 256},
+		"bom":         map[string]any{"include": []string{"debian/openjdk-17"}},
 	}, map[string]string{"app/Sum.java": sumJava})
 	size(t, app)
 
