@@ -287,6 +287,11 @@ func (p *planner) resolveELF(j elfJob) error {
 			loads = append(loads, ip)
 			continue
 		}
+		if ip, ok := p.renamedPath(lib); ok {
+			// Planned, and queued, by the copy of its directory.
+			loads = append(loads, ip)
+			continue
+		}
 		p.needCache = p.needCache || viaCache
 		if _, _, err := p.addHostPath(lib, "ELF dependency of "+j.host); err != nil {
 			return err

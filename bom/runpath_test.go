@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/veil-tee/veil/config"
@@ -178,5 +179,62 @@ func TestPlanOpenJDK17(t *testing.T) {
 	}
 	if loads := res.Loads[jre17+"/bin/java"]; !slices.Contains(loads, jre17+"/lib/libjli.so") {
 		t.Errorf("loads of java %v lack libjli.so (RPATH $ORIGIN/../lib)", loads)
+	}
+}
+
+// wheelTree builds what pip install --target leaves for a manylinux wheel:
+// pkg/_ext.so needing libhelper.so, bundled in pkg.libs/ and found
+// through RUNPATH $ORIGIN/../pkg.libs.
+func wheelTree(t *testing.T) string {
+	site := t.TempDir()
+	for _, d := range []string{"pkg", "pkg.libs", "pkg-1.0.dist-info", "pkg/__pycache__"} {
+		os.Mkdir(filepath.Join(site, d), 0o755)
+	}
+	os.WriteFile(filepath.Join(site, "pkg/__init__.py"), []byte("from . import _ext\n"), 0o644)
+	os.WriteFile(filepath.Join(site, "pkg/__pycache__/__init__.cpython-311.pyc"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(site, "pkg-1.0.dist-info/METADATA"), []byte("Name: pkg\nVersion: 1.0\n"), 0o644)
+	cc(t, site, "int helper(void){return 0;}", "-shared", "-fPIC", "-o", "pkg.libs/libhelper.so")
+	cc(t, site, "int helper(void); int ext(void){return helper();}", "-shared", "-fPIC", "-o", "pkg/_ext.so", "-Lpkg.libs", "-lhelper", "-Wl,--enable-new-dtags,-rpath,$ORIGIN/../pkg.libs")
+	return site
+}
+
+// TestPythonPackages: a pip target directory lands at the default path,
+// without bytecode, and its extension's bundled library is resolved where
+// the copy put it, not at its host path.
+func TestPythonPackages(t *testing.T) {
+	site := wheelTree(t)
+	res, err := Plan(filepath.Join(t.TempDir(), "image"), config.BOM{PythonPackages: []config.PythonPackages{{From: site}}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const to = config.DefaultPythonPackagesDir
+	for _, p := range []string{to + "/pkg/__init__.py", to + "/pkg/_ext.so", to + "/pkg.libs/libhelper.so", to + "/pkg-1.0.dist-info/METADATA"} {
+		if e := find(res.Entries, p); e == nil || e.Kind != File {
+			t.Errorf("%s not planned", p)
+		}
+	}
+	if find(res.Entries, to+"/pkg/__pycache__") != nil {
+		t.Error("bytecode cache planned")
+	}
+	for _, e := range res.Entries {
+		if strings.HasPrefix(e.Path, site) {
+			t.Errorf("host path %s planned", e.Path)
+		}
+	}
+	if loads := res.Loads[to+"/pkg/_ext.so"]; !slices.Contains(loads, to+"/pkg.libs/libhelper.so") {
+		t.Errorf("loads of _ext.so %v lack the image path of libhelper.so", loads)
+	}
+}
+
+func TestPythonPackagesNotPipTarget(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "mod.py"), nil, 0o644)
+	_, err := Plan(filepath.Join(t.TempDir(), "image"), config.BOM{PythonPackages: []config.PythonPackages{{From: dir, To: "/opt/py"}}}, Options{})
+	if !errors.Is(err, ErrNotPipTarget) {
+		t.Fatalf("plan of a directory pip did not fill: %v, want ErrNotPipTarget", err)
+	}
+	_, err = Plan(filepath.Join(t.TempDir(), "image"), config.BOM{PythonPackages: []config.PythonPackages{{From: filepath.Join(dir, "absent")}}}, Options{})
+	if !errors.Is(err, ErrMissing) {
+		t.Fatalf("plan of a missing directory: %v, want ErrMissing", err)
 	}
 }
