@@ -99,6 +99,9 @@ func readELFDeps(host string) (*elfDeps, error) {
 // machine), each also written ${NAME}. An entry with any other "$" is
 // returned as "" and not searched.
 func expandDST(dir, origin string, class elf.Class, machine elf.Machine) string {
+	if dir == "" {
+		return ""
+	}
 	lib, platform := dstLib(class, machine), dstPlatform(machine)
 	var b strings.Builder
 	for i := 0; i < len(dir); i++ {

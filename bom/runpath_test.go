@@ -22,7 +22,8 @@ func TestExpandDST(t *testing.T) {
 	}{
 		{"$ORIGIN", elf.EM_X86_64, "/opt/app/lib"},
 		{"${ORIGIN}/../server", elf.EM_X86_64, "/opt/app/server"},
-		{"$ORIGIN/x:", elf.EM_X86_64, "/opt/app/lib/x:"},
+		{"$ORIGIN/./x/", elf.EM_X86_64, "/opt/app/lib/x"},
+		{"", elf.EM_X86_64, ""},
 		{"/usr/$LIB/jni", elf.EM_X86_64, "/usr/lib/x86_64-linux-gnu/jni"},
 		{"/usr/${LIB}/$PLATFORM", elf.EM_AARCH64, "/usr/lib/aarch64-linux-gnu/aarch64"},
 		{"/plain/dir", elf.EM_X86_64, "/plain/dir"},
