@@ -239,3 +239,23 @@ func TestPythonPackagesNotPipTarget(t *testing.T) {
 		t.Fatalf("plan of a missing directory: %v, want ErrMissing", err)
 	}
 }
+
+// FuzzExpandDST: no panic; what comes out is "" or a clean path, absolute
+// when the entry starts with "/" or $ORIGIN.
+func FuzzExpandDST(f *testing.F) {
+	for _, s := range []string{"$ORIGIN", "${ORIGIN}/../lib", "/usr/$LIB/$PLATFORM", "${", "$", "$$ORIGIN", "/a/${LIB}x", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, dir string) {
+		got := expandDST(dir, "/opt/app/lib", elf.ELFCLASS64, elf.EM_X86_64)
+		if got == "" {
+			return
+		}
+		if filepath.Clean(got) != got {
+			t.Fatalf("expandDST(%q) = %q, not clean", dir, got)
+		}
+		if (strings.HasPrefix(dir, "/") || strings.HasPrefix(dir, "$ORIGIN") || strings.HasPrefix(dir, "${ORIGIN}")) && !strings.HasPrefix(got, "/") {
+			t.Fatalf("expandDST(%q) = %q, not absolute", dir, got)
+		}
+	})
+}
