@@ -36,6 +36,7 @@ func (p *planner) queueIfELF(host, ip, origin string) {
 	}
 	p.elfSeen[key] = true
 	p.elfQueue = append(p.elfQueue, elfJob{host: host, ip: ip, origin: origin})
+	p.elfJobs = append(p.elfJobs, elfJob{host: host, ip: ip, origin: origin})
 }
 
 // elfDeps lists what the loader needs to run the ELF file at host.
@@ -46,6 +47,7 @@ type elfDeps struct {
 	needed  []string
 	rpath   []string
 	runpath []string
+	soname  string
 }
 
 func readELFDeps(host string) (*elfDeps, error) {
@@ -75,8 +77,7 @@ func readELFDeps(host string) (*elfDeps, error) {
 		var out []string
 		for _, s := range list {
 			for _, dir := range strings.Split(s, ":") {
-				dir = strings.ReplaceAll(strings.ReplaceAll(dir, "${ORIGIN}", origin), "$ORIGIN", origin)
-				if dir != "" {
+				if dir = expandDST(dir, origin, f.Class, f.Machine); dir != "" {
 					out = append(out, dir)
 				}
 			}
@@ -86,7 +87,88 @@ func readELFDeps(host string) (*elfDeps, error) {
 	rp, _ := f.DynString(elf.DT_RPATH)
 	run, _ := f.DynString(elf.DT_RUNPATH)
 	d.rpath, d.runpath = expand(rp), expand(run)
+	if sn, _ := f.DynString(elf.DT_SONAME); len(sn) > 0 {
+		d.soname = sn[0]
+	}
 	return d, nil
+}
+
+// expandDST replaces the loader's dynamic string tokens in a DT_RPATH or
+// DT_RUNPATH entry: $ORIGIN (the directory of the object, as found),
+// $LIB and $PLATFORM (as Debian's loader expands them for the object's
+// machine), each also written ${NAME}. An entry with any other "$" is
+// returned as "" and not searched.
+func expandDST(dir, origin string, class elf.Class, machine elf.Machine) string {
+	if dir == "" {
+		return ""
+	}
+	lib, platform := dstLib(class, machine), dstPlatform(machine)
+	var b strings.Builder
+	for i := 0; i < len(dir); i++ {
+		if dir[i] != '$' {
+			b.WriteByte(dir[i])
+			continue
+		}
+		rest := dir[i+1:]
+		var name string
+		switch {
+		case strings.HasPrefix(rest, "{"):
+			end := strings.IndexByte(rest, '}')
+			if end < 0 {
+				return ""
+			}
+			name, i = rest[1:end], i+1+end
+		default:
+			n := 0
+			for n < len(rest) && (rest[n] == '_' || rest[n] >= 'A' && rest[n] <= 'Z' || rest[n] >= 'a' && rest[n] <= 'z' || rest[n] >= '0' && rest[n] <= '9') {
+				n++
+			}
+			name, i = rest[:n], i+n
+		}
+		var val string
+		switch name {
+		case "ORIGIN":
+			val = origin
+		case "LIB":
+			val = lib
+		case "PLATFORM":
+			val = platform
+		}
+		if val == "" {
+			return ""
+		}
+		b.WriteString(val)
+	}
+	return path.Clean(b.String())
+}
+
+// dstLib is what Debian's loader substitutes for $LIB: its multiarch
+// library directory.
+func dstLib(class elf.Class, machine elf.Machine) string {
+	switch machine {
+	case elf.EM_X86_64:
+		return "lib/x86_64-linux-gnu"
+	case elf.EM_AARCH64:
+		return "lib/aarch64-linux-gnu"
+	case elf.EM_386:
+		return "lib/i386-linux-gnu"
+	}
+	if class == elf.ELFCLASS64 {
+		return "lib64"
+	}
+	return "lib"
+}
+
+// dstPlatform is the loader's $PLATFORM (the kernel's AT_PLATFORM) for
+// machine, "" when unknown.
+func dstPlatform(machine elf.Machine) string {
+	switch machine {
+	case elf.EM_X86_64:
+		return "x86_64"
+	case elf.EM_AARCH64:
+		return "aarch64"
+	}
+	return ""
 }
 
 func dynProg(f *elf.File) *elf.Prog {
@@ -197,7 +279,21 @@ func (p *planner) resolveELF(j elfJob) error {
 	for _, name := range d.needed {
 		lib, viaCache, ok := p.findLib(name, d)
 		if !ok {
-			return fmt.Errorf("%s (needed by %s, %s): %w in its RPATH/RUNPATH, ld.so.cache or the default directories", name, j.host, j.origin, ErrUnresolved)
+			// The loader also satisfies a dependency with an object of
+			// that soname already loaded: the JVM's launcher loads
+			// lib/server/libjvm.so by path before the libraries that
+			// need "libjvm.so" with only $ORIGIN (lib/) to search.
+			ip, found := p.shippedSoname(name, j.host, d)
+			if !found {
+				return fmt.Errorf("%s (needed by %s, %s): %w in its RPATH/RUNPATH, ld.so.cache, the default directories or among the image's own libraries", name, j.host, j.origin, ErrUnresolved)
+			}
+			loads = append(loads, ip)
+			continue
+		}
+		if ip, ok := p.renamedPath(lib); ok {
+			// Planned, and queued, by the copy of its directory.
+			loads = append(loads, ip)
+			continue
 		}
 		p.needCache = p.needCache || viaCache
 		if _, _, err := p.addHostPath(lib, "ELF dependency of "+j.host); err != nil {
@@ -237,4 +333,46 @@ func (p *planner) closures() map[string][]string {
 		out[ip] = list
 	}
 	return out
+}
+
+// shippedSoname finds, among the ELF objects the image already holds
+// (copied by the BOM or resolved), one whose DT_SONAME is name and whose
+// class and machine match d: the object a program loads by path before
+// the library that needs it by name. Of several, the one nearest to
+// needer (longest common directory) wins; ties go to the smaller path.
+// It returns that object's image path.
+func (p *planner) shippedSoname(name, needer string, d *elfDeps) (string, bool) {
+	best, bestScore := "", -1
+	for _, j := range p.elfJobs {
+		if !p.matches(j.host, d.class, d.machine) || p.soname(j.host) != name {
+			continue
+		}
+		score := commonDirs(path.Dir(needer), path.Dir(j.host))
+		if score > bestScore || score == bestScore && j.ip < best {
+			best, bestScore = j.ip, score
+		}
+	}
+	return best, bestScore >= 0
+}
+
+func (p *planner) soname(host string) string {
+	if s, ok := p.sonames[host]; ok {
+		return s
+	}
+	var s string
+	if d, err := readELFDeps(host); err == nil {
+		s = d.soname
+	}
+	p.sonames[host] = s
+	return s
+}
+
+// commonDirs counts the leading path components a and b share.
+func commonDirs(a, b string) int {
+	as, bs := splitPath(a), splitPath(b)
+	n := 0
+	for n < len(as) && n < len(bs) && as[n] == bs[n] {
+		n++
+	}
+	return n
 }

@@ -1,8 +1,13 @@
 // Package bom plans the contents of an instance image: the files of the
 // instance's image/ directory plus the host files its bill of materials
 // (the bom section of veil.json) names, with every ELF file's shared
-// libraries resolved the way the dynamic loader would (DT_RPATH, DT_RUNPATH,
-// ld.so.cache, default directories) and added. It also returns, for each
+// libraries resolved the way the dynamic loader would (DT_RPATH, DT_RUNPATH
+// with $ORIGIN, $LIB and $PLATFORM expanded, ld.so.cache, default
+// directories) and added. A dependency found in none of those but matching
+// the soname of a library the image already holds resolves to it, as the
+// loader reuses an object it has loaded: the JVM's launcher loads
+// lib/server/libjvm.so by path before lib/libjava.so, which needs
+// "libjvm.so" with only lib/ on its search path. It also returns, for each
 // such file, every path the loader will open to run it (Result.Loads),
 // which the build records so that the runtime never parses ELF.
 //
@@ -57,11 +62,54 @@ type planner struct {
 	ldLoaded  bool
 	elfSeen   map[string]bool
 	elfQueue  []elfJob
+	elfJobs   []elfJob          // every ELF file queued, in order
+	sonames   map[string]string // host path -> DT_SONAME, read on demand
 	elfKinds  map[string]elfKind
 	needCache bool // a library is only found through ld.so.cache
 	resolve   bool
 	included  map[string]bool
 	direct    map[string][]string // image path -> what the loader opens for it
+	renames   []rename            // host directories copied to another image path
+}
+
+// rename is a host directory tree copied to another path of the image.
+type rename struct{ host, ip string }
+
+// renamedPath returns the image path of host file hp when a renamed
+// directory copy placed it in the image (a wheel's bundled library found
+// through $ORIGIN/../pkg.libs, say).
+func (p *planner) renamedPath(hp string) (string, bool) {
+	for _, r := range p.renames {
+		if rest, ok := strings.CutPrefix(hp, r.host+"/"); ok {
+			ip := path.Join(r.ip, rest)
+			if e, ok := p.entries[ip]; ok && e.Kind == File && sameFile(e.Source, hp) {
+				return ip, true
+			}
+		}
+	}
+	return "", false
+}
+
+// ErrNotPipTarget reports a python_packages directory that pip did not
+// fill.
+var ErrNotPipTarget = errors.New("not a pip target directory (no *.dist-info inside)")
+
+// checkPipTarget checks that dir is a directory holding what pip install
+// --target leaves: at least one *.dist-info directory.
+func checkPipTarget(dir, origin string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s (%s): %w", dir, origin, ErrMissing)
+		}
+		return fmt.Errorf("reading %s (%s): %w", dir, origin, err)
+	}
+	for _, e := range ents {
+		if e.IsDir() && strings.HasSuffix(e.Name(), ".dist-info") {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s (%s): %w", dir, origin, ErrNotPipTarget)
 }
 
 // Result is a planned image.
@@ -87,7 +135,7 @@ func Plan(imageDir string, b config.BOM, opts Options) (*Result, error) {
 	if opts.LDCache == "" {
 		opts.LDCache = "/etc/ld.so.cache"
 	}
-	p := &planner{opts: opts, entries: map[string]*Entry{}, elfSeen: map[string]bool{}, elfKinds: map[string]elfKind{}, resolve: b.ResolveELFEnabled(), included: map[string]bool{}, direct: map[string][]string{}}
+	p := &planner{opts: opts, entries: map[string]*Entry{}, elfSeen: map[string]bool{}, elfKinds: map[string]elfKind{}, sonames: map[string]string{}, resolve: b.ResolveELFEnabled(), included: map[string]bool{}, direct: map[string][]string{}}
 	p.entries["/"] = &Entry{Path: "/", Kind: Dir, Mode: 0o755, Origin: "image/"}
 	if err := p.walkImage(imageDir); err != nil {
 		return nil, err
@@ -347,6 +395,20 @@ func (p *planner) applyBOM(b config.BOM, field string, inherited []string) error
 			return err
 		}
 	}
+	for i, pp := range b.PythonPackages {
+		origin := fmt.Sprintf("%s.python_packages[%d]", field, i)
+		if err := checkPipTarget(pp.From, origin); err != nil {
+			return err
+		}
+		to := pp.To
+		if to == "" {
+			to = config.DefaultPythonPackagesDir
+		}
+		x := append(append(append([]string{}, excl...), "__pycache__", "*.pyc"), pp.Exclude...)
+		if err := p.applyCopy(config.Copy{From: pp.From, To: to}, origin, x); err != nil {
+			return err
+		}
+	}
 	for i, s := range b.Symlinks {
 		if err := p.add(&Entry{Path: s.Link, Kind: Symlink, Mode: 0o777, Link: s.Target, Origin: fmt.Sprintf("%s.symlinks[%d]", field, i)}); err != nil {
 			return err
@@ -401,6 +463,7 @@ func (p *planner) applyCopy(c config.Copy, origin string, excl []string) error {
 		if err := p.add(&Entry{Path: to, Kind: Dir, Mode: fi.Mode().Perm(), Origin: origin}); err != nil {
 			return err
 		}
+		p.renames = append(p.renames, rename{host: real, ip: to})
 		return p.walkBOMDir(real, to, origin, excl)
 	}
 	if err := p.addHost(real, to, origin, true); err != nil {

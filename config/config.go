@@ -185,6 +185,21 @@ type BOM struct {
 	// own Python into hash-based .pyc files (PEP 552), so programs do not
 	// compile their modules at every start.
 	PythonBytecode bool `json:"python_bytecode,omitempty"`
+	// PythonPackages places pip target directories (pip install --target)
+	// in the image.
+	PythonPackages []PythonPackages `json:"python_packages,omitempty"`
+}
+
+// DefaultPythonPackagesDir is where python_packages go by default; the
+// workload finds them through PYTHONPATH (see docs/config.md).
+const DefaultPythonPackagesDir = "/usr/lib/python3/veil-site"
+
+// PythonPackages is a host directory filled by pip install --target,
+// placed at To in the image.
+type PythonPackages struct {
+	From    string   `json:"from"`
+	To      string   `json:"to,omitempty"` // default DefaultPythonPackagesDir
+	Exclude []string `json:"exclude,omitempty"`
 }
 
 // Copy copies a host file or directory (recursively) into the image.

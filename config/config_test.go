@@ -61,6 +61,9 @@ func TestParseErrorsNameField(t *testing.T) {
 		"bom sha":          {`{"entrypoints": ["/"], "bom": {"copy": [{"from": "/a", "sha256": "AB"}]}}`, "bom.copy[0].sha256"},
 		"bom pattern":      {`{"entrypoints": ["/"], "bom": {"exclude": ["[x"]}}`, "bom.exclude[0]"},
 		"bom symlink":      {`{"entrypoints": ["/"], "bom": {"symlinks": [{"link": "x", "target": "y"}]}}`, "bom.symlinks[0].link"},
+		"bom pip from":     {`{"entrypoints": ["/"], "bom": {"python_packages": [{"from": "rel"}]}}`, "bom.python_packages[0].from"},
+		"bom pip to":       {`{"entrypoints": ["/"], "bom": {"python_packages": [{"from": "/a", "to": "/"}]}}`, "bom.python_packages[0].to"},
+		"bom pip exclude":  {`{"entrypoints": ["/"], "bom": {"python_packages": [{"from": "/a", "exclude": ["["]}]}}`, "bom.python_packages[0].exclude[0]"},
 		"bom include":      {`{"entrypoints": ["/"], "bom": {"include": ["../x"]}}`, "bom.include[0]"},
 	}
 	for name, tc := range cases {

@@ -252,6 +252,20 @@ func (b BOM) Validate() error {
 			return err
 		}
 	}
+	for i, pp := range b.PythonPackages {
+		f := fmt.Sprintf("bom.python_packages[%d]", i)
+		if err := absPath(pp.From, false); err != nil {
+			return fieldErr(f+".from", "%v", err)
+		}
+		if pp.To != "" {
+			if err := absPath(pp.To, false); err != nil || pp.To == "/" {
+				return fieldErr(f+".to", "want an absolute, clean path below /")
+			}
+		}
+		if err := checkPatterns(f+".exclude", pp.Exclude); err != nil {
+			return err
+		}
+	}
 	for i, s := range b.Symlinks {
 		f := fmt.Sprintf("bom.symlinks[%d]", i)
 		if err := absPath(s.Link, false); err != nil || s.Link == "/" {

@@ -16,6 +16,8 @@ PACKAGES=(
 	squashfs-tools cryptsetup-bin              # veil build (mksquashfs), image tests
 	gocryptfs                                  # the sealed-mount benchmark's peer
 	python3 python3-pandas python3-sklearn python3-torch   # examples/ run these unmodified
+	openjdk-17-jre-headless                    # the bom snippet debian/openjdk-17, JVM and Spark tests
+	python3-pip                                # installs pyspark for the Spark test (below)
 )
 
 check_only=false
@@ -58,4 +60,30 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# pyspark for the Spark test: a pip target directory (what bom.python_packages
+# places in an image), pinned by version and hash in
+# scripts/pyspark-requirements.txt, kept in /var/cache/veil/pip/pyspark-VERSION
+# (VEIL_PYSPARK_DIR overrides; the test reads the same variable). pyspark is
+# an sdist: pip builds its wheel with setuptools fetched from PyPI.
+pyspark_version=$(sed -n 's/^pyspark==\([^ ]*\) .*/\1/p' scripts/pyspark-requirements.txt)
+pyspark_dir=${VEIL_PYSPARK_DIR:-/var/cache/veil/pip/pyspark-$pyspark_version}
+if [ ! -d "$pyspark_dir/pyspark-$pyspark_version.dist-info" ]; then
+	if $check_only; then
+		echo "setup: missing pyspark $pyspark_version in $pyspark_dir" >&2
+		exit 1
+	fi
+	if [ "$(id -u)" != 0 ] && [ -z "${VEIL_PYSPARK_DIR:-}" ]; then
+		echo "setup: missing pyspark $pyspark_version in $pyspark_dir" >&2
+		echo "setup: hint: run as root, or set VEIL_PYSPARK_DIR to a directory of yours (for the tests too)" >&2
+		exit 1
+	fi
+	echo "setup: installing pyspark $pyspark_version into $pyspark_dir (about 340 MB)"
+	rm -rf "$pyspark_dir.tmp"
+	mkdir -p "$(dirname "$pyspark_dir")"
+	(umask 022 && /usr/bin/python3 -m pip install -q --no-cache-dir --disable-pip-version-check --no-compile \
+		--require-hashes --target "$pyspark_dir.tmp" -r scripts/pyspark-requirements.txt)
+	rm -rf "$pyspark_dir" && mv "$pyspark_dir.tmp" "$pyspark_dir"
+fi
+
 $check_only || go mod download
