@@ -31,17 +31,15 @@ import (
 	"github.com/veil-tee/veil/kms/store"
 )
 
-func init() {
-	register(groupKeys, newKMSCmd)
-	exitCoders = append(exitCoders, func(err error) int {
-		switch {
-		case errors.Is(err, client.ErrPolicyDenied), errors.Is(err, client.ErrWorkloadAuth), errors.Is(err, client.Code("policy_unavailable")):
-			return ExitDenied
-		case errors.Is(err, client.ErrDecryptFailed), errors.Is(err, errAuditBroken):
-			return ExitIntegrity
-		}
-		return 0
-	})
+// kmsExitCode maps the kms verbs' library errors to exit codes (0: not theirs).
+func kmsExitCode(err error) int {
+	switch {
+	case errors.Is(err, client.ErrPolicyDenied), errors.Is(err, client.ErrWorkloadAuth), errors.Is(err, client.Code("policy_unavailable")):
+		return ExitDenied
+	case errors.Is(err, client.ErrDecryptFailed), errors.Is(err, errAuditBroken):
+		return ExitIntegrity
+	}
+	return 0
 }
 
 // KMSWorkloadAuth, when set (by the attestation packages' wiring in

@@ -26,23 +26,15 @@ import (
 	"github.com/veil-tee/veil/trustimage"
 )
 
-func init() {
-	register(groupRuntime, newRunCmd)
-	register(groupRuntime, newStartCmd)
-	register(groupRuntime, newExecCmd)
-	register(groupRuntime, newStopCmd)
-	register(groupRuntime, newKillCmd)
-	register(groupRuntime, newStatusCmd)
-	register("", newSuperviseCmd)
-	exitCoders = append(exitCoders, func(err error) int {
-		if errors.Is(err, instance.ErrKeyDenied) || errors.Is(err, attest.ErrDenied) || errors.Is(err, instance.ErrKMSNotTrusted) {
-			return ExitDenied
-		}
-		if errors.Is(err, trustimage.ErrCorrupt) {
-			return ExitIntegrity
-		}
-		return 0
-	})
+// runExitCode maps the run verbs' library errors to exit codes (0: not theirs).
+func runExitCode(err error) int {
+	if errors.Is(err, instance.ErrKeyDenied) || errors.Is(err, attest.ErrDenied) || errors.Is(err, instance.ErrKMSNotTrusted) {
+		return ExitDenied
+	}
+	if errors.Is(err, trustimage.ErrCorrupt) {
+		return ExitIntegrity
+	}
+	return 0
 }
 
 // runtimeOptions are the flags shared by run and start.

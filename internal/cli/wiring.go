@@ -32,7 +32,6 @@ import (
 func init() {
 	KMSWorkloadAuth = attestWorkloadAuth
 	KMSInstanceIdentity = imageInstanceIdentity
-	keySources["kms"] = kmsKeySource{}
 }
 
 // WorkloadAuthOptions are the trust inputs of `veil kms serve` for workloads.
