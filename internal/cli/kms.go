@@ -42,15 +42,6 @@ func kmsExitCode(err error) int {
 	return 0
 }
 
-// KMSWorkloadAuth, when set (by the attestation packages' wiring in
-// wiring.go), supplies the workload verifier and policy evaluator of
-// `veil kms serve`. While nil, no workload can authenticate.
-var KMSWorkloadAuth func(WorkloadAuthOptions) (kms.WorkloadVerifier, kms.PolicyEvaluator, error)
-
-// KMSInstanceIdentity, when set (by the image packages' wiring), reads the
-// identity of a built instance for `veil kms policy create --from-instance`.
-var KMSInstanceIdentity func(dir string) (InstanceIdentity, error)
-
 // InstanceIdentity is what a release policy pins of a built instance.
 type InstanceIdentity struct {
 	Measurement string
@@ -304,12 +295,8 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 					return usageErrorf("--admin-client-ca %s holds no PEM certificate", adminCA)
 				}
 			}
-			if KMSWorkloadAuth != nil {
-				if opt.Verifier, opt.Evaluator, err = KMSWorkloadAuth(WorkloadAuthOptions{Dev: dev, SimCA: simCA, Collateral: collateral}); err != nil {
-					return fmt.Errorf("setting up workload attestation: %w", err)
-				}
-			} else {
-				log.Warn("no workload attestation configured: workloads cannot authenticate")
+			if opt.Verifier, opt.Evaluator, err = attestWorkloadAuth(WorkloadAuthOptions{Dev: dev, SimCA: simCA, Collateral: collateral}); err != nil {
+				return fmt.Errorf("setting up workload attestation: %w", err)
 			}
 			ctx := c.Context()
 			ln, err := net.Listen("tcp", listen)
@@ -1016,10 +1003,7 @@ func newKMSPolicyCmd(env *Env, o *kmsOpts) *cobra.Command {
 				body = b
 			default:
 				if fromInstance != "" {
-					if KMSInstanceIdentity == nil {
-						return withHint(usageErrorf("--from-instance is not available in this build"), "pass --mrenclave, --mrsigner, --product-id and --min-svn (see 'veil print mrenclave')")
-					}
-					id, err := KMSInstanceIdentity(fromInstance)
+					id, err := imageInstanceIdentity(fromInstance)
 					if err != nil {
 						return loadHint(fmt.Errorf("reading the instance identity: %w", err))
 					}

@@ -29,11 +29,6 @@ import (
 	"github.com/veil-tee/veil/trustimage"
 )
 
-func init() {
-	KMSWorkloadAuth = attestWorkloadAuth
-	KMSInstanceIdentity = imageInstanceIdentity
-}
-
 // WorkloadAuthOptions are the trust inputs of `veil kms serve` for workloads.
 type WorkloadAuthOptions struct {
 	Dev        bool   // trust the local sim platform (veil sim init)
