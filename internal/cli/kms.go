@@ -28,7 +28,10 @@ import (
 	"github.com/veil-tee/veil/kms"
 	"github.com/veil-tee/veil/kms/api"
 	"github.com/veil-tee/veil/kms/client"
+	devkms "github.com/veil-tee/veil/kms/dev"
+	"github.com/veil-tee/veil/kms/selfattest"
 	"github.com/veil-tee/veil/kms/store"
+	"github.com/veil-tee/veil/kms/workload"
 )
 
 // kmsExitCode maps the kms verbs' library errors to exit codes (0: not theirs).
@@ -295,7 +298,7 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 					return usageErrorf("--admin-client-ca %s holds no PEM certificate", adminCA)
 				}
 			}
-			if opt.Verifier, opt.Evaluator, err = attestWorkloadAuth(WorkloadAuthOptions{Dev: dev, SimCA: simCA, Collateral: collateral}); err != nil {
+			if opt.Verifier, opt.Evaluator, err = workload.New(workload.Trust{LocalSim: dev, SimCA: simCA, Collateral: collateral}); err != nil {
 				return fmt.Errorf("setting up workload attestation: %w", err)
 			}
 			ctx := c.Context()
@@ -313,14 +316,17 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 			}
 			devDir := filepath.Join(absData, "dev")
 			if dev {
-				var token string
-				cert, root, token, err = devSetup(ctx, st, devDir, ln.Addr().String())
+				ds, err := devkms.Setup(ctx, st, devDir, ln.Addr().String())
+				if errors.Is(err, devkms.ErrNotDev) {
+					return withHint(err, "start it without --dev and unseal it")
+				}
 				if err != nil {
 					return err
 				}
+				cert, root = ds.Cert, ds.RootKey
 				defer clear(root)
 				ready = fmt.Sprintf("export VEIL_KMS_URL=https://%s\nexport VEIL_KMS_CA=%s\nexport VEIL_ADMIN_TOKEN=%s\n",
-					ln.Addr(), filepath.Join(devDir, "ca.pem"), token)
+					ln.Addr(), filepath.Join(devDir, devkms.CAFile), ds.AdminToken)
 			} else {
 				if certFile == "" || keyFile == "" {
 					return withHint(usageErrorf("--tls-cert and --tls-key are required without --dev"), "for a local trial use --dev")
@@ -333,7 +339,10 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 			if attestSelf {
 				var m []byte
 				var tee attest.TEE
-				if opt.Attestation, m, tee, err = kmsAttestation(&cert); err != nil {
+				if opt.Attestation, m, tee, err = selfattest.New(&cert, selfattest.Options{}); err != nil {
+					if errors.Is(err, selfattest.ErrNoPlatform) {
+						return withHint(fmt.Errorf("--attest: %w", err), "for development create the software platform: veil sim init")
+					}
 					return err
 				}
 				if tee == attest.TEESim {
@@ -365,7 +374,7 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 			if dev {
 				// For veil kms env: written once the listener is up,
 				// removed when the service stops.
-				envPath := filepath.Join(devDir, devEnvFile)
+				envPath := filepath.Join(devDir, devkms.EnvFile)
 				if err := fsutil.WriteFile(envPath, []byte(ready), 0o600, true); err != nil {
 					return err
 				}
@@ -386,69 +395,6 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 	f.StringVar(&collateral, "collateral", "", "Intel PCS collateral directory for verifying SGX and TDX workloads")
 	f.BoolVar(&attestSelf, "attest", false, "present evidence that the service's TLS key lives in a TEE (configfs-tsm, else the sim platform), for workloads whose veil.json kms[].attest asks for it")
 	return c
-}
-
-// devSetup initializes a --dev data directory on first start and returns
-// the server certificate, the root key and the admin token.
-func devSetup(ctx context.Context, st store.Store, devDir, addr string) (tls.Certificate, []byte, string, error) {
-	fail := func(err error) (tls.Certificate, []byte, string, error) { return tls.Certificate{}, nil, "", err }
-	if err := os.MkdirAll(devDir, 0o700); err != nil {
-		return fail(err)
-	}
-	rootPath, tokPath := filepath.Join(devDir, "root.key"), filepath.Join(devDir, "admin.token")
-	if _, err := os.Stat(rootPath); errors.Is(err, os.ErrNotExist) {
-		res, err := kms.Initialize(ctx, st, kms.ModeDev, 0, 0, time.Now())
-		if errors.Is(err, kms.ErrAlreadyInit) {
-			return fail(withHint(errors.New("the data directory was initialized without --dev"), "start it without --dev and unseal it"))
-		}
-		if err != nil {
-			return fail(err)
-		}
-		if err := fsutil.WriteFile(rootPath, []byte(hex.EncodeToString(res.RootKey)+"\n"), 0o600, false); err != nil {
-			return fail(err)
-		}
-		clear(res.RootKey)
-		if err := fsutil.WriteFile(tokPath, []byte(res.AdminToken+"\n"), 0o600, false); err != nil {
-			return fail(err)
-		}
-	}
-	rk, err := readSecretFile(rootPath)
-	if err != nil {
-		return fail(err)
-	}
-	root, err := hex.DecodeString(rk)
-	if err != nil {
-		return fail(fmt.Errorf("%s is not a hex root key", rootPath))
-	}
-	token, err := readSecretFile(tokPath)
-	if err != nil {
-		return fail(err)
-	}
-	certPath, keyPath, caPath := filepath.Join(devDir, "server.pem"), filepath.Join(devDir, "server.key"), filepath.Join(devDir, "ca.pem")
-	if _, err := os.Stat(certPath); errors.Is(err, os.ErrNotExist) {
-		hosts := []string{"127.0.0.1", "::1", "localhost"}
-		if h, _, err := net.SplitHostPort(addr); err == nil && h != "" {
-			hosts = append(hosts, h)
-		}
-		dc, err := kms.NewDevCertificates(hosts, time.Now())
-		if err != nil {
-			return fail(err)
-		}
-		for _, f := range []struct {
-			p    string
-			b    []byte
-			mode os.FileMode
-		}{{keyPath, dc.KeyPEM, 0o600}, {certPath, dc.CertPEM, 0o644}, {caPath, dc.CAPEM, 0o644}} {
-			if err := fsutil.WriteFile(f.p, f.b, f.mode, true); err != nil {
-				return fail(err)
-			}
-		}
-	}
-	cert, err := tls.LoadX509KeyPair(certPath, keyPath)
-	if err != nil {
-		return fail(fmt.Errorf("loading the dev certificate: %w", err))
-	}
-	return cert, root, token, nil
 }
 
 // ---- init / unseal / seal / status ----

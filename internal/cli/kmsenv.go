@@ -15,11 +15,8 @@ import (
 
 	"github.com/veil-tee/veil/config"
 	"github.com/veil-tee/veil/kms/client"
+	devkms "github.com/veil-tee/veil/kms/dev"
 )
-
-// devEnvFile, in DATA/dev of a --dev key service, holds the export lines
-// it printed; it exists while the service runs.
-const devEnvFile = "env"
 
 // newKMSEnvCmd is `veil kms env`: the settings of a running --dev key
 // service as export lines, once it answers, for eval "$(veil kms env …)".
@@ -40,7 +37,7 @@ at start (VEIL_KMS_URL, VEIL_KMS_CA, VEIL_ADMIN_TOKEN), for
 			if dataDir == "" {
 				return usageErrorf("--data is required")
 			}
-			path := filepath.Join(dataDir, "dev", devEnvFile)
+			path := filepath.Join(dataDir, "dev", devkms.EnvFile)
 			deadline := time.Now().Add(wait)
 			var last error
 			for {

@@ -23,6 +23,7 @@ import (
 	"github.com/veil-tee/veil/instance"
 	"github.com/veil-tee/veil/instance/sandbox"
 	"github.com/veil-tee/veil/kms/client"
+	"github.com/veil-tee/veil/kms/workload"
 	"github.com/veil-tee/veil/trustimage"
 )
 
@@ -76,7 +77,7 @@ func (r *runtimeOptions) options(env *Env) (instance.Options, func(), error) {
 				simCA = filepath.Join(d, "ca.pem")
 			}
 		}
-		v, err := evidenceVerifier(false, simCA, r.kmsCollateral)
+		v, err := (workload.Trust{SimCA: simCA, Collateral: r.kmsCollateral}).EvidenceVerifier()
 		if err != nil {
 			done()
 			return o, func() {}, fmt.Errorf("--kms-collateral: %w", err)
