@@ -15,6 +15,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/veil-tee/veil/seal"
 )
@@ -128,6 +129,13 @@ func MountSealed(mountpoint string, opts SealedOptions) (*fuse.Server, error) {
 		// unsealed: they are not offered (ENOTSUP). It also spares the
 		// kernel's security.capability lookup before every write.
 		DisableXAttrs: true,
+		// Every change of the files goes through this mount, so what the
+		// kernel caches is current: it must not drop cached pages when
+		// it sees a new size or time. Such a drop, while a write's
+		// pages are in flight, lets a concurrent read put the data from
+		// before the write back in the cache, and the writer then
+		// reads back its old data.
+		ExplicitDataCacheControl: true,
 	}
 	if opts.ReadOnly {
 		mopts.Options = append(mopts.Options, "ro")
@@ -174,7 +182,16 @@ func (n *sealedNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 		return nil, errno
 	}
 	if out.Attr.Mode&syscall.S_IFMT == syscall.S_IFREG {
-		if child, ok := ch.Operations().(*sealedNode); ok {
+		child, _ := ch.Operations().(*sealedNode)
+		// go-fuse keeps the node it already has for this identity (an
+		// open file's): the size comes from that node's seal.File, which
+		// holds writes not yet committed to the backing file.
+		if known := n.GetChild(name); known != nil && known.StableAttr() == ch.StableAttr() {
+			if sn, ok := known.Operations().(*sealedNode); ok {
+				child = sn
+			}
+		}
+		if child != nil {
 			out.Attr.Size = child.plainSize(filepath.Join(n.backingPath(), name), out.Attr.Size)
 			out.Attr.Blocks = (out.Attr.Size + 511) / 512
 		}
@@ -358,11 +375,31 @@ func (n *sealedNode) Create(ctx context.Context, name string, flags uint32, mode
 		return nil, nil, 0, fs.ToErrno(err)
 	}
 	child := &sealedNode{LoopbackNode: &fs.LoopbackNode{RootData: n.sfs.root}, sfs: n.sfs, osf: osf, file: f, refs: 1}
-	ino := n.NewInode(ctx, child, fs.StableAttr{Mode: st.Mode, Ino: st.Ino ^ ((uint64(st.Dev) << 32) | (uint64(st.Dev) >> 32)) ^ ((n.sfs.root.Dev << 32) | (n.sfs.root.Dev >> 32))})
+	ino := n.NewInode(ctx, child, loopbackID(n.sfs.root, osf, &st))
 	out.FromStat(&st)
 	out.Attr.Size = 0
 	out.Attr.Blocks = 0
 	return ino, &sealedHandle{n: child, appendMode: flags&syscall.O_APPEND != 0}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// loopbackID is the identity that go-fuse's loopback Lookup gives the
+// file (fs.LoopbackRoot's: the inode number mixed with the device numbers,
+// and a generation from the birth time, 1 when there is none). A created
+// node must carry the same identity, or a later lookup of the same name
+// (after the kernel's entry timeout) makes a second node with its own
+// seal.File over the backing file while the first is still open: readers
+// then see uncommitted or torn states (EIO) and the two writers overwrite
+// each other's commits.
+func loopbackID(root *fs.LoopbackRoot, f *os.File, st *syscall.Stat_t) fs.StableAttr {
+	gen := uint64(1)
+	var x unix.Statx_t
+	if err := unix.Statx(int(f.Fd()), "", unix.AT_EMPTY_PATH, unix.STATX_BTIME, &x); err == nil &&
+		x.Mask&unix.STATX_BTIME != 0 && (x.Btime.Sec != 0 || x.Btime.Nsec != 0) {
+		gen = uint64(x.Btime.Sec)*1e9 + uint64(x.Btime.Nsec)
+	}
+	swapped := (uint64(st.Dev) << 32) | (uint64(st.Dev) >> 32)
+	swappedRootDev := (root.Dev << 32) | (root.Dev >> 32)
+	return fs.StableAttr{Mode: st.Mode, Gen: gen, Ino: swapped ^ swappedRootDev ^ st.Ino}
 }
 
 // Special files, links and server-side copies would bypass sealing.

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/veil-tee/veil/seal"
 	"golang.org/x/sys/unix"
 )
@@ -52,6 +53,7 @@ type mount struct {
 	dir, src string
 	log      *logBuf
 	unmount  func()
+	srv      *fuse.Server
 }
 
 func mountSealed(t *testing.T, src string, opts SealedOptions) *mount {
@@ -69,7 +71,7 @@ func mountSealed(t *testing.T, src string, opts SealedOptions) *mount {
 		t.Fatal(err)
 	}
 	once := sync.Once{}
-	m := &mount{dir: dir, src: src, log: lb}
+	m := &mount{dir: dir, src: src, log: lb, srv: srv}
 	m.unmount = func() {
 		once.Do(func() {
 			if err := srv.Unmount(); err != nil {

@@ -120,9 +120,12 @@ const (
 // /metrics.
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
-	h := func(pattern string, auth int, fn handlerFunc) {
-		mux.Handle(pattern, s.wrap(pattern, auth, fn))
+	var patterns []string
+	handle := func(pattern string, hd http.Handler) {
+		patterns = append(patterns, pattern)
+		mux.Handle(pattern, hd)
 	}
+	h := func(pattern string, auth int, fn handlerFunc) { handle(pattern, s.wrap(pattern, auth, fn)) }
 	ok := func(v any, err error) (int, any, error) { return http.StatusOK, v, err }
 	created := func(v any, err error) (int, any, error) { return http.StatusCreated, v, err }
 	// policyRoutes attaches and detaches release policies of keys or secrets.
@@ -147,16 +150,16 @@ func (s *Service) Handler() http.Handler {
 		})
 	}
 
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+	handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) }))
+	handle("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		st := s.Status()
 		if st.Sealed {
 			writeProblem(w, fail(ErrSealed, "the key service is sealed"))
 			return
 		}
 		writeJSON(w, 200, map[string]string{"status": "ready"})
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.opt.Registry, promhttp.HandlerOpts{}))
+	}))
+	handle("GET /metrics", promhttp.HandlerFor(s.opt.Registry, promhttp.HandlerOpts{}))
 
 	h("GET /v1/sys/status", authNone, func(ctx context.Context, q *request) (int, any, error) { return ok(s.Status(), nil) })
 	h("GET /v1/sys/attestation", authNone, func(ctx context.Context, q *request) (int, any, error) {
@@ -378,7 +381,7 @@ func (s *Service) Handler() http.Handler {
 	})
 	h("GET /v1/audit/head", authCaller, func(ctx context.Context, q *request) (int, any, error) { return ok(s.AuditHead(ctx, q.caller)) })
 
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return &apiHandler{patterns: patterns, HandlerFunc: func(w http.ResponseWriter, r *http.Request) {
 		if _, pattern := mux.Handler(r); pattern == "" {
 			rec := &statusRecorder{header: http.Header{}}
 			mux.ServeHTTP(rec, r)
@@ -392,7 +395,14 @@ func (s *Service) Handler() http.Handler {
 			return
 		}
 		mux.ServeHTTP(w, r)
-	})
+	}}
+}
+
+// apiHandler serves the API; patterns lists what it routes ("METHOD
+// /path/{wildcard}"), which tests compare with api/kms.openapi.yaml.
+type apiHandler struct {
+	http.HandlerFunc
+	patterns []string
 }
 
 func sealEntry(c Caller) (e audit.Entry) {
