@@ -65,10 +65,13 @@ type Config struct {
 	Args        Args      `json:"args"`
 	Mounts      []Mount   `json:"mounts"`
 	Resources   Resources `json:"resources"`
-	Metadata    Metadata  `json:"metadata"`
-	KMS         []KMS     `json:"kms"`
-	Secrets     []Secret  `json:"secrets"`
-	BOM         BOM       `json:"bom"`
+	// Network is the workload's network: NetworkNone (the default) or
+	// NetworkHost. Measured.
+	Network  string   `json:"network,omitempty"`
+	Metadata Metadata `json:"metadata"`
+	KMS      []KMS    `json:"kms"`
+	Secrets  []Secret `json:"secrets"`
+	BOM      BOM      `json:"bom"`
 }
 
 // Env is the workload's environment.
@@ -84,6 +87,17 @@ type Env struct {
 type Args struct {
 	Passthrough bool `json:"passthrough"`
 }
+
+// Network settings.
+const (
+	// NetworkNone gives the workload a network namespace of its own with
+	// only a loopback interface: it reaches nothing outside the sandbox
+	// (the runtime talks to the key services from outside it).
+	NetworkNone = "none"
+	// NetworkHost leaves the workload in the host's network namespace, for
+	// workloads that serve clients or join a cluster.
+	NetworkHost = "host"
+)
 
 // Mount types.
 const (

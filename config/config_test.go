@@ -45,6 +45,7 @@ func TestParseErrorsNameField(t *testing.T) {
 		"tmpfs size":       {`{"entrypoints": ["/"], "mounts": [{"target": "/d", "type": "tmpfs", "size": "lots"}]}`, "mounts[0].size"},
 		"memory":           {`{"entrypoints": ["/"], "resources": {"memory": "1X"}}`, "resources.memory"},
 		"max processes":    {`{"entrypoints": ["/"], "resources": {"max_processes": -1}}`, "resources.max_processes"},
+		"network":          {`{"entrypoints": ["/"], "network": "bridge"}`, "network"},
 		"kms no pin":       {`{"entrypoints": ["/"], "kms": [{"name": "a", "address": "x:1"}]}`, "kms[0]"},
 		"kms bad pin":      {`{"entrypoints": ["/"], "kms": [{"name": "a", "address": "x:1", "pin_sha256": "zz"}]}`, "kms[0].pin_sha256"},
 		"kms bad ca":       {`{"entrypoints": ["/"], "kms": [{"name": "a", "address": "x:1", "ca_cert": "nope"}]}`, "kms[0].ca_cert"},
@@ -121,6 +122,30 @@ func TestLoad(t *testing.T) {
 	}
 }
 
+// TestNetworkMeasured: "host" is measured, "none" and no setting are the
+// same instance.
+func TestNetworkMeasured(t *testing.T) {
+	enc := func(js string) string {
+		t.Helper()
+		c, err := Parse([]byte(js))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := Canonical(c.Measured())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	none, unset, host := enc(`{"entrypoints": ["/"], "network": "none"}`), enc(`{"entrypoints": ["/"]}`), enc(`{"entrypoints": ["/"], "network": "host"}`)
+	if none != unset {
+		t.Fatalf("none and unset differ:\n%s\n%s", none, unset)
+	}
+	if host == none || !strings.Contains(host, `"network":"host"`) {
+		t.Fatalf("host not measured: %s", host)
+	}
+}
+
 func TestCanonical(t *testing.T) {
 	got, err := Canonical(struct {
 		B string            `json:"b"`
@@ -139,6 +164,7 @@ func TestCanonical(t *testing.T) {
 // the same measured form (the canonical encoding is stable).
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(Template))
+	f.Add([]byte(`{"entrypoints": ["/"], "network": "host"}`))
 	f.Add([]byte(`{"entrypoints": ["/"], "mounts": [{"target": "/d", "type": "sealed", "source": "/s", "key": "kms:k@main"}], ` + kmsOK + `}`))
 	f.Add([]byte(`{"entrypoints": ["/"], "secrets": [{"name": "s", "from": "kms:s@main", "env": "S"}], ` + kmsOK + `}`))
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -15,14 +15,18 @@ func sha256Sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
 // chooses (mount sources, KMS addresses, BOM host paths — the BOM's effect
 // is measured through the image root hash instead).
 type Measured struct {
-	Entrypoints []string         `json:"entrypoints"`
-	Env         MeasuredEnv      `json:"env"`
-	Args        Args             `json:"args"`
-	Mounts      []MeasuredMount  `json:"mounts"`
-	Resources   MeasuredRes      `json:"resources"`
-	Metadata    Metadata         `json:"metadata"`
-	KMS         []MeasuredKMS    `json:"kms"`
-	Secrets     []MeasuredSecret `json:"secrets"`
+	Entrypoints []string        `json:"entrypoints"`
+	Env         MeasuredEnv     `json:"env"`
+	Args        Args            `json:"args"`
+	Mounts      []MeasuredMount `json:"mounts"`
+	Resources   MeasuredRes     `json:"resources"`
+	// Network is "host" or left out: the default "none" (and an absent
+	// setting) encodes as nothing, so instances that predate the setting
+	// keep their measurement and mean the same.
+	Network  string           `json:"network,omitempty"`
+	Metadata Metadata         `json:"metadata"`
+	KMS      []MeasuredKMS    `json:"kms"`
+	Secrets  []MeasuredSecret `json:"secrets"`
 }
 
 // MeasuredEnv is Env in the measured form.
@@ -95,6 +99,9 @@ func (c *Config) Measured() Measured {
 		m.Resources.MemoryBytes, _ = ParseSize(c.Resources.Memory)
 	}
 	m.Resources.MaxProcesses = c.Resources.MaxProcesses
+	if c.Network == NetworkHost {
+		m.Network = NetworkHost
+	}
 	for _, k := range c.KMS {
 		m.KMS = append(m.KMS, MeasuredKMS{Name: k.Name, PinSHA256: k.PinSHA256, CACertSHA256: caCertDigest(k.CACert), Attest: k.Attest})
 	}

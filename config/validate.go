@@ -171,6 +171,11 @@ func (c *Config) Validate() error {
 	if c.Resources.MaxProcesses < 0 || c.Resources.MaxProcesses > 1<<22 {
 		return fieldErr("resources.max_processes", "want 0 (no limit) to %d", 1<<22)
 	}
+	switch c.Network {
+	case "", NetworkNone, NetworkHost:
+	default:
+		return fieldErr("network", "%q is not allowed (want %q or %q)", c.Network, NetworkNone, NetworkHost)
+	}
 	secretNames := map[string]bool{}
 	secretDest := map[string]bool{}
 	for i, s := range c.Secrets {

@@ -23,6 +23,8 @@ type AttestationOptions struct {
 	// refuses it) nor evidence for another instance.
 	Issuer *attest.WorkloadIssuer
 	Logger *slog.Logger
+	// AllowOther lets users other than the mounting one use the mount.
+	AllowOther bool
 }
 
 // MountAttestation serves Gramine-compatible pseudo-files at mountpoint,
@@ -45,7 +47,7 @@ func MountAttestation(mountpoint string, o AttestationOptions) (*fuse.Server, er
 	st := &attState{o: o}
 	sec := time.Second
 	srv, err := fs.Mount(mountpoint, &attRoot{st: st}, &fs.Options{
-		MountOptions: fuse.MountOptions{FsName: "veil-attestation", Name: "veil"},
+		MountOptions: fuse.MountOptions{FsName: "veil-attestation", Name: "veil", AllowOther: o.AllowOther},
 		AttrTimeout:  &sec, EntryTimeout: &sec,
 	})
 	if err != nil {

@@ -33,6 +33,10 @@ type ImageOptions struct {
 	Logger *slog.Logger
 	// AllowOther lets users other than the mounting one use the mount.
 	AllowOther bool
+	// UIDShift and GIDShift are added to every file's owner and group:
+	// the host IDs a sandbox's user namespace shows as 0, so the image's
+	// files are root's inside it as they are in the image.
+	UIDShift, GIDShift uint32
 	// OpenFiles is how many files are kept open between reads, each with
 	// its last decompressed block; zero means DefaultOpenFiles.
 	OpenFiles int
@@ -56,9 +60,10 @@ const imageTimeout = 24 * time.Hour
 // write lock with tracking on: the wrapping ReaderAt then records the
 // Reader's error (the *trustimage.BlockError naming the block) in lastErr.
 type imageFS struct {
-	r   *trustimage.Reader
-	log *slog.Logger
-	sq  *squashfs.FileSystem
+	uidShift, gidShift uint32
+	r                  *trustimage.Reader
+	log                *slog.Logger
+	sq                 *squashfs.FileSystem
 
 	rw       sync.RWMutex
 	tracking bool  // set only under rw.Lock
@@ -189,7 +194,7 @@ func MountImage(mountpoint string, opts ImageOptions) (*fuse.Server, error) {
 	if opts.Reader == nil {
 		return nil, errors.New("mounting image: no image reader")
 	}
-	ifs := &imageFS{r: opts.Reader, log: opts.Logger, logged: map[uint64]bool{}}
+	ifs := &imageFS{r: opts.Reader, log: opts.Logger, logged: map[uint64]bool{}, uidShift: opts.UIDShift, gidShift: opts.GIDShift}
 	ifs.open.max = opts.OpenFiles
 	if ifs.open.max <= 0 {
 		ifs.open.max = DefaultOpenFiles
@@ -393,7 +398,7 @@ func (n *imageEntry) attr(out *fuse.Attr) syscall.Errno {
 	out.Blocks = (n.size + 511) / 512
 	out.Blksize = 4096
 	out.Nlink = 1
-	out.Owner = fuse.Owner{Uid: n.uid, Gid: n.gid}
+	out.Owner = fuse.Owner{Uid: n.uid + n.ifs.uidShift, Gid: n.gid + n.ifs.gidShift}
 	t := n.mtime
 	out.SetTimes(&t, &t, &t)
 	if n.mode&syscall.S_IFMT == syscall.S_IFDIR {

@@ -698,7 +698,8 @@ func CheckEntrypoint(cfg *config.Config, path string) error {
 
 // Spec is the sandbox for main (empty main: a sandbox for exec only).
 func (in *Instance) Spec(main sandbox.Command) (*sandbox.Spec, error) {
-	spec := &sandbox.Spec{Root: in.root, Mounts: in.binds, Hostname: "veil", Main: main, Files: in.files}
+	spec := &sandbox.Spec{Root: in.root, Mounts: in.binds, Hostname: "veil", Main: main, Files: in.files,
+		HostNetwork: in.Config.Network == config.NetworkHost}
 	if in.Config.Resources.Memory != "" {
 		n, err := config.ParseSize(in.Config.Resources.Memory)
 		if err != nil {
@@ -710,7 +711,8 @@ func (in *Instance) Spec(main sandbox.Command) (*sandbox.Spec, error) {
 	return spec, nil
 }
 
-// Close unmounts everything (lazily if busy) and removes the run directory.
+// Close unmounts everything (lazily if busy) and removes the run
+// directory, except any mount that could not be detached.
 func (in *Instance) Close() error {
 	in.prefetchStop.Store(true)
 	in.prefetchWG.Wait()
@@ -733,7 +735,9 @@ func (in *Instance) Close() error {
 	for _, c := range in.kms {
 		c.Close()
 	}
-	if err := os.RemoveAll(in.RunDir); err != nil && first == nil {
+	// Never across a mount point: a mount still there (its unmount failed)
+	// would otherwise have the owner's files unlinked through it.
+	if err := removeRunDir(in.RunDir); err != nil && first == nil {
 		first = err
 	}
 	timing.Mark("veil", "unmounted")

@@ -2,6 +2,7 @@ package instance
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -24,28 +25,32 @@ type RunOptions struct {
 	InitPath string
 }
 
+// ErrInterrupted: a termination signal arrived while the instance was
+// being set up (attestation, key services, mounts); nothing was left
+// mounted and the program never started.
+var ErrInterrupted = errors.New("interrupted during set-up")
+
 // Run opens the instance, runs the program in its sandbox, forwards
 // signals, unmounts everything when the program ends, and returns its
-// status: the exit code, or 128 + the signal that killed it.
+// status: the exit code, or 128 + the signal that killed it. A
+// termination signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) on o.Signals
+// before the program runs cancels the set-up instead (ErrInterrupted);
+// signals reach the program only once it runs.
 func Run(ctx context.Context, o RunOptions) (int, error) {
 	o.Options.Program = o.Path
-	in, err := Open(ctx, o.Options)
+	setup := watchSetup(ctx, o.Signals)
+	sb, in, err := start(setup.ctx, o)
+	sig := setup.end()
 	if err != nil {
+		if sig != nil {
+			return 0, interrupted{sig}
+		}
 		return 0, err
 	}
 	defer in.Close()
-	cmd, err := in.Command(o.Path, o.Args, o.Env)
-	if err != nil {
-		return 0, err
-	}
-	spec, err := in.Spec(cmd)
-	if err != nil {
-		return 0, err
-	}
-	in.Prefetch(cmd.Path)
-	sb, err := sandbox.Start(spec, sandbox.Options{InitPath: o.InitPath, Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr})
-	if err != nil {
-		return 0, err
+	if sig != nil {
+		// It came as the program started: the program gets it.
+		sb.Signal(0, sig.(syscall.Signal))
 	}
 	for _, n := range sb.NotApplied {
 		if o.Warn != nil {
@@ -66,4 +71,84 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 			return sb.Wait()
 		}
 	}
+}
+
+// start opens the instance and starts the program in its sandbox; on
+// error nothing is left open or mounted.
+func start(ctx context.Context, o RunOptions) (*sandbox.Sandbox, *Instance, error) {
+	in, err := Open(ctx, o.Options)
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd, err := in.Command(o.Path, o.Args, o.Env)
+	if err == nil {
+		var spec *sandbox.Spec
+		if spec, err = in.Spec(cmd); err == nil && ctx.Err() == nil {
+			in.Prefetch(cmd.Path)
+			var sb *sandbox.Sandbox
+			if sb, err = sandbox.Start(spec, sandbox.Options{InitPath: o.InitPath, Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr}); err == nil {
+				return sb, in, nil
+			}
+		}
+	}
+	in.Close()
+	if err == nil {
+		err = ctx.Err()
+	}
+	return nil, nil, err
+}
+
+// interrupted is ErrInterrupted with its signal; it is also a
+// context.Canceled, as a cancelled context's set-up is.
+type interrupted struct{ sig os.Signal }
+
+func (e interrupted) Error() string {
+	return fmt.Sprintf("%s by %v; nothing was left mounted", ErrInterrupted, e.sig)
+}
+
+func (e interrupted) Is(target error) bool {
+	return target == ErrInterrupted || target == context.Canceled
+}
+
+// setupWatch cancels ctx when a termination signal arrives during set-up.
+type setupWatch struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	stop   chan struct{}
+	done   chan struct{}
+	sig    os.Signal
+}
+
+// terminating are the signals that cancel a set-up.
+var terminating = map[os.Signal]bool{syscall.SIGINT: true, syscall.SIGTERM: true, syscall.SIGHUP: true, syscall.SIGQUIT: true}
+
+func watchSetup(ctx context.Context, sigs <-chan os.Signal) *setupWatch {
+	w := &setupWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	w.ctx, w.cancel = context.WithCancel(ctx)
+	go func() {
+		defer close(w.done)
+		for {
+			select {
+			case s := <-sigs:
+				if terminating[s] {
+					w.sig = s
+					w.cancel()
+					return
+				}
+				// Others (SIGUSR1, ...) are for the program, which does
+				// not run yet: dropped.
+			case <-w.stop:
+				return
+			}
+		}
+	}()
+	return w
+}
+
+// end stops watching and returns the signal that cancelled the set-up, if any.
+func (w *setupWatch) end() os.Signal {
+	close(w.stop)
+	<-w.done
+	w.cancel()
+	return w.sig
 }

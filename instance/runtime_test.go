@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/hanwen/go-fuse/v2/splice"
@@ -20,6 +21,7 @@ import (
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/sim"
 	"github.com/veil-tee/veil/fusefs"
+	"github.com/veil-tee/veil/instance/sandbox"
 	"github.com/veil-tee/veil/internal/veiltest"
 	"github.com/veil-tee/veil/seal"
 	"github.com/veil-tee/veil/trustimage"
@@ -73,7 +75,7 @@ func extractRoot(mountpoint string, r *trustimage.Reader, _ *slog.Logger) (Unmou
 }
 
 func sealedFUSE(mountpoint string, o SealedMount, log *slog.Logger) (Unmounter, error) {
-	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, MountID: o.MountID, Logger: log})
+	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, MountID: o.MountID, Logger: log, AllowOther: sandbox.HostIDs() != nil})
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +85,7 @@ func sealedFUSE(mountpoint string, o SealedMount, log *slog.Logger) (Unmounter, 
 type serverUnmounter struct{ *fuse.Server }
 
 func attFUSE(mountpoint string, iss *attest.WorkloadIssuer, log *slog.Logger) (Unmounter, error) {
-	srv, err := fusefs.MountAttestation(mountpoint, fusefs.AttestationOptions{Issuer: iss, Logger: log})
+	srv, err := fusefs.MountAttestation(mountpoint, fusefs.AttestationOptions{Issuer: iss, Logger: log, AllowOther: sandbox.HostIDs() != nil})
 	if err != nil {
 		return nil, err
 	}
@@ -293,11 +295,21 @@ func TestRunRefusals(t *testing.T) {
 func TestRunSignalAndStaleCleanup(t *testing.T) {
 	needRootFUSE(t)
 	checkLeaks(t)
-	dir, _, _ := instance(t)
+	dir, dataDir, _ := instance(t)
 	plat := simPlatform(t)
+	// SIGTERM once the program runs (it says so on the sealed mount)
+	// reaches it; before that it would cancel the set-up.
 	sigs := make(chan os.Signal, 1)
-	sigs <- syscall.SIGTERM
-	st, _, err := runIn(t, dir, plat, sigs, "/usr/bin/sleep", "100")
+	go func() {
+		for i := 0; i < 400; i++ {
+			if _, err := os.Stat(filepath.Join(dataDir, "ready")); err == nil {
+				break
+			}
+			time.Sleep(25 * time.Millisecond)
+		}
+		sigs <- syscall.SIGTERM
+	}()
+	st, _, err := runIn(t, dir, plat, sigs, "/usr/bin/sh", "-c", "echo > /data/ready; exec sleep 100")
 	if err != nil || st != 128+int(syscall.SIGTERM) {
 		t.Fatalf("status %d, %v; want %d", st, err, 128+int(syscall.SIGTERM))
 	}

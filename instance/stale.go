@@ -51,7 +51,7 @@ func CleanStale(dir string, log *slog.Logger) {
 				log.Warn("detaching a stale mount", "mount", m, "err", err)
 			}
 		}
-		if err := os.RemoveAll(base); err != nil {
+		if err := removeRunDir(base); err != nil {
 			log.Warn("removing a stale run directory", "dir", base, "err", err)
 		} else {
 			log.Info("cleaned up after a run that did not finish", "dir", base, "mounts", len(mine))

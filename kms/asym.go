@@ -111,7 +111,7 @@ func (s *Service) useAsym(ctx context.Context, c Caller, ref, op string, specs [
 		if err := usable(k); err != nil {
 			return err
 		}
-		if err := s.authorizeUse(tx, c, "key "+k.ID, k.Policies); err != nil {
+		if err := s.authorizeUse(tx, c, "key "+k.ID, k.Owner, k.Policies); err != nil {
 			return err
 		}
 		return fn(kr, k, e)

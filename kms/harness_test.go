@@ -135,6 +135,8 @@ type server struct {
 	certs  *kms.DevCertificates
 	// adminCAs, if set before start, authenticates admin client certificates.
 	adminCAs *x509.CertPool
+	// maxNonces, if set before start, bounds each app's replay cache.
+	maxNonces int
 }
 
 type syncBuffer struct {
@@ -190,7 +192,7 @@ func (s *server) start(certs *kms.DevCertificates, sealed bool) {
 	s.st = st
 	svc, err := kms.New(context.Background(), kms.Options{Store: st, Clock: s.clock.Now,
 		Logger:   slog.New(slog.NewJSONHandler(s.logs, nil)),
-		Verifier: testVerifier{}, Evaluator: testEvaluator{}, AdminClientCAs: s.adminCAs})
+		Verifier: testVerifier{}, Evaluator: testEvaluator{}, AdminClientCAs: s.adminCAs, MaxNonces: s.maxNonces})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,12 +23,20 @@ import (
 
 	"github.com/veil-tee/veil/kms/api"
 	"github.com/veil-tee/veil/kms/audit"
+	"github.com/veil-tee/veil/kms/store"
 )
 
 type metrics struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	releases *prometheus.CounterVec
+	// integrity counts stored records refused because their MAC failed.
+	integrity *prometheus.CounterVec
+	badShares prometheus.Counter
+}
+
+func (m *metrics) integrityFailure(e *store.IntegrityError) {
+	m.integrity.WithLabelValues(e.Bucket).Inc()
 }
 
 func newMetrics(reg *prometheus.Registry, s *Service) *metrics {
@@ -43,7 +51,21 @@ func newMetrics(reg *prometheus.Registry, s *Service) *metrics {
 		releases: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "veil_kms_releases_total", Help: "Key and secret releases to workloads, granted or denied.",
 		}, []string{"result"}),
+		integrity: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "veil_kms_record_integrity_failures_total", Help: "Stored records refused because their MAC does not verify, by bucket.",
+		}, []string{"bucket"}),
+		badShares: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "veil_kms_unseal_bad_shares_total", Help: "Unseal shares refused because they match no issued share.",
+		}),
 	}
+	damaged := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "veil_kms_audit_chain_damaged", Help: "1 once the audit chain was found damaged (the service then refuses audited requests).",
+	}, func() float64 {
+		if s.damaged.Load() != nil {
+			return 1
+		}
+		return 0
+	})
 	sealed := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "veil_kms_sealed", Help: "1 while the key service is sealed.",
 	}, func() float64 {
@@ -52,7 +74,7 @@ func newMetrics(reg *prometheus.Registry, s *Service) *metrics {
 		}
 		return 0
 	})
-	reg.MustRegister(m.requests, m.latency, m.releases, sealed)
+	reg.MustRegister(m.requests, m.latency, m.releases, m.integrity, m.badShares, damaged, sealed)
 	return m
 }
 
@@ -157,6 +179,10 @@ func (s *Service) Handler() http.Handler {
 			writeProblem(w, fail(ErrSealed, "the key service is sealed"))
 			return
 		}
+		if err := s.chainUsable(); err != nil {
+			writeProblem(w, err)
+			return
+		}
 		writeJSON(w, 200, map[string]string{"status": "ready"})
 	}))
 	handle("GET /metrics", promhttp.HandlerFor(s.opt.Registry, promhttp.HandlerOpts{}))
@@ -198,6 +224,24 @@ func (s *Service) Handler() http.Handler {
 			return 0, nil, err
 		}
 		return created(s.Enroll(ctx, q.caller, req))
+	})
+	h("POST /v1/apps/{app}/rotate-key", authCaller, func(ctx context.Context, q *request) (int, any, error) {
+		if len(q.body) > 0 {
+			var empty struct{}
+			if err := q.decode(&empty); err != nil {
+				return 0, nil, err
+			}
+		}
+		return ok(s.RotateAppKey(ctx, q.caller, q.r.PathValue("app")))
+	})
+	h("POST /v1/apps/{app}/disable", authCaller, func(ctx context.Context, q *request) (int, any, error) {
+		if len(q.body) > 0 {
+			var empty struct{}
+			if err := q.decode(&empty); err != nil {
+				return 0, nil, err
+			}
+		}
+		return ok(s.DisableApp(ctx, q.caller, q.r.PathValue("app")))
 	})
 	h("GET /v1/apps", authCaller, func(ctx context.Context, q *request) (int, any, error) { return ok(s.ListApps(ctx, q.caller)) })
 
@@ -352,6 +396,17 @@ func (s *Service) Handler() http.Handler {
 		}
 		return ok(s.GetPolicy(ctx, pc, q.r.PathValue("ref")))
 	})
+	h("PUT /v1/policies/{ref}", authCaller, func(ctx context.Context, q *request) (int, any, error) {
+		var req api.ReplacePolicyRequest
+		if err := q.decode(&req); err != nil {
+			return 0, nil, err
+		}
+		pc, err := s.policyCaller(ctx, q)
+		if err != nil {
+			return 0, nil, err
+		}
+		return ok(s.ReplacePolicy(ctx, pc, q.r.PathValue("ref"), req))
+	})
 	h("DELETE /v1/policies/{ref}", authCaller, func(ctx context.Context, q *request) (int, any, error) {
 		pc, err := s.policyCaller(ctx, q)
 		if err != nil {
@@ -380,6 +435,9 @@ func (s *Service) Handler() http.Handler {
 		return ok(s.AuditEntries(ctx, q.caller, v.Get("key"), after, limit))
 	})
 	h("GET /v1/audit/head", authCaller, func(ctx context.Context, q *request) (int, any, error) { return ok(s.AuditHead(ctx, q.caller)) })
+	h("GET /v1/audit/checkpoint", authCaller, func(ctx context.Context, q *request) (int, any, error) {
+		return ok(s.AuditCheckpoint(ctx, q.caller))
+	})
 
 	return &apiHandler{patterns: patterns, HandlerFunc: func(w http.ResponseWriter, r *http.Request) {
 		if _, pattern := mux.Handler(r); pattern == "" {
@@ -572,7 +630,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // writeProblem renders err as RFC 7807 and returns the status written.
 func writeProblem(w http.ResponseWriter, err error) int {
 	var se *Error
-	if !errors.As(err, &se) {
+	if !errors.As(serviceError(err), &se) {
 		se = fail(ErrInternal, "internal error")
 	}
 	p := api.Problem{Type: api.ProblemTypeBase + se.Code, Title: strings.ReplaceAll(se.Code, "_", " "),
@@ -623,6 +681,11 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener, cert tls.Certifica
 		case <-tick.C:
 			if n, err := s.Sweep(ctx); err == nil && n > 0 {
 				s.log.Info("deleted keys past their deletion time", "count", n)
+			}
+			// Records deleted or rolled back while the server runs are
+			// found here rather than at the next start.
+			if k, err := s.keyring(); err == nil {
+				s.checkChainOnUnseal(ctx, k)
 			}
 		case <-ctx.Done():
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -7,15 +7,27 @@
 // What it protects against: a stolen data directory (all key material,
 // secrets and app signing keys are encrypted under a root key that is never
 // stored in the clear outside --dev; the root key is split with Shamir's
-// scheme and the server starts sealed), a network attacker (TLS 1.3 only;
-// app requests signed over method, path, time, nonce and body, replays
-// refused within the time window), one app reaching another's objects, a
-// workload whose claims do not satisfy a key's policy, and silent edits of
-// the audit log (hash chain with an authenticated head). What it does not
-// protect against: an attacker who controls the running server process or
-// its memory, an admin (who can enroll apps and read the audit log, but never
-// use keys), or a compromised app key (it can use that app's keys until the
-// app is re-enrolled).
+// scheme and the server starts sealed); whoever can write the data
+// directory without the root key (every record that decides access is
+// MACed under the root key and refused by name when it fails; a state
+// digest of those records in the MACed audit head reveals deleted and
+// rolled-back records; the audit log is a hash chain anchored by a MACed
+// genesis and head, and signed checkpoints reveal a rollback of the whole
+// store); a network attacker
+// (TLS 1.3 only; app requests signed over method, path, time, nonce and
+// body, replays refused within the time window, per app); an
+// unauthenticated caller disturbing an unseal (shares are checked against
+// commitments stored at init); one app reaching another's objects (its
+// policies on another app's key admit nothing); a workload whose claims do
+// not satisfy a key's policy; and the admin, who can enroll, disable and
+// re-key apps, read the audit log and revoke policies, but never use keys
+// or attach or replace a policy, so it cannot admit a workload of its own.
+// What it does not protect against: an attacker who controls the running
+// server process or its memory or holds the root key; a consistent
+// rollback of the whole store (revealed only against a checkpoint the
+// operator kept); denial of service by whoever can write the store (any
+// damage found stops the service); a compromised app key until the app
+// rotates it or the admin disables the app.
 //
 // Attestation is a seam: WorkloadVerifier turns a client certificate chain
 // into a Workload, PolicyEvaluator decides a release policy; both are
@@ -121,6 +133,9 @@ var (
 	ErrSealed            = sentinel(http.StatusServiceUnavailable, "sealed")
 	ErrNotInitialized    = sentinel(http.StatusServiceUnavailable, "not_initialized")
 	ErrReplayCacheFull   = sentinel(http.StatusServiceUnavailable, "replay_cache_full")
+	ErrRecordIntegrity   = sentinel(http.StatusInternalServerError, "record_integrity")
+	ErrAuditDamaged      = sentinel(http.StatusServiceUnavailable, "audit_chain_damaged")
+	ErrAppDisabled       = sentinel(http.StatusForbidden, "app_disabled")
 	ErrInternal          = sentinel(http.StatusInternalServerError, "internal")
 	ErrUnsupportedMedia  = sentinel(http.StatusUnsupportedMediaType, "unsupported_media_type")
 	ErrNoPolicyEvaluator = sentinel(http.StatusForbidden, "policy_unavailable")

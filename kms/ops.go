@@ -29,9 +29,12 @@ func (s *Service) mutate(ctx context.Context, c Caller, ev audit.Entry, fn txFun
 	if err != nil {
 		return err
 	}
+	if err := s.chainUsable(); err != nil {
+		return err
+	}
 	ev.Actor = c.actor()
 	last := ev
-	err = s.st.Update(ctx, func(tx store.Tx) error {
+	err = s.update(ctx, k, func(tx store.Tx) error {
 		e := ev
 		e.Time = s.now()
 		err := fn(tx, k, &e)
@@ -55,8 +58,11 @@ func (s *Service) read(ctx context.Context, c Caller, ev audit.Entry, fn txFunc)
 	if err != nil {
 		return err
 	}
+	if err := s.chainUsable(); err != nil {
+		return err
+	}
 	ev.Actor = c.actor()
-	err = s.st.View(ctx, func(tx store.Tx) error { return fn(tx, k, &ev) })
+	err = s.view(ctx, k, func(tx store.Tx) error { return fn(tx, k, &ev) })
 	var se *Error
 	if err == nil || errors.As(err, &se) {
 		s.auditBatch(ctx, ev, err)

@@ -2,7 +2,6 @@ package kms
 
 import (
 	"context"
-	"crypto/hmac"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,26 +56,4 @@ func (s *Service) AuditEntries(ctx context.Context, c Caller, key string, after 
 		err = nil
 	}
 	return out, err
-}
-
-// AuditHead returns the stored head of the chain and whether its MAC
-// verifies under the root key.
-func (s *Service) AuditHead(ctx context.Context, c Caller) (api.AuditHead, error) {
-	var out api.AuditHead
-	if err := require(c, KindAdmin); err != nil {
-		return out, err
-	}
-	k, err := s.keyring()
-	if err != nil {
-		return out, err
-	}
-	var h auditHead
-	err = s.st.View(ctx, func(tx store.Tx) error { return getJSON(tx, "meta", "audit_head", &h) })
-	if errors.Is(err, store.ErrNotFound) {
-		return api.AuditHead{Authentic: true}, nil
-	}
-	if err != nil {
-		return out, err
-	}
-	return api.AuditHead{Seq: h.Seq, Hash: h.Hash, Authentic: hmac.Equal([]byte(k.headMAC(h.Seq, h.Hash)), []byte(h.MAC))}, nil
 }

@@ -168,7 +168,11 @@ func (s *Service) UpdateKey(ctx context.Context, c Caller, ref string, action Ke
 	if action == ActionRotate {
 		// Generate the new version outside the write transaction.
 		var spec string
-		err := s.st.View(ctx, func(tx store.Tx) error {
+		kr, err := s.keyring()
+		if err != nil {
+			return out, err
+		}
+		err = s.view(ctx, kr, func(tx store.Tx) error {
 			k, err := s.loadKey(tx, c, ref)
 			if err == nil {
 				spec = k.Spec
@@ -247,7 +251,7 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	n := 0
-	err = s.st.Update(ctx, func(tx store.Tx) error {
+	err = s.update(ctx, k, func(tx store.Tx) error {
 		n = 0
 		var due []keyRecord
 		err := tx.List("keys", "", func(_ string, v []byte) error {
@@ -291,8 +295,10 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 // ---- release decisions ----
 
 // authorizeUse lets an app use its own objects (ownership was checked when
-// loading) and a workload use objects whose policies it satisfies.
-func (s *Service) authorizeUse(tx store.Tx, c Caller, what string, policies []string) error {
+// loading) and a workload use objects whose policies it satisfies. Only
+// policies that belong to the object's owner count: a policy of another app
+// on the list (however it got there) is ignored and reported as unmet.
+func (s *Service) authorizeUse(tx store.Tx, c Caller, what, owner string, policies []string) error {
 	switch c.Kind {
 	case KindApp:
 		return nil
@@ -311,7 +317,14 @@ func (s *Service) authorizeUse(tx store.Tx, c Caller, what string, policies []st
 	for _, pid := range policies {
 		var p policyRecord
 		if err := getJSON(tx, "policies", pid, &p); err != nil {
-			unmet = append(unmet, fmt.Sprintf("policy %s: unreadable", pid))
+			if !errors.Is(err, store.ErrNotFound) {
+				return err // a record failing its integrity check is refused by name
+			}
+			unmet = append(unmet, fmt.Sprintf("policy %s: not found", pid))
+			continue
+		}
+		if p.Owner != owner || p.ID != pid {
+			unmet = append(unmet, fmt.Sprintf("policy %s: belongs to %s, not to the owner %s", pid, p.Owner, owner))
 			continue
 		}
 		ok, why := s.opt.Evaluator.Evaluate(p.Document, *c.Workload)
@@ -394,7 +407,7 @@ func (s *Service) Encrypt(ctx context.Context, c Caller, ref string, req api.Enc
 		if err := usable(k); err != nil {
 			return err
 		}
-		if err := s.authorizeUse(tx, c, "key "+k.ID, k.Policies); err != nil {
+		if err := s.authorizeUse(tx, c, "key "+k.ID, k.Owner, k.Policies); err != nil {
 			return err
 		}
 		ct, err := s.encryptWith(kr, k, req.Plaintext, req.AAD)
@@ -433,7 +446,7 @@ func (s *Service) GenerateDataKey(ctx context.Context, c Caller, ref string, req
 		if err := usable(k); err != nil {
 			return err
 		}
-		if err := s.authorizeUse(tx, c, "key "+k.ID, k.Policies); err != nil {
+		if err := s.authorizeUse(tx, c, "key "+k.ID, k.Owner, k.Policies); err != nil {
 			return err
 		}
 		dk := make([]byte, req.Length)
@@ -481,7 +494,7 @@ func (s *Service) Decrypt(ctx context.Context, c Caller, req api.DecryptRequest)
 		if err := usable(k); err != nil {
 			return err
 		}
-		if err := s.authorizeUse(tx, c, "key "+k.ID, k.Policies); err != nil {
+		if err := s.authorizeUse(tx, c, "key "+k.ID, k.Owner, k.Policies); err != nil {
 			return err
 		}
 		a, err := s.keyAEAD(kr, k, int(b.Version))

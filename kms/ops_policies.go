@@ -43,33 +43,70 @@ func (s *Service) CreatePolicy(ctx context.Context, c Caller, req api.CreatePoli
 	if err := validName("name", req.Name); err != nil {
 		return out, err
 	}
-	if len(req.Document) > MaxPolicyDoc {
-		return out, fail(ErrInvalidField, "field \"document\" is longer than %d bytes", MaxPolicyDoc)
-	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(req.Document, &obj); err != nil || obj == nil {
-		return out, fail(ErrInvalidField, "field \"document\" must be a JSON object")
-	}
-	var doc bytes.Buffer
-	if err := json.Compact(&doc, req.Document); err != nil {
-		return out, fail(ErrInvalidField, "field \"document\": %v", err)
-	}
-	if v, ok := s.opt.Evaluator.(PolicyValidator); ok {
-		if err := v.ValidatePolicy(doc.Bytes()); err != nil {
-			return out, fail(ErrInvalidField, "field \"document\": %v", err)
-		}
+	doc, err := s.checkPolicyDoc(req.Document)
+	if err != nil {
+		return out, err
 	}
 	id := newID("p")
-	err := s.mutate(ctx, c, audit.Entry{Op: "policy.create", Policy: id, Owner: c.AppID}, func(tx store.Tx, _ *keyring, _ *audit.Entry) error {
+	err = s.mutate(ctx, c, audit.Entry{Op: "policy.create", Policy: id, Owner: c.AppID}, func(tx store.Tx, _ *keyring, _ *audit.Entry) error {
 		if _, err := tx.Get("names", "policy/"+c.AppID+"/"+req.Name); err == nil {
 			return fail(ErrAlreadyExists, "you already have a policy named %q", req.Name)
 		}
-		p := policyRecord{ID: id, Owner: c.AppID, Name: req.Name, Created: s.now().UTC(), Document: doc.Bytes()}
+		p := policyRecord{ID: id, Owner: c.AppID, Name: req.Name, Created: s.now().UTC(), Document: doc, ByAdmin: c.ViaAdmin}
 		if err := putJSON(tx, "policies", id, p); err != nil {
 			return err
 		}
 		out = p.info()
 		return tx.Put("names", "policy/"+c.AppID+"/"+req.Name, []byte(id))
+	})
+	return out, err
+}
+
+func (s *Service) checkPolicyDoc(d json.RawMessage) ([]byte, error) {
+	if len(d) > MaxPolicyDoc {
+		return nil, fail(ErrInvalidField, "field \"document\" is longer than %d bytes", MaxPolicyDoc)
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(d, &obj); err != nil || obj == nil {
+		return nil, fail(ErrInvalidField, "field \"document\" must be a JSON object")
+	}
+	var doc bytes.Buffer
+	if err := json.Compact(&doc, d); err != nil {
+		return nil, fail(ErrInvalidField, "field \"document\": %v", err)
+	}
+	if v, ok := s.opt.Evaluator.(PolicyValidator); ok {
+		if err := v.ValidatePolicy(doc.Bytes()); err != nil {
+			return nil, fail(ErrInvalidField, "field \"document\": %v", err)
+		}
+	}
+	return doc.Bytes(), nil
+}
+
+// ReplacePolicy replaces the document of one of the calling app's policies,
+// keeping its id, so that every key and secret it is attached to follows
+// the new document. Only the owning app may do it (never the admin):
+// replacing an attached policy changes who may use the app's objects.
+func (s *Service) ReplacePolicy(ctx context.Context, c Caller, ref string, req api.ReplacePolicyRequest) (api.Policy, error) {
+	var out api.Policy
+	if err := require(c, KindApp); err != nil {
+		return out, err
+	}
+	doc, err := s.checkPolicyDoc(req.Document)
+	if err != nil {
+		return out, err
+	}
+	err = s.mutate(ctx, c, audit.Entry{Op: "policy.replace"}, func(tx store.Tx, _ *keyring, e *audit.Entry) error {
+		if err := ownerOnly(c, true); err != nil {
+			return err
+		}
+		p, err := s.loadPolicy(tx, c, ref)
+		if err != nil {
+			return err
+		}
+		e.Policy, e.Owner = p.ID, p.Owner
+		p.Document, p.ByAdmin = doc, false
+		out = p.info()
+		return putJSON(tx, "policies", p.ID, p)
 	})
 	return out, err
 }
@@ -164,6 +201,9 @@ func (s *Service) SetKeyPolicy(ctx context.Context, c Caller, keyRef, policyRef 
 			return err
 		}
 		e.Key, e.Owner = k.ID, k.Owner
+		if err := ownerOnly(c, attach); err != nil {
+			return err
+		}
 		p, err := s.loadPolicy(tx, c, policyRef)
 		if err != nil {
 			return err
@@ -177,6 +217,17 @@ func (s *Service) SetKeyPolicy(ctx context.Context, c Caller, keyRef, policyRef 
 		return putJSON(tx, "keys", k.ID, k)
 	})
 	return out, err
+}
+
+// ownerOnly refuses an admin acting for an app when the operation would
+// widen who may use the app's objects: attaching a policy, or replacing the
+// document of one. Only a request signed by the owning app does that; the
+// admin may detach (revoke) and list.
+func ownerOnly(c Caller, widens bool) error {
+	if widens && (c.ViaAdmin || c.Kind != KindApp) {
+		return fail(ErrForbidden, "only the owning app (a signed request) attaches or replaces release policies; the admin may only list and detach them")
+	}
+	return nil
 }
 
 func editPolicies(list []string, id string, attach bool) ([]string, error) {

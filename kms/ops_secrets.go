@@ -92,7 +92,7 @@ func (s *Service) GetSecret(ctx context.Context, c Caller, ref string, version i
 			return err
 		}
 		e.Secret, e.Owner = r.ID, r.Owner
-		if err := s.authorizeUse(tx, c, "secret "+r.ID, r.Policies); err != nil {
+		if err := s.authorizeUse(tx, c, "secret "+r.ID, r.Owner, r.Policies); err != nil {
 			return err
 		}
 		out = r.info()
@@ -161,6 +161,9 @@ func (s *Service) SetSecretPolicy(ctx context.Context, c Caller, secretRef, poli
 			return err
 		}
 		e.Secret, e.Owner = r.ID, r.Owner
+		if err := ownerOnly(c, attach); err != nil {
+			return err
+		}
 		p, err := s.loadPolicy(tx, c, policyRef)
 		if err != nil {
 			return err

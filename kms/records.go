@@ -19,6 +19,11 @@ type appRecord struct {
 	Name       string    `json:"name"`
 	Created    time.Time `json:"created"`
 	SigningKey []byte    `json:"signing_key"` // sealed, label "app/ID"
+	Disabled   bool      `json:"disabled,omitempty"`
+	// SelfKeyed is set once the app rotated its own API key: from then on
+	// only the app knows it, and the admin may disable the app but not
+	// re-key it (which would hand the admin the app's credentials).
+	SelfKeyed bool `json:"self_keyed,omitempty"`
 }
 
 type keyVersionRecord struct {
@@ -63,6 +68,9 @@ type policyRecord struct {
 	Name     string          `json:"name"`
 	Created  time.Time       `json:"created"`
 	Document json.RawMessage `json:"document"`
+	// ByAdmin marks a document written by the admin on the app's behalf
+	// (it then takes effect only once the app itself attaches it).
+	ByAdmin bool `json:"by_admin,omitempty"`
 }
 
 func newID(prefix string) string {
@@ -112,5 +120,5 @@ func (s *secretRecord) info() api.Secret {
 }
 
 func (p *policyRecord) info() api.Policy {
-	return api.Policy{ID: p.ID, Name: p.Name, Owner: p.Owner, Created: p.Created, Document: p.Document}
+	return api.Policy{ID: p.ID, Name: p.Name, Owner: p.Owner, Created: p.Created, Document: p.Document, ByAdmin: p.ByAdmin}
 }

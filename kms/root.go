@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/ed25519"
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
@@ -11,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +32,10 @@ const (
 
 const sharePrefix = "vks1-"
 
+// FormatVersion is the version of the data directory's records. Version 1
+// (before record MACs, the audit genesis and share commitments) is refused.
+const FormatVersion = 2
+
 // rootMeta is the "meta/root" record: how the root key is held and a blob
 // that only the right root key opens.
 type rootMeta struct {
@@ -39,6 +45,9 @@ type rootMeta struct {
 	Threshold int       `json:"threshold,omitempty"`
 	Created   time.Time `json:"created"`
 	Check     []byte    `json:"check"`
+	// Commitments holds, per share index (1-based, as a decimal string),
+	// the hex shamir.Commitment of the share issued for it.
+	Commitments map[string]string `json:"commitments,omitempty"`
 }
 
 type adminMeta struct {
@@ -63,15 +72,17 @@ func Initialize(ctx context.Context, st store.Store, mode string, shares, thresh
 	}
 	defer clear(root)
 	res := &InitResult{}
-	meta := rootMeta{Version: 1, Mode: mode, Created: now.UTC()}
+	meta := rootMeta{Version: FormatVersion, Mode: mode, Created: now.UTC()}
 	switch mode {
 	case ModeShamir:
 		parts, err := shamir.Split(root, shares, threshold)
 		if err != nil {
 			return nil, fmt.Errorf("splitting root key: %w", err)
 		}
+		meta.Commitments = map[string]string{}
 		for _, p := range parts {
 			res.Shares = append(res.Shares, sharePrefix+hex.EncodeToString(p))
+			meta.Commitments[strconv.Itoa(int(p[0]))] = hex.EncodeToString(shamir.Commitment(p))
 			clear(p)
 		}
 		meta.Shares, meta.Threshold = shares, threshold
@@ -100,11 +111,14 @@ func Initialize(ctx context.Context, st store.Store, mode string, shares, thresh
 			return err
 		}
 		mb, _ := json.Marshal(meta)
-		ab, _ := json.Marshal(adminMeta{TokenHash: hashToken(res.AdminToken)})
 		if err := tx.Put("meta", "root", mb); err != nil {
 			return err
 		}
-		return tx.Put("meta", "admin", ab)
+		itx := store.WithIntegrity(tx, k.recordK, k.stateK, protectedRecord, nil)
+		if err := putJSON(itx, "meta", "admin", adminMeta{TokenHash: hashToken(res.AdminToken)}); err != nil {
+			return err
+		}
+		return writeGenesis(tx, k, now, itx.TakeDelta())
 	})
 	if err != nil {
 		return nil, fmt.Errorf("storing root key metadata: %w", err)
@@ -134,10 +148,16 @@ func ParseShare(s string) ([]byte, error) {
 // per-record keys (immutable once written), all dropped when sealing.
 type keyring struct {
 	records cipher.AEAD // encrypts key material, secrets and app signing keys
-	auditK  []byte      // MACs the audit head
+	auditK  []byte      // MACs the audit head and genesis
+	recordK []byte      // MACs stored records (store.WithIntegrity)
+	stateK  []byte      // elements of the state digest of stored records
+	// checkpoint signs audit checkpoints; its public key is stable for
+	// the life of the root key.
+	checkpoint ed25519.PrivateKey
 
 	mu      sync.RWMutex
 	appKeys map[string][]byte      // app id -> HMAC signing key
+	appGen  map[string]uint64      // app id -> times its key was forgotten
 	aeads   map[string]cipher.AEAD // "key id/version" -> AEAD of that key version
 }
 
@@ -161,6 +181,41 @@ func cached[V any](kr *keyring, m map[string]V, k string, compute func() (V, err
 	return v, nil
 }
 
+// appKey returns app id's signing key from the cache, or loads it and
+// caches it unless forgetApp ran meanwhile (a load that began before a
+// rotation committed must not put the old key back).
+func (k *keyring) appKey(id string, load func() ([]byte, error)) ([]byte, error) {
+	k.mu.RLock()
+	v, ok := k.appKeys[id]
+	gen := k.appGen[id]
+	k.mu.RUnlock()
+	if ok {
+		return v, nil
+	}
+	v, err := load()
+	if err != nil {
+		return nil, err
+	}
+	k.mu.Lock()
+	if k.appGen[id] == gen && len(k.appKeys) < 100_000 {
+		k.appKeys[id] = v
+	}
+	k.mu.Unlock()
+	return v, nil
+}
+
+// forgetApp drops app id's cached signing key (after a rotation or a
+// disable has committed).
+func (k *keyring) forgetApp(id string) {
+	k.mu.Lock()
+	if v, ok := k.appKeys[id]; ok {
+		clear(v)
+		delete(k.appKeys, id)
+	}
+	k.appGen[id]++
+	k.mu.Unlock()
+}
+
 func newKeyring(root []byte) (*keyring, error) {
 	if len(root) != RootKeySize {
 		return nil, fmt.Errorf("root key is %d bytes, want %d", len(root), RootKeySize)
@@ -174,6 +229,20 @@ func newKeyring(root []byte) (*keyring, error) {
 	if err != nil {
 		return nil, err
 	}
+	mk, err := hkdf.Key(sha256.New, root, nil, "veil kms record mac key v1", 32)
+	if err != nil {
+		return nil, err
+	}
+	sk, err := hkdf.Key(sha256.New, root, nil, "veil kms state key v1", 32)
+	if err != nil {
+		return nil, err
+	}
+	seed, err := hkdf.Key(sha256.New, root, nil, "veil kms audit checkpoint key v1", ed25519.SeedSize)
+	if err != nil {
+		return nil, err
+	}
+	cp := ed25519.NewKeyFromSeed(seed)
+	clear(seed)
 	blk, err := aes.NewCipher(rk)
 	if err != nil {
 		return nil, err
@@ -182,7 +251,7 @@ func newKeyring(root []byte) (*keyring, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &keyring{records: aead, auditK: ak, appKeys: map[string][]byte{}, aeads: map[string]cipher.AEAD{}}, nil
+	return &keyring{records: aead, auditK: ak, recordK: mk, stateK: sk, checkpoint: cp, appKeys: map[string][]byte{}, appGen: map[string]uint64{}, aeads: map[string]cipher.AEAD{}}, nil
 }
 
 // seal encrypts plaintext under the record key, bound to label.

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,7 +47,9 @@ type Options struct {
 	SignatureWindow time.Duration
 	// MaxBody bounds request bodies (default 1 MiB).
 	MaxBody int64
-	// MaxNonces bounds the replay cache (default 1,000,000).
+	// MaxNonces bounds each app's share of the replay cache: the signed
+	// requests one app may send within the signature window (default
+	// 100,000).
 	MaxNonces int
 	// Registerer receives the Prometheus metrics (default: a new registry
 	// served at /metrics).
@@ -71,6 +73,10 @@ type Service struct {
 	meta    *rootMeta // nil: not initialized
 	keys    *keyring  // nil: sealed
 	pending [][]byte  // shares received while sealed
+
+	// damaged is the reason the audit chain is damaged, once found; every
+	// audited operation is then refused and /readyz fails.
+	damaged atomic.Pointer[string]
 
 	auditQ     chan auditReq
 	closed     chan struct{}
@@ -96,7 +102,7 @@ func New(ctx context.Context, opt Options) (*Service, error) {
 		opt.MaxBody = 1 << 20
 	}
 	if opt.MaxNonces == 0 {
-		opt.MaxNonces = 1_000_000
+		opt.MaxNonces = 100_000
 	}
 	if opt.Registry == nil {
 		opt.Registry = prometheus.NewRegistry()
@@ -124,6 +130,9 @@ func (s *Service) loadMeta(ctx context.Context) error {
 		var m rootMeta
 		if err := json.Unmarshal(b, &m); err != nil {
 			return fmt.Errorf("reading root key metadata: %w", err)
+		}
+		if m.Version != FormatVersion {
+			return fmt.Errorf("%w: the data directory has format %d, this server reads format %d", ErrDataFormat, m.Version, FormatVersion)
 		}
 		s.mu.Lock()
 		s.meta = &m
@@ -163,6 +172,17 @@ func (s *Service) Unseal(ctx context.Context, share string) (api.Status, error) 
 		s.mu.Unlock()
 		return s.Status(), fail(ErrInvalidState, "the root key of this server is not split into shares")
 	}
+	// A share that does not match the commitment stored for its index is
+	// refused on its own: it neither counts nor resets the progress, so
+	// nobody can disturb an unseal in progress by sending bogus shares.
+	want, _ := hex.DecodeString(s.meta.Commitments[strconv.Itoa(int(b[0]))])
+	if len(want) == 0 || subtle.ConstantTimeCompare(want, shamir.Commitment(b)) != 1 {
+		idx := b[0]
+		clear(b)
+		s.mu.Unlock()
+		s.metrics.badShares.Inc()
+		return s.Status(), fail(ErrBadShares, "this is not a share issued for this server (index %d)", idx)
+	}
 	for _, p := range s.pending {
 		if p[0] == b[0] {
 			s.mu.Unlock()
@@ -192,6 +212,7 @@ func (s *Service) Unseal(ctx context.Context, share string) (api.Status, error) 
 	s.keys = k
 	s.mu.Unlock()
 	s.log.Info("unsealed")
+	s.checkChainOnUnseal(ctx, k)
 	s.auditBatch(ctx, audit.Entry{Actor: audit.Actor{Kind: "operator"}, Op: "unseal"}, nil)
 	return s.Status(), nil
 }
@@ -199,15 +220,18 @@ func (s *Service) Unseal(ctx context.Context, share string) (api.Status, error) 
 // UnsealWithRootKey unseals with the whole root key (dev mode).
 func (s *Service) UnsealWithRootKey(root []byte) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.meta == nil {
+		s.mu.Unlock()
 		return ErrNotInitialized
 	}
 	k, err := checkRoot(*s.meta, root)
 	if err != nil {
+		s.mu.Unlock()
 		return fail(ErrBadShares, "the root key file does not match this data directory")
 	}
 	s.keys, s.pending = k, nil
+	s.mu.Unlock()
+	s.checkChainOnUnseal(context.Background(), k)
 	return nil
 }
 
@@ -263,13 +287,25 @@ func (c Caller) actor() audit.Actor {
 // AuthenticateAdmin checks an admin bearer token in constant time.
 func (s *Service) AuthenticateAdmin(ctx context.Context, token string) (Caller, error) {
 	var am adminMeta
+	s.mu.RLock()
+	k := s.keys
+	s.mu.RUnlock()
 	err := s.st.View(ctx, func(tx store.Tx) error {
+		if k != nil {
+			return getJSON(s.itx(tx, k), "meta", "admin", &am)
+		}
+		// Sealed: the MAC cannot be checked yet, and nothing but sealing
+		// (again) is open to the admin until the root key is known.
 		b, err := tx.Get("meta", "admin")
 		if err != nil {
 			return err
 		}
+		if b, err = store.PeekValue("meta", "admin", b); err != nil {
+			return err
+		}
 		return json.Unmarshal(b, &am)
 	})
+	err = serviceError(err)
 	if errors.Is(err, store.ErrNotFound) {
 		return Caller{}, ErrNotInitialized
 	}
@@ -301,10 +337,16 @@ func (s *Service) AuthenticateApp(ctx context.Context, appID, tsStr, nonce, sig,
 	if err != nil || len(mac) != sha256.Size {
 		return Caller{}, fail(ErrBadSignature, "header %s must be 64 hex digits", api.HeaderSignature)
 	}
-	key, err := cached(k, k.appKeys, appID, func() ([]byte, error) {
+	if !isID(appID, "a") {
+		return Caller{}, fail(ErrBadSignature, "unknown app id or bad signature")
+	}
+	key, err := k.appKey(appID, func() ([]byte, error) {
 		var app appRecord
-		if err := s.st.View(ctx, func(tx store.Tx) error { return getJSON(tx, "apps", appID, &app) }); err != nil {
+		if err := s.view(ctx, k, func(tx store.Tx) error { return getJSON(tx, "apps", appID, &app) }); err != nil {
 			return nil, err
+		}
+		if app.Disabled {
+			return nil, fail(ErrAppDisabled, "app %s is disabled", appID)
 		}
 		return k.open("app/"+app.ID, app.SigningKey)
 	})
@@ -325,7 +367,7 @@ func (s *Service) AuthenticateApp(ctx context.Context, appID, tsStr, nonce, sig,
 	if t.Before(now.Add(-w)) || t.After(now.Add(w)) {
 		return Caller{}, fail(ErrStaleTimestamp, "request time %s is outside the %s window around the server time", t.UTC().Format(time.RFC3339), w)
 	}
-	if err := s.nonces.add(appID+"\x00"+nonce, t.Add(w+time.Second), now); err != nil {
+	if err := s.nonces.add(appID, nonce, t.Add(w+time.Second), now); err != nil {
 		return Caller{}, err
 	}
 	return Caller{Kind: KindApp, AppID: appID}, nil
@@ -341,36 +383,55 @@ func isToken(s string) bool {
 }
 
 // nonceCache remembers (app, nonce) pairs until their timestamp leaves the
-// window, so a captured request cannot be replayed.
+// window, so a captured request cannot be replayed. Each app has its own
+// bound: an app that fills its share (by accident or on purpose) gets
+// replay_cache_full while every other app is served.
 type nonceCache struct {
 	mu        sync.Mutex
-	max       int
-	m         map[string]time.Time
+	max       int // per app
+	apps      map[string]map[string]time.Time
 	lastSweep time.Time
 }
 
 func newNonceCache(max int) *nonceCache {
-	return &nonceCache{max: max, m: map[string]time.Time{}}
+	return &nonceCache{max: max, apps: map[string]map[string]time.Time{}}
 }
 
-func (c *nonceCache) add(key string, expiry, now time.Time) error {
+func sweepNonces(m map[string]time.Time, now time.Time) {
+	for k, e := range m {
+		if !e.After(now) {
+			delete(m, k)
+		}
+	}
+}
+
+func (c *nonceCache) add(app, nonce string, expiry, now time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if now.Sub(c.lastSweep) > 10*time.Second || len(c.m) >= c.max {
-		for k, e := range c.m {
-			if !e.After(now) {
-				delete(c.m, k)
+	if now.Sub(c.lastSweep) > 10*time.Second {
+		for a, m := range c.apps {
+			sweepNonces(m, now)
+			if len(m) == 0 {
+				delete(c.apps, a)
 			}
 		}
 		c.lastSweep = now
 	}
-	if e, ok := c.m[key]; ok && e.After(now) {
+	m := c.apps[app]
+	if m == nil {
+		m = map[string]time.Time{}
+		c.apps[app] = m
+	}
+	if len(m) >= c.max {
+		sweepNonces(m, now)
+	}
+	if e, ok := m[nonce]; ok && e.After(now) {
 		return fail(ErrReplayed, "this request's nonce was already used")
 	}
-	if len(c.m) >= c.max {
-		return fail(ErrReplayCacheFull, "too many signed requests in the time window; retry later")
+	if len(m) >= c.max {
+		return fail(ErrReplayCacheFull, "this app sent more than %d signed requests within the time window; retry later", c.max)
 	}
-	c.m[key] = expiry
+	m[nonce] = expiry
 	return nil
 }
 
@@ -380,7 +441,11 @@ func (s *Service) OnBehalfOf(ctx context.Context, c Caller, app string) (Caller,
 	if c.Kind != KindAdmin {
 		return Caller{}, fail(ErrUnknownField, "query parameter \"app\" is for admin callers")
 	}
-	err := s.st.View(ctx, func(tx store.Tx) error { _, err := tx.Get("apps", app); return err })
+	k, err := s.keyring()
+	if err != nil {
+		return Caller{}, err
+	}
+	err = s.view(ctx, k, func(tx store.Tx) error { _, err := tx.Get("apps", app); return err })
 	if errors.Is(err, store.ErrNotFound) {
 		return Caller{}, fail(ErrAppNotFound, "app %q is not enrolled", app)
 	}
@@ -414,41 +479,6 @@ func (s *Service) AuthenticateWorkload(certs []*x509.Certificate) (Caller, error
 		return Caller{}, fail(ErrWorkloadAuth, "verifying the workload's evidence: %v", err)
 	}
 	return Caller{Kind: KindWorkload, Workload: &w}, nil
-}
-
-// auditHead is the "meta/audit_head" record.
-type auditHead struct {
-	Seq  uint64 `json:"seq"`
-	Hash string `json:"hash"`
-	MAC  string `json:"mac"`
-}
-
-func (k *keyring) headMAC(seq uint64, hash string) string {
-	m := hmac.New(sha256.New, k.auditK)
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], seq)
-	m.Write(b[:])
-	m.Write([]byte(hash))
-	return hex.EncodeToString(m.Sum(nil))
-}
-
-func auditKey(seq uint64) string { return fmt.Sprintf("%020d", seq) }
-
-// appendAudit links e to the chain inside tx.
-func (s *Service) appendAudit(tx store.Tx, k *keyring, e audit.Entry) error {
-	var h auditHead
-	if err := getJSON(tx, "meta", "audit_head", &h); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return err
-	}
-	if h.Seq == 0 {
-		h.Hash = audit.ZeroHash
-	}
-	audit.Link(&e, h.Seq, h.Hash)
-	if err := tx.Put("audit", auditKey(e.Seq), audit.Marshal(e)); err != nil {
-		return err
-	}
-	nh := auditHead{Seq: e.Seq, Hash: e.Hash, MAC: k.headMAC(e.Seq, e.Hash)}
-	return putJSON(tx, "meta", "audit_head", nh)
 }
 
 // auditBatch appends one entry through the group-commit writer and waits
@@ -505,8 +535,18 @@ func (s *Service) auditWriter() {
 			}
 		}
 		err := s.st.Update(context.Background(), func(tx store.Tx) error {
+			var h auditHead
+			var k *keyring
 			for _, r := range group {
-				if err := s.appendAudit(tx, r.k, r.e); err != nil {
+				if r.k != k { // check the chain once per group (and per root key)
+					var err error
+					if h, err = checkChain(tx, r.k); err != nil {
+						return s.chainDamaged(err)
+					}
+					k = r.k
+				}
+				var err error
+				if h, err = linkAudit(tx, r.k, h, r.e); err != nil {
 					return err
 				}
 			}

@@ -38,13 +38,14 @@ func TestSealedServerRefusesUntilUnsealed(t *testing.T) {
 	if _, err := adm.Unseal(ctx, s.shares[0]); !errors.Is(err, client.Code("bad_shares")) {
 		t.Fatalf("repeated share: %v", err)
 	}
-	// A share of another root key makes the combination fail and resets.
+	// A share of another root key is refused on its own (it matches no
+	// commitment) and leaves the progress alone.
 	other, _ := kms.Initialize(ctx, mustBolt(t), kms.ModeShamir, 3, 2, time.Now())
 	if _, err := adm.Unseal(ctx, other.Shares[1]); !errors.Is(err, client.Code("bad_shares")) {
 		t.Fatalf("foreign share: %v", err)
 	}
-	if st, _ := adm.Status(ctx); !st.Sealed || st.Progress != 0 {
-		t.Fatalf("after a failed combination: %+v", st)
+	if st, _ := adm.Status(ctx); !st.Sealed || st.Progress != 1 {
+		t.Fatalf("after a foreign share: %+v", st)
 	}
 	if _, err := adm.Unseal(ctx, "vks1-zz"); !errors.Is(err, client.Code("bad_shares")) {
 		t.Fatalf("garbage share: %v", err)
@@ -556,27 +557,71 @@ func TestWorkloadVerifiedOncePerConnection(t *testing.T) {
 	}
 }
 
-func TestAdminManagesAnAppsPolicies(t *testing.T) {
+// TestAdminCannotAttachPolicies performs the admin's attack on an app's
+// data: create a policy for the app that admits a workload the admin
+// controls, attach it to the app's key (or secret), decrypt. The attach
+// (and a replace of an attached policy's document) is refused; the admin
+// may still create, list and detach.
+func TestAdminCannotAttachPolicies(t *testing.T) {
 	s := newServer(t, false)
 	bob, bobID := s.app(t, "bob")
 	k, _ := bob.CreateKey(ctx, "bob-cmk", "", "")
+	sec, _ := bob.PutSecret(ctx, "model-key", []byte("model"), "")
 	dk, _ := bob.GenerateDataKey(ctx, "bob-cmk", 32, nil)
 	adm := s.adminClient(t)
-	meas := hexString("9a").repeat32()
-	p, err := adm.AdminFor(bobID).CreatePolicy(ctx, "prod", json.RawMessage(`{"measurements":["`+meas+`"]}`))
-	if err != nil || p.Owner != bobID {
+	evil := hexString("e1").repeat32()
+	p, err := adm.AdminFor(bobID).CreatePolicy(ctx, "evil", json.RawMessage(`{"measurements":["`+evil+`"],"allow_debug":true}`))
+	if err != nil || p.Owner != bobID || !p.ByAdmin {
 		t.Fatalf("admin creates bob's policy: %+v %v", p, err)
 	}
-	if _, err := adm.AdminFor(bobID).AttachKeyPolicy(ctx, k.ID, "prod"); err != nil {
+	if got, _ := bob.GetPolicy(ctx, "evil"); !got.ByAdmin {
+		t.Fatal("bob cannot tell the policy was written by the admin")
+	}
+	_, err = adm.AdminFor(bobID).AttachKeyPolicy(ctx, k.ID, "evil")
+	wantCode(t, err, client.ErrForbidden)
+	_, err = adm.AdminFor(bobID).AttachSecretPolicy(ctx, sec.ID, "evil")
+	wantCode(t, err, client.ErrForbidden)
+	wl := s.workload(t, kms.Workload{TEE: "sim", Measurement: evil, Debug: true})
+	_, err = wl.Decrypt(ctx, dk.Ciphertext, nil)
+	wantCode(t, err, client.ErrPolicyDenied)
+	_, err = wl.GetSecret(ctx, sec.ID, 0)
+	wantCode(t, err, client.ErrPolicyDenied)
+
+	// Bob's own policy, attached by bob: the admin cannot rewrite its
+	// document to admit the admin's workload, but can detach (revoke) it.
+	good := hexString("9a").repeat32()
+	if _, err := bob.CreatePolicy(ctx, "prod", json.RawMessage(`{"measurements":["`+good+`"]}`)); err != nil {
 		t.Fatal(err)
 	}
-	wl := s.workload(t, kms.Workload{TEE: "sim", Measurement: meas})
-	if _, err := wl.Decrypt(ctx, dk.Ciphertext, nil); err != nil {
-		t.Fatalf("workload after admin-registered policy: %v", err)
+	if _, err := bob.AttachKeyPolicy(ctx, k.ID, "prod"); err != nil {
+		t.Fatal(err)
 	}
-	if l, _ := bob.ListPolicies(ctx); len(l.Policies) != 1 {
-		t.Fatalf("bob sees %d policies", len(l.Policies))
+	_, err = adm.AdminFor(bobID).ReplacePolicy(ctx, "prod", json.RawMessage(`{"measurements":["`+evil+`"],"allow_debug":true}`))
+	wantCode(t, err, client.ErrForbidden)
+	_, err = wl.Decrypt(ctx, dk.Ciphertext, nil)
+	wantCode(t, err, client.ErrPolicyDenied)
+	right := s.workload(t, kms.Workload{TEE: "sim", Measurement: good})
+	if _, err := right.Decrypt(ctx, dk.Ciphertext, nil); err != nil {
+		t.Fatalf("workload admitted by bob's policy: %v", err)
 	}
+	// The owner may replace its own policy; attached keys follow it.
+	if _, err := bob.ReplacePolicy(ctx, "prod", json.RawMessage(`{"measurements":["00"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = right.Decrypt(ctx, dk.Ciphertext, nil)
+	wantCode(t, err, client.ErrPolicyDenied)
+	if _, err := bob.ReplacePolicy(ctx, "prod", json.RawMessage(`{"measurements":["`+good+`"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := adm.AdminFor(bobID).ListPolicies(ctx); err != nil || len(l.Policies) != 2 {
+		t.Fatalf("admin lists bob's policies: %v %v", l, err)
+	}
+	if _, err := adm.AdminFor(bobID).DetachKeyPolicy(ctx, k.ID, "prod"); err != nil {
+		t.Fatalf("admin detaches: %v", err)
+	}
+	_, err = right.Decrypt(ctx, dk.Ciphertext, nil)
+	wantCode(t, err, client.ErrPolicyDenied)
+
 	// Without naming the app, or for an unknown app, the admin is refused;
 	// apps may not name another app; the admin still cannot use the key.
 	err = adm.Raw(ctx, "POST", "/v1/policies", []byte(`{"name":"x","document":{}}`), true, nil)
@@ -590,10 +635,10 @@ func TestAdminManagesAnAppsPolicies(t *testing.T) {
 	es, _ := adm.AuditEntries(ctx, k.ID, 0, 0)
 	found := false
 	for _, e := range es {
-		found = found || (e.Op == "key.policy.attach" && e.Actor.Kind == "admin" && e.Owner == bobID)
+		found = found || (e.Op == "key.policy.attach" && e.Actor.Kind == "admin" && e.Owner == bobID && e.Result == audit.Denied)
 	}
 	if !found {
-		t.Fatal("admin's attach not audited as the admin")
+		t.Fatal("admin's refused attach not audited as the admin")
 	}
 }
 

@@ -46,8 +46,21 @@ func Init() int {
 		return fail(err)
 	}
 	timing.Mark("init", "root switched")
+	if !spec.HostNetwork {
+		if err := loopbackUp(); err != nil {
+			return fail(err)
+		}
+	}
 	if err := dropPrivileges(); err != nil {
 		return fail(err)
+	}
+	if err := installSeccomp(); err != nil {
+		return fail(err)
+	}
+	// Undumpable: no program of the sandbox may ptrace init (which holds
+	// the control socket) or read its memory through /proc.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fail(fmt.Errorf("making init undumpable: %w", err))
 	}
 	timing.Mark("init", "privileges dropped")
 	// The supervisor closes the spec pipe once the limits are in place;
@@ -226,45 +239,66 @@ func setupRoot(spec *Spec) error {
 	if err := unix.Mount(root, root, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("binding root %s: %w", root, err)
 	}
-	// Mounts under /dev go on top of the fresh /dev, after it exists.
+	if err := unix.Chdir(root); err != nil {
+		return err
+	}
+	// Every bind source is opened now, by the user that reaches host
+	// paths, and mounted later through its descriptor. Mounts under /dev
+	// go on top of the fresh /dev, after it exists.
 	var devMounts, mounts []Mount
 	for _, m := range spec.Mounts {
+		if m.Type == Bind {
+			fd, err := unix.Open(m.Source, unix.O_PATH|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("mounting %s at %s: %w", m.Source, m.Target, err)
+			}
+			defer unix.Close(fd)
+			m.via = fmt.Sprintf("/proc/self/fd/%d", fd)
+		}
 		if strings.HasPrefix(m.Target, "/dev/") {
 			devMounts = append(devMounts, m)
 		} else {
 			mounts = append(mounts, m)
 		}
 	}
-	if err := applyMounts(root, mounts); err != nil {
+	if spec.IDs != nil {
+		// Started by root, init was the host's uid 0 so far (nobody here,
+		// but the owner of the run directory and the mount sources); from
+		// now on it is the sandbox's root, the range's first uid on the
+		// host, with no supplementary groups, and creates what it mounts
+		// and writes as that user. Its capabilities in the namespace stay
+		// until dropPrivileges.
+		if err := syscall.Setgroups(nil); err != nil {
+			return fmt.Errorf("dropping supplementary groups: %w", err)
+		}
+		if err := syscall.Setresgid(0, 0, 0); err != nil {
+			return fmt.Errorf("becoming the sandbox's root group: %w", err)
+		}
+		if err := syscall.Setresuid(0, 0, 0); err != nil {
+			return fmt.Errorf("becoming the sandbox's root: %w", err)
+		}
+	}
+	// The root is the working directory: every path below is relative.
+	if err := applyMounts(".", mounts); err != nil {
 		return err
 	}
-	for _, f := range spec.Files {
-		dir, err := insideRoot(root, filepath.Dir(f.Path))
-		if err != nil {
-			return err
-		}
-		mode := os.FileMode(f.Mode & 0o777)
-		if mode == 0 {
-			mode = 0o400
-		}
-		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f.Path)), f.Data, mode); err != nil {
-			return fmt.Errorf("writing %s: %w", f.Path, err)
-		}
-	}
-	if fi, err := os.Lstat(filepath.Join(root, "proc")); err == nil && fi.IsDir() {
-		if err := unix.Mount("proc", filepath.Join(root, "proc"), "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+	if fi, err := os.Lstat("proc"); err == nil && fi.IsDir() {
+		if err := unix.Mount("proc", "proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 			return fmt.Errorf("mounting /proc: %w", err)
 		}
-	}
-	if fi, err := os.Lstat(filepath.Join(root, "dev")); err == nil && fi.IsDir() {
-		if err := setupDev(filepath.Join(root, "dev"), spec.DevFiles); err != nil {
+		if err := hardenProc("proc"); err != nil {
 			return err
 		}
 	}
-	if err := applyMounts(root, devMounts); err != nil {
+	if err := hideSys("."); err != nil {
 		return err
 	}
-	if err := unix.Chdir(root); err != nil {
+	if fi, err := os.Lstat("dev"); err == nil && fi.IsDir() {
+		if err := setupDev("dev", spec.DevFiles); err != nil {
+			return err
+		}
+	}
+	if err := applyMounts(".", devMounts); err != nil {
 		return err
 	}
 	// pivot_root(".", ".") stacks the old root under the new one, which
@@ -284,6 +318,19 @@ func setupRoot(spec *Spec) error {
 			return fmt.Errorf("setting hostname: %w", err)
 		}
 	}
+	for _, f := range spec.Files {
+		dir, err := insideRoot("/", filepath.Dir(f.Path))
+		if err != nil {
+			return err
+		}
+		mode := os.FileMode(f.Mode & 0o777)
+		if mode == 0 {
+			mode = 0o400
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f.Path)), f.Data, mode); err != nil {
+			return fmt.Errorf("writing %s: %w", f.Path, err)
+		}
+	}
 	return nil
 }
 
@@ -296,7 +343,11 @@ func applyMounts(root string, mounts []Mount) error {
 		}
 		switch m.Type {
 		case Bind:
-			if err := unix.Mount(m.Source, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			src := m.Source
+			if m.via != "" {
+				src = m.via
+			}
+			if err := unix.Mount(src, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 				return fmt.Errorf("mounting %s at %s: %w", m.Source, m.Target, err)
 			}
 			if m.ReadOnly {

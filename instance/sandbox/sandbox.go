@@ -86,8 +86,31 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 			Pdeathsig:  syscall.SIGKILL,
 		},
 	}
+	if !spec.HostNetwork {
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNET
+	}
 	userNS := os.Geteuid() != 0
-	if userNS {
+	if !userNS {
+		// As root, init gets a user namespace whose IDs 0 to 65535 are an
+		// unprivileged host range. It starts as the host's uid 0 (not
+		// mapped inside, but the owner of the run directory and the
+		// mount sources it must reach), with every capability in the new
+		// namespace; once the root is switched it becomes the sandbox's
+		// root (the range's first uid) and drops them all.
+		if spec.IDs == nil {
+			spec.IDs = hostIDs()
+		}
+		n := int(spec.IDs.Size)
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
+		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(spec.IDs.UID), Size: n}}
+		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(spec.IDs.GID), Size: n}}
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = true
+		// The host's uid 0 is nobody inside: executing init would clear
+		// the capabilities the new namespace gave, but for ambient ones.
+		// What init needs to set up, and nothing else.
+		cmd.SysProcAttr.AmbientCaps = []uintptr{unix.CAP_SYS_ADMIN, unix.CAP_NET_ADMIN, unix.CAP_SETUID, unix.CAP_SETGID, unix.CAP_SETPCAP}
+	} else {
+		spec.IDs = nil
 		// Without root, a user namespace owns the others: init is root in
 		// it (mapped to the caller, so it may mount and switch the root)
 		// and drops every capability before any program starts. Only the
@@ -115,10 +138,7 @@ func Start(spec *Spec, opts Options) (*Sandbox, error) {
 		unix.Close(fds[0])
 		specW.Close()
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EACCES) {
-			if userNS {
-				return nil, fmt.Errorf("%w: creating a user namespace as uid %d: %v (%s)", ErrDenied, os.Geteuid(), err, userNSLimits())
-			}
-			return nil, fmt.Errorf("%w: creating namespaces: %v", ErrDenied, err)
+			return nil, fmt.Errorf("%w: creating a user namespace as uid %d: %v (%s)", ErrDenied, os.Geteuid(), err, userNSLimits())
 		}
 		return nil, fmt.Errorf("starting sandbox init: %w", err)
 	}

@@ -87,6 +87,12 @@ func TestExitStatusAndIsolation(t *testing.T) {
 	needRoot(t)
 	root := makeRoot(t)
 	host := t.TempDir()
+	// Started by root, the workload's root is an unprivileged host uid:
+	// a host directory it writes to must be its.
+	ids := hostIDs()
+	if err := os.Chown(host, int(ids.UID), int(ids.GID)); err != nil {
+		t.Fatal(err)
+	}
 	spec := &Spec{
 		Root:     root,
 		Hostname: "veil-test",
@@ -248,6 +254,9 @@ func TestLimits(t *testing.T) {
 func TestFilesAndNoMainProgram(t *testing.T) {
 	needRoot(t)
 	root := makeRoot(t)
+	// The image has the mount point (the sandbox's root may not create
+	// it in a directory of the host's root).
+	os.MkdirAll(filepath.Join(root, "run", "secrets"), 0o755)
 	sb, err := Start(&Spec{Root: root,
 		Mounts: []Mount{{Type: Tmpfs, Target: "/run/secrets", Options: "mode=0700"}},
 		Files:  []File{{Path: "/run/secrets/db", Data: []byte("s3cret")}},

@@ -1,20 +1,34 @@
-// Package sandbox starts programs isolated from the host: new mount, PID,
-// IPC and UTS namespaces, the root switched to the instance's image, only
-// the declared mounts visible, no_new_privs set, every capability dropped,
-// and memory and process limits applied through cgroups where the kernel
-// allows.
+// Package sandbox starts programs isolated from the host: new user, mount,
+// PID, IPC, UTS and (unless asked otherwise) network namespaces, the root
+// switched to the instance's image, only the declared mounts visible, /proc
+// with its kernel-wide knobs read-only and its kernel-state files masked,
+// no_new_privs set, every capability dropped, a seccomp filter refusing the
+// system calls that act on the kernel rather than on the program (modules,
+// mounts, keyrings, BPF, perf, kexec, reboot, ...), and memory and process
+// limits applied through cgroups where the kernel allows.
+//
+// The workload never runs as a host user that owns anything: as root, veil
+// maps the sandbox's IDs 0-65535 to an unprivileged host range (IDRange);
+// without root, to the caller's own uid and gid.
 //
 // The sandbox's first process (init) is veil itself, re-executed inside the
-// new namespaces: it prepares the mounts, switches the root, drops its
-// privileges, and then starts programs on request — the main program and
-// any later `veil exec` — reaping every process and forwarding signals.
+// new namespaces: it opens the mount sources (as root, it is still the
+// host's uid 0 then, unmapped inside), becomes the sandbox's root, prepares
+// the mounts, switches the root, drops its privileges, installs the
+// seccomp filter, makes itself undumpable (no ptrace of init, which holds
+// the control socket), and then starts programs on request — the main
+// program and any later `veil exec` — reaping every process and forwarding
+// signals.
 //
-// What it protects against: the program seeing or changing host files
-// other than its mounts, signalling host processes, or regaining privileges
-// through set-uid binaries or file capabilities. What it does not: it is not
-// a security boundary against the host (the host is the adversary veil
-// guards data from by sealing and attestation, not by this sandbox), and it
-// does not filter system calls.
+// What it protects against: the workload seeing or changing host files
+// other than its mounts, signalling or tracing host processes or its own
+// init, changing kernel settings, loading kernel code, reaching host
+// network interfaces (network "none"), or regaining privileges through
+// set-uid binaries or file capabilities. What it does not: it is not a
+// security boundary against the host (the host is the adversary veil
+// guards data from by sealing and attestation, not by this sandbox); it
+// does not stop kernel exploits through the system calls it allows; with
+// network "host" the workload shares the host's interfaces and loopback.
 package sandbox
 
 import (
@@ -37,6 +51,8 @@ type Mount struct {
 	Target   string `json:"target"`           // absolute path inside the root
 	ReadOnly bool   `json:"read_only,omitempty"`
 	Options  string `json:"options,omitempty"` // tmpfs options, e.g. "size=64m"
+
+	via string // for Bind inside init: the descriptor Source was opened as
 }
 
 // Limits of the sandbox as a whole. Zero means no limit.
@@ -68,6 +84,14 @@ type Spec struct {
 	Files []File `json:"files,omitempty"`
 	// DevFiles are host device nodes bind-mounted into a fresh /dev.
 	DevFiles []string `json:"dev_files,omitempty"`
+	// HostNetwork keeps the sandbox in the host's network namespace; by
+	// default it gets a namespace of its own with only a loopback interface.
+	HostNetwork bool `json:"host_network,omitempty"`
+	// IDs is the host range the sandbox's user and group IDs 0 to
+	// IDs.Size-1 map to when veil runs as root; Start fills it in
+	// (DefaultIDs, or the range /etc/subuid and /etc/subgid give the user
+	// "veil"). Without root the caller's own IDs are mapped, to 0.
+	IDs *IDRange `json:"ids,omitempty"`
 	// Timing makes init print where its start-up time goes (VEIL_TIMING).
 	Timing bool `json:"timing,omitempty"`
 }

@@ -125,6 +125,16 @@ func TestUserNamespaceSandbox(t *testing.T) {
 		if regexp.MustCompile(`(?m)^entry /(root|home|etc|usr)$`).Match(out) {
 			t.Fatalf("host directories visible:\n%s", out)
 		}
+		// The workload is the same user as init here: only init being
+		// undumpable keeps it from tracing init.
+		veilBin = bin
+		res := probe(t, &Spec{Root: root}, "ptrace=1", "sysctl=/proc/sys/kernel/core_pattern", "keyctl", "interfaces", "status=Seccomp")
+		for _, a := range []string{"ptrace=1", "sysctl=/proc/sys/kernel/core_pattern", "keyctl"} {
+			refused(t, res, a)
+		}
+		if res["interfaces"] != "ok lo" || res["status=Seccomp"] != "ok Seccomp: 2" {
+			t.Fatalf("probe: %q", res)
+		}
 		return
 	}
 	needRoot(t)
@@ -135,6 +145,7 @@ func TestUserNamespaceSandbox(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(base) })
 	root := makeRoot(t)
+	buildProbe(t, root)
 	bin := filepath.Join(base, "veil")
 	b, err := os.ReadFile(veilBin)
 	if err != nil {

@@ -89,7 +89,7 @@ directory) holding {"url","ca","app_id","api_key","admin_token"}.`,
 	pf.BoolVar(&o.json, "json", false, "print JSON for scripts")
 	pf.DurationVar(&o.timeout, "timeout", 30*time.Second, "time limit of each call")
 	c.AddCommand(newKMSServeCmd(env), newKMSInitCmd(env, o), newKMSUnsealCmd(env, o), newKMSSealCmd(env, o),
-		newKMSStatusCmd(env, o), newKMSEnrollCmd(env, o), newKMSAppsCmd(env, o), newKMSKeyCmd(env, o),
+		newKMSStatusCmd(env, o), newKMSEnrollCmd(env, o), newKMSAppsCmd(env, o), newKMSAppCmd(env, o), newKMSKeyCmd(env, o),
 		newKMSSecretCmd(env, o), newKMSPolicyCmd(env, o), newKMSAuditCmd(env, o), newKMSEnvCmd(env, o))
 	return c
 }
@@ -103,6 +103,9 @@ func readSecretFile(path string) (string, error) {
 }
 
 // client builds a key service client from flags, environment and profile.
+// errNoKMSURL: no key service is configured at all.
+var errNoKMSURL = errors.New("no key service URL")
+
 func (o *kmsOpts) client() (*client.Client, error) {
 	cfg, err := o.config(true)
 	if err != nil {
@@ -147,7 +150,7 @@ func (o *kmsOpts) config(needURL bool) (client.Config, error) {
 	cfg := client.Config{Timeout: o.timeout}
 	cfg.URL = pick(o.url, "VEIL_KMS_URL", p.URL)
 	if cfg.URL == "" && needURL {
-		return client.Config{}, withHint(errors.New("no key service URL"), "pass --url or set VEIL_KMS_URL (veil kms serve --dev prints it)")
+		return client.Config{}, withHint(errNoKMSURL, "pass --url or set VEIL_KMS_URL (veil kms serve --dev prints it)")
 	}
 	if ca := pick(o.ca, "VEIL_KMS_CA", p.CA); ca != "" {
 		b, err := os.ReadFile(ca)
@@ -242,6 +245,10 @@ func kmsErr(err error) error {
 		return withHint(err, "veil kms secret list shows the secrets of the app in VEIL_APP_ID")
 	case errors.Is(err, client.Code("policy_not_found")):
 		return withHint(err, "veil kms policy list shows the app's policies")
+	case errors.Is(err, client.Code("audit_chain_damaged")), errors.Is(err, client.Code("record_integrity")):
+		return withHint(err, "the key service's data directory was modified without its root key; restore it from a backup (veil kms audit verify shows the log's state)")
+	case errors.Is(err, client.Code("app_disabled")):
+		return withHint(err, "the admin disabled this app; ask for a new enrollment")
 	}
 	return connErr(err)
 }

@@ -82,26 +82,32 @@ func printStatus(w io.Writer, st api.Status) {
 	}
 }
 
-// kmsUnsealOptions are the arguments of `veil kms unseal`.
+// kmsUnsealOptions are the flags of `veil kms unseal`; without shareFile
+// the share is read from standard input.
 type kmsUnsealOptions struct {
 	*kmsOpts
-	share   string // the share; read from standard input unless fromArg
-	fromArg bool
+	shareFile string
 }
 
 func newKMSUnsealCmd(env *Env, ko *kmsOpts) *cobra.Command {
 	o := &kmsUnsealOptions{kmsOpts: ko}
-	return &cobra.Command{
-		Use:   "unseal [SHARE]",
-		Short: "Give the server one share of its root key (read from standard input without SHARE)",
-		Args:  cobra.MaximumNArgs(1),
-		RunE: func(c *cobra.Command, args []string) error {
-			if len(args) == 1 {
-				o.share, o.fromArg = args[0], true
+	c := &cobra.Command{
+		Use:   "unseal [--share-file FILE]",
+		Short: "Give the server one share of its root key, read from standard input or --share-file",
+		Long: "Give the server one share of its root key. The share is read from standard input, or from\n" +
+			"--share-file; it is never taken from the command line, where other users see it (ps).",
+		// A share on the command line is visible to other users (ps).
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return withHint(usageErrorf("veil kms unseal takes no share on the command line (other users see it in ps)"),
+					"pipe it in (veil kms unseal < share.txt) or use --share-file FILE")
 			}
-			return o.run(c.Context(), env)
+			return nil
 		},
+		RunE: func(c *cobra.Command, _ []string) error { return o.run(c.Context(), env) },
 	}
+	c.Flags().StringVar(&o.shareFile, "share-file", "", "read the share from this file instead of standard input")
+	return c
 }
 
 func (o *kmsUnsealOptions) run(ctx context.Context, env *Env) error {
@@ -109,8 +115,12 @@ func (o *kmsUnsealOptions) run(ctx context.Context, env *Env) error {
 	if err != nil {
 		return err
 	}
-	share := o.share
-	if !o.fromArg {
+	var share string
+	if o.shareFile != "" {
+		if share, err = readSecretFile(o.shareFile); err != nil {
+			return fmt.Errorf("reading --share-file: %w", err)
+		}
+	} else {
 		b, err := io.ReadAll(io.LimitReader(env.Stdin, 4096))
 		if err != nil {
 			return err

@@ -135,6 +135,9 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 		log.Info("presenting evidence", "tee", string(tee), "measurement", hex.EncodeToString(m))
 	}
 	svc, err := kms.New(ctx, opt)
+	if errors.Is(err, kms.ErrDataFormat) {
+		return withHint(err, "this data directory was written by an older veil (records without MACs); initialize a new one and move the apps' keys and secrets over")
+	}
 	if err != nil {
 		return err
 	}

@@ -8,13 +8,21 @@ import (
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/fusefs"
 	"github.com/veil-tee/veil/instance"
+	"github.com/veil-tee/veil/instance/sandbox"
 	"github.com/veil-tee/veil/trustimage"
 )
 
-// The runtime's file systems are the FUSE servers of package fusefs.
+// The runtime's file systems are the FUSE servers of package fusefs. Run
+// by root, the sandbox's programs are an unprivileged host uid
+// (sandbox.HostIDs): the mounts let them in (allow_other) and the image
+// shows its files as owned by the sandbox's root.
 
 func mountImage(mountpoint string, r *trustimage.Reader, log *slog.Logger) (instance.Unmounter, error) {
-	srv, err := fusefs.MountImage(mountpoint, fusefs.ImageOptions{Reader: r, Logger: log})
+	o := fusefs.ImageOptions{Reader: r, Logger: log}
+	if ids := sandbox.HostIDs(); ids != nil {
+		o.AllowOther, o.UIDShift, o.GIDShift = true, ids.UID, ids.GID
+	}
+	srv, err := fusefs.MountImage(mountpoint, o)
 	if err != nil {
 		return nil, err
 	}
@@ -44,7 +52,7 @@ func (m imageMount) Unmount() error {
 }
 
 func mountSealed(mountpoint string, o instance.SealedMount, log *slog.Logger) (instance.Unmounter, error) {
-	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, MountID: o.MountID, Logger: log})
+	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, MountID: o.MountID, Logger: log, AllowOther: sandbox.HostIDs() != nil})
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +60,7 @@ func mountSealed(mountpoint string, o instance.SealedMount, log *slog.Logger) (i
 }
 
 func mountAttestation(mountpoint string, iss *attest.WorkloadIssuer, log *slog.Logger) (instance.Unmounter, error) {
-	srv, err := fusefs.MountAttestation(mountpoint, fusefs.AttestationOptions{Issuer: iss, Logger: log})
+	srv, err := fusefs.MountAttestation(mountpoint, fusefs.AttestationOptions{Issuer: iss, Logger: log, AllowOther: sandbox.HostIDs() != nil})
 	if err != nil {
 		return nil, err
 	}

@@ -122,7 +122,7 @@ func runtimeErr(err error) error {
 	case errors.Is(err, instance.ErrKMSUnreachable):
 		return withHint(err, "is the key service running? check kms[].address in veil.json")
 	case errors.Is(err, sandbox.ErrDenied):
-		return withHint(err, "veil run needs root (or user namespaces) to create its sandbox")
+		return withHint(err, "the sandbox always runs in a user namespace (also as root): allow them (sysctl user.max_user_namespaces > 0); without root veil also needs fusermount3 and a readable /dev/fuse")
 	case errors.Is(err, instance.ErrRunning):
 		return withHint(err, "use veil exec to run programs in it, or veil stop first")
 	case errors.Is(err, instance.ErrNotRunning):
@@ -226,7 +226,20 @@ func newStartCmd(env *Env) *cobra.Command {
 				return err
 			}
 			pw.Close()
-			msg, _ := io.ReadAll(io.LimitReader(pr, 1<<16))
+			// Ctrl-C while the supervisor sets up (attestation, key
+			// services, mounts) stops it: it cancels and cleans up.
+			msgc := make(chan []byte, 1)
+			go func() {
+				msg, _ := io.ReadAll(io.LimitReader(pr, 1<<16))
+				msgc <- msg
+			}()
+			var msg []byte
+			select {
+			case msg = <-msgc:
+			case <-c.Context().Done():
+				cmd.Process.Signal(syscall.SIGTERM)
+				msg = <-msgc
+			}
 			pr.Close()
 			if s := strings.TrimSpace(string(msg)); s != "ready" {
 				cmd.Wait()
@@ -269,9 +282,32 @@ func newSuperviseCmd(env *Env) *cobra.Command {
 			defer done()
 			// Caught, not ignored: an ignored signal stays ignored in every
 			// program the sandbox starts, which could then never be
-			// interrupted (veil exec forwards Ctrl-C as SIGINT).
-			signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP, syscall.SIGINT)
-			sup, err := instance.Supervise(context.Background(), o, "")
+			// interrupted (veil exec forwards Ctrl-C as SIGINT). During
+			// set-up, SIGTERM and SIGINT cancel it.
+			caught := make(chan os.Signal, 4)
+			signal.Notify(caught, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+			setupCtx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			setupDone := make(chan struct{})
+			go func() {
+				for {
+					select {
+					case s := <-caught:
+						if s == syscall.SIGTERM || s == syscall.SIGINT {
+							cancel()
+						}
+					case <-setupDone:
+						return
+					}
+				}
+			}()
+			sup, err := instance.Supervise(setupCtx, o, "")
+			close(setupDone)
+			if err == nil && setupCtx.Err() != nil {
+				sup.Stop(0)
+				sup.Serve()
+				err = context.Canceled
+			}
 			if err != nil {
 				report("error: " + err.Error())
 				return err

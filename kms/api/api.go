@@ -155,9 +155,12 @@ type EnrollResponse struct {
 
 // App describes an enrolled app.
 type App struct {
-	AppID   string    `json:"app_id"`
-	Name    string    `json:"name"`
-	Created time.Time `json:"created"`
+	AppID    string    `json:"app_id"`
+	Name     string    `json:"name"`
+	Created  time.Time `json:"created"`
+	Disabled bool      `json:"disabled,omitempty"`
+	// SelfKeyed: the app rotated its own API key, which the admin never saw.
+	SelfKeyed bool `json:"self_keyed,omitempty"`
 }
 
 // AppList is GET /v1/apps.
@@ -271,6 +274,12 @@ type CreatePolicyRequest struct {
 	Document json.RawMessage `json:"document"`
 }
 
+// ReplacePolicyRequest is PUT /v1/policies/{ref}: a new document for an
+// existing policy (owner only).
+type ReplacePolicyRequest struct {
+	Document json.RawMessage `json:"document"`
+}
+
 // Policy is a stored release policy.
 type Policy struct {
 	ID       string          `json:"id"`
@@ -278,6 +287,9 @@ type Policy struct {
 	Owner    string          `json:"owner"`
 	Created  time.Time       `json:"created"`
 	Document json.RawMessage `json:"document"`
+	// ByAdmin is true when the admin wrote the document on the app's
+	// behalf; the app reviews it before attaching it.
+	ByAdmin bool `json:"by_admin,omitempty"`
 }
 
 // PolicyList is GET /v1/policies.
@@ -290,6 +302,12 @@ type AuditHead struct {
 	Seq       uint64 `json:"seq"`
 	Hash      string `json:"hash"`
 	Authentic bool   `json:"authentic"`
+	// Damaged says what is wrong with the chain's anchors (a missing or
+	// forged genesis or head, entries beyond the head); empty when intact.
+	Damaged string `json:"damaged,omitempty"`
+	// CheckpointKey is the hex Ed25519 public key that signs this
+	// service's audit checkpoints.
+	CheckpointKey string `json:"checkpoint_key"`
 }
 
 // AuditPage is GET /v1/audit; entries are audit.Entry values kept raw so

@@ -1,18 +1,24 @@
 // Package audit defines the key service's audit log: a sequence of entries,
-// each carrying the SHA-256 hash of the previous one, and the verification
-// that recomputes the chain.
+// each carrying the SHA-256 hash of the previous one over an explicit
+// canonical encoding (docs/formats/audit.md), the verification that
+// recomputes the chain, and signed checkpoints.
 //
 // The chain detects an entry that was edited, reordered or deleted after it
 // was written, as long as the verifier knows the authentic head (the last
 // sequence number and hash): the key service keeps the head MACed under a
-// key derived from its root key, so rewriting the whole tail of the chain is
-// detected too. It does not prevent tampering, only reveals it; it does not
-// hide entries from whoever can read the store (entries hold identities and
-// key ids, never key material or plaintext).
+// key derived from its root key, writes a MACed genesis when it is
+// initialized (so an emptied log is not mistaken for a new one), and
+// reports entries stored beyond the head. Rolling the whole store back to
+// an older copy leaves an authentic older head; a Checkpoint signed by the
+// service and kept elsewhere by the operator detects that. The log does not
+// prevent tampering, only reveals it; it does not hide entries from whoever
+// can read the store (entries hold identities and key ids, never key
+// material or plaintext).
 package audit
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -70,19 +76,60 @@ type Entry struct {
 	Hash       string    `json:"hash"`
 }
 
-// ComputeHash returns the hex SHA-256 of e's canonical form (its JSON
-// encoding with Hash empty), which covers Prev and therefore the chain.
+// ComputeHash returns the hex SHA-256 of e's canonical encoding (Encode),
+// which covers Prev and therefore the chain.
 func ComputeHash(e Entry) string {
-	e.Hash = ""
-	e.Time = e.Time.UTC()
-	b, err := json.Marshal(e)
-	if err != nil { // only plain fields: cannot fail
-		panic(err)
-	}
 	h := sha256.New()
-	h.Write([]byte("veil-audit-v1\n"))
-	h.Write(b)
+	h.Write([]byte(hashLabel))
+	h.Write(Encode(e))
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+const hashLabel = "veil-audit-v2\n"
+
+// Encode returns the canonical encoding of e that its hash covers
+// (docs/formats/audit.md): every field but Hash, in a fixed order, strings
+// as a 4-byte big-endian length and their bytes, integers big-endian, the
+// time as Unix nanoseconds, the workload claims behind a presence byte.
+// It does not depend on encoding/json, so the hash is stable whatever
+// the storage encoding.
+func Encode(e Entry) []byte {
+	var b []byte
+	u64 := func(v uint64) { b = binary.BigEndian.AppendUint64(b, v) }
+	str := func(s string) {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+		b = append(b, s...)
+	}
+	u64(e.Seq)
+	u64(uint64(e.Time.UnixNano()))
+	str(e.Actor.Kind)
+	str(e.Actor.AppID)
+	if w := e.Actor.Workload; w != nil {
+		b = append(b, 1)
+		str(w.TEE)
+		str(w.Measurement)
+		str(w.Signer)
+		b = binary.BigEndian.AppendUint16(b, w.ProductID)
+		b = binary.BigEndian.AppendUint16(b, w.SVN)
+		if w.Debug {
+			b = append(b, 1)
+		} else {
+			b = append(b, 0)
+		}
+	} else {
+		b = append(b, 0)
+	}
+	str(e.Op)
+	str(e.Owner)
+	str(e.Key)
+	u64(uint64(int64(e.KeyVersion)))
+	str(e.Secret)
+	str(e.Policy)
+	str(e.App)
+	str(e.Result)
+	str(e.Reason)
+	str(e.Prev)
+	return b
 }
 
 // Link sets e.Seq, e.Prev and e.Hash so that e follows an entry with seq
@@ -125,9 +172,12 @@ type Head struct {
 
 // Kinds of Problem.
 const (
-	Edited    = "edited"
-	Reordered = "reordered"
-	Deleted   = "deleted"
+	Edited     = "edited"
+	Reordered  = "reordered"
+	Deleted    = "deleted"
+	Appended   = "appended"    // stored beyond the authenticated head
+	Damaged    = "damaged"     // the head or genesis is missing or fails its MAC
+	RolledBack = "rolled-back" // the log is older than a checkpoint
 )
 
 // Problem is one finding of Verify.
@@ -178,12 +228,15 @@ func Verify(entries []Entry, head Head) []Problem {
 			add(seq-1, Edited, "rewritten: entry %d does not link to it", seq)
 		}
 	}
-	if head.Seq != 0 || head.Hash != "" {
-		if e, ok := bySeq[head.Seq]; ok && e.Hash != head.Hash {
-			add(head.Seq, Edited, "does not match the authenticated head of the log")
-		}
-		if maxSeq > head.Seq {
-			add(maxSeq, Edited, "appended beyond the authenticated head %d", head.Seq)
+	if head.Seq == 0 && head.Hash != ZeroHash {
+		add(0, Edited, "the empty log's head is not the genesis hash")
+	}
+	if e, ok := bySeq[head.Seq]; ok && e.Hash != head.Hash {
+		add(head.Seq, Edited, "does not match the authenticated head of the log")
+	}
+	for seq := head.Seq + 1; seq <= maxSeq; seq++ {
+		if _, ok := bySeq[seq]; ok {
+			add(seq, Appended, "stored beyond the authenticated head %d", head.Seq)
 		}
 	}
 	sort.SliceStable(probs, func(i, j int) bool { return probs[i].Seq < probs[j].Seq })

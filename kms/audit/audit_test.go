@@ -1,6 +1,9 @@
 package audit
 
 import (
+	"crypto/ed25519"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
@@ -113,5 +116,86 @@ func FuzzParse(f *testing.F) {
 		if err != nil || ComputeHash(e2) != ComputeHash(e) {
 			t.Fatalf("re-encoding changed the entry: %v", err)
 		}
+	})
+}
+
+func TestAppendedBeyondHead(t *testing.T) {
+	es, _ := chain(6)
+	old := Head{Seq: es[3].Seq, Hash: es[3].Hash}
+	if got := kinds(Verify(es, old)); len(got[Appended]) != 2 || got[Appended][0] != 5 {
+		t.Fatalf("entries beyond the head: %v", got)
+	}
+	// An empty log's head is the zero hash at 0: any entry is beyond it.
+	if got := kinds(Verify(es[:1], Head{Hash: ZeroHash})); len(got[Appended]) != 1 {
+		t.Fatalf("entry beyond the genesis head: %v", got)
+	}
+}
+
+func TestCheckpoint(t *testing.T) {
+	_, priv, _ := ed25519.GenerateKey(nil)
+	_, other, _ := ed25519.GenerateKey(nil)
+	pub := hex.EncodeToString(priv.Public().(ed25519.PublicKey))
+	es, head := chain(6)
+	t0 := time.Date(2026, 2, 3, 4, 5, 6, 0, time.UTC)
+	cp, err := SignCheckpoint(priv, Head{Seq: es[3].Seq, Hash: es[3].Hash}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(cp)
+	cp2, err := ParseCheckpoint(b)
+	if err != nil || cp2.Check(pub) != nil {
+		t.Fatalf("round trip: %v %v", err, cp2.Check(pub))
+	}
+	if ps := VerifyCheckpoint(es, head, cp); len(ps) != 0 {
+		t.Fatalf("log past the checkpoint: %v", ps)
+	}
+	// Rolled back to before the checkpoint.
+	if ps := VerifyCheckpoint(es[:2], Head{Seq: es[1].Seq, Hash: es[1].Hash}, cp); len(ps) != 1 || ps[0].Kind != RolledBack {
+		t.Fatalf("rollback: %v", ps)
+	}
+	// Rolled back and regrown: entry 4 differs.
+	re, rh := chain(6)
+	re[3].Op = "other"
+	Link(&re[3], re[2].Seq, re[2].Hash)
+	if ps := VerifyCheckpoint(re, rh, cp); len(ps) != 1 || ps[0].Kind != RolledBack {
+		t.Fatalf("regrown: %v", ps)
+	}
+	for name, edit := range map[string]func(c *Checkpoint){
+		"seq":    func(c *Checkpoint) { c.Seq-- },
+		"time":   func(c *Checkpoint) { c.Time = c.Time.Add(time.Second) },
+		"hash":   func(c *Checkpoint) { c.Hash = es[2].Hash },
+		"signer": func(c *Checkpoint) { *c, _ = SignCheckpoint(other, Head{Seq: c.Seq, Hash: c.Hash}, c.Time) },
+	} {
+		c := cp
+		edit(&c)
+		if err := c.Check(pub); !errors.Is(err, ErrCheckpoint) {
+			t.Errorf("%s edited: %v", name, err)
+		}
+	}
+	if _, err := ParseCheckpoint([]byte(`{"seq":1,"extra":1}`)); !errors.Is(err, ErrCheckpoint) {
+		t.Fatalf("unknown field: %v", err)
+	}
+}
+
+func FuzzParseCheckpoint(f *testing.F) {
+	_, priv, _ := ed25519.GenerateKey(nil)
+	cp, _ := SignCheckpoint(priv, Head{Seq: 3, Hash: ZeroHash}, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	b, _ := json.Marshal(cp)
+	f.Add(b)
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseCheckpoint(b)
+		if err != nil {
+			return
+		}
+		m, err := json.Marshal(c)
+		if err != nil {
+			return // e.g. a year outside 0-9999 does not re-encode
+		}
+		c2, err := ParseCheckpoint(m)
+		if err != nil || c2.Seq != c.Seq || c2.Hash != c.Hash || !c2.Time.Equal(c.Time) || c2.Signature != c.Signature {
+			t.Fatalf("re-encoding changed the checkpoint: %v", err)
+		}
+		c.Check(c.PublicKey) // must not panic
 	})
 }

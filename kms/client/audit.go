@@ -46,21 +46,53 @@ func (c *Client) AuditEntries(ctx context.Context, key string, after, upTo uint6
 	}
 }
 
-// VerifyAudit fetches the whole log up to the authenticated head and
-// recomputes the chain locally. A head whose MAC fails is reported as a
-// problem too.
+// AuditCheckpoint returns a signed checkpoint of the log's current head
+// (admin), to be stored away from the service.
+func (c *Client) AuditCheckpoint(ctx context.Context) (cp audit.Checkpoint, err error) {
+	return cp, c.do(ctx, "GET", "/v1/audit/checkpoint", nil, asAdmin, &cp)
+}
+
+// VerifyAudit fetches the authenticated head and every stored entry and
+// recomputes the chain locally: edited, reordered and deleted entries,
+// entries stored beyond the head, a head whose MAC fails and a missing
+// head or genesis are all reported as problems.
 func (c *Client) VerifyAudit(ctx context.Context) ([]audit.Problem, api.AuditHead, error) {
+	probs, h, _, err := c.verifyAudit(ctx)
+	return probs, h, err
+}
+
+func (c *Client) verifyAudit(ctx context.Context) ([]audit.Problem, api.AuditHead, []audit.Entry, error) {
 	h, err := c.AuditHead(ctx)
 	if err != nil {
-		return nil, h, err
+		return nil, h, nil, err
 	}
-	es, err := c.AuditEntries(ctx, "", 0, h.Seq)
+	es, err := c.AuditEntries(ctx, "", 0, 0)
 	if err != nil {
-		return nil, h, err
+		return nil, h, nil, err
 	}
-	probs := audit.Verify(es, audit.Head{Seq: h.Seq, Hash: h.Hash})
+	var probs []audit.Problem
+	if h.Damaged != "" {
+		probs = append(probs, audit.Problem{Seq: h.Seq, Kind: audit.Damaged, Detail: h.Damaged})
+	}
 	if !h.Authentic {
 		probs = append(probs, audit.Problem{Seq: h.Seq, Kind: audit.Edited, Detail: "the head of the log does not carry the server's MAC"})
 	}
-	return probs, h, nil
+	probs = append(probs, audit.Verify(es, audit.Head{Seq: h.Seq, Hash: h.Hash})...)
+	return probs, h, es, nil
+}
+
+// VerifyAuditCheckpoint is VerifyAudit, and also checks that the log still
+// holds the checkpointed head (cp, taken earlier and kept elsewhere): a
+// rollback of the whole store to a copy older than cp is reported. A
+// checkpoint that is not signed by this service's audit signer is an error
+// wrapping audit.ErrCheckpoint.
+func (c *Client) VerifyAuditCheckpoint(ctx context.Context, cp audit.Checkpoint) ([]audit.Problem, api.AuditHead, error) {
+	probs, h, es, err := c.verifyAudit(ctx)
+	if err != nil {
+		return nil, h, err
+	}
+	if err := cp.Check(h.CheckpointKey); err != nil {
+		return nil, h, err
+	}
+	return append(probs, audit.VerifyCheckpoint(es, audit.Head{Seq: h.Seq, Hash: h.Hash}, cp)...), h, nil
 }

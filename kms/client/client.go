@@ -413,6 +413,22 @@ func (c *Client) ListApps(ctx context.Context) (r api.AppList, err error) {
 	return r, c.do(ctx, "GET", "/v1/apps", nil, asAdmin, &r)
 }
 
+// RotateAppKey gives an app a new API key (returned once) and makes the
+// service refuse the old one at once. With app credentials configured and
+// no admin token, the app rotates its own key; otherwise the admin does.
+func (c *Client) RotateAppKey(ctx context.Context, appID string) (r api.EnrollResponse, err error) {
+	a := asAdmin
+	if c.cfg.AdminToken == "" && c.cfg.AppID != "" {
+		a = asPrincipal
+	}
+	return r, c.do(ctx, "POST", "/v1/apps/"+esc(appID)+"/rotate-key", nil, a, &r)
+}
+
+// DisableApp makes the service refuse every request signed by an app (admin).
+func (c *Client) DisableApp(ctx context.Context, appID string) (r api.App, err error) {
+	return r, c.do(ctx, "POST", "/v1/apps/"+esc(appID)+"/disable", nil, asAdmin, &r)
+}
+
 // ---- keys ----
 
 // CreateKey creates a customer master key ("" spec means AES_256_GCM).
@@ -516,6 +532,14 @@ func (c *Client) DetachSecretPolicy(ctx context.Context, ref, policy string) (s 
 func (c *Client) CreatePolicy(ctx context.Context, name string, document json.RawMessage) (p api.Policy, err error) {
 	path, a := c.pol("/v1/policies")
 	return p, c.do(ctx, "POST", path, api.CreatePolicyRequest{Name: name, Document: document}, a, &p)
+}
+
+// ReplacePolicy replaces the document of one of the app's policies; every
+// key and secret it is attached to follows the new document. Only the
+// owning app may do it: the service refuses it from the admin.
+func (c *Client) ReplacePolicy(ctx context.Context, ref string, document json.RawMessage) (p api.Policy, err error) {
+	path, a := c.pol("/v1/policies/" + esc(ref))
+	return p, c.do(ctx, "PUT", path, api.ReplacePolicyRequest{Document: document}, a, &p)
 }
 
 // ListPolicies lists the app's policies.

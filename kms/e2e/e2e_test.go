@@ -224,10 +224,38 @@ func TestDevServerCLIFlow(t *testing.T) {
 	if _, _, code := run(t, merge(bob, "VEIL_ADMIN_TOKEN", ""), "", "kms", "audit", "list"); code == 0 {
 		t.Fatal("app read the audit log")
 	}
+	// The admin cannot give its own workload access to bob's key: the
+	// attach step of this sequence is refused.
+	bobID := bob["VEIL_APP_ID"]
+	_, errs, code = run(t, p.env, "", "kms", "policy", "create", "--app", bobID, "--key", "bob-cmk", "--mrenclave", strings.Repeat("e1", 32), "--allow-sim")
+	if code != 1 || !strings.Contains(errs, "attaching it to key bob-cmk") || !strings.Contains(errs, "forbidden") {
+		t.Fatalf("admin attaches a policy to bob's key: exit %d %s", code, errs)
+	}
 	out := must(t, p.env, "", "kms", "audit", "verify")
 	if !strings.Contains(out, "audit log intact") {
 		t.Fatalf("verify: %s", out)
 	}
+	cpFile := filepath.Join(t.TempDir(), "checkpoint.json")
+	os.WriteFile(cpFile, []byte(must(t, p.env, "", "kms", "audit", "checkpoint")), 0o600)
+	if out := must(t, p.env, "", "kms", "audit", "verify", "--checkpoint", cpFile); !strings.Contains(out, "audit log intact") {
+		t.Fatalf("verify --checkpoint: %s", out)
+	}
+	cpb, _ := os.ReadFile(cpFile)
+	os.WriteFile(cpFile, []byte(strings.Replace(string(cpb), `"seq": `, `"seq": 1`, 1)), 0o600)
+	if _, errs, code := run(t, p.env, "", "kms", "audit", "verify", "--checkpoint", cpFile); code == 0 || !strings.Contains(errs, "invalid audit checkpoint") {
+		t.Fatalf("verify with an edited checkpoint: exit %d %s", code, errs)
+	}
+	// bob rotates its own API key; the old one is refused at once.
+	var rot struct {
+		APIKey string `json:"api_key"`
+	}
+	if err := json.Unmarshal([]byte(must(t, merge(bob, "VEIL_ADMIN_TOKEN", ""), "", "kms", "app", "rotate-key", bobID, "--json")), &rot); err != nil || rot.APIKey == "" {
+		t.Fatalf("rotate-key: %v", err)
+	}
+	if _, errs, code := run(t, bob, "", "kms", "key", "list"); code != 1 || !strings.Contains(errs, "bad_signature") {
+		t.Fatalf("old API key after rotation: exit %d %s", code, errs)
+	}
+	bob = merge(bob, "VEIL_API_KEY", rot.APIKey)
 	// Restart keeps everything.
 	p.stop(t)
 	p = serve(t, "--dev", "--data", data)
@@ -238,8 +266,13 @@ func TestDevServerCLIFlow(t *testing.T) {
 	if out := must(t, p.env, "", "kms", "audit", "list", "--json"); !strings.Contains(out, "key.policy.attach") {
 		t.Fatalf("audit after restart lacks entries")
 	}
+	// The admin disables bob: every request bob signs is refused at once.
+	must(t, p.env, "", "kms", "app", "disable", bob["VEIL_APP_ID"])
+	if _, errs, code := run(t, bob, "", "kms", "key", "list"); code == 0 || !strings.Contains(errs, "app_disabled") {
+		t.Fatalf("disabled app lists its keys: exit %d %s", code, errs)
+	}
 	// Logs never hold the API key or token.
-	if s := p.stderr.String(); strings.Contains(s, enr.APIKey) || strings.Contains(s, p.env["VEIL_ADMIN_TOKEN"]) {
+	if s := p.stderr.String(); strings.Contains(s, enr.APIKey) || strings.Contains(s, rot.APIKey) || strings.Contains(s, p.env["VEIL_ADMIN_TOKEN"]) {
 		t.Fatal("server log holds a credential")
 	}
 }
@@ -275,7 +308,16 @@ func TestSealedServerShares(t *testing.T) {
 		t.Fatalf("enroll while sealed: %d %s", code, errs)
 	}
 	must(t, env, ini.Shares[2]+"\n", "kms", "unseal")
-	if out := must(t, env, "", "kms", "unseal", ini.Shares[0]); !strings.Contains(out, "unsealed") {
+	// A share on the command line (visible in ps) is refused unsent.
+	if _, errs, code := run(t, env, "", "kms", "unseal", ini.Shares[0]); code != 2 || !strings.Contains(errs, "hint: pipe it in") {
+		t.Fatalf("share on the command line: %d %s", code, errs)
+	}
+	if out := must(t, env, "", "kms", "status"); !strings.Contains(out, "sealed (1 of 2") {
+		t.Fatalf("status after a refused argv share: %s", out)
+	}
+	shareFile := filepath.Join(dir, "share.txt")
+	os.WriteFile(shareFile, []byte(ini.Shares[0]+"\n"), 0o600)
+	if out := must(t, env, "", "kms", "unseal", "--share-file", shareFile); !strings.Contains(out, "unsealed") {
 		t.Fatalf("unseal: %s", out)
 	}
 	must(t, env, "", "kms", "enroll", "--name", "bob")

@@ -412,7 +412,7 @@ func TestKMSPolicyVerbs(t *testing.T) {
 	if len(pl.Policies) != 1 || pl.Policies[0].ID != pol.ID {
 		t.Fatalf("list --app: %+v", pl)
 	}
-	fails(t, p.env, "", 1, "unauthenticated", "kms", "policy", "list")
+	fails(t, p.env, "", 1, "no app is set", "kms", "policy", "list")
 
 	must(t, bob, "", "kms", "policy", "attach", "prod", "--key", "cmk")
 	must(t, bob, "", "kms", "policy", "attach", pol.ID, "--secret", "token")

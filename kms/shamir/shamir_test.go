@@ -134,3 +134,21 @@ func FuzzCombine(f *testing.F) {
 		}
 	})
 }
+
+func TestCommitmentBindsShare(t *testing.T) {
+	parts, err := Split(bytes.Repeat([]byte{0x42}, 32), 3, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := Commitment(parts[0])
+	for i := range parts[0] {
+		p := bytes.Clone(parts[0])
+		p[i] ^= 1
+		if bytes.Equal(Commitment(p), c) {
+			t.Fatalf("byte %d changed, commitment unchanged", i)
+		}
+	}
+	if bytes.Equal(Commitment(parts[1]), c) {
+		t.Fatal("two shares with one commitment")
+	}
+}

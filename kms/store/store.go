@@ -6,8 +6,12 @@
 // transaction is fsynced before Update returns) and against two servers
 // writing the same data directory (an exclusive file lock). It does not
 // protect confidentiality: callers encrypt key material under the root key
-// before it reaches the store, and anyone who can write the file can edit
-// or delete records (the audit chain detects that for the audit log only).
+// before it reaches the store. Integrity is the caller's choice per record:
+// WithIntegrity (envelope.go) MACs values under a key the caller derives
+// from its root key, bound to bucket and key, so edits, forgeries and moved
+// records are refused by name, and a state digest over all protected
+// records (kept authenticated by the caller) reveals deletions and
+// rollbacks to older authentic values.
 //
 // A networked backend (PostgreSQL, for stateless replicas) implements the
 // same interface with one table (bucket, key, value) and serializable
