@@ -118,7 +118,21 @@ type Mount struct {
 	AlsoWriteKeys []string `json:"also_write_keys,omitempty"`
 	ReadOnly      bool     `json:"read_only,omitempty"`
 	Size          string   `json:"size,omitempty"` // tmpfs: size limit such as "64M"
+	// Format of a sealed mount's files: "" or "veil" (sealed files), or
+	// "gramine-pf" (Gramine protected files under a 16-byte wrap key, so a
+	// Gramine workload's encrypted directory is mounted unchanged).
+	Format string `json:"format,omitempty"`
+	// PFPath is, for format gramine-pf, the directory as Gramine named it
+	// (the path of the encrypted mount's uri): a file's bound path is
+	// PFPath/RELATIVE-NAME.
+	PFPath string `json:"pf_path,omitempty"`
 }
+
+// Sealed mount formats.
+const (
+	FormatVeil      = "veil"
+	FormatGraminePF = "gramine-pf"
+)
 
 // Resources are limits applied by the runtime where the kernel allows.
 type Resources struct {

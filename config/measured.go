@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"strings"
 
 	"github.com/veil-tee/veil/attest"
 )
@@ -46,6 +47,10 @@ type MeasuredMount struct {
 	AlsoWriteKeys []string `json:"also_write_keys,omitempty"`
 	ReadOnly      bool     `json:"read_only"`
 	SizeBytes     int64    `json:"size_bytes"`
+	// Format and PFPath are left out when empty, so instances without them
+	// keep their measurement.
+	Format string `json:"format,omitempty"`
+	PFPath string `json:"pf_path,omitempty"`
 }
 
 // MeasuredRes is Resources with sizes in bytes.
@@ -93,7 +98,7 @@ func (c *Config) Measured() Measured {
 		if mt.Size == "" {
 			size = 0
 		}
-		m.Mounts = append(m.Mounts, MeasuredMount{Target: mt.Target, Type: mt.Type, Key: mt.Key, WriteKey: mt.WriteKey, AlsoWriteKeys: mt.AlsoWriteKeys, ReadOnly: mt.ReadOnly, SizeBytes: size})
+		m.Mounts = append(m.Mounts, MeasuredMount{Target: mt.Target, Type: mt.Type, Key: mt.Key, WriteKey: mt.WriteKey, AlsoWriteKeys: mt.AlsoWriteKeys, ReadOnly: mt.ReadOnly, SizeBytes: size, Format: strings.TrimPrefix(mt.Format, FormatVeil), PFPath: mt.PFPath})
 	}
 	if c.Resources.Memory != "" {
 		m.Resources.MemoryBytes, _ = ParseSize(c.Resources.Memory)

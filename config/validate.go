@@ -113,6 +113,9 @@ func (c *Config) Validate() error {
 			return fieldErr(f+".target", "%q is mounted twice", m.Target)
 		}
 		targets[m.Target] = true
+		if m.Type != MountSealed && (m.Format != "" || m.PFPath != "") {
+			return fieldErr(f+".format", "only allowed for sealed mounts")
+		}
 		switch m.Type {
 		case MountSealed:
 			if m.Source == "" {
@@ -134,6 +137,9 @@ func (c *Config) Validate() error {
 			}
 			if m.Size != "" {
 				return fieldErr(f+".size", "only allowed for tmpfs mounts")
+			}
+			if err := validateFormat(f, m); err != nil {
+				return err
 			}
 		case MountHostFS:
 			if m.Source == "" {
@@ -379,3 +385,28 @@ func caCertDigest(pemText string) string {
 }
 
 func hexSHA256(b []byte) string { return hex.EncodeToString(sha256Sum(b)) }
+
+// validateFormat checks a sealed mount's format and what it requires.
+func validateFormat(f string, m Mount) error {
+	switch m.Format {
+	case "", FormatVeil:
+		if m.PFPath != "" {
+			return fieldErr(f+".pf_path", "only allowed with format %q", FormatGraminePF)
+		}
+	case FormatGraminePF:
+		// One 16-byte wrap key opens and writes every file; the format has
+		// no key slots.
+		if r, _ := ParseKeyRef(m.Key); r.Kind != "file" {
+			return fieldErr(f+".key", "format %s takes a 16-byte Gramine wrap key as \"file:PATH\"", FormatGraminePF)
+		}
+		if m.WriteKey != m.Key || len(m.AlsoWriteKeys) > 0 {
+			return fieldErr(f+".write_key", "format %s has one key: leave write_key and also_write_keys unset", FormatGraminePF)
+		}
+		if strings.ContainsRune(m.PFPath, 0) {
+			return fieldErr(f+".pf_path", "contains a NUL byte")
+		}
+	default:
+		return fieldErr(f+".format", "%q is not allowed (want veil or %s)", m.Format, FormatGraminePF)
+	}
+	return nil
+}

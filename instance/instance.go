@@ -112,6 +112,10 @@ type SealedMount struct {
 	// MountID binds the mount's files to it: seal.MountID of the target
 	// declared in veil.json (measured), never of a host path.
 	MountID []byte
+	// GraminePF, when set, makes the mount one of Gramine protected files
+	// (format gramine-pf) instead of sealed files; Keys and WriteKeys are
+	// then unused.
+	GraminePF *GraminePFMount
 }
 
 // MountInfo describes an active mount, for status output.
@@ -521,6 +525,9 @@ func hostDir(src string, i int) (string, error) {
 // sealedKeys resolves a sealed mount's keys and checks, before anything
 // starts, that the key services release them: a denial stops the run here.
 func (in *Instance) sealedKeys(ctx context.Context, m config.Mount, src string) (*SealedMount, error) {
+	if m.Format == config.FormatGraminePF {
+		return graminePFMount(m, src)
+	}
 	sm := &SealedMount{Source: src, ReadOnly: m.ReadOnly, MountID: seal.MountID(m.Target)}
 	var keys seal.Keys
 	resolve := func(refText string) (seal.KeyWrapper, seal.KeyUnwrapper, error) {

@@ -16,13 +16,18 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/veil-tee/veil/fusefs"
+	"github.com/veil-tee/veil/instance/sandbox"
 	"github.com/veil-tee/veil/trustimage"
 )
 
 // fuseRoot mounts the verified image with the FUSE server veil uses (not
 // extracted), so that the programs below read their binaries through it.
 func fuseRoot(mountpoint string, r *trustimage.Reader, log *slog.Logger) (Unmounter, error) {
-	srv, err := fusefs.MountImage(mountpoint, fusefs.ImageOptions{Reader: r, Logger: log})
+	o := fusefs.ImageOptions{Reader: r, Logger: log}
+	if ids := sandbox.HostIDs(); ids != nil {
+		o.AllowOther, o.UIDShift, o.GIDShift = true, ids.UID, ids.GID
+	}
+	srv, err := fusefs.MountImage(mountpoint, o)
 	if err != nil {
 		return nil, err
 	}

@@ -82,6 +82,7 @@ func (f *cryptFlags) check() error {
 
 func newEncryptCmd(env *Env) *cobra.Command {
 	var f cryptFlags
+	var pff pfFlags
 	var segSize int
 	var bindMount, bindPath string
 	c := &cobra.Command{
@@ -94,7 +95,11 @@ relative names. OUT appears only once it is complete.
 --bind-mount and --bind-path bind a single file to its place in a sealed
 mount: the mount's target in veil.json and the file's path below it. The
 mount then refuses the file under any other name or in any other mount.
-Without them the file is unbound and opens anywhere, as before.`,
+Without them the file is unbound and opens anywhere, as before.
+
+With --format gramine-pf, IN is written as a Gramine protected file (the
+format of Gramine's encrypted mounts) under a 16-byte wrap key
+(--key file:PATH), bound to --pf-path or to OUT as given.`,
 		Example: `  veil gen-key owner.key
   veil encrypt --key file:owner.key -i people.csv -o people.csv.sealed
   tar c data | veil encrypt --key file:owner.key -i - -o data.tar.sealed
@@ -105,6 +110,13 @@ Without them the file is unbound and opens anywhere, as before.`,
 				return err
 			}
 			ctx := c.Context()
+			switch pff.format {
+			case "veil":
+			case formatGraminePF:
+				return encryptGraminePF(ctx, env, &f, &pff)
+			default:
+				return usageErrorf("--format %q: want veil or %s", pff.format, formatGraminePF)
+			}
 			ws, err := resolveWrappers(ctx, f.keys)
 			if err != nil {
 				return err
@@ -137,6 +149,7 @@ Without them the file is unbound and opens anywhere, as before.`,
 		},
 	}
 	f.add(c, "key to wrap the file's data key: file:PATH (repeat for several slots)")
+	pff.addEncrypt(c)
 	c.Flags().IntVar(&segSize, "segment-size", 0, fmt.Sprintf("plaintext bytes per segment, a power of two from %d to %d (default %d)", seal.MinSegmentSize, seal.MaxSegmentSize, seal.DefaultSegmentSize))
 	c.Flags().StringVar(&bindMount, "bind-mount", "", "bind the file to the sealed mount at this target (veil.json)")
 	c.Flags().StringVar(&bindPath, "bind-path", "", "bind the file to this path below the mount's root")
@@ -145,13 +158,18 @@ Without them the file is unbound and opens anywhere, as before.`,
 
 func newDecryptCmd(env *Env) *cobra.Command {
 	var f cryptFlags
+	var pff pfFlags
 	c := &cobra.Command{
 		Use:   "decrypt [--key KIND:REF] -i IN -o OUT",
 		Short: "Open a sealed file, stream or directory tree",
 		Long: `decrypt authenticates and opens IN into OUT. Output to a file is written beside
 OUT and renamed only after the whole input authenticated, so a tampered input
 never leaves plaintext at OUT. Output to standard output streams authenticated
-segments and exits non-zero at the first bad one.`,
+segments and exits non-zero at the first bad one.
+
+A Gramine protected file (GRAFS_PF) is recognised by its magic and opened
+with its 16-byte wrap key (--key file:PATH); it must be bound to the input
+path as given, or to --pf-path.`,
 		Example: `  veil decrypt --key file:owner.key -i people.csv.sealed -o people.csv
   veil decrypt --key file:owner.key -i data.tar.sealed -o - | tar x`,
 		Args: exactArgs(0),
@@ -160,6 +178,9 @@ segments and exits non-zero at the first bad one.`,
 				return err
 			}
 			ctx := c.Context()
+			if isPFInput(f.in) {
+				return decryptGraminePF(ctx, env, &f, &pff)
+			}
 			u, err := resolveUnwrappers(ctx, f.keys)
 			if err != nil {
 				return err
@@ -185,6 +206,7 @@ segments and exits non-zero at the first bad one.`,
 		},
 	}
 	f.add(c, "key that opens one of the file's slots: file:PATH (repeat to try several)")
+	pff.addDecrypt(c)
 	return c
 }
 
@@ -336,7 +358,7 @@ func newInspectCmd(env *Env) *cobra.Command {
 			info, err := seal.Inspect(args[0])
 			if err != nil {
 				if errors.Is(err, seal.ErrNotSealed) {
-					return withHint(fmt.Errorf("%s: %w", args[0], err), "the file does not start with the sealed-file magic; it may be plaintext")
+					return withHint(fmt.Errorf("%s: %w", args[0], err), notSealedHint(args[0]))
 				}
 				return fmt.Errorf("inspecting %s: %w", args[0], err)
 			}

@@ -31,15 +31,26 @@ const devSignKeyFile = "dev-sign-key.pem"
 
 func newNewCmd(env *Env) *cobra.Command {
 	var nf newFlags
+	var imp importFlags
 	c := &cobra.Command{
-		Use:   "new DIR [--bom SNIPPET] [--kms NAME[=URL][,ca=PATH]] [--mount TARGET=SOURCE[,key=REF]]",
+		Use:   "new DIR [--from-occlum Occlum.json | --from-gramine MANIFEST] [--bom SNIPPET] [--kms NAME[=URL][,ca=PATH]] [--mount TARGET=SOURCE[,key=REF]]",
 		Short: "Create an instance directory with a documented veil.json and an empty image/",
 		Example: `  veil new app
   veil new app --bom debian/python3 --kms main --mount /data=data,key=kms:bob-cmk@main`,
 		Args: exactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			dir := args[0]
-			cfg, err := newConfig(dir, &nf)
+			base := []byte(config.Template)
+			res, err := imp.load()
+			if err != nil {
+				return err
+			}
+			if res != nil {
+				if base, err = res.Config.Marshal(); err != nil {
+					return err
+				}
+			}
+			cfg, err := newConfig(dir, base, &nf)
 			if err != nil {
 				return err
 			}
@@ -59,6 +70,11 @@ func newNewCmd(env *Env) *cobra.Command {
 				os.RemoveAll(dir) // made just now, by this command
 				return withHint(fmt.Errorf("the flags make an invalid veil.json: %w", err), "see 'veil new --help' and docs/config.md")
 			}
+			if res != nil {
+				if err := imp.report(env, dir, res); err != nil {
+					return fmt.Errorf("creating instance: %w", err)
+				}
+			}
 			fmt.Fprintf(env.Stderr, "veil: created %s: put the workload's files in %s/image/ or list host files in the bom section of %s/veil.json (docs/config.md), then run veil build -C %s\n", dir, dir, dir, dir)
 			return nil
 		},
@@ -67,6 +83,7 @@ func newNewCmd(env *Env) *cobra.Command {
 	f.StringArrayVar(&nf.bom, "bom", nil, "add a shipped BOM snippet to bom.include, e.g. debian/python3 (repeatable)")
 	f.StringArrayVar(&nf.kms, "kms", nil, "add a key service: NAME[=URL][,ca=PATH][,pin=HEX]; URL and CA default to VEIL_KMS_URL and VEIL_KMS_CA (repeatable)")
 	f.StringArrayVar(&nf.mounts, "mount", nil, "add a mount: TARGET=SOURCE,key=kms:KEY@NAME[,write_key=REF] (sealed), TARGET=SOURCE (hostfs) or TARGET,type=tmpfs[,size=64M]; relative paths are written relative to DIR (repeatable)")
+	imp.add(c)
 	return c
 }
 

@@ -72,11 +72,11 @@ func unknownOpts(flag, val string, opts map[string]string, allowed ...string) er
 }
 
 // newConfig returns the veil.json `veil new DIR` writes with flags f.
-func newConfig(dir string, f *newFlags) ([]byte, error) {
+func newConfig(dir string, base []byte, f *newFlags) ([]byte, error) {
 	if f.empty() {
-		return []byte(config.Template), nil
+		return base, nil
 	}
-	c, err := config.Parse([]byte(config.Template))
+	c, err := config.Parse(base)
 	if err != nil {
 		return nil, err
 	}

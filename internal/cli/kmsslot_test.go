@@ -41,7 +41,7 @@ func TestCLIKMSSlotErrors(t *testing.T) {
 	}
 
 	r := veil(t, dir, nil, "decrypt", "-i", "data.sealed", "-o", "out")
-	if r.code != ExitIntegrity || !bytes.Contains(r.stderr, []byte("no key slot opens")) || !bytes.Contains(r.stderr, []byte("--key file:PATH")) {
+	if r.code != ExitIntegrity || !bytes.Contains(r.stderr, []byte("no key slot opens")) || !bytes.Contains(r.stderr, []byte("sealed under key service key k1v1")) {
 		t.Errorf("no key service: exit %d, %s", r.code, r.stderr)
 	}
 

@@ -52,6 +52,13 @@ func (m imageMount) Unmount() error {
 }
 
 func mountSealed(mountpoint string, o instance.SealedMount, log *slog.Logger) (instance.Unmounter, error) {
+	if g := o.GraminePF; g != nil {
+		srv, err := fusefs.MountGraminePF(mountpoint, fusefs.GraminePFOptions{Source: o.Source, Key: g.Key, PFPath: g.PFPath, ReadOnly: o.ReadOnly, Logger: log, AllowOther: sandbox.HostIDs() != nil})
+		if err != nil {
+			return nil, err
+		}
+		return fuseMount{srv, mountpoint}, nil
+	}
 	srv, err := fusefs.MountSealed(mountpoint, fusefs.SealedOptions{Source: o.Source, Keys: o.Keys, WriteKeys: o.WriteKeys, ReadOnly: o.ReadOnly, MountID: o.MountID, Logger: log, AllowOther: sandbox.HostIDs() != nil})
 	if err != nil {
 		return nil, err

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -61,6 +63,10 @@ func runSession(t *testing.T, doc string, md []byte, setup func(dir string)) {
 		t.Fatalf("%s: %d commands in its console block; want a session", doc, len(steps))
 	}
 	base := t.TempDir()
+	// Whatever happens, leave nothing behind: this runs before the
+	// temporary directory is removed (the checks below still fail the
+	// test for anything the session left).
+	t.Cleanup(func() { sweep(base) })
 	work, home, outDir := filepath.Join(base, "work"), filepath.Join(base, "home"), filepath.Join(base, "out")
 	for _, d := range []string{work, home, outDir} {
 		if err := os.Mkdir(d, 0o755); err != nil {
@@ -123,6 +129,40 @@ func runSession(t *testing.T, doc string, md []byte, setup func(dir string)) {
 	}
 	if m := mountsUnder(t, base); len(m) > 0 {
 		t.Errorf("%s: left mounted: %v", doc, m)
+	}
+}
+
+// sweep ends the processes whose command line names dir (a supervisor
+// of a session that failed before veil stop) and detaches every mount
+// under dir, deepest first.
+func sweep(dir string) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		p := processesNaming(dir)
+		for _, e := range p {
+			pid, _, _ := strings.Cut(e, ":")
+			if n, err := strconv.Atoi(pid); err == nil {
+				syscall.Kill(n, sig)
+			}
+		}
+		for i := 0; i < 30 && len(processesNaming(dir)) > 0; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var ms []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if fields := strings.Fields(sc.Text()); len(fields) > 4 && strings.HasPrefix(fields[4], dir) {
+			ms = append(ms, fields[4])
+		}
+	}
+	f.Close()
+	sort.Sort(sort.Reverse(sort.StringSlice(ms)))
+	for _, m := range ms {
+		syscall.Unmount(m, syscall.MNT_DETACH)
 	}
 }
 
