@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/veil-tee/veil/kms/api"
+	"github.com/veil-tee/veil/kms/audit"
 	devkms "github.com/veil-tee/veil/kms/dev"
 )
 
@@ -169,4 +170,48 @@ func TestKMSRunFunctionErrors(t *testing.T) {
 	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "is unreachable") || !strings.Contains(ce.Hint, "veil kms serve --dev") {
 		t.Fatalf("unreachable service: %v", err)
 	}
+}
+
+// A checkpoint printed by the checkpoint verb verifies with audit verify
+// --checkpoint; one edited by hand is refused.
+func TestKMSRunAuditCheckpoint(t *testing.T) {
+	admin := devService(t)
+	asApp(t, admin, "bob") // an audited operation
+	cp, err := call(t, (&auditCheckpointOptions{admin}).run, "")
+	if err != nil {
+		t.Fatalf("audit checkpoint: %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "cp.json")
+	if err := os.WriteFile(file, []byte(cp), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := call(t, (&auditVerifyOptions{kmsOpts: admin, checkpointFile: file}).run, "")
+	if err != nil || !strings.HasPrefix(out, "audit log intact: ") {
+		t.Fatalf("audit verify --checkpoint: %v\n%s", err, out)
+	}
+	// The same checkpoint naming another head hash: its signature no
+	// longer holds, and the verb reports a broken log.
+	var c audit.Checkpoint
+	if err := json.Unmarshal([]byte(cp), &c); err != nil {
+		t.Fatalf("checkpoint is not JSON: %v\n%s", err, cp)
+	}
+	h := []byte(c.Hash)
+	h[0] = "01"[btoi(h[0] == '0')]
+	c.Hash = string(h)
+	forged, _ := json.Marshal(c)
+	if err := os.WriteFile(file, []byte(forged), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = call(t, (&auditVerifyOptions{kmsOpts: admin, checkpointFile: file}).run, "")
+	t.Logf("forged checkpoint: %v", err)
+	if exitCode(err) != ExitIntegrity {
+		t.Fatalf("forged checkpoint: exit %d, %v; want %d", exitCode(err), err, ExitIntegrity)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
