@@ -26,18 +26,15 @@ import (
 	"github.com/veil-tee/veil/internal/fsutil"
 )
 
-func init() {
-	register(groupAttest, newSimCmd)
-	register(groupAttest, newAttestCmd)
-	exitCoders = append(exitCoders, func(err error) int {
-		for _, e := range []error{attest.ErrDenied, attest.ErrSignature, attest.ErrChain, attest.ErrCollateral,
-			attest.ErrBinding, attest.ErrMalformed, attest.ErrUnsupported, attest.ErrNoBackend, ratls.ErrNotRATLS, ratls.ErrExtension, ratls.ErrStale} {
-			if errors.Is(err, e) {
-				return ExitDenied
-			}
+// attestExitCode maps the attest verbs' library errors to exit codes (0: not theirs).
+func attestExitCode(err error) int {
+	for _, e := range []error{attest.ErrDenied, attest.ErrSignature, attest.ErrChain, attest.ErrCollateral,
+		attest.ErrBinding, attest.ErrMalformed, attest.ErrUnsupported, attest.ErrNoBackend, ratls.ErrNotRATLS, ratls.ErrExtension, ratls.ErrStale} {
+		if errors.Is(err, e) {
+			return ExitDenied
 		}
-		return 0
-	})
+	}
+	return 0
 }
 
 // maxEvidenceFile bounds evidence and certificate files read by the CLI.

@@ -17,17 +17,12 @@ import (
 	"github.com/veil-tee/veil/seal"
 )
 
-func init() {
-	register(groupData, newGenKeyCmd)
-	register(groupData, newEncryptCmd)
-	register(groupData, newDecryptCmd)
-	register(groupData, newInspectCmd)
-	exitCoders = append(exitCoders, func(err error) int {
-		if errors.Is(err, seal.ErrIntegrity) || errors.Is(err, seal.ErrWrongKey) {
-			return ExitIntegrity
-		}
-		return 0
-	})
+// dataExitCode maps the data verbs' library errors to exit codes (0: not theirs).
+func dataExitCode(err error) int {
+	if errors.Is(err, seal.ErrIntegrity) || errors.Is(err, seal.ErrWrongKey) {
+		return ExitIntegrity
+	}
+	return 0
 }
 
 func newGenKeyCmd(env *Env) *cobra.Command {

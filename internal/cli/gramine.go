@@ -22,13 +22,12 @@ import (
 
 const formatGraminePF = "gramine-pf"
 
-func init() {
-	exitCoders = append(exitCoders, func(err error) int {
-		if errors.Is(err, pf.ErrIntegrity) {
-			return ExitIntegrity
-		}
-		return 0
-	})
+// gramineExitCode maps Gramine protected-file errors to exit codes (0: not theirs).
+func gramineExitCode(err error) int {
+	if errors.Is(err, pf.ErrIntegrity) {
+		return ExitIntegrity
+	}
+	return 0
 }
 
 type pfFlags struct {

@@ -15,22 +15,15 @@ import (
 	"github.com/veil-tee/veil/trustimage"
 )
 
-func init() {
-	register(groupImage, newNewCmd)
-	register(groupImage, newBuildCmd)
-	register(groupImage, newPrintCmd)
-	register(groupImage, newVerifyCmd)
-	register(groupKeys, newGenSignKeyCmd)
-	register(groupKeys, newGenImageKeyCmd)
-	exitCoders = append(exitCoders, func(err error) int {
-		switch {
-		case errors.Is(err, trustimage.ErrCorrupt), errors.Is(err, trustimage.ErrBadSignature),
-			errors.Is(err, trustimage.ErrPinMismatch), errors.Is(err, trustimage.ErrWrongKey),
-			errors.Is(err, trustimage.ErrBadSuperblock):
-			return ExitIntegrity
-		}
-		return 0
-	})
+// imageExitCode maps the image verbs' library errors to exit codes (0: not theirs).
+func imageExitCode(err error) int {
+	switch {
+	case errors.Is(err, trustimage.ErrCorrupt), errors.Is(err, trustimage.ErrBadSignature),
+		errors.Is(err, trustimage.ErrPinMismatch), errors.Is(err, trustimage.ErrWrongKey),
+		errors.Is(err, trustimage.ErrBadSuperblock):
+		return ExitIntegrity
+	}
+	return 0
 }
 
 // devSignKeyFile is the development signing key's name in the user dir.

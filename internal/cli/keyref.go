@@ -22,17 +22,20 @@ type keySource interface {
 	auto(ctx context.Context) (seal.KeyUnwrapper, error)
 }
 
-// keySources maps a key reference kind to its source; verb files add to it.
-var keySources = map[string]keySource{"file": fileKeySource{}}
+// keySources maps a key reference kind to its source.
+func keySources() map[string]keySource {
+	return map[string]keySource{"file": fileKeySource{}, "kms": kmsKeySource{}}
+}
 
 func splitKeyRef(ref string) (kind, rest string, src keySource, err error) {
+	sources := keySources()
 	kind, rest, ok := strings.Cut(ref, ":")
 	if ok {
-		src = keySources[kind]
+		src = sources[kind]
 	}
 	if !ok || src == nil || rest == "" {
-		kinds := make([]string, 0, len(keySources))
-		for k := range keySources {
+		kinds := make([]string, 0, len(sources))
+		for k := range sources {
 			kinds = append(kinds, k+":…")
 		}
 		return "", "", nil, &Error{Err: fmt.Errorf("key %q: want KIND:REF, where KIND is one of %s", ref, strings.Join(sortedStrings(kinds), ", ")), Code: ExitUsage, Hint: "for a local key file use --key file:PATH (veil gen-key PATH makes one)"}
@@ -76,8 +79,9 @@ func resolveUnwrappers(ctx context.Context, refs []string) (seal.KeyUnwrapper, e
 		ks = append(ks, u)
 	}
 	if len(refs) == 0 {
-		for _, kind := range sortedKeys(keySources) {
-			u, err := keySources[kind].auto(ctx)
+		sources := keySources()
+		for _, kind := range sortedKeys(sources) {
+			u, err := sources[kind].auto(ctx)
 			if err != nil {
 				return nil, err
 			}

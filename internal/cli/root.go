@@ -64,8 +64,11 @@ func usageErrorf(format string, a ...any) error {
 	return &Error{Err: fmt.Errorf(format, a...), Code: ExitUsage}
 }
 
-// exitCoders maps library sentinel errors to exit codes; verb files add to it.
-var exitCoders []func(error) int
+// exitCoders lists, in the order they are asked, the functions that map
+// library sentinel errors to exit codes; each verb file supplies one.
+func exitCoders() []func(error) int {
+	return []func(error) int{attestExitCode, dataExitCode, gramineExitCode, imageExitCode, kmsExitCode, runExitCode}
+}
 
 func exitCode(err error) int {
 	var ce *Error
@@ -75,7 +78,7 @@ func exitCode(err error) int {
 	if errors.Is(err, context.Canceled) {
 		return ExitInterrupt
 	}
-	for _, f := range exitCoders {
+	for _, f := range exitCoders() {
 		if c := f(err); c != 0 {
 			return c
 		}
@@ -100,16 +103,37 @@ var groups = []*cobra.Group{
 	{ID: groupAttest, Title: "Attestation:"},
 }
 
-type registration struct {
+// verb is a top-level command and its help group.
+type verb struct {
 	group string
 	make  func(*Env) *cobra.Command
 }
 
-var registry []registration
-
-// register adds a top-level verb; each verb file calls it from init.
-func register(group string, make func(*Env) *cobra.Command) {
-	registry = append(registry, registration{group, make})
+// verbs lists veil's top-level commands; `veil --help` sorts them by name.
+func verbs() []verb {
+	return []verb{
+		{groupAttest, newSimCmd},
+		{groupAttest, newAttestCmd},
+		{groupData, newGenKeyCmd},
+		{groupData, newEncryptCmd},
+		{groupData, newDecryptCmd},
+		{groupData, newInspectCmd},
+		{groupImage, newNewCmd},
+		{groupImage, newBuildCmd},
+		{groupImage, newPrintCmd},
+		{groupImage, newVerifyCmd},
+		{groupKeys, newGenSignKeyCmd},
+		{groupKeys, newGenImageKeyCmd},
+		{groupKeys, newKMSCmd},
+		{groupRuntime, newRunCmd},
+		{groupRuntime, newStartCmd},
+		{groupRuntime, newExecCmd},
+		{groupRuntime, newStopCmd},
+		{groupRuntime, newKillCmd},
+		{groupRuntime, newStatusCmd},
+		{"", newSuperviseCmd},
+		{"", newVersionCmd},
+	}
 }
 
 // NewRoot builds the veil command tree over env.
@@ -132,8 +156,9 @@ by remote attestation.`,
 		return &Error{Err: err, Code: ExitUsage, Hint: fmt.Sprintf("see '%s --help'", c.CommandPath())}
 	})
 	used := map[string]bool{}
-	cmds := make([]*cobra.Command, 0, len(registry))
-	for _, r := range registry {
+	vs := verbs()
+	cmds := make([]*cobra.Command, 0, len(vs))
+	for _, r := range vs {
 		c := r.make(env)
 		c.GroupID = r.group
 		used[r.group] = true

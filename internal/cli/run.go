@@ -23,26 +23,19 @@ import (
 	"github.com/veil-tee/veil/instance"
 	"github.com/veil-tee/veil/instance/sandbox"
 	"github.com/veil-tee/veil/kms/client"
+	"github.com/veil-tee/veil/kms/workload"
 	"github.com/veil-tee/veil/trustimage"
 )
 
-func init() {
-	register(groupRuntime, newRunCmd)
-	register(groupRuntime, newStartCmd)
-	register(groupRuntime, newExecCmd)
-	register(groupRuntime, newStopCmd)
-	register(groupRuntime, newKillCmd)
-	register(groupRuntime, newStatusCmd)
-	register("", newSuperviseCmd)
-	exitCoders = append(exitCoders, func(err error) int {
-		if errors.Is(err, instance.ErrKeyDenied) || errors.Is(err, attest.ErrDenied) || errors.Is(err, instance.ErrKMSNotTrusted) {
-			return ExitDenied
-		}
-		if errors.Is(err, trustimage.ErrCorrupt) {
-			return ExitIntegrity
-		}
-		return 0
-	})
+// runExitCode maps the run verbs' library errors to exit codes (0: not theirs).
+func runExitCode(err error) int {
+	if errors.Is(err, instance.ErrKeyDenied) || errors.Is(err, attest.ErrDenied) || errors.Is(err, instance.ErrKMSNotTrusted) {
+		return ExitDenied
+	}
+	if errors.Is(err, trustimage.ErrCorrupt) {
+		return ExitIntegrity
+	}
+	return 0
 }
 
 // runtimeOptions are the flags shared by run and start.
@@ -84,7 +77,7 @@ func (r *runtimeOptions) options(env *Env) (instance.Options, func(), error) {
 				simCA = filepath.Join(d, "ca.pem")
 			}
 		}
-		v, err := evidenceVerifier(false, simCA, r.kmsCollateral)
+		v, err := (workload.Trust{SimCA: simCA, Collateral: r.kmsCollateral}).EvidenceVerifier()
 		if err != nil {
 			done()
 			return o, func() {}, fmt.Errorf("--kms-collateral: %w", err)

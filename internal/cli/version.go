@@ -14,8 +14,6 @@ var (
 	commit  = ""
 )
 
-func init() { register("", newVersionCmd) }
-
 func newVersionCmd(env *Env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",

@@ -1,0 +1,168 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/veil-tee/veil/attest"
+	"github.com/veil-tee/veil/internal/fsutil"
+	"github.com/veil-tee/veil/kms"
+	devkms "github.com/veil-tee/veil/kms/dev"
+	"github.com/veil-tee/veil/kms/selfattest"
+	"github.com/veil-tee/veil/kms/store"
+	"github.com/veil-tee/veil/kms/workload"
+)
+
+// kmsServeOptions are the flags of `veil kms serve`.
+type kmsServeOptions struct {
+	dataDir, listen, certFile, keyFile, logLevel, adminCA, simCA, collateral string
+	dev, attestSelf                                                          bool
+}
+
+func newKMSServeCmd(env *Env) *cobra.Command {
+	o := &kmsServeOptions{}
+	c := &cobra.Command{
+		Use:   "serve --data DIR --listen ADDR",
+		Short: "Run the key service (starts sealed unless --dev)",
+		Args:  exactArgs(0),
+		RunE:  func(c *cobra.Command, _ []string) error { return o.run(c.Context(), env) },
+	}
+	f := c.Flags()
+	f.StringVar(&o.dataDir, "data", "", "data directory (created if absent)")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:8443", "address to listen on")
+	f.BoolVar(&o.dev, "dev", false, "development mode: self-signed certificate, local root key file, auto-unseal")
+	f.StringVar(&o.certFile, "tls-cert", "", "server certificate chain (PEM)")
+	f.StringVar(&o.keyFile, "tls-key", "", "server private key (PEM)")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.adminCA, "admin-client-ca", "", "PEM CA certificates whose client certificates authenticate as the admin")
+	f.StringVar(&o.simCA, "sim-ca", "", "trust sim evidence from the platform with this CA certificate (PEM); --dev trusts the local one (veil sim init)")
+	f.StringVar(&o.collateral, "collateral", "", "Intel PCS collateral directory for verifying SGX and TDX workloads")
+	f.BoolVar(&o.attestSelf, "attest", false, "present evidence that the service's TLS key lives in a TEE (configfs-tsm, else the sim platform), for workloads whose veil.json kms[].attest asks for it")
+	return c
+}
+
+// run serves until ctx is done.
+func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
+	if o.dataDir == "" {
+		return usageErrorf("--data is required")
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return usageErrorf("--log-level: %v", err)
+	}
+	log := slog.New(slog.NewJSONHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
+	st, err := store.OpenBolt(o.dataDir, store.BoltOptions{})
+	if errors.Is(err, store.ErrLocked) {
+		return withHint(fmt.Errorf("refusing to start: %w", err), "another 'veil kms serve' uses "+o.dataDir+"; stop it first")
+	}
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	opt := kms.Options{Store: st, Logger: log}
+	if o.adminCA != "" {
+		b, err := os.ReadFile(o.adminCA)
+		if err != nil {
+			return fmt.Errorf("reading --admin-client-ca: %w", err)
+		}
+		opt.AdminClientCAs = x509.NewCertPool()
+		if !opt.AdminClientCAs.AppendCertsFromPEM(b) {
+			return usageErrorf("--admin-client-ca %s holds no PEM certificate", o.adminCA)
+		}
+	}
+	if opt.Verifier, opt.Evaluator, err = workload.New(workload.Trust{LocalSim: o.dev, SimCA: o.simCA, Collateral: o.collateral}); err != nil {
+		return fmt.Errorf("setting up workload attestation: %w", err)
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listening: %w", err)
+	}
+	defer ln.Close()
+	var cert tls.Certificate
+	var root []byte
+	var ready string // printed once the server is about to accept connections
+	absData, err := filepath.Abs(o.dataDir)
+	if err != nil {
+		return err
+	}
+	devDir := filepath.Join(absData, "dev")
+	if o.dev {
+		ds, err := devkms.Setup(ctx, st, devDir, ln.Addr().String())
+		if errors.Is(err, devkms.ErrNotDev) {
+			return withHint(err, "start it without --dev and unseal it")
+		}
+		if err != nil {
+			return err
+		}
+		cert, root = ds.Cert, ds.RootKey
+		defer clear(root)
+		ready = fmt.Sprintf("export VEIL_KMS_URL=https://%s\nexport VEIL_KMS_CA=%s\nexport VEIL_ADMIN_TOKEN=%s\n",
+			ln.Addr(), filepath.Join(devDir, devkms.CAFile), ds.AdminToken)
+	} else {
+		if o.certFile == "" || o.keyFile == "" {
+			return withHint(usageErrorf("--tls-cert and --tls-key are required without --dev"), "for a local trial use --dev")
+		}
+		if cert, err = tls.LoadX509KeyPair(o.certFile, o.keyFile); err != nil {
+			return fmt.Errorf("loading the TLS certificate: %w", err)
+		}
+		ready = fmt.Sprintf("export VEIL_KMS_URL=https://%s\n", ln.Addr())
+	}
+	if o.attestSelf {
+		var m []byte
+		var tee attest.TEE
+		if opt.Attestation, m, tee, err = selfattest.New(&cert, selfattest.Options{}); err != nil {
+			if errors.Is(err, selfattest.ErrNoPlatform) {
+				return withHint(fmt.Errorf("--attest: %w", err), "for development create the software platform: veil sim init")
+			}
+			return err
+		}
+		if tee == attest.TEESim {
+			fmt.Fprintln(env.Stderr, "veil: warning: --attest with the sim backend: development only, the host can read everything")
+		}
+		if m != nil {
+			ready += fmt.Sprintf("export VEIL_KMS_MEASUREMENT=%x\n", m)
+		}
+		log.Info("presenting evidence", "tee", string(tee), "measurement", hex.EncodeToString(m))
+	}
+	svc, err := kms.New(ctx, opt)
+	if errors.Is(err, kms.ErrDataFormat) {
+		return withHint(err, "this data directory was written by an older veil (records without MACs); initialize a new one and move the apps' keys and secrets over")
+	}
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
+	st0 := svc.Status()
+	if !st0.Initialized {
+		return withHint(errors.New("the data directory is not initialized"), "run 'veil kms init --data "+o.dataDir+" --shares 5 --threshold 3' first, or use --dev")
+	}
+	if root != nil {
+		if err := svc.UnsealWithRootKey(root); err != nil {
+			return err
+		}
+	} else if st0.Mode == kms.ModeDev {
+		return withHint(errors.New("this data directory was created with --dev"), "start it with --dev")
+	}
+	log.Info("serving", "addr", ln.Addr().String(), "sealed", svc.Status().Sealed, "dev", o.dev)
+	fmt.Fprint(env.Stdout, ready)
+	if o.dev {
+		// For veil kms env: written once the listener is up,
+		// removed when the service stops.
+		envPath := filepath.Join(devDir, devkms.EnvFile)
+		if err := fsutil.WriteFile(envPath, []byte(ready), 0o600, true); err != nil {
+			return err
+		}
+		defer os.Remove(envPath)
+	}
+	return svc.Serve(ctx, ln, cert)
+}
