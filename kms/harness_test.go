@@ -122,7 +122,10 @@ func (c *fakeClock) Advance(d time.Duration) {
 type server struct {
 	t      testing.TB
 	dir    string
-	st     *store.Bolt
+	st     store.Store
+	// storeURL, when set, is the PostgreSQL store of this server (a
+	// replica) instead of the bbolt file in dir.
+	storeURL string
 	svc    *kms.Service
 	url    string
 	ca     []byte
@@ -183,9 +186,16 @@ func newServer(t testing.TB, sealed bool) *server {
 	return s
 }
 
+func (s *server) openStore() (store.Store, error) {
+	if s.storeURL != "" {
+		return store.OpenPostgres(context.Background(), s.storeURL, store.PostgresOptions{})
+	}
+	return store.OpenBolt(s.dir, store.BoltOptions{})
+}
+
 func (s *server) start(certs *kms.DevCertificates, sealed bool) {
 	t := s.t
-	st, err := store.OpenBolt(s.dir, store.BoltOptions{})
+	st, err := s.openStore()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -367,7 +367,17 @@ func (s *Service) AuthenticateApp(ctx context.Context, appID, tsStr, nonce, sig,
 	if t.Before(now.Add(-w)) || t.After(now.Add(w)) {
 		return Caller{}, fail(ErrStaleTimestamp, "request time %s is outside the %s window around the server time", t.UTC().Format(time.RFC3339), w)
 	}
-	if err := s.nonces.add(appID, nonce, t.Add(w+time.Second), now); err != nil {
+	if ns, ok := s.st.(store.NonceStore); ok {
+		// Replicas of one store share their nonces through it, so a
+		// request accepted by one is a replay on every other.
+		err := ns.UseNonce(ctx, appID, nonce, t.Add(w+time.Second), now)
+		if errors.Is(err, store.ErrNonceUsed) {
+			return Caller{}, fail(ErrReplayed, "this request's nonce was already used")
+		}
+		if err != nil {
+			return Caller{}, serviceError(err)
+		}
+	} else if err := s.nonces.add(appID, nonce, t.Add(w+time.Second), now); err != nil {
 		return Caller{}, err
 	}
 	return Caller{Kind: KindApp, AppID: appID}, nil

@@ -280,24 +280,27 @@ func connErr(err error) error {
 // ---- serve ----
 
 func newKMSServeCmd(env *Env) *cobra.Command {
-	var dataDir, listen, certFile, keyFile, logLevel, adminCA, simCA, collateral string
+	var dataDir, storeURL, listen, certFile, keyFile, logLevel, adminCA, simCA, collateral string
 	var dev, attestSelf bool
 	c := &cobra.Command{
-		Use:   "serve --data DIR --listen ADDR",
+		Use:   "serve (--data DIR | --store postgres://...) --listen ADDR",
 		Short: "Run the key service (starts sealed unless --dev)",
 		Args:  exactArgs(0),
 		RunE: func(c *cobra.Command, _ []string) error {
-			if dataDir == "" {
-				return usageErrorf("--data is required")
+			if dataDir == "" && (storeURL == "" || dev) {
+				if storeURL != "" {
+					return withHint(usageErrorf("--dev needs --data for its certificate, root key and token files"), "add --data DIR")
+				}
+				return withHint(usageErrorf("--data or --store is required"), "--data DIR keeps the store in DIR/kms.db; --store postgres://... uses a PostgreSQL database shared by replicas")
 			}
 			var lvl slog.Level
 			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
 				return usageErrorf("--log-level: %v", err)
 			}
 			log := slog.New(slog.NewJSONHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
-			st, err := store.OpenBolt(dataDir, store.BoltOptions{})
+			st, where, err := openKMSStore(c.Context(), dataDir, storeURL)
 			if errors.Is(err, store.ErrLocked) {
-				return withHint(fmt.Errorf("refusing to start: %w", err), "another 'veil kms serve' uses "+dataDir+"; stop it first")
+				return withHint(fmt.Errorf("refusing to start: %w", err), "another 'veil kms serve' uses "+dataDir+"; stop it first, or use --store postgres://... for replicas")
 			}
 			if err != nil {
 				return err
@@ -377,7 +380,7 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 			defer svc.Close()
 			st0 := svc.Status()
 			if !st0.Initialized {
-				return withHint(errors.New("the data directory is not initialized"), "run 'veil kms init --data "+dataDir+" --shares 5 --threshold 3' first, or use --dev")
+				return withHint(fmt.Errorf("%s is not initialized", where), "run 'veil kms init "+whereFlag(dataDir, storeURL)+" --shares 5 --threshold 3' first, or use --dev")
 			}
 			if root != nil {
 				if err := svc.UnsealWithRootKey(root); err != nil {
@@ -401,7 +404,8 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&dataDir, "data", "", "data directory (created if absent)")
+	f.StringVar(&dataDir, "data", "", "data directory (created if absent); the store is DIR/kms.db unless --store")
+	f.StringVar(&storeURL, "store", "", "PostgreSQL store shared by replicas (postgres://user@host/db?sslmode=verify-full); default: DIR/kms.db")
 	f.StringVar(&listen, "listen", "127.0.0.1:8443", "address to listen on")
 	f.BoolVar(&dev, "dev", false, "development mode: self-signed certificate, local root key file, auto-unseal")
 	f.StringVar(&certFile, "tls-cert", "", "server certificate chain (PEM)")
@@ -477,23 +481,51 @@ func devSetup(ctx context.Context, st store.Store, devDir, addr string) (tls.Cer
 	return cert, root, token, nil
 }
 
+// openKMSStore opens the PostgreSQL store at storeURL when it is set,
+// else the bbolt store in dataDir; where names it for messages (never
+// with the URL's password).
+func openKMSStore(ctx context.Context, dataDir, storeURL string) (store.Store, string, error) {
+	if storeURL == "" {
+		st, err := store.OpenBolt(dataDir, store.BoltOptions{})
+		return st, "the data directory " + dataDir, err
+	}
+	if !strings.HasPrefix(storeURL, "postgres://") && !strings.HasPrefix(storeURL, "postgresql://") {
+		return nil, "", usageErrorf("--store must be a postgres:// URL")
+	}
+	st, err := store.OpenPostgres(ctx, storeURL, store.PostgresOptions{})
+	if errors.Is(err, store.ErrSchemaTooNew) {
+		return nil, "", withHint(err, "a newer veil migrated this database; run that version")
+	}
+	if err != nil {
+		return nil, "", withHint(err, "check that the database in --store is reachable and the user may create tables in it")
+	}
+	return st, "the database store", nil
+}
+
+func whereFlag(dataDir, storeURL string) string {
+	if storeURL != "" {
+		return "--store URL"
+	}
+	return "--data " + dataDir
+}
+
 // ---- init / unseal / seal / status ----
 
 func newKMSInitCmd(env *Env, o *kmsOpts) *cobra.Command {
-	var dataDir string
+	var dataDir, storeURL string
 	var shares, threshold int
 	c := &cobra.Command{
-		Use:   "init --data DIR --shares N --threshold K",
+		Use:   "init (--data DIR | --store postgres://...) --shares N --threshold K",
 		Short: "Create the root key of a stopped server's data directory and split it into shares",
 		Args:  exactArgs(0),
 		RunE: func(c *cobra.Command, _ []string) error {
-			if dataDir == "" {
-				return usageErrorf("--data is required")
+			if (dataDir == "") == (storeURL == "") {
+				return usageErrorf("give one of --data and --store")
 			}
 			if threshold < 1 || shares < threshold || shares > 255 {
 				return usageErrorf("need 1 <= --threshold (%d) <= --shares (%d) <= 255", threshold, shares)
 			}
-			st, err := store.OpenBolt(dataDir, store.BoltOptions{})
+			st, where, err := openKMSStore(c.Context(), dataDir, storeURL)
 			if errors.Is(err, store.ErrLocked) {
 				return withHint(err, "stop the server using "+dataDir+" first: init runs on the data directory directly")
 			}
@@ -503,7 +535,7 @@ func newKMSInitCmd(env *Env, o *kmsOpts) *cobra.Command {
 			defer st.Close()
 			res, err := kms.Initialize(c.Context(), st, kms.ModeShamir, shares, threshold, time.Now())
 			if errors.Is(err, kms.ErrAlreadyInit) {
-				return withHint(fmt.Errorf("%s is already initialized", dataDir), "its root key cannot be re-created; unseal it with its shares")
+				return withHint(fmt.Errorf("%s is already initialized", where), "its root key cannot be re-created; unseal it with its shares")
 			}
 			if err != nil {
 				return err
@@ -518,6 +550,7 @@ func newKMSInitCmd(env *Env, o *kmsOpts) *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&dataDir, "data", "", "data directory")
+	c.Flags().StringVar(&storeURL, "store", "", "PostgreSQL store (postgres://...) instead of --data")
 	c.Flags().IntVar(&shares, "shares", 5, "number of shares")
 	c.Flags().IntVar(&threshold, "threshold", 3, "shares needed to unseal")
 	return c

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -171,7 +170,7 @@ func (p *Postgres) SchemaVersion(ctx context.Context) (int, error) {
 // Ping reports whether the database answers.
 func (p *Postgres) Ping(ctx context.Context) error {
 	if err := p.pool.Ping(ctx); err != nil {
-		return fmt.Errorf("the database is unreachable: %w", err)
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	return nil
 }
@@ -189,7 +188,10 @@ func (p *Postgres) Update(ctx context.Context, fn func(Tx) error) error {
 func (p *Postgres) run(ctx context.Context, opt pgx.TxOptions, write bool, fn func(Tx) error) error {
 	tx, err := p.pool.BeginTx(ctx, opt)
 	if err != nil {
-		return fmt.Errorf("beginning a database transaction: %w", err)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	defer tx.Rollback(context.Background())
 	if write {
@@ -359,9 +361,3 @@ func (p *Postgres) UseNonce(ctx context.Context, app, nonce string, expires, now
 	return nil
 }
 
-// IsUnreachable reports whether err is a failure to reach the database
-// (as opposed to an error the database returned).
-func IsUnreachable(err error) bool {
-	var pe *pgconn.PgError
-	return err != nil && !errors.As(err, &pe)
-}

@@ -26,13 +26,22 @@ import (
 // ErrNotFound is returned by Tx.Get for a missing key.
 var ErrNotFound = errors.New("not found")
 
+// ErrUnavailable is returned when a networked store cannot be reached.
+var ErrUnavailable = errors.New("the store's database is unreachable")
+
+// Pinger is implemented by networked stores: Ping reports (as
+// ErrUnavailable) whether the database answers.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
 // ErrLocked is returned by Open when another process holds the data directory.
 var ErrLocked = errors.New("data directory is in use by another process")
 
 // Buckets returns the buckets used by the key service (a new slice on every
 // call). A backend creates them on open.
 func Buckets() []string {
-	return []string{"meta", "apps", "keys", "names", "secrets", "policies", "audit"}
+	return []string{"meta", "apps", "keys", "names", "secrets", "policies", "audit", "requests"}
 }
 
 // Store is a transactional key/value store over named buckets.
