@@ -120,22 +120,22 @@ func (c *fakeClock) Advance(d time.Duration) {
 // ---- a real server on loopback ----
 
 type server struct {
-	t      testing.TB
-	dir    string
-	st     store.Store
+	t   testing.TB
+	dir string
+	st  store.Store
 	// storeURL, when set, is the PostgreSQL store of this server (a
 	// replica) instead of the bbolt file in dir.
 	storeURL string
-	svc    *kms.Service
-	url    string
-	ca     []byte
-	admin  string
-	shares []string
-	clock  *fakeClock
-	logs   *syncBuffer
-	cancel context.CancelFunc
-	done   chan error
-	certs  *kms.DevCertificates
+	svc      *kms.Service
+	url      string
+	ca       []byte
+	admin    string
+	shares   []string
+	clock    *fakeClock
+	logs     *syncBuffer
+	cancel   context.CancelFunc
+	done     chan error
+	certs    *kms.DevCertificates
 	// adminCAs, if set before start, authenticates admin client certificates.
 	adminCAs *x509.CertPool
 	// maxNonces, if set before start, bounds each app's replay cache.

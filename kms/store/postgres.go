@@ -360,4 +360,3 @@ func (p *Postgres) UseNonce(ctx context.Context, app, nonce string, expires, now
 	}
 	return nil
 }
-
