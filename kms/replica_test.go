@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"runtime"
 	"strings"
@@ -317,4 +318,99 @@ func TestReadyzReportsReplicaState(t *testing.T) {
 	if code, b := get(rs[0]); code != 503 || !strings.Contains(b, "store_unavailable") {
 		t.Fatalf("database stopped: %d %s", code, b)
 	}
+}
+
+// TestClientFailsOver: a client given several addresses keeps working
+// when the first replica is stopped, says which replica answered, and
+// repeats a request whose outcome is unknown only when that is safe.
+func TestClientFailsOver(t *testing.T) {
+	pg := pgtest.Start(t)
+	rs := newReplicas(t, pg.NewDatabase(t), 2)
+	r, err := rs[0].adminClient(t).Enroll(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var traces []string
+	cfg := client.Config{URL: rs[0].url + "," + rs[1].url, CAPEM: rs[0].ca, AppID: r.AppID, APIKey: r.APIKey, Clock: rs[0].clock.Now,
+		Trace: func(m string) { mu.Lock(); traces = append(traces, m); mu.Unlock() }}
+	bob, err := client.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bob.Close)
+	k, err := bob.CreateKey(ctx, "cmk", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := func(s *server) string { return strings.TrimPrefix(s.url, "https://") }
+	lastTrace := func() string { mu.Lock(); defer mu.Unlock(); return traces[len(traces)-1] }
+	if !strings.Contains(lastTrace(), "answered by "+host(rs[0])) {
+		t.Fatalf("trace %q does not name replica 0", lastTrace())
+	}
+	rs[0].stop()
+	bob.Close() // drop kept-alive connections to the stopped replica
+	ct, err := bob.Encrypt(ctx, k.ID, []byte("x"), nil)
+	if err != nil {
+		t.Fatalf("encrypt with replica 0 stopped: %v", err)
+	}
+	if !strings.Contains(lastTrace(), "answered by "+host(rs[1])) {
+		t.Fatalf("trace %q does not name replica 1", lastTrace())
+	}
+	if _, err := bob.Decrypt(ctx, ct.Ciphertext, nil); err != nil {
+		t.Fatal(err)
+	}
+	// A write that is not safe to repeat is still sent to the next
+	// replica when the first could not even be reached.
+	if _, err := bob.PutSecret(ctx, "s", []byte("v"), ""); err != nil {
+		t.Fatalf("put secret with replica 0 stopped: %v", err)
+	}
+	if _, err := bob.CreateKey(ctx, "cmk2", "", ""); err != nil {
+		t.Fatalf("create key with replica 0 stopped: %v", err)
+	}
+
+	// A first address that accepts connections and drops them: the
+	// request may have been received, so only safe calls move on.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted sync.WaitGroup
+	accepted.Add(1)
+	go func() {
+		defer accepted.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	cfg.URL = "https://" + ln.Addr().String() + "," + rs[1].url
+	cfg.Retries = -1
+	drop, err := client.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(drop.Close)
+	if _, err := drop.Encrypt(ctx, k.ID, []byte("x"), nil); err != nil {
+		t.Fatalf("a safe call after a dropped connection: %v", err)
+	}
+	// A new client (the first starts with the address that last answered).
+	drop2, err := client.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(drop2.Close)
+	_, err = drop2.PutSecret(ctx, "s2", []byte("v"), "")
+	if err == nil {
+		t.Fatal("a write whose first attempt may have been received was sent again")
+	}
+	if _, err := rs[1].client(t, client.Config{AppID: r.AppID, APIKey: r.APIKey, Clock: rs[1].clock.Now}).GetSecret(ctx, "s2", 0); !strings.Contains(fmt.Sprint(err), "secret_not_found") {
+		t.Fatalf("secret s2 after the refused retry: %v", err)
+	}
+	ln.Close()
+	accepted.Wait()
 }
