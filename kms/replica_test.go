@@ -414,3 +414,35 @@ func TestClientFailsOver(t *testing.T) {
 	ln.Close()
 	accepted.Wait()
 }
+
+// TestReplicasSeeAppDisableAndRotation: an app disabled, or its API key
+// rotated, through one replica is refused by the others at once (they
+// keep no cached copy of its signing key).
+func TestReplicasSeeAppDisableAndRotation(t *testing.T) {
+	pg := pgtest.Start(t)
+	rs := newReplicas(t, pg.NewDatabase(t), 2)
+	adm0 := rs[0].adminClient(t)
+	for _, disable := range []bool{false, true} {
+		r, err := adm0.Enroll(ctx, fmt.Sprintf("app-%v", disable))
+		if err != nil {
+			t.Fatal(err)
+		}
+		on1 := clientOn(t, rs[1], client.Config{AppID: r.AppID, APIKey: r.APIKey})
+		if _, err := on1.ListKeys(ctx); err != nil { // replica 1 has used the key
+			t.Fatal(err)
+		}
+		want := "bad_signature"
+		if disable {
+			_, err = adm0.DisableApp(ctx, r.AppID)
+			want = "app_disabled"
+		} else {
+			_, err = adm0.RotateAppKey(ctx, r.AppID)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := on1.ListKeys(ctx); !strings.Contains(fmt.Sprint(err), want) {
+			t.Fatalf("disable=%v: old credentials on replica 1: %v, want %s", disable, err, want)
+		}
+	}
+}
