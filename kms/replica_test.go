@@ -23,7 +23,7 @@ import (
 
 // newReplicas initializes the PostgreSQL store at url (3 shares,
 // threshold 2) and starts n servers on it, each unsealed separately.
-func newReplicas(t *testing.T, url string, n int) []*server {
+func newReplicas(t testing.TB, url string, n int) []*server {
 	t.Helper()
 	before := runtime.NumGoroutine()
 	t.Cleanup(func() { checkGoroutines(t, before) })
@@ -52,7 +52,7 @@ func newReplicas(t *testing.T, url string, n int) []*server {
 }
 
 // clientOn returns a client of server s with the credentials of cfg.
-func clientOn(t *testing.T, s *server, cfg client.Config) *client.Client {
+func clientOn(t testing.TB, s *server, cfg client.Config) *client.Client {
 	cfg.Clock = s.clock.Now
 	return s.client(t, cfg)
 }
