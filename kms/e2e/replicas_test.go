@@ -93,7 +93,7 @@ func TestReplicaBinariesFailOverUnderKill9(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; i < 20000; i++ { // bounded
+			for i := 0; i < 1_000_000; i++ { // bounded
 				select {
 				case <-stop:
 					return
@@ -115,10 +115,16 @@ func TestReplicaBinariesFailOverUnderKill9(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(1500 * time.Millisecond)
+	phase := 1500 * time.Millisecond
+	if v := os.Getenv("VEIL_KMS_CRASH_PHASE"); v != "" { // scripts/kms-campaign.sh
+		if phase, err = time.ParseDuration(v); err != nil {
+			t.Fatalf("VEIL_KMS_CRASH_PHASE: %v", err)
+		}
+	}
+	time.Sleep(phase)
 	ps[0].kill()
 	killed.Store(true)
-	time.Sleep(1500 * time.Millisecond)
+	time.Sleep(phase)
 	close(stop)
 	wg.Wait()
 	elapsed := time.Since(start)
