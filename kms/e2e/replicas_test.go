@@ -168,3 +168,24 @@ func TestReplicaBinariesFailOverUnderKill9(t *testing.T) {
 		t.Fatalf("restarted replica lists %d secrets (%v), want %d", len(l2.Secrets), err, len(l.Secrets))
 	}
 }
+
+// TestStoreFlagErrors: what serve and init say about a missing or unusable
+// --store.
+func TestStoreFlagErrors(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"kms", "serve"}, 2, "--data or --store is required"},
+		{[]string{"kms", "serve", "--store", "mysql://db/kms"}, 2, "--store must be a postgres:// URL"},
+		{[]string{"kms", "serve", "--dev", "--store", "postgres://127.0.0.1:1/kms"}, 2, "--dev needs --data"},
+		{[]string{"kms", "init", "--data", "x", "--store", "postgres://127.0.0.1:1/kms"}, 2, "one of --data and --store"},
+		{[]string{"kms", "init", "--store", "postgres://veil:pw-not-shown@127.0.0.1:1/kms?connect_timeout=2"}, 1, "hint: check that the database in --store is reachable"},
+	} {
+		_, errs, code := run(t, nil, "", c.args...)
+		if code != c.code || !strings.Contains(errs, c.want) || strings.Count(strings.TrimSpace(errs), "\n") > 1 || strings.Contains(errs, "pw-not-shown") {
+			t.Errorf("veil %s: exit %d, %q; want exit %d and %q", strings.Join(c.args, " "), code, errs, c.code, c.want)
+		}
+	}
+}
