@@ -13,9 +13,10 @@
 // records (kept authenticated by the caller) reveals deletions and
 // rollbacks to older authentic values.
 //
-// A networked backend (PostgreSQL, for stateless replicas) implements the
-// same interface with one table (bucket, key, value) and serializable
-// transactions; the service logic never sees which backend it runs on.
+// The networked backend (postgres.go, for replicas) implements the same
+// interface with one table (bucket, key, value, mac), writers ordered by a
+// row lock and reads on snapshots; the service logic never sees which
+// backend it runs on, apart from the optional NonceStore and Pinger.
 package store
 
 import (
