@@ -285,6 +285,11 @@ func TestPostgresPolicyEditRefused(t *testing.T) {
 func TestReadyzReportsReplicaState(t *testing.T) {
 	pg := pgtest.Start(t)
 	rs := newReplicas(t, pg.NewDatabase(t), 2)
+	r, err := rs[0].adminClient(t).Enroll(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob := clientOn(t, rs[0], client.Config{AppID: r.AppID, APIKey: r.APIKey, Retries: -1})
 	get := func(s *server) (int, string) {
 		resp, err := (&http.Client{Transport: transportOf(t, s), Timeout: 10 * time.Second}).Get(s.url + "/readyz")
 		if err != nil {
@@ -317,6 +322,14 @@ func TestReadyzReportsReplicaState(t *testing.T) {
 	pg.Stop()
 	if code, b := get(rs[0]); code != 503 || !strings.Contains(b, "store_unavailable") {
 		t.Fatalf("database stopped: %d %s", code, b)
+	}
+	// Requests are refused as unavailable (so clients try another
+	// replica), not as internal errors.
+	if _, err := bob.ListKeys(ctx); !strings.Contains(fmt.Sprint(err), "store_unavailable") {
+		t.Fatalf("request with the database stopped: %v", err)
+	}
+	if _, err := rs[0].adminClient(t).ListApps(ctx); !strings.Contains(fmt.Sprint(err), "store_unavailable") {
+		t.Fatalf("admin request with the database stopped: %v", err)
 	}
 }
 

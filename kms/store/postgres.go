@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -350,6 +351,12 @@ func (p *Postgres) UseNonce(ctx context.Context, app, nonce string, expires, now
 		ON CONFLICT (app, nonce) DO UPDATE SET expires = EXCLUDED.expires WHERE kms_nonces.expires <= $4`,
 		app, nonce, expires, now)
 	if err != nil {
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) && ctx.Err() == nil {
+			// Not an answer of the database: the nonce was not recorded
+			// and the request is refused unexecuted.
+			return fmt.Errorf("%w: recording the request nonce: %v", ErrUnavailable, err)
+		}
 		return fmt.Errorf("recording the request nonce: %w", err)
 	}
 	if tag.RowsAffected() == 0 {
