@@ -459,3 +459,36 @@ func TestReplicasSeeAppDisableAndRotation(t *testing.T) {
 		}
 	}
 }
+
+// TestClientSkipsSealedReplica: a replica that is sealed refuses requests
+// unexecuted (503), so even a write moves on to the next address.
+func TestClientSkipsSealedReplica(t *testing.T) {
+	pg := pgtest.Start(t)
+	rs := newReplicas(t, pg.NewDatabase(t), 2)
+	r, err := rs[0].adminClient(t).Enroll(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs[0].svc.Seal()
+	var answered string
+	bob, err := client.New(client.Config{URL: rs[0].url + "," + rs[1].url, CAPEM: rs[0].ca, AppID: r.AppID, APIKey: r.APIKey,
+		Clock: rs[0].clock.Now, Trace: func(m string) { answered = m }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bob.Close()
+	if _, err := bob.PutSecret(ctx, "s", []byte("v"), ""); err != nil {
+		t.Fatalf("write with the first replica sealed: %v", err)
+	}
+	if !strings.Contains(answered, "answered by "+strings.TrimPrefix(rs[1].url, "https://")) {
+		t.Fatalf("trace %q", answered)
+	}
+	// With every replica sealed the client gives up after its bounded
+	// rounds and reports the last answer.
+	rs[1].svc.Seal()
+	t0 := time.Now()
+	_, err = bob.PutSecret(ctx, "s2", []byte("v"), "")
+	if !strings.Contains(fmt.Sprint(err), "sealed") || time.Since(t0) > 5*time.Second {
+		t.Fatalf("all replicas sealed: %v after %s", err, time.Since(t0))
+	}
+}
