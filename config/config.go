@@ -150,7 +150,7 @@ type Metadata struct {
 // KMS is a key service the workload trusts.
 type KMS struct {
 	Name    string `json:"name"`
-	Address string `json:"address"` // host:port or https URL (not measured)
+	Address string `json:"address"` // host:port or https URL, or several replicas' comma-separated (not measured)
 	// PinSHA256 is the hex SHA-256 of the DER SubjectPublicKeyInfo of the
 	// service's key or CA; CACert is a PEM CA certificate. At least one.
 	PinSHA256 string `json:"pin_sha256,omitempty"`

@@ -371,11 +371,19 @@ func extendRTMR(tee attest.TEE, measurement [32]byte, extend func([32]byte) erro
 	return nil
 }
 
+// kmsURL turns veil.json's kms[].address (host:port or an https URL, or
+// several replicas of one service separated by commas) into client URLs.
 func kmsURL(addr string) string {
-	if strings.HasPrefix(addr, "https://") {
-		return strings.TrimSuffix(addr, "/")
+	parts := strings.Split(addr, ",")
+	for i, a := range parts {
+		a = strings.TrimSpace(a)
+		if strings.HasPrefix(a, "https://") {
+			parts[i] = strings.TrimSuffix(a, "/")
+		} else {
+			parts[i] = "https://" + a
+		}
 	}
-	return "https://" + addr
+	return strings.Join(parts, ",")
 }
 
 // detectIssuer picks configfs-tsm inside a confidential VM, else the local

@@ -120,19 +120,22 @@ func (c *fakeClock) Advance(d time.Duration) {
 // ---- a real server on loopback ----
 
 type server struct {
-	t      testing.TB
-	dir    string
-	st     *store.Bolt
-	svc    *kms.Service
-	url    string
-	ca     []byte
-	admin  string
-	shares []string
-	clock  *fakeClock
-	logs   *syncBuffer
-	cancel context.CancelFunc
-	done   chan error
-	certs  *kms.DevCertificates
+	t   testing.TB
+	dir string
+	st  store.Store
+	// storeURL, when set, is the PostgreSQL store of this server (a
+	// replica) instead of the bbolt file in dir.
+	storeURL string
+	svc      *kms.Service
+	url      string
+	ca       []byte
+	admin    string
+	shares   []string
+	clock    *fakeClock
+	logs     *syncBuffer
+	cancel   context.CancelFunc
+	done     chan error
+	certs    *kms.DevCertificates
 	// adminCAs, if set before start, authenticates admin client certificates.
 	adminCAs *x509.CertPool
 	// maxNonces, if set before start, bounds each app's replay cache.
@@ -183,9 +186,16 @@ func newServer(t testing.TB, sealed bool) *server {
 	return s
 }
 
+func (s *server) openStore() (store.Store, error) {
+	if s.storeURL != "" {
+		return store.OpenPostgres(context.Background(), s.storeURL, store.PostgresOptions{})
+	}
+	return store.OpenBolt(s.dir, store.BoltOptions{})
+}
+
 func (s *server) start(certs *kms.DevCertificates, sealed bool) {
 	t := s.t
-	st, err := store.OpenBolt(s.dir, store.BoltOptions{})
+	st, err := s.openStore()
 	if err != nil {
 		t.Fatal(err)
 	}

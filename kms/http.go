@@ -173,7 +173,18 @@ func (s *Service) Handler() http.Handler {
 	}
 
 	handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) }))
-	handle("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	handle("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Each replica answers for itself: sealed, its database
+		// unreachable, its view of the audit chain damaged, or ready.
+		if p, ok := s.st.(store.Pinger); ok {
+			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			err := p.Ping(ctx)
+			cancel()
+			if err != nil {
+				writeProblem(w, fail(ErrStoreUnavailable, "%v", err))
+				return
+			}
+		}
 		st := s.Status()
 		if st.Sealed {
 			writeProblem(w, fail(ErrSealed, "the key service is sealed"))
@@ -250,7 +261,7 @@ func (s *Service) Handler() http.Handler {
 		if err := q.decode(&req); err != nil {
 			return 0, nil, err
 		}
-		return created(s.CreateKey(ctx, q.caller, req))
+		return created(s.CreateKeyOnce(ctx, q.caller, req, q.r.Header.Get(api.HeaderRequestID)))
 	})
 	h("GET /v1/keys", authCaller, func(ctx context.Context, q *request) (int, any, error) { return ok(s.ListKeys(ctx, q.caller)) })
 	h("GET /v1/keys/{ref}", authCaller, func(ctx context.Context, q *request) (int, any, error) {

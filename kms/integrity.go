@@ -18,7 +18,7 @@ var ErrDataFormat = errors.New("unsupported data directory format")
 // and meta/root and meta/audit_* carry their own authentication.
 func protectedRecord(bucket, key string) bool {
 	switch bucket {
-	case "apps", "keys", "names", "secrets", "policies":
+	case "apps", "keys", "names", "secrets", "policies", "requests":
 		return true
 	case "meta":
 		return key == "admin"
@@ -32,7 +32,7 @@ func (s *Service) itx(tx store.Tx, k *keyring) store.Tx {
 }
 
 // protectedBuckets are the buckets holding protected records.
-var protectedBuckets = []string{"apps", "keys", "names", "secrets", "policies", "meta"}
+var protectedBuckets = []string{"apps", "keys", "names", "secrets", "policies", "requests", "meta"}
 
 // view and update run fn in a transaction whose protected records are
 // MACed under k.
@@ -51,6 +51,9 @@ func serviceError(err error) error {
 	var se *Error
 	if errors.As(err, &ie) && !errors.As(err, &se) {
 		return fail(ErrRecordIntegrity, "%s", ie.Error())
+	}
+	if errors.Is(err, store.ErrUnavailable) && !errors.As(err, &se) {
+		return fail(ErrStoreUnavailable, "%v", err)
 	}
 	return err
 }

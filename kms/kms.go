@@ -135,6 +135,7 @@ var (
 	ErrReplayCacheFull   = sentinel(http.StatusServiceUnavailable, "replay_cache_full")
 	ErrRecordIntegrity   = sentinel(http.StatusInternalServerError, "record_integrity")
 	ErrAuditDamaged      = sentinel(http.StatusServiceUnavailable, "audit_chain_damaged")
+	ErrStoreUnavailable  = sentinel(http.StatusServiceUnavailable, "store_unavailable")
 	ErrAppDisabled       = sentinel(http.StatusForbidden, "app_disabled")
 	ErrInternal          = sentinel(http.StatusInternalServerError, "internal")
 	ErrUnsupportedMedia  = sentinel(http.StatusUnsupportedMediaType, "unsupported_media_type")

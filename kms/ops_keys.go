@@ -66,6 +66,20 @@ func usable(k *keyRecord) error {
 
 // CreateKey creates a customer master key owned by the calling app.
 func (s *Service) CreateKey(ctx context.Context, c Caller, req api.CreateKeyRequest) (api.Key, error) {
+	return s.CreateKeyOnce(ctx, c, req, "")
+}
+
+// errRepeated ends the transaction of a create whose request id was
+// already served (nothing is written; the earlier result is returned).
+var errRepeated = errors.New("request already served")
+
+// CreateKeyOnce creates a key; a non-empty requestID (the client's
+// api.HeaderRequestID) makes it idempotent across all servers of one
+// store: a request repeated with the same id by the same app returns the
+// key the first one created instead of creating another. The id is kept
+// in the "requests" bucket under a unique key, written in the same
+// transaction as the key.
+func (s *Service) CreateKeyOnce(ctx context.Context, c Caller, req api.CreateKeyRequest, requestID string) (api.Key, error) {
 	if err := require(c, KindApp); err != nil {
 		return api.Key{}, err
 	}
@@ -78,7 +92,40 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, req api.CreateKeyRequ
 	if len(req.Description) > MaxDescription {
 		return api.Key{}, fail(ErrInvalidField, "field \"description\" is longer than %d bytes", MaxDescription)
 	}
+	if requestID != "" && (len(requestID) > 64 || !isToken(requestID)) {
+		return api.Key{}, fail(ErrBadRequest, "header %s must be 1-64 characters of [A-Za-z0-9_-]", api.HeaderRequestID)
+	}
+	reqKey := "key.create/" + c.AppID + "/" + requestID
 	var out api.Key
+	repeated := func(tx store.Tx) (bool, error) {
+		if requestID == "" {
+			return false, nil
+		}
+		b, err := tx.Get("requests", reqKey)
+		if errors.Is(err, store.ErrNotFound) {
+			return false, nil
+		} else if err != nil {
+			return false, err
+		}
+		var rec keyRecord
+		if err := getJSON(tx, "keys", string(b), &rec); err != nil {
+			return false, err
+		}
+		rec.State = s.effectiveState(&rec)
+		out = rec.info()
+		return true, nil
+	}
+	if requestID != "" {
+		k, err := s.keyring()
+		if err != nil {
+			return out, err
+		}
+		var done bool
+		err = s.view(ctx, k, func(tx store.Tx) error { var err error; done, err = repeated(tx); return err })
+		if err != nil || done {
+			return out, err
+		}
+	}
 	id := newID("k")
 	// Generate outside the write transaction: RSA takes a while.
 	mat, err := newMaterial(req.Spec)
@@ -87,8 +134,20 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, req api.CreateKeyRequ
 	}
 	defer clear(mat)
 	err = s.mutate(ctx, c, audit.Entry{Op: "key.create", Key: id, Owner: c.AppID, KeyVersion: 1}, func(tx store.Tx, k *keyring, e *audit.Entry) error {
+		// Checked again under the writers' order: the same request may
+		// have reached another server meanwhile.
+		if done, err := repeated(tx); err != nil {
+			return err
+		} else if done {
+			return errRepeated
+		}
 		if _, err := tx.Get("names", "key/"+c.AppID+"/"+req.Name); err == nil {
 			return fail(ErrAlreadyExists, "you already have a key named %q", req.Name)
+		}
+		if requestID != "" {
+			if err := tx.Put("requests", reqKey, []byte(id)); err != nil {
+				return err
+			}
 		}
 		sealed, err := k.seal(fmt.Sprintf("key/%s/1", id), mat)
 		if err != nil {
@@ -104,6 +163,9 @@ func (s *Service) CreateKey(ctx context.Context, c Caller, req api.CreateKeyRequ
 		out = rec.info()
 		return tx.Put("names", "key/"+c.AppID+"/"+req.Name, []byte(id))
 	})
+	if errors.Is(err, errRepeated) {
+		err = nil
+	}
 	return out, err
 }
 

@@ -340,7 +340,7 @@ func (s *Service) AuthenticateApp(ctx context.Context, appID, tsStr, nonce, sig,
 	if !isID(appID, "a") {
 		return Caller{}, fail(ErrBadSignature, "unknown app id or bad signature")
 	}
-	key, err := k.appKey(appID, func() ([]byte, error) {
+	load := func() ([]byte, error) {
 		var app appRecord
 		if err := s.view(ctx, k, func(tx store.Tx) error { return getJSON(tx, "apps", appID, &app) }); err != nil {
 			return nil, err
@@ -349,7 +349,15 @@ func (s *Service) AuthenticateApp(ctx context.Context, appID, tsStr, nonce, sig,
 			return nil, fail(ErrAppDisabled, "app %s is disabled", appID)
 		}
 		return k.open("app/"+app.ID, app.SigningKey)
-	})
+	}
+	var key []byte
+	if _, shared := s.st.(store.NonceStore); shared {
+		// Another server of the same store may have rotated the key or
+		// disabled the app: read it on every request instead of caching.
+		key, err = load()
+	} else {
+		key, err = k.appKey(appID, load)
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		return Caller{}, fail(ErrBadSignature, "unknown app id or bad signature")
 	}
@@ -367,7 +375,17 @@ func (s *Service) AuthenticateApp(ctx context.Context, appID, tsStr, nonce, sig,
 	if t.Before(now.Add(-w)) || t.After(now.Add(w)) {
 		return Caller{}, fail(ErrStaleTimestamp, "request time %s is outside the %s window around the server time", t.UTC().Format(time.RFC3339), w)
 	}
-	if err := s.nonces.add(appID, nonce, t.Add(w+time.Second), now); err != nil {
+	if ns, ok := s.st.(store.NonceStore); ok {
+		// Replicas of one store share their nonces through it, so a
+		// request accepted by one is a replay on every other.
+		err := ns.UseNonce(ctx, appID, nonce, t.Add(w+time.Second), now)
+		if errors.Is(err, store.ErrNonceUsed) {
+			return Caller{}, fail(ErrReplayed, "this request's nonce was already used")
+		}
+		if err != nil {
+			return Caller{}, serviceError(err)
+		}
+	} else if err := s.nonces.add(appID, nonce, t.Add(w+time.Second), now); err != nil {
 		return Caller{}, err
 	}
 	return Caller{Kind: KindApp, AppID: appID}, nil

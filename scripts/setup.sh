@@ -15,6 +15,7 @@ PACKAGES=(
 	fuse3                                      # sealed and image mounts (fusermount3)
 	squashfs-tools cryptsetup-bin              # veil build (mksquashfs), image tests
 	gocryptfs                                  # the sealed-mount benchmark's peer
+	postgresql-15                              # the key service's PostgreSQL store tests (initdb, postgres)
 	python3 python3-pandas python3-sklearn python3-torch   # examples/ run these unmodified
 	openjdk-17-jre-headless                    # the bom snippet debian/openjdk-17, JVM and Spark tests
 	python3-pip                                # installs pyspark for the Spark test (below)

@@ -55,6 +55,8 @@ type kmsOpts struct {
 	clientCert, clientKey                               string
 	json                                                bool
 	timeout                                             time.Duration
+	verbose                                             bool
+	stderr                                              io.Writer
 }
 
 type kmsProfile struct {
@@ -66,7 +68,7 @@ type kmsProfile struct {
 }
 
 func newKMSCmd(env *Env) *cobra.Command {
-	o := &kmsOpts{}
+	o := &kmsOpts{stderr: env.Stderr}
 	c := &cobra.Command{
 		Use:   "kms",
 		Short: "Run and use the key service: keys, data keys, secrets, release policies, audit",
@@ -78,7 +80,8 @@ file (--profile, VEIL_KMS_PROFILE, or kms-profile.json in veil's user
 directory) holding {"url","ca","app_id","api_key","admin_token"}.`,
 	}
 	pf := c.PersistentFlags()
-	pf.StringVar(&o.url, "url", "", "key service URL, https://HOST:PORT (env VEIL_KMS_URL)")
+	pf.StringVar(&o.url, "url", "", "key service URL, https://HOST:PORT, or several replicas' comma-separated, tried in order (env VEIL_KMS_URL)")
+	pf.BoolVarP(&o.verbose, "verbose", "v", false, "say which key service address answered each call, and why one was skipped")
 	pf.StringVar(&o.ca, "ca", "", "PEM file of the CA that signed the service's certificate (env VEIL_KMS_CA)")
 	pf.StringVar(&o.appID, "app-id", "", "app id for signed requests (env VEIL_APP_ID)")
 	pf.StringVar(&o.apiKeyFile, "api-key-file", "", "file holding the app's API key (env VEIL_API_KEY holds the key itself)")
@@ -148,6 +151,10 @@ func (o *kmsOpts) config(needURL bool) (client.Config, error) {
 		return prof
 	}
 	cfg := client.Config{Timeout: o.timeout}
+	if o.verbose && o.stderr != nil {
+		w := o.stderr
+		cfg.Trace = func(m string) { fmt.Fprintf(w, "veil: kms: %s\n", m) }
+	}
 	cfg.URL = pick(o.url, "VEIL_KMS_URL", p.URL)
 	if cfg.URL == "" && needURL {
 		return client.Config{}, withHint(errNoKMSURL, "pass --url or set VEIL_KMS_URL (veil kms serve --dev prints it)")

@@ -20,32 +20,33 @@ import (
 // kmsInitOptions are the flags of `veil kms init`.
 type kmsInitOptions struct {
 	*kmsOpts
-	dataDir           string
+	dataDir, storeURL string
 	shares, threshold int
 }
 
 func newKMSInitCmd(env *Env, ko *kmsOpts) *cobra.Command {
 	o := &kmsInitOptions{kmsOpts: ko}
 	c := &cobra.Command{
-		Use:   "init --data DIR --shares N --threshold K",
+		Use:   "init (--data DIR | --store postgres://...) --shares N --threshold K",
 		Short: "Create the root key of a stopped server's data directory and split it into shares",
 		Args:  exactArgs(0),
 		RunE:  func(c *cobra.Command, _ []string) error { return o.run(c.Context(), env) },
 	}
 	c.Flags().StringVar(&o.dataDir, "data", "", "data directory")
+	c.Flags().StringVar(&o.storeURL, "store", "", "PostgreSQL store (postgres://...) instead of --data")
 	c.Flags().IntVar(&o.shares, "shares", 5, "number of shares")
 	c.Flags().IntVar(&o.threshold, "threshold", 3, "shares needed to unseal")
 	return c
 }
 
 func (o *kmsInitOptions) run(ctx context.Context, env *Env) error {
-	if o.dataDir == "" {
-		return usageErrorf("--data is required")
+	if (o.dataDir == "") == (o.storeURL == "") {
+		return usageErrorf("give one of --data and --store")
 	}
 	if o.threshold < 1 || o.shares < o.threshold || o.shares > 255 {
 		return usageErrorf("need 1 <= --threshold (%d) <= --shares (%d) <= 255", o.threshold, o.shares)
 	}
-	st, err := store.OpenBolt(o.dataDir, store.BoltOptions{})
+	st, where, err := openKMSStore(ctx, o.dataDir, o.storeURL)
 	if errors.Is(err, store.ErrLocked) {
 		return withHint(err, "stop the server using "+o.dataDir+" first: init runs on the data directory directly")
 	}
@@ -55,7 +56,7 @@ func (o *kmsInitOptions) run(ctx context.Context, env *Env) error {
 	defer st.Close()
 	res, err := kms.Initialize(ctx, st, kms.ModeShamir, o.shares, o.threshold, time.Now())
 	if errors.Is(err, kms.ErrAlreadyInit) {
-		return withHint(fmt.Errorf("%s is already initialized", o.dataDir), "its root key cannot be re-created; unseal it with its shares")
+		return withHint(fmt.Errorf("%s is already initialized", where), "its root key cannot be re-created; unseal it with its shares")
 	}
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -25,20 +26,21 @@ import (
 
 // kmsServeOptions are the flags of `veil kms serve`.
 type kmsServeOptions struct {
-	dataDir, listen, certFile, keyFile, logLevel, adminCA, simCA, collateral string
-	dev, attestSelf                                                          bool
+	dataDir, storeURL, listen, certFile, keyFile, logLevel, adminCA, simCA, collateral string
+	dev, attestSelf                                                                    bool
 }
 
 func newKMSServeCmd(env *Env) *cobra.Command {
 	o := &kmsServeOptions{}
 	c := &cobra.Command{
-		Use:   "serve --data DIR --listen ADDR",
+		Use:   "serve (--data DIR | --store postgres://...) --listen ADDR",
 		Short: "Run the key service (starts sealed unless --dev)",
 		Args:  exactArgs(0),
 		RunE:  func(c *cobra.Command, _ []string) error { return o.run(c.Context(), env) },
 	}
 	f := c.Flags()
-	f.StringVar(&o.dataDir, "data", "", "data directory (created if absent)")
+	f.StringVar(&o.dataDir, "data", "", "data directory (created if absent); the store is DIR/kms.db unless --store")
+	f.StringVar(&o.storeURL, "store", "", "PostgreSQL store shared by replicas (postgres://user@host/db?sslmode=verify-full); default: DIR/kms.db")
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8443", "address to listen on")
 	f.BoolVar(&o.dev, "dev", false, "development mode: self-signed certificate, local root key file, auto-unseal")
 	f.StringVar(&o.certFile, "tls-cert", "", "server certificate chain (PEM)")
@@ -53,17 +55,20 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 
 // run serves until ctx is done.
 func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
-	if o.dataDir == "" {
-		return usageErrorf("--data is required")
+	if o.dataDir == "" && (o.storeURL == "" || o.dev) {
+		if o.storeURL != "" {
+			return withHint(usageErrorf("--dev needs --data for its certificate, root key and token files"), "add --data DIR")
+		}
+		return withHint(usageErrorf("--data or --store is required"), "--data DIR keeps the store in DIR/kms.db; --store postgres://... uses a PostgreSQL database shared by replicas")
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return usageErrorf("--log-level: %v", err)
 	}
 	log := slog.New(slog.NewJSONHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
-	st, err := store.OpenBolt(o.dataDir, store.BoltOptions{})
+	st, where, err := openKMSStore(ctx, o.dataDir, o.storeURL)
 	if errors.Is(err, store.ErrLocked) {
-		return withHint(fmt.Errorf("refusing to start: %w", err), "another 'veil kms serve' uses "+o.dataDir+"; stop it first")
+		return withHint(fmt.Errorf("refusing to start: %w", err), "another 'veil kms serve' uses "+o.dataDir+"; stop it first, or use --store postgres://... for replicas")
 	}
 	if err != nil {
 		return err
@@ -144,7 +149,7 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 	defer svc.Close()
 	st0 := svc.Status()
 	if !st0.Initialized {
-		return withHint(errors.New("the data directory is not initialized"), "run 'veil kms init --data "+o.dataDir+" --shares 5 --threshold 3' first, or use --dev")
+		return withHint(fmt.Errorf("%s is not initialized", where), "run 'veil kms init "+whereFlag(o.dataDir, o.storeURL)+" --shares 5 --threshold 3' first, or use --dev")
 	}
 	if root != nil {
 		if err := svc.UnsealWithRootKey(root); err != nil {
@@ -165,4 +170,32 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 		defer os.Remove(envPath)
 	}
 	return svc.Serve(ctx, ln, cert)
+}
+
+// openKMSStore opens the PostgreSQL store at storeURL when it is set,
+// else the bbolt store in dataDir; where names it for messages (never
+// with the URL's password).
+func openKMSStore(ctx context.Context, dataDir, storeURL string) (store.Store, string, error) {
+	if storeURL == "" {
+		st, err := store.OpenBolt(dataDir, store.BoltOptions{})
+		return st, "the data directory " + dataDir, err
+	}
+	if !strings.HasPrefix(storeURL, "postgres://") && !strings.HasPrefix(storeURL, "postgresql://") {
+		return nil, "", usageErrorf("--store must be a postgres:// URL")
+	}
+	st, err := store.OpenPostgres(ctx, storeURL, store.PostgresOptions{})
+	if errors.Is(err, store.ErrSchemaTooNew) {
+		return nil, "", withHint(err, "a newer veil migrated this database; run that version")
+	}
+	if err != nil {
+		return nil, "", withHint(err, "check that the database in --store is reachable and the user may create tables in it")
+	}
+	return st, "the database store", nil
+}
+
+func whereFlag(dataDir, storeURL string) string {
+	if storeURL != "" {
+		return "--store URL"
+	}
+	return "--data " + dataDir
 }

@@ -23,6 +23,10 @@ const (
 	HeaderTimestamp = "X-Veil-Timestamp"
 	HeaderNonce     = "X-Veil-Nonce"
 	HeaderSignature = "X-Veil-Signature"
+	// HeaderRequestID makes POST /v1/keys idempotent: a repeated request
+	// with the same id from the same app returns the key the first
+	// created (on any server of the same store).
+	HeaderRequestID = "X-Veil-Request-Id"
 )
 
 // ProblemContentType is the media type of error bodies (RFC 7807).

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
@@ -35,8 +36,19 @@ import (
 // calls use the app credentials when AppID is set and otherwise the
 // workload certificate.
 type Config struct {
-	// URL is the service's base URL, https://HOST:PORT.
+	// URL is the service's base URL, https://HOST:PORT, or several
+	// separated by commas: replicas of one service (one store, one CA),
+	// tried in order (see Retries).
 	URL string
+	// Retries bounds the extra rounds over the addresses after the first
+	// (default 2; negative: none). Between rounds the client backs off
+	// (100 ms, doubling). Only what is safe to repeat is retried: reads,
+	// releases, key creation (which carries a request id), and any
+	// request the server refused unexecuted (no connection, 503).
+	Retries int
+	// Trace, when set, is told which address answered each call and why
+	// an attempt failed over (verbose output).
+	Trace func(msg string)
 	// CAPEM holds the PEM certificates that may sign the server's
 	// certificate; empty means the system roots.
 	CAPEM []byte
@@ -64,7 +76,9 @@ type Config struct {
 // Client calls the key service. It is safe for concurrent use.
 type Client struct {
 	cfg      Config
-	base     *url.URL
+	base     *url.URL   // the address in use
+	bases    []*url.URL // all addresses, in order
+	pref     *atomic.Int32
 	hc       *http.Client
 	signKey  []byte
 	adminFor string
@@ -106,11 +120,21 @@ var ErrConfig = errors.New("invalid key service client configuration")
 
 // New returns a client for cfg.
 func New(cfg Config) (*Client, error) {
-	u, err := url.Parse(cfg.URL)
-	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-		return nil, fmt.Errorf("%w: the URL must be https://HOST:PORT, got %q", ErrConfig, cfg.URL)
+	var bases []*url.URL
+	for _, one := range strings.Split(cfg.URL, ",") {
+		one = strings.TrimSpace(one)
+		u, err := url.Parse(one)
+		if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			return nil, fmt.Errorf("%w: the URL must be https://HOST:PORT (or several, comma-separated), got %q", ErrConfig, one)
+		}
+		u.Path = ""
+		bases = append(bases, u)
 	}
-	u.Path = ""
+	if cfg.Retries == 0 {
+		cfg.Retries = 2
+	} else if cfg.Retries < 0 {
+		cfg.Retries = 0
+	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS13, GetClientCertificate: cfg.WorkloadCertificate}
 	serverKey := &atomic.Pointer[[]byte]{}
 	if len(cfg.CAPEM) > 0 {
@@ -189,7 +213,7 @@ func New(cfg Config) (*Client, error) {
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: 10 * time.Second,
 	}
-	c := &Client{cfg: cfg, base: u, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}, serverKey: serverKey}
+	c := &Client{cfg: cfg, base: bases[0], bases: bases, pref: &atomic.Int32{}, hc: &http.Client{Transport: tr, Timeout: cfg.Timeout}, serverKey: serverKey}
 	if cfg.APIKey != "" {
 		c.signKey = api.SigningKey(cfg.APIKey)
 	}
@@ -274,17 +298,110 @@ func (c *Client) do(ctx context.Context, method, path string, in any, a auth, ou
 }
 
 func (c *Client) send(ctx context.Context, method, path string, body []byte, a auth, out any) error {
-	req, err := c.NewRequest(ctx, method, path, body, a == asAdmin)
-	if err != nil {
-		return err
+	return c.sendWith(ctx, method, path, body, a, nil, out)
+}
+
+// safeToRepeat reports whether a request may be sent again after an
+// attempt whose outcome is unknown: reads, releases and computations
+// that change nothing, and creations that carry a request id.
+func safeToRepeat(method, path string, hdr http.Header) bool {
+	if method == http.MethodGet {
+		return true
 	}
-	if a == asNone {
-		req.Header.Del("Authorization")
-		for _, h := range []string{api.HeaderAppID, api.HeaderTimestamp, api.HeaderNonce, api.HeaderSignature} {
-			req.Header.Del(h)
+	p, _, _ := strings.Cut(path, "?")
+	if method == http.MethodPost && p == "/v1/keys" && hdr.Get(api.HeaderRequestID) != "" {
+		return true
+	}
+	if method == http.MethodPost {
+		if p == "/v1/decrypt" {
+			return true
+		}
+		for _, op := range []string{"/encrypt", "/generate-data-key", "/sign", "/verify", "/asymmetric-decrypt"} {
+			if strings.HasPrefix(p, "/v1/keys/") && strings.HasSuffix(p, op) {
+				return true
+			}
 		}
 	}
-	return c.Do(req, out)
+	return false
+}
+
+// notExecuted reports whether an attempt's failure shows the request was
+// not carried out: no connection could be made, or the server refused it
+// as unavailable (503: sealed, database unreachable, ...).
+func notExecuted(err error) bool {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return true
+	}
+	var e *Error
+	return errors.As(err, &e) && e.Status == http.StatusServiceUnavailable
+}
+
+// transient reports whether an attempt failed for a reason another
+// replica might not have: a transport error or a 503.
+func transient(err error) bool {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Status == http.StatusServiceUnavailable
+	}
+	var ue *url.Error
+	return errors.As(err, &ue) && !errors.Is(err, context.Canceled)
+}
+
+// sendWith sends one call, failing over between the addresses: every
+// attempt is a new request (a new nonce and signature), starting with the
+// address that last answered; a call that is not safe to repeat is
+// retried only when the failed attempt was provably not executed.
+func (c *Client) sendWith(ctx context.Context, method, path string, body []byte, a auth, hdr http.Header, out any) error {
+	n := len(c.bases)
+	attempts := n * (1 + c.cfg.Retries)
+	start := int(c.pref.Load())
+	backoff := 100 * time.Millisecond
+	var err error
+	for i := range attempts {
+		if i > 0 && i%n == 0 {
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return err
+			}
+			backoff *= 2
+		}
+		idx := (start + i) % n
+		cc := *c
+		cc.base = c.bases[idx]
+		req, rerr := cc.NewRequest(ctx, method, path, body, a == asAdmin)
+		if rerr != nil {
+			return rerr
+		}
+		for k, v := range hdr {
+			req.Header[k] = v
+		}
+		if a == asNone {
+			req.Header.Del("Authorization")
+			for _, h := range []string{api.HeaderAppID, api.HeaderTimestamp, api.HeaderNonce, api.HeaderSignature} {
+				req.Header.Del(h)
+			}
+		}
+		err = c.Do(req, out)
+		if err == nil || !transient(err) || (!notExecuted(err) && !safeToRepeat(method, path, req.Header)) || ctx.Err() != nil {
+			if err == nil || !transient(err) {
+				c.pref.Store(int32(idx))
+				c.trace("%s %s: answered by %s", method, path, c.bases[idx].Host)
+			}
+			return err
+		}
+		if n > 1 || c.cfg.Retries > 0 {
+			c.trace("%s %s: %s failed (%v); trying the next address", method, path, c.bases[idx].Host, err)
+		}
+	}
+	return err
+}
+
+func (c *Client) trace(format string, a ...any) {
+	if c.cfg.Trace != nil {
+		c.cfg.Trace(fmt.Sprintf(format, a...))
+	}
 }
 
 // NewRequest builds an authenticated request (admin, or app-signed when the
@@ -432,8 +549,25 @@ func (c *Client) DisableApp(ctx context.Context, appID string) (r api.App, err e
 // ---- keys ----
 
 // CreateKey creates a customer master key ("" spec means AES_256_GCM).
+// It sends a fresh request id (api.HeaderRequestID), so that the call is
+// retried on another replica without the risk of creating two keys.
 func (c *Client) CreateKey(ctx context.Context, name, spec, description string) (k api.Key, err error) {
-	return k, c.do(ctx, "POST", "/v1/keys", api.CreateKeyRequest{Name: name, Spec: spec, Description: description}, asPrincipal, &k)
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return k, err
+	}
+	return c.CreateKeyWithRequestID(ctx, name, spec, description, hex.EncodeToString(b))
+}
+
+// CreateKeyWithRequestID creates a key idempotently: a repeated call with
+// the same request id (1-64 characters of [A-Za-z0-9_-]) returns the key
+// the first created, on any replica of the service.
+func (c *Client) CreateKeyWithRequestID(ctx context.Context, name, spec, description, requestID string) (k api.Key, err error) {
+	body, err := json.Marshal(api.CreateKeyRequest{Name: name, Spec: spec, Description: description})
+	if err != nil {
+		return k, err
+	}
+	return k, c.sendWith(ctx, "POST", "/v1/keys", body, asPrincipal, http.Header{api.HeaderRequestID: {requestID}}, &k)
 }
 
 // ListKeys lists the app's keys.

@@ -13,9 +13,10 @@
 // records (kept authenticated by the caller) reveals deletions and
 // rollbacks to older authentic values.
 //
-// A networked backend (PostgreSQL, for stateless replicas) implements the
-// same interface with one table (bucket, key, value) and serializable
-// transactions; the service logic never sees which backend it runs on.
+// The networked backend (postgres.go, for replicas) implements the same
+// interface with one table (bucket, key, value, mac), writers ordered by a
+// row lock and reads on snapshots; the service logic never sees which
+// backend it runs on, apart from the optional NonceStore and Pinger.
 package store
 
 import (
@@ -26,13 +27,22 @@ import (
 // ErrNotFound is returned by Tx.Get for a missing key.
 var ErrNotFound = errors.New("not found")
 
+// ErrUnavailable is returned when a networked store cannot be reached.
+var ErrUnavailable = errors.New("the store's database is unreachable")
+
+// Pinger is implemented by networked stores: Ping reports (as
+// ErrUnavailable) whether the database answers.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
 // ErrLocked is returned by Open when another process holds the data directory.
 var ErrLocked = errors.New("data directory is in use by another process")
 
 // Buckets returns the buckets used by the key service (a new slice on every
 // call). A backend creates them on open.
 func Buckets() []string {
-	return []string{"meta", "apps", "keys", "names", "secrets", "policies", "audit"}
+	return []string{"meta", "apps", "keys", "names", "secrets", "policies", "audit", "requests"}
 }
 
 // Store is a transactional key/value store over named buckets.
