@@ -14,11 +14,11 @@ type IDRange struct {
 	Size uint32 `json:"size"` // number of IDs
 }
 
-// DefaultIDs is the host range a sandbox started by root maps its IDs 0 to
+// DefaultIDs returns the host range a sandbox started by root maps its IDs 0 to
 // 65535 to when /etc/subuid and /etc/subgid give the user "veil" none: far
 // above the ranges useradd hands out (100000 onwards), so no login user
 // and no other container runtime's default owns it.
-var DefaultIDs = IDRange{UID: 1 << 30, GID: 1 << 30, Size: 65536}
+func DefaultIDs() IDRange { return IDRange{UID: 1 << 30, GID: 1 << 30, Size: 65536} }
 
 // subIDUser is the user whose subordinate ID ranges, if any, are used.
 const subIDUser = "veil"
@@ -36,7 +36,7 @@ func HostIDs() *IDRange {
 
 // hostIDs returns the range for a sandbox started by root.
 func hostIDs() *IDRange {
-	r := DefaultIDs
+	r := DefaultIDs()
 	u, us, uok := subID("/etc/subuid")
 	g, gs, gok := subID("/etc/subgid")
 	if uok && gok && us >= 1 && gs >= 1 {

@@ -89,7 +89,7 @@ type Spec struct {
 	HostNetwork bool `json:"host_network,omitempty"`
 	// IDs is the host range the sandbox's user and group IDs 0 to
 	// IDs.Size-1 map to when veil runs as root; Start fills it in
-	// (DefaultIDs, or the range /etc/subuid and /etc/subgid give the user
+	// (DefaultIDs(), or the range /etc/subuid and /etc/subgid give the user
 	// "veil"). Without root the caller's own IDs are mapped, to 0.
 	IDs *IDRange `json:"ids,omitempty"`
 	// Timing makes init print where its start-up time goes (VEIL_TIMING).
