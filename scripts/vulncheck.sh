@@ -5,6 +5,8 @@
 # Raise VULNDB_VERSION to take newer reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# As make does: the toolchain go.mod pins, fetched if the installed Go is older.
+export GOTOOLCHAIN=${GOTOOLCHAIN:-auto}
 VULNDB_VERSION=v0.0.0-20261105234957-e22db6528018
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/veil/vulndb-$VULNDB_VERSION
 if [ ! -f "$cache/index/db.json" ]; then
