@@ -66,10 +66,10 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 		return withHint(usageErrorf("--data or --store is required"), "--data DIR keeps the store in DIR/kms.db; --store postgres://... uses a PostgreSQL database shared by replicas")
 	}
 	if (o.secretProvListen == "") != (o.secretProvSecret == "") {
-		return withHint(usageErrorf("--secret-prov-listen and --secret-prov-secret go together"), "name the address to listen on and the id of the secret to send (veil kms secrets list shows ids)")
+		return withHint(usageErrorf("--secret-prov-listen and --secret-prov-secret go together"), "name the address to listen on and the id of the secret to send (veil kms secret list shows ids)")
 	}
 	if o.secretProvSecret != "" && !strings.HasPrefix(o.secretProvSecret, "s_") {
-		return withHint(usageErrorf("--secret-prov-secret %q is not a secret id", o.secretProvSecret), "give the secret's id (s_...), as veil kms secrets list shows it")
+		return withHint(usageErrorf("--secret-prov-secret %q is not a secret id", o.secretProvSecret), "give the secret's id (s_...), as veil kms secret list shows it")
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
