@@ -178,3 +178,20 @@ func (s *Service) SetSecretPolicy(ctx context.Context, c Caller, secretRef, poli
 	})
 	return out, err
 }
+
+// RefuseUnverifiedWorkload audits the refusal of a release of secret ref
+// to a workload whose evidence did not verify, for listeners that
+// authenticate workloads themselves (Gramine secret provisioning), so that
+// such refusals sit in the audit chain beside the workload API's. It
+// returns the refusal as ErrWorkloadAuth, naming cause.
+func (s *Service) RefuseUnverifiedWorkload(ctx context.Context, ref string, cause error) error {
+	refusal := fail(ErrWorkloadAuth, "verifying the workload's evidence: %v", cause)
+	if _, err := s.keyring(); err != nil {
+		return err
+	}
+	if err := s.chainUsable(); err != nil {
+		return err
+	}
+	s.auditBatch(ctx, audit.Entry{Op: "secret.get", Secret: ref, Actor: audit.Actor{Kind: KindWorkload}}, refusal)
+	return refusal
+}

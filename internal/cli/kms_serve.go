@@ -19,6 +19,7 @@ import (
 	"github.com/veil-tee/veil/internal/fsutil"
 	"github.com/veil-tee/veil/kms"
 	devkms "github.com/veil-tee/veil/kms/dev"
+	"github.com/veil-tee/veil/kms/secretprov"
 	"github.com/veil-tee/veil/kms/selfattest"
 	"github.com/veil-tee/veil/kms/store"
 	"github.com/veil-tee/veil/kms/workload"
@@ -27,6 +28,7 @@ import (
 // kmsServeOptions are the flags of `veil kms serve`.
 type kmsServeOptions struct {
 	dataDir, storeURL, listen, certFile, keyFile, logLevel, adminCA, simCA, collateral string
+	secretProvListen, secretProvSecret                                                 string
 	dev, attestSelf                                                                    bool
 }
 
@@ -50,6 +52,8 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 	f.StringVar(&o.simCA, "sim-ca", "", "trust sim evidence from the platform with this CA certificate (PEM); --dev trusts the local one (veil sim init)")
 	f.StringVar(&o.collateral, "collateral", "", "Intel PCS collateral directory for verifying SGX and TDX workloads")
 	f.BoolVar(&o.attestSelf, "attest", false, "present evidence that the service's TLS key lives in a TEE (configfs-tsm, else the sim platform), for workloads whose veil.json kms[].attest asks for it")
+	f.StringVar(&o.secretProvListen, "secret-prov-listen", "", "also serve Gramine secret provisioning (secret_prov_attest clients) on this address; off by default")
+	f.StringVar(&o.secretProvSecret, "secret-prov-secret", "", "id of the secret (s_...) sent to enclaves that satisfy one of its release policies; with --secret-prov-listen")
 	return c
 }
 
@@ -60,6 +64,12 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 			return withHint(usageErrorf("--dev needs --data for its certificate, root key and token files"), "add --data DIR")
 		}
 		return withHint(usageErrorf("--data or --store is required"), "--data DIR keeps the store in DIR/kms.db; --store postgres://... uses a PostgreSQL database shared by replicas")
+	}
+	if (o.secretProvListen == "") != (o.secretProvSecret == "") {
+		return withHint(usageErrorf("--secret-prov-listen and --secret-prov-secret go together"), "name the address to listen on and the id of the secret to send (veil kms secret list shows ids)")
+	}
+	if o.secretProvSecret != "" && !strings.HasPrefix(o.secretProvSecret, "s_") {
+		return withHint(usageErrorf("--secret-prov-secret %q is not a secret id", o.secretProvSecret), "give the secret's id (s_...), as veil kms secret list shows it")
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
@@ -93,6 +103,13 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 		return fmt.Errorf("listening: %w", err)
 	}
 	defer ln.Close()
+	var spLn net.Listener
+	if o.secretProvListen != "" {
+		if spLn, err = net.Listen("tcp", o.secretProvListen); err != nil {
+			return fmt.Errorf("listening for secret provisioning: %w", err)
+		}
+		defer spLn.Close()
+	}
 	var cert tls.Certificate
 	var root []byte
 	var ready string // printed once the server is about to accept connections
@@ -158,6 +175,13 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 	} else if st0.Mode == kms.ModeDev {
 		return withHint(errors.New("this data directory was created with --dev"), "start it with --dev")
 	}
+	if spLn != nil {
+		stop, err := o.serveSecretProv(ctx, svc, cert, spLn, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	log.Info("serving", "addr", ln.Addr().String(), "sealed", svc.Status().Sealed, "dev", o.dev)
 	fmt.Fprint(env.Stdout, ready)
 	if o.dev {
@@ -170,6 +194,32 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 		defer os.Remove(envPath)
 	}
 	return svc.Serve(ctx, ln, cert)
+}
+
+// serveSecretProv starts the Gramine secret-provisioning listener on ln;
+// stop ends it and waits for its connections.
+func (o *kmsServeOptions) serveSecretProv(ctx context.Context, svc *kms.Service, cert tls.Certificate, ln net.Listener, log *slog.Logger) (stop func(), err error) {
+	ev, err := workload.Trust{LocalSim: o.dev, SimCA: o.simCA, Collateral: o.collateral}.EvidenceVerifier()
+	if err != nil {
+		return nil, fmt.Errorf("setting up secret provisioning: %w", err)
+	}
+	sp, err := secretprov.New(secretprov.Options{
+		Service: svc, Verifier: workload.NewEnclaveVerifier(ev, nil), Secret: o.secretProvSecret,
+		Certificate: cert, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := sp.Serve(ctx, ln); err != nil {
+			log.Error("secret provisioning stopped", "err", err)
+		}
+	}()
+	log.Info("serving Gramine secret provisioning", "addr", ln.Addr().String(), "secret", o.secretProvSecret)
+	return func() { cancel(); <-done }, nil
 }
 
 // openKMSStore opens the PostgreSQL store at storeURL when it is set,

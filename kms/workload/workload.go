@@ -22,6 +22,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/veil-tee/veil/attest"
 	"github.com/veil-tee/veil/attest/pcs"
@@ -94,6 +95,16 @@ type Verifier struct{ peer *ratls.Peer }
 // only the runtime's own certificates.
 func NewVerifier(v attest.Verifier) *Verifier {
 	return &Verifier{peer: &ratls.Peer{Verifier: v, DeferPolicy: true, RequireRuntime: true}}
+}
+
+// NewEnclaveVerifier returns a Verifier for enclaves that attest
+// themselves, as Gramine workloads do for secret provisioning: it accepts
+// RA-TLS certificates whose evidence the enclave asked for (no runtime
+// claim), at the time now returns (nil: time.Now). The evidence must still
+// verify and bind the certificate's key; who may have what is decided by
+// each secret's policy, which should name the enclave's measurement.
+func NewEnclaveVerifier(v attest.Verifier, now func() time.Time) *Verifier {
+	return &Verifier{peer: &ratls.Peer{Verifier: v, DeferPolicy: true, Now: now}}
 }
 
 // VerifyPeer authenticates the workload whose certificate chain (leaf
