@@ -118,6 +118,35 @@ func TestPackageUnpackRun(t *testing.T) {
 		t.Fatalf("annotations %v", m.Annotations)
 	}
 
+	// An image tool other than veil reads the archive both ways: as an OCI
+	// layout (podman load, docker load from 25 on) and through the Docker
+	// manifest.json (older docker load).
+	t.Run("skopeo", func(t *testing.T) {
+		veiltest.NeedCommand(t, "skopeo")
+		var info struct {
+			Digest string
+			Labels map[string]string
+			Layers []string
+		}
+		out, err := exec.Command("skopeo", "inspect", "oci-archive:"+a).Output()
+		if err != nil {
+			t.Fatalf("skopeo inspect oci-archive: %v", err)
+		}
+		json.Unmarshal(out, &info)
+		if info.Digest != field(outA, "image") || info.Labels[ociimage.KeyMeasurement] != mr || len(info.Layers) != 2 {
+			t.Fatalf("skopeo sees %s", out)
+		}
+		out, err = exec.Command("skopeo", "inspect", "docker-archive:"+a).Output()
+		if err != nil {
+			t.Fatalf("skopeo inspect docker-archive: %v", err)
+		}
+		info.Labels = nil
+		json.Unmarshal(out, &info)
+		if info.Labels[ociimage.KeyMeasurement] != mr || len(info.Layers) != 2 {
+			t.Fatalf("skopeo sees %s", out)
+		}
+	})
+
 	root := filepath.Join(t.TempDir(), "root")
 	u, err := ociimage.Unpack(context.Background(), a, root, ociimage.UnpackOptions{Measurement: mr})
 	if err != nil {
