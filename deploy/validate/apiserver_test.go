@@ -172,7 +172,6 @@ func startServer() (s *apiServer, err error) {
 		"--token-auth-file", tokFile,
 		"--secure-port", fmt.Sprint(ports[2]),
 		"--bind-address", "127.0.0.1",
-		"--advertise-address", "127.0.0.1",
 		"--cert-dir", certDir,
 		"--authorization-mode", "RBAC",
 		"--service-cluster-ip-range", "10.96.0.0/16",
@@ -199,7 +198,7 @@ func startServer() (s *apiServer, err error) {
 				pool := x509.NewCertPool()
 				pool.AppendCertsFromPEM(pemData)
 				s.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-					TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS12},
+					TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, // its names include the bind address
 				}}
 			}
 		}

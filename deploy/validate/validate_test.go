@@ -96,10 +96,10 @@ func namespace(t *testing.T, s *apiServer, name string) {
 	}
 }
 
-// real lists the kinds created for real after their dry run: what later
+// createForReal lists the kinds created for real after their dry run: what later
 // objects refer to and admission checks (namespaces, runtime classes,
 // CRDs).
-var real = map[string]bool{"Namespace": true, "RuntimeClass": true, "CustomResourceDefinition": true}
+var createForReal = map[string]bool{"Namespace": true, "RuntimeClass": true, "CustomResourceDefinition": true}
 
 // apply validates every object with a strict server-side dry run.
 func apply(t *testing.T, s *apiServer, ns string, objs []object) {
@@ -112,7 +112,7 @@ func apply(t *testing.T, s *apiServer, ns string, objs []object) {
 			t.Errorf("%s: %v", o, err)
 			continue
 		}
-		if real[o.obj["kind"].(string)] {
+		if createForReal[o.obj["kind"].(string)] {
 			if err := s.create(o.obj, ns, false); err != nil && !strings.HasPrefix(err.Error(), "409") {
 				t.Errorf("%s: %v", o, err)
 			}
