@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -228,7 +229,7 @@ func (s *apiServer) exited() error {
 		if p.ProcessState != nil {
 			return fmt.Errorf("%s exited: %v", filepath.Base(p.Path), p.ProcessState)
 		}
-		if p.Process.Signal(nil) != nil { // gone, not yet reaped
+		if p.Process.Signal(syscall.Signal(0)) != nil { // gone, not yet reaped
 			p.Wait()
 			return fmt.Errorf("%s exited: %v", filepath.Base(p.Path), p.ProcessState)
 		}
