@@ -179,6 +179,8 @@ func startServer() (s *apiServer, err error) {
 		// No controller manager creates the default ServiceAccounts; the
 		// plugin that would insist on them does not validate anything.
 		"--disable-admission-plugins", "ServiceAccount",
+		// As in clusters that run device plugins (kubeadm's default).
+		"--allow-privileged=true",
 	); err != nil {
 		return nil, err
 	}
@@ -214,6 +216,8 @@ func startServer() (s *apiServer, err error) {
 
 func (s *apiServer) start(bin string, args ...string) error {
 	cmd := exec.Command(bin, args...)
+	// Should the test binary die (a timeout panic), so do the servers.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var log bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
