@@ -38,6 +38,8 @@ vulncheck:
 
 test: setup lint build
 	$(GO) test -race -count=1 -timeout 20m ./...
+	./scripts/kube-apiserver.sh >/dev/null  # built once per machine, cached (deploy/validate needs it)
+	cd deploy/validate && $(GO) test -count=1 -timeout 10m ./...
 
 # Benchmarks: results go to docs/performance.md (see scripts/bench.sh).
 bench: setup build

@@ -19,6 +19,8 @@ PACKAGES=(
 	python3 python3-pandas python3-sklearn python3-torch   # examples/ run these unmodified
 	openjdk-17-jre-headless                    # the bom snippet debian/openjdk-17, JVM and Spark tests
 	python3-pip                                # installs pyspark for the Spark test (below)
+	skopeo                                     # reads veil package's archives in the ociimage test
+	etcd-server                                # the store of the kube-apiserver that validates deploy/
 )
 
 check_only=false

@@ -29,6 +29,8 @@ var blackBoxTests = map[string]struct{ dir, test string }{
 	"veil new":                       {"internal/cli/imagetest", "TestAcceptance"},
 	"veil print":                     {"internal/cli/imagetest", "TestAcceptance"},
 	"veil verify":                    {"internal/cli/imagetest", "TestAcceptance"},
+	"veil package":                   {"ociimage", "TestPackageUnpackRun"},
+	"veil unpack":                    {"ociimage", "TestPackageUnpackRun"},
 	"veil gen-sign-key":              {"internal/cli/imagetest", "TestKeysAndEncryptedBuild"},
 	"veil gen-image-key":             {"internal/cli/imagetest", "TestKeysAndEncryptedBuild"},
 	"veil encrypt":                   {"internal/cli", "TestCLIRoundTripFileAndStreams"},
