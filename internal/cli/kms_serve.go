@@ -19,6 +19,7 @@ import (
 	"github.com/veil-tee/veil/internal/fsutil"
 	"github.com/veil-tee/veil/kms"
 	devkms "github.com/veil-tee/veil/kms/dev"
+	"github.com/veil-tee/veil/kms/ehsm"
 	"github.com/veil-tee/veil/kms/selfattest"
 	"github.com/veil-tee/veil/kms/store"
 	"github.com/veil-tee/veil/kms/workload"
@@ -27,6 +28,7 @@ import (
 // kmsServeOptions are the flags of `veil kms serve`.
 type kmsServeOptions struct {
 	dataDir, storeURL, listen, certFile, keyFile, logLevel, adminCA, simCA, collateral string
+	ehsmListen                                                                         string
 	dev, attestSelf                                                                    bool
 }
 
@@ -49,6 +51,7 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 	f.StringVar(&o.adminCA, "admin-client-ca", "", "PEM CA certificates whose client certificates authenticate as the admin")
 	f.StringVar(&o.simCA, "sim-ca", "", "trust sim evidence from the platform with this CA certificate (PEM); --dev trusts the local one (veil sim init)")
 	f.StringVar(&o.collateral, "collateral", "", "Intel PCS collateral directory for verifying SGX and TDX workloads")
+	f.StringVar(&o.ehsmListen, "ehsm-listen", "", "also serve the eHSM-compatible API (POST /ehsm?Action=...) on this address, over the same TLS certificate (off by default; docs/ehsm.md)")
 	f.BoolVar(&o.attestSelf, "attest", false, "present evidence that the service's TLS key lives in a TEE (configfs-tsm, else the sim platform), for workloads whose veil.json kms[].attest asks for it")
 	return c
 }
@@ -93,6 +96,13 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 		return fmt.Errorf("listening: %w", err)
 	}
 	defer ln.Close()
+	var ehsmLn net.Listener
+	if o.ehsmListen != "" {
+		if ehsmLn, err = net.Listen("tcp", o.ehsmListen); err != nil {
+			return fmt.Errorf("listening on --ehsm-listen: %w", err)
+		}
+		defer ehsmLn.Close()
+	}
 	var cert tls.Certificate
 	var root []byte
 	var ready string // printed once the server is about to accept connections
@@ -159,6 +169,9 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 		return withHint(errors.New("this data directory was created with --dev"), "start it with --dev")
 	}
 	log.Info("serving", "addr", ln.Addr().String(), "sealed", svc.Status().Sealed, "dev", o.dev)
+	if ehsmLn != nil {
+		ready += fmt.Sprintf("export VEIL_EHSM_URL=https://%s/ehsm\n", ehsmLn.Addr())
+	}
 	fmt.Fprint(env.Stdout, ready)
 	if o.dev {
 		// For veil kms env: written once the listener is up,
@@ -168,6 +181,13 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 			return err
 		}
 		defer os.Remove(envPath)
+	}
+	if ehsmLn != nil {
+		log.Info("serving the eHSM-compatible API", "addr", ehsmLn.Addr().String())
+		ectx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- ehsm.Serve(ectx, svc, ehsmLn, cert, ehsm.Options{Version: version}) }()
+		defer func() { cancel(); <-done }()
 	}
 	return svc.Serve(ctx, ln, cert)
 }
