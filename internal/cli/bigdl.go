@@ -79,3 +79,11 @@ func decryptBigDL(ctx context.Context, env *Env, f *cryptFlags) error {
 	}
 	return cryptToFile(ctx, f.out, f.force, "opening "+f.in, run)
 }
+
+// bigdlExitCode maps BigDL file errors to exit codes (0: not theirs).
+func bigdlExitCode(err error) int {
+	if errors.Is(err, bigdl.ErrAuth) {
+		return ExitIntegrity
+	}
+	return 0
+}

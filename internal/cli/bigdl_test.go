@@ -45,6 +45,9 @@ func TestCLIDecryptBigDL(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "tampered.cbc"), g, 0o600)
 	r := veil(t, dir, nil, "decrypt", "--format", "bigdl", "--key", "file:datakey.txt", "-i", "tampered.cbc", "-o", "t.csv")
 	wantErr(t, r, `failed authentication`, `data key`)
+	if r.code != ExitIntegrity {
+		t.Errorf("tampered file: exit %d, want %d", r.code, ExitIntegrity)
+	}
 	rand.Read(raw)
 	os.WriteFile(filepath.Join(dir, "other.txt"), []byte(base64.StdEncoding.EncodeToString(raw)), 0o600)
 	r = veil(t, dir, nil, "decrypt", "--format", "bigdl", "--key", "file:other.txt", "-i", "people.cbc", "-o", "w.csv")
@@ -54,8 +57,14 @@ func TestCLIDecryptBigDL(t *testing.T) {
 			t.Errorf("%s written for a refused file", n)
 		}
 	}
+	if r.code != ExitIntegrity {
+		t.Errorf("wrong key: exit %d, want %d", r.code, ExitIntegrity)
+	}
 	r = veil(t, dir, nil, "decrypt", "--format", "bigdl", "--key", "file:datakey.txt", "-i", "-", "-o", "x")
 	wantErr(t, r, `reads a file`, "")
+	if r.code != ExitUsage {
+		t.Errorf("standard input: exit %d, want %d", r.code, ExitUsage)
+	}
 	assertNoTemps(t, dir)
 }
 
