@@ -90,10 +90,15 @@ func FuzzDecrypt(f *testing.F) {
 	key := []byte("0123456789abcdef0123456789abcdef")
 	f.Add([]byte{})
 	f.Add(make([]byte, bigdl.HeaderSize+16+bigdl.MACSize))
+	f.Add(bigdltest.Write(key, []byte("id,name\n1,ann\n"), time.Unix(1700000000, 0)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var out bytes.Buffer
-		if _, err := bigdl.Decrypt(bytes.NewReader(b), int64(len(b)), key, &out); err != nil && out.Len() != 0 {
+		h, err := bigdl.Decrypt(bytes.NewReader(b), int64(len(b)), key, &out)
+		if err != nil && out.Len() != 0 {
 			t.Fatal("plaintext released on error")
+		}
+		if err == nil && !bytes.Equal(bigdltest.Write(key, out.Bytes(), h.Time), b) {
+			t.Fatal("an accepted file is not the one its plaintext, key and time give")
 		}
 	})
 }

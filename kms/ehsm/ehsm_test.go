@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -40,7 +41,7 @@ type env struct {
 	clk   *clock
 }
 
-func start(t *testing.T) *env {
+func start(t testing.TB) *env {
 	t.Helper()
 	ctx := context.Background()
 	st, err := store.OpenBolt(t.TempDir(), store.BoltOptions{})
@@ -200,10 +201,20 @@ func TestBigDLFlow(t *testing.T) {
 	if _, err := cipher.NewGCM(blk); err != nil {
 		t.Fatal(err)
 	}
+	// BigDL's own sequence: a data key without plaintext, stored wrapped,
+	// later unwrapped with Decrypt; both with aad "test" and keylen sent
+	// as a JSON number.
 	var wo struct{ Plaintext, Ciphertext string }
-	c.must("GenerateDataKeyWithoutPlaintext", map[string]any{"cmk": ck.Cmk, "keylen": 16}, &wo)
+	c.must("GenerateDataKeyWithoutPlaintext", map[string]any{"aad": "test", "cmk": ck.Cmk, "keylen": 32}, &wo)
 	if wo.Plaintext != "" || wo.Ciphertext == "" {
 		t.Fatalf("GenerateDataKeyWithoutPlaintext returned %+v", wo)
+	}
+	c.must("Decrypt", map[string]any{"aad": "test", "ciphertext": wo.Ciphertext, "cmk": ck.Cmk}, &out)
+	if k, _ := base64.StdEncoding.DecodeString(out.Plaintext); len(k) != 32 {
+		t.Fatalf("unwrapped data key of %d bytes", len(k))
+	}
+	if r := c.call("Decrypt", map[string]any{"aad": "dGVzdDI=", "ciphertext": wo.Ciphertext, "cmk": ck.Cmk}); r.Code == 200 {
+		t.Fatal("Decrypt with another aad succeeded")
 	}
 	var lk struct {
 		List []struct{ Keyid string }
@@ -304,6 +315,13 @@ func TestAuthenticationRefusals(t *testing.T) {
 		t.Fatalf("stale timestamp: %d %s", r.Code, r.Message)
 	}
 
+	// A ciphertext is decrypted only under the cmk it names.
+	var ck2 struct{ Cmk string }
+	a.must("CreateKey", map[string]any{"keyspec": "EH_AES_GCM_256"}, &ck2)
+	if r := a.call("Decrypt", map[string]any{"cmk": ck2.Cmk, "ciphertext": ct.Ciphertext}); r.Code != 400 || len(r.Result) > 2 {
+		t.Fatalf("Decrypt under another cmk: %d %s %s", r.Code, r.Message, r.Result)
+	}
+
 	// App B using app A's key.
 	if r := b.call("Decrypt", map[string]any{"cmk": ck.Cmk, "ciphertext": ct.Ciphertext}); r.Code == 200 {
 		t.Fatalf("app B decrypted with app A's key: %s", r.Result)
@@ -340,4 +358,26 @@ func TestStringToSign(t *testing.T) {
 	if got := ehsm.StringToSign("app", "n0nce-0123456789ab", "1", nil); got != "appid=app&nonce=n0nce-0123456789ab&payload=&timestamp=1" {
 		t.Fatalf("with nonce: %q", got)
 	}
+}
+
+// FuzzRequest sends arbitrary bodies: never a panic, never a success
+// without a valid signature.
+func FuzzRequest(f *testing.F) {
+	f.Add("ListKey", []byte(`{"appid":"a_00000000000000000000000000000000","timestamp":"1","payload":{"k":1},"sign":"AAAA"}`))
+	f.Add("Encrypt", []byte(`{"appid":"x","payload":{"cmk":"k","plaintext":"eA=="},"timestamp":"1700000000000","sign":"`+strings.Repeat("A", 43)+`="}`))
+	f.Add("Enroll", []byte(`{"name":"x"}`))
+	f.Add("GetVersion", []byte(``))
+	h := ehsm.Handler(start(f).svc, ehsm.Options{Version: "fuzz"})
+	f.Fuzz(func(t *testing.T, action string, body []byte) {
+		req := httptest.NewRequest(http.MethodPost, "/ehsm?Action="+url.QueryEscape(action), bytes.NewReader(body))
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		var r reply
+		if err := json.Unmarshal(rec.Body.Bytes(), &r); err != nil {
+			t.Fatalf("answer is not JSON: %v", err)
+		}
+		if r.Code == 200 && action != "GetVersion" {
+			t.Fatalf("%s accepted without a signature: %s", action, body)
+		}
+	})
 }
