@@ -186,7 +186,13 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 		log.Info("serving the eHSM-compatible API", "addr", ehsmLn.Addr().String())
 		ectx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
-		go func() { done <- ehsm.Serve(ectx, svc, ehsmLn, cert, ehsm.Options{Version: version}) }()
+		go func() {
+			err := ehsm.Serve(ectx, svc, ehsmLn, cert, ehsm.Options{Version: version, Logger: log})
+			if err != nil {
+				log.Error("the eHSM-compatible API stopped", "err", err.Error())
+			}
+			done <- err
+		}()
 		defer func() { cancel(); <-done }()
 	}
 	return svc.Serve(ctx, ln, cert)

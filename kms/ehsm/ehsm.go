@@ -28,6 +28,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"sort"
@@ -65,6 +67,8 @@ func APIKey(veilAPIKey string) string {
 type Options struct {
 	// Version is returned by GetVersion.
 	Version string
+	// Logger receives the server's connection errors (default: discard).
+	Logger *slog.Logger
 }
 
 // Handler serves the eHSM actions on /ehsm over svc.
@@ -291,6 +295,11 @@ func Serve(ctx context.Context, svc *kms.Service, ln net.Listener, cert tls.Cert
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
+	}
+	if opt.Logger != nil {
+		srv.ErrorLog = slog.NewLogLogger(opt.Logger.Handler(), slog.LevelWarn)
+	} else {
+		srv.ErrorLog = log.New(io.Discard, "", 0)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(tls.NewListener(ln, kms.TLSConfig(cert))) }()
