@@ -159,6 +159,7 @@ format of Gramine's encrypted mounts) under a 16-byte wrap key
 func newDecryptCmd(env *Env) *cobra.Command {
 	var f cryptFlags
 	var pff pfFlags
+	var format string
 	c := &cobra.Command{
 		Use:   "decrypt [--key KIND:REF] -i IN -o OUT",
 		Short: "Open a sealed file, stream or directory tree",
@@ -169,15 +170,27 @@ segments and exits non-zero at the first bad one.
 
 A Gramine protected file (GRAFS_PF) is recognised by its magic and opened
 with its 16-byte wrap key (--key file:PATH); it must be bound to the input
-path as given, or to --pf-path.`,
+path as given, or to --pf-path.
+
+--format bigdl opens a file written by BigDL PPML (AES/CBC/PKCS5Padding)
+with its data key (--key file:PATH holding the data-key text BigDL used);
+the whole file is authenticated before any output (docs/formats/bigdl.md).`,
 		Example: `  veil decrypt --key file:owner.key -i people.csv.sealed -o people.csv
-  veil decrypt --key file:owner.key -i data.tar.sealed -o - | tar x`,
+  veil decrypt --key file:owner.key -i data.tar.sealed -o - | tar x
+  veil decrypt --format bigdl --key file:datakey.txt -i people.csv.cbc -o people.csv`,
 		Args: exactArgs(0),
 		RunE: func(c *cobra.Command, args []string) error {
 			if err := f.check(); err != nil {
 				return err
 			}
 			ctx := c.Context()
+			switch format {
+			case "auto":
+			case formatBigDL:
+				return decryptBigDL(ctx, env, &f)
+			default:
+				return usageErrorf("--format %q: want auto or %s", format, formatBigDL)
+			}
 			if isPFInput(f.in) {
 				return decryptGraminePF(ctx, env, &f, &pff)
 			}
@@ -207,6 +220,7 @@ path as given, or to --pf-path.`,
 	}
 	f.add(c, "key that opens one of the file's slots: file:PATH (repeat to try several)")
 	pff.addDecrypt(c)
+	c.Flags().StringVar(&format, "format", "auto", "input format: auto (veil sealed file or Gramine protected file, by magic) or bigdl (BigDL PPML AES/CBC/PKCS5Padding file)")
 	return c
 }
 

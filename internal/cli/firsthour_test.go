@@ -80,9 +80,19 @@ func wantErr(t *testing.T, r result, errRE, hintRE string) {
 // is stopped at the end of the test.
 func devKMS(t *testing.T, dir string) []string {
 	t.Helper()
+	env := devKMSWith(t, dir)
+	if len(env) != 3 {
+		t.Fatalf("veil kms env printed %q", env)
+	}
+	return env
+}
+
+// devKMSWith is devKMS with extra flags for veil kms serve.
+func devKMSWith(t *testing.T, dir string, extra ...string) []string {
+	t.Helper()
 	data := filepath.Join(dir, "kms")
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, veilBin, "kms", "serve", "--dev", "--data", data, "--listen", "127.0.0.1:0")
+	cmd := exec.CommandContext(ctx, veilBin, append([]string{"kms", "serve", "--dev", "--data", data, "--listen", "127.0.0.1:0"}, extra...)...)
 	cmd.Env = append(os.Environ(), "VEIL_HOME="+filepath.Join(dir, ".veil-home"))
 	var logb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logb, &logb
@@ -105,9 +115,6 @@ func devKMS(t *testing.T, dir string) []string {
 	var env []string
 	for _, l := range strings.Split(strings.TrimSpace(string(r.stdout)), "\n") {
 		env = append(env, strings.TrimPrefix(l, "export "))
-	}
-	if len(env) != 3 {
-		t.Fatalf("veil kms env printed %q", r.stdout)
 	}
 	return env
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/veil-tee/veil/internal/fsutil"
 	"github.com/veil-tee/veil/kms"
 	devkms "github.com/veil-tee/veil/kms/dev"
+	"github.com/veil-tee/veil/kms/ehsm"
 	"github.com/veil-tee/veil/kms/secretprov"
 	"github.com/veil-tee/veil/kms/selfattest"
 	"github.com/veil-tee/veil/kms/store"
@@ -29,6 +30,7 @@ import (
 type kmsServeOptions struct {
 	dataDir, storeURL, listen, certFile, keyFile, logLevel, adminCA, simCA, collateral string
 	secretProvListen, secretProvSecret                                                 string
+	ehsmListen                                                                         string
 	dev, attestSelf                                                                    bool
 }
 
@@ -51,6 +53,7 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 	f.StringVar(&o.adminCA, "admin-client-ca", "", "PEM CA certificates whose client certificates authenticate as the admin")
 	f.StringVar(&o.simCA, "sim-ca", "", "trust sim evidence from the platform with this CA certificate (PEM); --dev trusts the local one (veil sim init)")
 	f.StringVar(&o.collateral, "collateral", "", "Intel PCS collateral directory for verifying SGX and TDX workloads")
+	f.StringVar(&o.ehsmListen, "ehsm-listen", "", "also serve the eHSM-compatible API (POST /ehsm?Action=...) on this address, over the same TLS certificate (off by default; docs/ehsm.md)")
 	f.BoolVar(&o.attestSelf, "attest", false, "present evidence that the service's TLS key lives in a TEE (configfs-tsm, else the sim platform), for workloads whose veil.json kms[].attest asks for it")
 	f.StringVar(&o.secretProvListen, "secret-prov-listen", "", "also serve Gramine secret provisioning (secret_prov_attest clients) on this address; off by default")
 	f.StringVar(&o.secretProvSecret, "secret-prov-secret", "", "id of the secret (s_...) sent to enclaves that satisfy one of its release policies; with --secret-prov-listen")
@@ -109,6 +112,13 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 			return fmt.Errorf("listening for secret provisioning: %w", err)
 		}
 		defer spLn.Close()
+	}
+	var ehsmLn net.Listener
+	if o.ehsmListen != "" {
+		if ehsmLn, err = net.Listen("tcp", o.ehsmListen); err != nil {
+			return fmt.Errorf("listening on --ehsm-listen: %w", err)
+		}
+		defer ehsmLn.Close()
 	}
 	var cert tls.Certificate
 	var root []byte
@@ -183,6 +193,9 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 		defer stop()
 	}
 	log.Info("serving", "addr", ln.Addr().String(), "sealed", svc.Status().Sealed, "dev", o.dev)
+	if ehsmLn != nil {
+		ready += fmt.Sprintf("export VEIL_EHSM_URL=https://%s/ehsm\n", ehsmLn.Addr())
+	}
 	fmt.Fprint(env.Stdout, ready)
 	if o.dev {
 		// For veil kms env: written once the listener is up,
@@ -192,6 +205,19 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 			return err
 		}
 		defer os.Remove(envPath)
+	}
+	if ehsmLn != nil {
+		log.Info("serving the eHSM-compatible API", "addr", ehsmLn.Addr().String())
+		ectx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			err := ehsm.Serve(ectx, svc, ehsmLn, cert, ehsm.Options{Version: version, Logger: log})
+			if err != nil {
+				log.Error("the eHSM-compatible API stopped", "err", err.Error())
+			}
+			done <- err
+		}()
+		defer func() { cancel(); <-done }()
 	}
 	return svc.Serve(ctx, ln, cert)
 }

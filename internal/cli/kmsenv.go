@@ -109,7 +109,7 @@ func (m devEnv) ca() []byte {
 
 func (m devEnv) text() string {
 	var sb strings.Builder
-	for _, k := range []string{"VEIL_KMS_URL", "VEIL_KMS_CA", "VEIL_ADMIN_TOKEN", "VEIL_KMS_MEASUREMENT"} {
+	for _, k := range []string{"VEIL_KMS_URL", "VEIL_KMS_CA", "VEIL_ADMIN_TOKEN", "VEIL_KMS_MEASUREMENT", "VEIL_EHSM_URL"} {
 		if v, ok := m[k]; ok {
 			fmt.Fprintf(&sb, "export %s=%s\n", k, v)
 		}

@@ -67,7 +67,7 @@ func usageErrorf(format string, a ...any) error {
 // exitCoders lists, in the order they are asked, the functions that map
 // library sentinel errors to exit codes; each verb file supplies one.
 func exitCoders() []func(error) int {
-	return []func(error) int{attestExitCode, dataExitCode, gramineExitCode, imageExitCode, packageExitCode, kmsExitCode, runExitCode}
+	return []func(error) int{attestExitCode, dataExitCode, gramineExitCode, bigdlExitCode, imageExitCode, packageExitCode, kmsExitCode, runExitCode}
 }
 
 func exitCode(err error) int {
