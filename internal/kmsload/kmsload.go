@@ -95,8 +95,12 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	cpu0 := cpuTime(c.ServerPIDs)
 	start := time.Now()
 	deadline := start.Add(c.Duration)
+	addrs := strings.Split(c.URL, ",")
 	for w := range c.Clients {
-		cl, err := client.New(client.Config{URL: c.URL, CAPEM: c.CAPEM, AppID: enr.AppID, APIKey: enr.APIKey, Timeout: 30 * time.Second})
+		// With several addresses each client starts at a different one, so
+		// the load is spread over them.
+		rot := append(append([]string{}, addrs[w%len(addrs):]...), addrs[:w%len(addrs)]...)
+		cl, err := client.New(client.Config{URL: strings.Join(rot, ","), CAPEM: c.CAPEM, AppID: enr.AppID, APIKey: enr.APIKey, Timeout: 30 * time.Second})
 		if err != nil {
 			return Result{}, err
 		}

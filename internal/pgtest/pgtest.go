@@ -14,6 +14,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -206,4 +207,35 @@ func (s *Server) waitReady(t testing.TB) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// PIDs returns the process ids of the server and its children (backends,
+// background workers), for CPU accounting.
+func (s *Server) PIDs() []int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return nil
+	}
+	root := s.cmd.Process.Pid
+	pids := []int{root}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		st := string(b)
+		i := strings.LastIndexByte(st, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(st[i+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(root) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/veil-tee/veil/internal/kmsload"
 	"github.com/veil-tee/veil/internal/pgtest"
 	"github.com/veil-tee/veil/kms"
 	"github.com/veil-tee/veil/kms/client"
@@ -590,4 +591,45 @@ func TestReplicasKill9CyclesAndPostgresRestart(t *testing.T) {
 	if out, errs, code := run(t, rs.env(0), "", "kms", "audit", "verify"); code != 0 {
 		t.Fatalf("audit verify: exit %d\n%s%s", code, out, errs)
 	}
+}
+
+// TestLoadEmbeddedAndReplicas drives concurrent clients unwrapping data
+// keys against one bbolt server, one replica on PostgreSQL and three
+// replicas on PostgreSQL: no operation may fail. The figures (ops/s,
+// p50/p99, CPU per op of servers, database and client) are logged;
+// scripts/kms-load.sh runs it at full size (VEIL_KMS_LOAD_CLIENTS,
+// VEIL_KMS_LOAD_DURATION).
+func TestLoadEmbeddedAndReplicas(t *testing.T) {
+	clients := envInt(t, "VEIL_KMS_LOAD_CLIENTS", 8)
+	duration := envDuration(t, "VEIL_KMS_LOAD_DURATION", 2*time.Second)
+	ctx := context.Background()
+	check := func(name string, r kmsload.Result, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		up, _ := os.ReadFile("/proc/loadavg")
+		t.Logf("%s, %d clients: %s (load avg %s)", name, clients, r, strings.Join(strings.Fields(string(up))[:3], " "))
+		if r.Errors > 0 || r.Ops == 0 {
+			t.Fatalf("%s: %d errors (%s), %d operations", name, r.Errors, r.FirstError, r.Ops)
+		}
+	}
+	p := serve(t, "--dev", "--data", t.TempDir())
+	ca, _ := os.ReadFile(p.env["VEIL_KMS_CA"])
+	r, err := kmsload.Run(ctx, kmsload.Config{URL: p.env["VEIL_KMS_URL"], CAPEM: ca, AdminToken: p.env["VEIL_ADMIN_TOKEN"],
+		Clients: clients, Duration: duration, ServerPIDs: []int{p.cmd.Process.Pid}})
+	check("bbolt, one server", r, err)
+	p.stop(t)
+
+	rs := startReplicas(t, 3)
+	var pids []int
+	for _, p := range rs.ps {
+		pids = append(pids, p.cmd.Process.Pid)
+	}
+	r, err = kmsload.Run(ctx, kmsload.Config{URL: rs.url(0), CAPEM: rs.ca, AdminToken: rs.admin,
+		Clients: clients, Duration: duration, ServerPIDs: append(rs.pg.PIDs(), pids[0])})
+	check("PostgreSQL, one replica", r, err)
+	r, err = kmsload.Run(ctx, kmsload.Config{URL: rs.urls(), CAPEM: rs.ca, AdminToken: rs.admin,
+		Clients: clients, Duration: duration, ServerPIDs: append(rs.pg.PIDs(), pids...)})
+	check("PostgreSQL, three replicas", r, err)
 }
