@@ -11,5 +11,5 @@ cd "$(dirname "$0")/.."
 export GOTOOLCHAIN=${GOTOOLCHAIN:-auto} VEIL_TEST_REQUIRE=all
 export VEIL_KMS_CYCLES=${CYCLES:-200} VEIL_KMS_WRITERS=${WRITERS:-4}
 echo "kms-crash-embedded: $(date -u +%FT%TZ) veil $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $VEIL_KMS_CYCLES cycles, $VEIL_KMS_WRITERS writers; $(uptime)"
-go test -count=1 -timeout 2h -v -run '^TestEmbeddedKill9Cycles$' ./kms/e2e | grep -E 'cycles in|^(--- |ok|FAIL)|lost|audit'
+go test -count=1 -timeout 2h -v -run '^TestEmbeddedKill9Cycles$' ./kms/e2e 2>&1 | grep -E 'campaign_test.go|^(--- |ok|FAIL|panic)'
 echo "end: $(uptime)"

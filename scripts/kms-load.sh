@@ -13,5 +13,5 @@ cd "$(dirname "$0")/.."
 export GOTOOLCHAIN=${GOTOOLCHAIN:-auto} VEIL_TEST_REQUIRE=all
 export VEIL_KMS_LOAD_CLIENTS=${CLIENTS:-200} VEIL_KMS_LOAD_DURATION=${DURATION:-60s}
 echo "kms-load: $(date -u +%FT%TZ) veil $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $VEIL_KMS_LOAD_CLIENTS clients, $VEIL_KMS_LOAD_DURATION each; $(uptime)"
-go test -count=1 -timeout 1h -v -run '^TestLoadEmbeddedAndReplicas$' ./kms/e2e | grep -E 'clients:|^(--- |ok|FAIL)|errors'
+go test -count=1 -timeout 1h -v -run '^TestLoadEmbeddedAndReplicas$' ./kms/e2e 2>&1 | grep -E 'campaign_test.go|^(--- |ok|FAIL|panic)'
 echo "end: $(uptime)"
