@@ -58,7 +58,8 @@ func (r Result) String() string {
 		r.P99.Round(10*time.Microsecond), r.Max.Round(100*time.Microsecond), r.Errors, r.CPUPerOp().Round(time.Microsecond))
 }
 
-// Run enrolls an app, creates one key and a data key, then runs the load.
+// Run enrolls apps (one per ten clients), creates a key and a data key for
+// each, then runs the load.
 func Run(ctx context.Context, c Config) (Result, error) {
 	if c.Clients < 1 {
 		c.Clients = 1
@@ -68,22 +69,34 @@ func Run(ctx context.Context, c Config) (Result, error) {
 		return Result{}, err
 	}
 	defer adm.Close()
-	enr, err := adm.Enroll(ctx, fmt.Sprintf("load-%d", time.Now().UnixNano()))
-	if err != nil {
-		return Result{}, fmt.Errorf("enrolling the load's app: %w", err)
+	// One app per ten clients: the server remembers at most 100,000
+	// nonces per app within the replay window (docs/kms.md), so one app
+	// alone would be refused after 100,000 requests in that window.
+	type appKey struct {
+		id, key string
+		ct      []byte
 	}
-	setup, err := client.New(client.Config{URL: c.URL, CAPEM: c.CAPEM, AppID: enr.AppID, APIKey: enr.APIKey})
-	if err != nil {
-		return Result{}, err
-	}
-	defer setup.Close()
-	k, err := setup.CreateKey(ctx, "load", "", "")
-	if err != nil {
-		return Result{}, fmt.Errorf("creating the load's key: %w", err)
-	}
-	dk, err := setup.GenerateDataKey(ctx, k.ID, 32, nil)
-	if err != nil {
-		return Result{}, fmt.Errorf("generating the load's data key: %w", err)
+	var apps []appKey
+	for a := 0; a < (c.Clients+9)/10; a++ {
+		enr, err := adm.Enroll(ctx, fmt.Sprintf("load-%d-%d", time.Now().UnixNano(), a))
+		if err != nil {
+			return Result{}, fmt.Errorf("enrolling the load's app: %w", err)
+		}
+		setup, err := client.New(client.Config{URL: c.URL, CAPEM: c.CAPEM, AppID: enr.AppID, APIKey: enr.APIKey})
+		if err != nil {
+			return Result{}, err
+		}
+		k, err := setup.CreateKey(ctx, "load", "", "")
+		if err != nil {
+			setup.Close()
+			return Result{}, fmt.Errorf("creating the load's key: %w", err)
+		}
+		dk, err := setup.GenerateDataKey(ctx, k.ID, 32, nil)
+		setup.Close()
+		if err != nil {
+			return Result{}, fmt.Errorf("generating the load's data key: %w", err)
+		}
+		apps = append(apps, appKey{enr.AppID, enr.APIKey, dk.Ciphertext})
 	}
 	var (
 		mu    sync.Mutex
@@ -100,7 +113,8 @@ func Run(ctx context.Context, c Config) (Result, error) {
 		// With several addresses each client starts at a different one, so
 		// the load is spread over them.
 		rot := append(append([]string{}, addrs[w%len(addrs):]...), addrs[:w%len(addrs)]...)
-		cl, err := client.New(client.Config{URL: strings.Join(rot, ","), CAPEM: c.CAPEM, AppID: enr.AppID, APIKey: enr.APIKey, Timeout: 30 * time.Second})
+		app := apps[w%len(apps)]
+		cl, err := client.New(client.Config{URL: strings.Join(rot, ","), CAPEM: c.CAPEM, AppID: app.id, APIKey: app.key, Timeout: 30 * time.Second})
 		if err != nil {
 			return Result{}, err
 		}
@@ -117,7 +131,7 @@ func Run(ctx context.Context, c Config) (Result, error) {
 				if c.MixCreate > 0 && i%100 < c.MixCreate {
 					_, err = cl.CreateKey(ctx, fmt.Sprintf("k%d-%d", w, i), "", "")
 				} else {
-					_, err = cl.Decrypt(ctx, dk.Ciphertext, nil)
+					_, err = cl.Decrypt(ctx, app.ct, nil)
 				}
 				if err != nil {
 					errs++
