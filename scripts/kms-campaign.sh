@@ -7,6 +7,10 @@
 #
 #   ROUNDS=20 PHASE=10s scripts/kms-campaign.sh
 #
+# The longer campaigns are scripts/kms-crash-embedded.sh (kill -9 cycles on
+# bbolt), scripts/kms-crash-replicas.sh (three replicas, kill -9 every 10 s,
+# PostgreSQL fast restart) and scripts/kms-load.sh (ops/s, p50/p99, CPU).
+#
 # ROUNDS: kill -9 rounds (default 5); PHASE: load before and after each kill
 # (default 5s); OUT: directory for the logs (default a new one under
 # /var/tmp). Environment skips are failures here (VEIL_TEST_REQUIRE=all).

@@ -14,6 +14,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -30,6 +31,8 @@ const BinDir = "/usr/lib/postgresql/15/bin"
 type Server struct {
 	Dir  string // cluster directory (data and socket)
 	Port int
+	data string
+	cred *syscall.Credential
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -140,24 +143,48 @@ func Start(t testing.TB) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{Dir: base, Port: port, done: make(chan struct{})}
-	logf, err := os.Create(filepath.Join(base, "server.log"))
+	s := &Server{Dir: base, Port: port, data: data, cred: cred}
+	s.launch(t)
+	t.Cleanup(s.Stop)
+	s.waitReady(t)
+	return s
+}
+
+// Restart stops the server with a fast shutdown (what `pg_ctl restart -m
+// fast` does: open sessions are ended, in-progress transactions rolled
+// back) and starts it again on the same port and data.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop()
+	s.launch(t)
+	s.waitReady(t)
+}
+
+func (s *Server) launch(t testing.TB) {
+	t.Helper()
+	logf, err := os.OpenFile(filepath.Join(s.Dir, "server.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	s.cmd = exec.Command(filepath.Join(BinDir, "postgres"), "-D", data, "-p", strconv.Itoa(port),
-		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+base,
+	s.done = make(chan struct{})
+	s.cmd = exec.Command(filepath.Join(BinDir, "postgres"), "-D", s.data, "-p", strconv.Itoa(s.Port),
+		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+s.Dir,
 		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
 		"-c", "max_connections=200", "-c", "shared_buffers=16MB")
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	s.cmd.Dir = base
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred, Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	s.cmd.Dir = s.Dir
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("pgtest: starting postgres: %v", err)
 	}
-	go func() { s.cmd.Wait(); close(s.done) }()
-	t.Cleanup(s.Stop)
+	cmd, done := s.cmd, s.done
+	go func() { cmd.Wait(); close(done) }()
+}
+
+func (s *Server) waitReady(t testing.TB) {
+	t.Helper()
+	base := s.Dir
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -165,7 +192,7 @@ func Start(t testing.TB) *Server {
 		if err == nil {
 			c.Close(ctx)
 			cancel()
-			return s
+			return
 		}
 		cancel()
 		select {
@@ -180,4 +207,35 @@ func Start(t testing.TB) *Server {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// PIDs returns the process ids of the server and its children (backends,
+// background workers), for CPU accounting.
+func (s *Server) PIDs() []int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return nil
+	}
+	root := s.cmd.Process.Pid
+	pids := []int{root}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		st := string(b)
+		i := strings.LastIndexByte(st, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(st[i+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(root) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

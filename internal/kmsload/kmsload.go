@@ -1,0 +1,191 @@
+// Package kmsload drives a key service with concurrent clients for a fixed
+// time and measures what they got: operations per second, latency
+// percentiles, errors and (from /proc) CPU time per operation. It backs
+// scripts/kmsload and the load tests of kms/e2e.
+package kmsload
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/veil-tee/veil/kms/client"
+)
+
+// Config says what to drive.
+type Config struct {
+	URL        string // one address, or several separated by commas
+	CAPEM      []byte
+	AdminToken string        // used to enroll the load's app
+	Clients    int           // concurrent clients, each with its own connection
+	Duration   time.Duration // how long to run
+	// Mix is the share of operations that create a key (the rest unwrap a
+	// data key), in percent.
+	MixCreate int
+	// ServerPIDs are the processes whose CPU time counts with the
+	// client's.
+	ServerPIDs []int
+}
+
+// Result is what a run measured.
+type Result struct {
+	Ops, Errors   int64
+	Elapsed       time.Duration
+	P50, P99, Max time.Duration
+	CPU           time.Duration // server processes and this process
+	FirstError    string
+}
+
+// OpsPerSec is the throughput.
+func (r Result) OpsPerSec() float64 { return float64(r.Ops) / r.Elapsed.Seconds() }
+
+// CPUPerOp is the CPU time of server and client per operation.
+func (r Result) CPUPerOp() time.Duration {
+	if r.Ops == 0 {
+		return 0
+	}
+	return r.CPU / time.Duration(r.Ops)
+}
+
+func (r Result) String() string {
+	return fmt.Sprintf("%d ops in %s: %.0f ops/s, p50 %s, p99 %s, max %s, %d errors, CPU %s per op",
+		r.Ops, r.Elapsed.Round(time.Millisecond), r.OpsPerSec(), r.P50.Round(10*time.Microsecond),
+		r.P99.Round(10*time.Microsecond), r.Max.Round(100*time.Microsecond), r.Errors, r.CPUPerOp().Round(time.Microsecond))
+}
+
+// Run enrolls apps (one per ten clients), creates a key and a data key for
+// each, then runs the load.
+func Run(ctx context.Context, c Config) (Result, error) {
+	if c.Clients < 1 {
+		c.Clients = 1
+	}
+	adm, err := client.New(client.Config{URL: c.URL, CAPEM: c.CAPEM, AdminToken: c.AdminToken})
+	if err != nil {
+		return Result{}, err
+	}
+	defer adm.Close()
+	// One app per ten clients: the server remembers at most 100,000
+	// nonces per app within the replay window (docs/kms.md), so one app
+	// alone would be refused after 100,000 requests in that window.
+	type appKey struct {
+		id, key string
+		ct      []byte
+	}
+	var apps []appKey
+	for a := 0; a < (c.Clients+9)/10; a++ {
+		enr, err := adm.Enroll(ctx, fmt.Sprintf("load-%d-%d", time.Now().UnixNano(), a))
+		if err != nil {
+			return Result{}, fmt.Errorf("enrolling the load's app: %w", err)
+		}
+		setup, err := client.New(client.Config{URL: c.URL, CAPEM: c.CAPEM, AppID: enr.AppID, APIKey: enr.APIKey})
+		if err != nil {
+			return Result{}, err
+		}
+		k, err := setup.CreateKey(ctx, "load", "", "")
+		if err != nil {
+			setup.Close()
+			return Result{}, fmt.Errorf("creating the load's key: %w", err)
+		}
+		dk, err := setup.GenerateDataKey(ctx, k.ID, 32, nil)
+		setup.Close()
+		if err != nil {
+			return Result{}, fmt.Errorf("generating the load's data key: %w", err)
+		}
+		apps = append(apps, appKey{enr.AppID, enr.APIKey, dk.Ciphertext})
+	}
+	var (
+		mu    sync.Mutex
+		lat   []time.Duration
+		res   Result
+		wg    sync.WaitGroup
+		first string
+	)
+	cpu0 := cpuTime(c.ServerPIDs)
+	start := time.Now()
+	deadline := start.Add(c.Duration)
+	addrs := strings.Split(c.URL, ",")
+	for w := range c.Clients {
+		// With several addresses each client starts at a different one, so
+		// the load is spread over them.
+		rot := append(append([]string{}, addrs[w%len(addrs):]...), addrs[:w%len(addrs)]...)
+		app := apps[w%len(apps)]
+		cl, err := client.New(client.Config{URL: strings.Join(rot, ","), CAPEM: c.CAPEM, AppID: app.id, APIKey: app.key, Timeout: 30 * time.Second})
+		if err != nil {
+			return Result{}, err
+		}
+		defer cl.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var my []time.Duration
+			var errs int64
+			var ferr string
+			for i := 0; i < 100_000_000 && time.Now().Before(deadline); i++ { // bounded by the deadline
+				t0 := time.Now()
+				var err error
+				if c.MixCreate > 0 && i%100 < c.MixCreate {
+					_, err = cl.CreateKey(ctx, fmt.Sprintf("k%d-%d", w, i), "", "")
+				} else {
+					_, err = cl.Decrypt(ctx, app.ct, nil)
+				}
+				if err != nil {
+					errs++
+					if ferr == "" {
+						ferr = err.Error()
+					}
+					continue
+				}
+				my = append(my, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, my...)
+			res.Errors += errs
+			if first == "" {
+				first = ferr
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	res.Elapsed = time.Since(start)
+	res.CPU = cpuTime(c.ServerPIDs) - cpu0
+	res.FirstError = first
+	res.Ops = int64(len(lat))
+	if len(lat) > 0 {
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		res.P50 = lat[len(lat)/2]
+		res.P99 = lat[len(lat)*99/100]
+		res.Max = lat[len(lat)-1]
+	}
+	return res, nil
+}
+
+// cpuTime is the user+system time of this process and of pids, from
+// /proc/PID/stat (fields 14 and 15, in clock ticks of 1/100 s on Linux).
+func cpuTime(pids []int) time.Duration {
+	var d time.Duration
+	for _, p := range append([]int{os.Getpid()}, pids...) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		d += time.Duration(u+st) * 10 * time.Millisecond
+	}
+	return d
+}
