@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -103,7 +104,7 @@ func checkChain(tx store.Tx, k *keyring) (auditHead, error) {
 	if errors.Is(err, store.ErrNotFound) {
 		return h, &errChain{"the audit log's genesis record is missing (the log was emptied or replaced)"}
 	} else if err != nil {
-		return h, &errChain{fmt.Sprintf("the audit log's genesis record is unreadable: %v", err)}
+		return h, unreadable("the audit log's genesis record", err)
 	}
 	if !hmac.Equal([]byte(g.MAC), []byte(k.genesisMAC(g.Version, g.Created))) {
 		return h, &errChain{"the audit log's genesis record does not carry the service's MAC"}
@@ -119,7 +120,7 @@ func checkChain(tx store.Tx, k *keyring) (auditHead, error) {
 		}
 		return h, &errChain{"the audit log's head is missing"}
 	} else if err != nil {
-		return h, &errChain{fmt.Sprintf("the audit log's head is unreadable: %v", err)}
+		return h, unreadable("the audit log's head", err)
 	}
 	if !hmac.Equal([]byte(h.MAC), []byte(k.headMAC(h.Seq, h.Hash, h.State))) || len(h.State) != 64 {
 		return h, &errChain{"the audit log's head does not carry the service's MAC"}
@@ -144,6 +145,20 @@ func checkChain(tx store.Tx, k *keyring) (auditHead, error) {
 		return h, &errChain{fmt.Sprintf("the audit entry at the head (%d) does not match the head", h.Seq)}
 	}
 	return h, nil
+}
+
+// unreadable classifies a failed read of an anchor record: a record that
+// fails its MAC or does not decode is damage; any other error (a database
+// connection lost while it restarts, a cancelled request) is the store's,
+// passed through so that the service does not latch itself damaged over a
+// transient failure.
+func unreadable(what string, err error) error {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	if errors.Is(err, store.ErrIntegrity) || errors.As(err, &se) || errors.As(err, &te) {
+		return &errChain{fmt.Sprintf("%s is unreadable: %v", what, err)}
+	}
+	return err
 }
 
 func trimSeq(key string) string {
