@@ -309,19 +309,32 @@ func cryptToFile(ctx context.Context, outPath string, force bool, what string, f
 // cryptTree applies op to every regular file under f.in, keeping relative
 // names under f.out. Other file types are skipped with a warning.
 func cryptTree(ctx context.Context, env *Env, f *cryptFlags, verb string, op cryptOp) error {
+	return eachFile(ctx, env, f.in, f.out, verb, func(src, dst, _ string) error {
+		return cryptFile(ctx, env, src, dst, f.force, verb, op)
+	})
+}
+
+// errSkip makes eachFile skip a file with a warning.
+var errSkip = errors.New("not a Gramine protected file")
+
+// eachFile applies fn to every regular file under in, with its
+// counterpart under out and its slash-separated relative name, creating the
+// directories under out. Other file types, and files for which fn returns
+// errSkip, are skipped with a warning.
+func eachFile(ctx context.Context, env *Env, in, out, verb string, fn func(src, dst, rel string) error) error {
 	var done, skipped int
-	err := filepath.WalkDir(f.in, func(path string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(in, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", verb, err)
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		rel, err := filepath.Rel(f.in, path)
+		rel, err := filepath.Rel(in, p)
 		if err != nil {
 			return err
 		}
-		dst := filepath.Join(f.out, rel)
+		dst := filepath.Join(out, rel)
 		switch {
 		case d.IsDir():
 			if err := os.MkdirAll(dst, 0o700); err != nil {
@@ -329,14 +342,20 @@ func cryptTree(ctx context.Context, env *Env, f *cryptFlags, verb string, op cry
 			}
 			return nil
 		case d.Type().IsRegular():
-			if err := cryptFile(ctx, env, path, dst, f.force, verb, op); err != nil {
+			err := fn(p, dst, filepath.ToSlash(rel))
+			if errors.Is(err, errSkip) {
+				skipped++
+				fmt.Fprintf(env.Stderr, "veil: warning: skipping %s: %v\n", p, err)
+				return nil
+			}
+			if err != nil {
 				return err
 			}
 			done++
 			return nil
 		default:
 			skipped++
-			fmt.Fprintf(env.Stderr, "veil: warning: skipping %s: not a regular file\n", path)
+			fmt.Fprintf(env.Stderr, "veil: warning: skipping %s: not a regular file\n", p)
 			return nil
 		}
 	})

@@ -106,7 +106,7 @@ func decryptGraminePF(ctx context.Context, env *Env, f *cryptFlags, p *pfFlags) 
 		if f.out == "-" {
 			return usageErrorf("input %s is a directory; output must be a directory too, not -", f.in)
 		}
-		return pfTree(ctx, env, f.in, f.out, "opening", func(src, dst, rel string) error {
+		return eachFile(ctx, env, f.in, f.out, "opening", func(src, dst, rel string) error {
 			if !isPFFile(src) {
 				return errSkip
 			}
@@ -114,58 +114,6 @@ func decryptGraminePF(ctx context.Context, env *Env, f *cryptFlags, p *pfFlags) 
 		})
 	}
 	return decryptPFFile(ctx, env, key, f.in, f.out, base, f.force)
-}
-
-// errSkip makes pfTree skip a file with a warning.
-var errSkip = errors.New("not a Gramine protected file")
-
-// pfTree applies fn to every regular file under in, with its counterpart
-// under out and its slash-separated relative name.
-func pfTree(ctx context.Context, env *Env, in, out, verb string, fn func(src, dst, rel string) error) error {
-	var done, skipped int
-	err := filepath.WalkDir(in, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return fmt.Errorf("%s: %w", verb, err)
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(in, p)
-		if err != nil {
-			return err
-		}
-		dst := filepath.Join(out, rel)
-		switch {
-		case d.IsDir():
-			if err := os.MkdirAll(dst, 0o700); err != nil {
-				return fmt.Errorf("creating %s: %w", dst, err)
-			}
-			return nil
-		case d.Type().IsRegular():
-			err := fn(p, dst, filepath.ToSlash(rel))
-			if errors.Is(err, errSkip) {
-				skipped++
-				fmt.Fprintf(env.Stderr, "veil: warning: skipping %s: %v\n", p, err)
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			done++
-			return nil
-		default:
-			skipped++
-			fmt.Fprintf(env.Stderr, "veil: warning: skipping %s: not a regular file\n", p)
-			return nil
-		}
-	})
-	if err != nil {
-		return fmt.Errorf("%w (%d file(s) done before it)", err, done)
-	}
-	if skipped > 0 {
-		fmt.Fprintf(env.Stderr, "veil: %d file(s) done, %d skipped\n", done, skipped)
-	}
-	return nil
 }
 
 // decryptPFFile opens the protected file in, bound to bound, into out.
@@ -234,7 +182,7 @@ func encryptGraminePF(ctx context.Context, env *Env, f *cryptFlags, p *pfFlags) 
 		return fmt.Errorf("sealing %s: %w", f.in, unwrapPath(err))
 	}
 	if fi.IsDir() {
-		err := pfTree(ctx, env, f.in, f.out, "sealing", func(src, dst, rel string) error {
+		err := eachFile(ctx, env, f.in, f.out, "sealing", func(src, dst, rel string) error {
 			fin, err := os.Open(src)
 			if err != nil {
 				return fmt.Errorf("sealing %s: %w", src, unwrapPath(err))
