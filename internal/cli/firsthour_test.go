@@ -3,7 +3,6 @@ package cli
 import (
 	"bytes"
 	"context"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,20 +30,7 @@ func veilEnv(t *testing.T, dir string, env []string, args ...string) result {
 	}
 	cmd.Env = append(cmd.Env, "VEIL_HOME="+filepath.Join(dir, ".veil-home"))
 	cmd.Env = append(cmd.Env, env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.Bytes(), stderr: errb.Bytes()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	default:
-		t.Fatalf("running veil %v: %v", args, err)
-	}
-	checkStderr(t, args, r)
-	return r
+	return runVeil(t, cmd, args)
 }
 
 // wantErr checks that r failed with an error matching errRE and a hint

@@ -31,6 +31,13 @@ func veil(t *testing.T, dir string, stdin []byte, args ...string) result {
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "VEIL_HOME="+filepath.Join(dir, ".veil-home"))
 	cmd.Stdin = bytes.NewReader(stdin)
+	return runVeil(t, cmd, args)
+}
+
+// runVeil runs cmd (the binary with args), returns what it left and
+// checks its standard error's style.
+func runVeil(t *testing.T, cmd *exec.Cmd, args []string) result {
+	t.Helper()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
