@@ -167,6 +167,9 @@ func newKeyScheduleDeletionCmd(env *Env, ko *kmsOpts) *cobra.Command {
 }
 
 func (o *keyScheduleDeletionOptions) run(ctx context.Context, env *Env) error {
+	if o.days < 1 || o.days > 30 {
+		return usageErrorf("--days must be 1 to 30, got %d", o.days)
+	}
 	return o.call(func(cl *client.Client) error {
 		k, err := cl.ScheduleKeyDeletion(ctx, o.key, o.days)
 		if err != nil {

@@ -151,6 +151,13 @@ func TestKMSRunFunctionErrors(t *testing.T) {
 	if exitCode(err) != ExitUsage || err.Error() != "--name is required" {
 		t.Fatalf("enroll without --name: exit %d, %v", exitCode(err), err)
 	}
+	// A grace period outside 1-30 days is refused, not taken as the default.
+	for _, d := range []int{0, 31} {
+		_, err = call(t, (&keyScheduleDeletionOptions{kmsOpts: admin, key: "k", days: d}).run, "")
+		if exitCode(err) != ExitUsage || !strings.Contains(err.Error(), "--days must be 1 to 30") {
+			t.Fatalf("schedule-deletion --days %d: exit %d, %v", d, exitCode(err), err)
+		}
+	}
 	// Policies without an app name their hint.
 	_, err = call(t, (&policyListOptions{&policyOpts{kmsOpts: admin}}).run, "")
 	var ce *Error
