@@ -46,6 +46,13 @@ var (
 	// ErrKMSNotTrusted: a key service whose veil.json entry has an attest
 	// policy did not prove that it runs in a TEE satisfying it.
 	ErrKMSNotTrusted = errors.New("key service not trusted")
+	// ErrKMSIdentity: the service at a key service's address presented a
+	// certificate that veil.json's pin (ca_cert, pin_sha256) does not
+	// accept: the address leads to another service.
+	ErrKMSIdentity = errors.New("key service is not the pinned one")
+	// ErrUnknownKMS: an address was given for a key service veil.json does
+	// not declare.
+	ErrUnknownKMS = errors.New("no such key service in veil.json")
 	// ErrNoPlatform: no TEE and no sim platform to attest with.
 	ErrNoPlatform = errors.New("no attestation platform")
 )
@@ -98,6 +105,12 @@ type Options struct {
 	// anything is attested; nil means the kernel's configfs-tsm
 	// (tsm.ExtendLinuxInstance). Only called for the tdx backend.
 	ExtendRTMR func(instance [32]byte) error
+	// KMSAddresses replaces kms[].address of veil.json, by key service
+	// name: where to reach a service is not measured (a cluster gives it
+	// at deployment), whom to trust is: the entry's pin still decides, so
+	// another address reaches the same service or fails with
+	// ErrKMSIdentity. A name veil.json does not declare is ErrUnknownKMS.
+	KMSAddresses map[string]string
 }
 
 // Unmounter undoes a mount.
@@ -179,7 +192,11 @@ func Open(ctx context.Context, o Options) (_ *Instance, err error) {
 			return nil, err
 		}
 	}
-	in := &Instance{Dir: dir, Build: b, Config: b.Config, log: o.Logger, kms: map[string]*client.Client{}}
+	cfg, err := withKMSAddresses(b.Config, o.KMSAddresses, o.Info)
+	if err != nil {
+		return nil, err
+	}
+	in := &Instance{Dir: dir, Build: b, Config: cfg, log: o.Logger, kms: map[string]*client.Client{}}
 	CleanStale(dir, o.Logger)
 	in.RunDir = o.RunDir
 	if in.RunDir == "" {
@@ -290,9 +307,12 @@ func (in *Instance) attest(ctx context.Context, o Options) error {
 					return ctx.Err()
 				}
 			}
-			if _, last = cl.Status(ctx); last == nil {
+			if _, last = cl.Status(ctx); last == nil || notPinned(last) {
 				break
 			}
+		}
+		if last != nil && notPinned(last) {
+			return fmt.Errorf("%w: kms %s at %s presented a certificate that kms[].ca_cert/pin_sha256 of veil.json does not accept: %v", ErrKMSIdentity, k.Name, k.Address, last)
 		}
 		if last != nil {
 			return fmt.Errorf("%w: kms %s at %s after %d tries: %v", ErrKMSUnreachable, k.Name, k.Address, o.KMSRetries, last)

@@ -1,6 +1,11 @@
 package instance
 
-import "testing"
+import (
+	"errors"
+	"testing"
+
+	"github.com/veil-tee/veil/config"
+)
 
 func TestKMSURLReplicas(t *testing.T) {
 	for in, want := range map[string]string{
@@ -11,5 +16,39 @@ func TestKMSURLReplicas(t *testing.T) {
 		if got := kmsURL(in); got != want {
 			t.Errorf("kmsURL(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestCheckKMSAddress(t *testing.T) {
+	for _, ok := range []string{"10.0.0.1:8443", "https://kms.example", "https://kms.example:8443/", "a:1, https://b:2/,c:3", "[::1]:8443", "https://[::1]"} {
+		if err := CheckKMSAddress(ok); err != nil {
+			t.Errorf("CheckKMSAddress(%q): %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "kms.example", "http://kms.example:80", "kms.example:8443/x", "a:1,", "user@kms:1", ":8443"} {
+		if err := CheckKMSAddress(bad); err == nil {
+			t.Errorf("CheckKMSAddress(%q) accepted", bad)
+		}
+	}
+}
+
+func TestWithKMSAddresses(t *testing.T) {
+	cfg := &config.Config{KMS: []config.KMS{{Name: "owner", Address: "a:1"}, {Name: "bank-2", Address: "b:2"}}}
+	var notes []string
+	got, err := withKMSAddresses(cfg, map[string]string{"bank-2": "c:3"}, func(s string) { notes = append(notes, s) })
+	if err != nil || got.KMS[0].Address != "a:1" || got.KMS[1].Address != "c:3" {
+		t.Fatalf("got %+v, %v", got, err)
+	}
+	if cfg.KMS[1].Address != "b:2" {
+		t.Fatal("the loaded configuration was changed")
+	}
+	if len(notes) != 1 || notes[0] != "kms bank-2 at c:3 (veil.json: b:2)" {
+		t.Fatalf("notes %q", notes)
+	}
+	if _, err := withKMSAddresses(cfg, map[string]string{"bank": "c:3"}, nil); !errors.Is(err, ErrUnknownKMS) {
+		t.Fatalf("unknown name: %v", err)
+	}
+	if _, err := withKMSAddresses(cfg, map[string]string{"owner": "c"}, nil); err == nil {
+		t.Fatal("malformed address accepted")
 	}
 }

@@ -29,7 +29,7 @@ import (
 
 // runExitCode maps the run verbs' library errors to exit codes (0: not theirs).
 func runExitCode(err error) int {
-	if errors.Is(err, instance.ErrKeyDenied) || errors.Is(err, attest.ErrDenied) || errors.Is(err, instance.ErrKMSNotTrusted) {
+	if errors.Is(err, instance.ErrKeyDenied) || errors.Is(err, attest.ErrDenied) || errors.Is(err, instance.ErrKMSNotTrusted) || errors.Is(err, instance.ErrKMSIdentity) {
 		return ExitDenied
 	}
 	if errors.Is(err, trustimage.ErrCorrupt) {
@@ -41,6 +41,7 @@ func runExitCode(err error) int {
 // runtimeOptions are the flags shared by run and start.
 type runtimeOptions struct {
 	dir, imageKey, logFile, kmsCollateral string
+	kmsAddrs                              []string // --kms-address NAME=ADDRESS
 }
 
 func (r *runtimeOptions) add(c *cobra.Command) {
@@ -48,6 +49,22 @@ func (r *runtimeOptions) add(c *cobra.Command) {
 	c.Flags().StringVar(&r.imageKey, "image-key", "", "key of an encrypted image: kms:SECRETID@KMSNAME (released by the key service after attestation) or a key file")
 	c.Flags().StringVar(&r.logFile, "log", "", "write runtime events (integrity failures, mounts) to this file as JSON; default: standard error")
 	c.Flags().StringVar(&r.kmsCollateral, "kms-collateral", "", "Intel PCS collateral directory, for key services in SGX or TDX whose veil.json entry has an attest policy")
+	c.Flags().StringArrayVar(&r.kmsAddrs, "kms-address", nil, "NAME=ADDRESS: reach key service NAME of veil.json at ADDRESS instead of its kms[].address (not measured; its pin still applies); also "+kmsAddressEnv+"NAME")
+}
+
+// supervisorArgs are the flags veil start hands to its supervisor.
+func (r *runtimeOptions) supervisorArgs() []string {
+	var args []string
+	if r.imageKey != "" {
+		args = append(args, "--image-key", r.imageKey)
+	}
+	if r.kmsCollateral != "" {
+		args = append(args, "--kms-collateral", r.kmsCollateral)
+	}
+	for _, a := range r.kmsAddrs {
+		args = append(args, "--kms-address", a)
+	}
+	return args
 }
 
 func (r *runtimeOptions) options(env *Env) (instance.Options, func(), error) {
@@ -69,6 +86,12 @@ func (r *runtimeOptions) options(env *Env) (instance.Options, func(), error) {
 		w, done = f, func() { f.Close() }
 	}
 	o.Logger = slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	addrs, err := kmsAddresses(os.Environ(), r.kmsAddrs)
+	if err != nil {
+		done()
+		return o, func() {}, err
+	}
+	o.KMSAddresses = addrs
 	if r.kmsCollateral != "" {
 		// The local sim platform stays trusted too, as without the flag.
 		simCA := ""
@@ -120,7 +143,11 @@ func runtimeErr(err error) error {
 	case errors.Is(err, client.ErrKeyNotFound), errors.Is(err, client.Code("secret_not_found")):
 		return withHint(err, "the id in veil.json is not at that key service (veil kms key list shows the owner's keys); names in veil.json are resolved by veil build")
 	case errors.Is(err, instance.ErrKMSUnreachable):
-		return withHint(err, "is the key service running? check kms[].address in veil.json")
+		return withHint(err, "is the key service running? check kms[].address in veil.json, or give the address with "+kmsAddressEnv+"NAME or --kms-address NAME=ADDRESS")
+	case errors.Is(err, instance.ErrKMSIdentity):
+		return withHint(err, "the address leads to another key service than the one veil.json pins; check "+kmsAddressEnv+"NAME, --kms-address or kms[].address")
+	case errors.Is(err, instance.ErrUnknownKMS):
+		return withHint(err, kmsAddressEnv+"NAME and --kms-address name a key service of veil.json's kms list (NAME in capitals, - as _)")
 	case errors.Is(err, sandbox.ErrDenied):
 		return withHint(err, "the sandbox always runs in a user namespace (also as root): allow them (sysctl user.max_user_namespaces > 0); without root veil also needs fusermount3 and a readable /dev/fuse")
 	case errors.Is(err, instance.ErrRunning):
@@ -215,10 +242,7 @@ func newStartCmd(env *Env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			args := []string{"__supervise", "-C", dir, "--log", logPath}
-			if r.imageKey != "" {
-				args = append(args, "--image-key", r.imageKey)
-			}
+			args := append([]string{"__supervise", "-C", dir, "--log", logPath}, r.supervisorArgs()...)
 			cmd := exec.Command(self, args...)
 			cmd.ExtraFiles = []*os.File{pw}
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -524,4 +548,32 @@ func simCAPath() string {
 		return "CA.pem"
 	}
 	return filepath.Join(d, sim.CAFile)
+}
+
+// kmsAddressEnv prefixes the environment variables that give a key
+// service's address at run time: VEIL_KMS_ADDRESS_OWNER for kms entry
+// "owner" (a - in the name is _ in the variable).
+const kmsAddressEnv = "VEIL_KMS_ADDRESS_"
+
+// kmsAddresses collects the address overrides of the environment and of
+// --kms-address (which wins), by key service name.
+func kmsAddresses(environ, flags []string) (map[string]string, error) {
+	addrs := map[string]string{}
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		if name, ok := strings.CutPrefix(k, kmsAddressEnv); ok {
+			addrs[strings.ReplaceAll(strings.ToLower(name), "_", "-")] = v
+		}
+	}
+	for _, f := range flags {
+		name, addr, ok := strings.Cut(f, "=")
+		if !ok || name == "" {
+			return nil, usageErrorf("--kms-address %q: want NAME=ADDRESS (NAME: a key service of veil.json's kms list)", f)
+		}
+		addrs[name] = addr
+	}
+	if len(addrs) == 0 {
+		return nil, nil
+	}
+	return addrs, nil
 }

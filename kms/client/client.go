@@ -118,6 +118,12 @@ func (c *Client) pol(p string) (string, auth) {
 // ErrConfig is wrapped by New for an unusable configuration.
 var ErrConfig = errors.New("invalid key service client configuration")
 
+// ErrNotPinned: the service's certificate does not match Config.PinSHA256
+// (or does not chain to the pinned CA key). A certificate that does not
+// chain to Config.CAPEM fails the handshake with a
+// *tls.CertificateVerificationError instead.
+var ErrNotPinned = errors.New("the key service's certificate does not match the pinned key")
+
 // New returns a client for cfg.
 func New(cfg Config) (*Client, error) {
 	var bases []*url.URL
@@ -171,11 +177,11 @@ func New(cfg Config) (*Client, error) {
 					inter.AddCert(c)
 				}
 				if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
-					return fmt.Errorf("the key service's certificate does not chain to the pinned key: %w", err)
+					return fmt.Errorf("%w: it does not chain to the pinned key: %w", ErrNotPinned, err)
 				}
 				return nil
 			}
-			return fmt.Errorf("the key service's certificate does not match the pinned key %x", pin)
+			return fmt.Errorf("%w %x", ErrNotPinned, pin)
 		}
 	}
 	if (cfg.AppID == "") != (cfg.APIKey == "") {
