@@ -107,13 +107,34 @@ func sameFile(t *testing.T, veil, plain string) {
 	}
 }
 
+// TestPeople runs the people example, and (but with -short) ships the
+// same build as an OCI image: veil package, veil unpack into a fresh root,
+// the job run from that root with the key service's address given at run
+// time; the owner's decrypted result must be the plaintext run's.
 func TestPeople(t *testing.T) {
 	needMachine(t)
 	needPython(t, "python3-pandas", "pandas")
 	const rows = 5000
-	work := runExample(t, "people", "ROWS="+strconv.Itoa(rows))
+	packaged := !testing.Short()
+	work := runExample(t, "people", "ROWS="+strconv.Itoa(rows), "PACKAGED="+map[bool]string{true: "1", false: "0"}[packaged])
 	got := filepath.Join(work, "results/veil/out.csv")
 	sameFile(t, got, filepath.Join(work, "results/plain/out.csv"))
+	if packaged {
+		sameFile(t, filepath.Join(work, "results/packaged/out.csv"), filepath.Join(work, "results/plain/out.csv"))
+		// The image holds the instance's build and veil, nothing else.
+		size := func(p string) int64 {
+			st, err := os.Stat(filepath.Join(work, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st.Size()
+		}
+		img, bin, tar := size("people/build/rootfs.img"), size("host/root/usr/local/bin/veil"), size("people.tar")
+		t.Logf("people.tar: %d bytes (image %d, veil %d)", tar, img, bin)
+		if tar > img+bin+1<<20 {
+			t.Errorf("people.tar is %d bytes, more than the image (%d) and veil (%d)", tar, img, bin)
+		}
+	}
 	// The table itself is plausible: ten jobs, counts summing to the
 	// people aged 20 to 40 (about 21/55 of the rows).
 	table := readCSV(t, got)
