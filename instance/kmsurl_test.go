@@ -1,10 +1,17 @@
 package instance
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"syscall"
 	"testing"
 
 	"github.com/veil-tee/veil/config"
+	"github.com/veil-tee/veil/kms/client"
 )
 
 func TestKMSURLReplicas(t *testing.T) {
@@ -50,5 +57,21 @@ func TestWithKMSAddresses(t *testing.T) {
 	}
 	if _, err := withKMSAddresses(cfg, map[string]string{"owner": "c"}, nil); err == nil {
 		t.Fatal("malformed address accepted")
+	}
+}
+
+// A certificate that fails the CA or the key pin ends the retries; a
+// connection that fails does not.
+func TestNotPinned(t *testing.T) {
+	ca := &url.Error{Op: "Get", URL: "https://k:1", Err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}}
+	pin := &url.Error{Op: "Get", URL: "https://k:1", Err: fmt.Errorf("%w 00", client.ErrNotPinned)}
+	dial := &url.Error{Op: "Get", URL: "https://k:1", Err: &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}}
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{{fmt.Errorf("calling the key service: %w", ca), true}, {fmt.Errorf("calling the key service: %w", pin), true}, {dial, false}} {
+		if got := notPinned(c.err); got != c.want {
+			t.Errorf("notPinned(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }
