@@ -185,9 +185,20 @@ func (s *Service) appendAudit(tx store.Tx, k *keyring, e audit.Entry) error {
 	return err
 }
 
-// linkAudit appends e after the checked head h inside tx and returns the
-// new head (a group of entries in one transaction is checked once).
+// linkAudit appends e after the checked head h inside tx and writes the
+// new head, which it returns.
 func linkAudit(tx store.Tx, k *keyring, h auditHead, e audit.Entry) (auditHead, error) {
+	nh, err := chainEntry(tx, k, h, e)
+	if err != nil {
+		return h, err
+	}
+	return nh, putHead(tx, nh)
+}
+
+// chainEntry appends e after the checked head h inside tx and returns the
+// new head without writing it: a group of entries in one transaction is
+// checked once and its head written once (putHead), after the last.
+func chainEntry(tx store.Tx, k *keyring, h auditHead, e audit.Entry) (auditHead, error) {
 	state := h.state()
 	if itx, ok := tx.(*store.IntegrityTx); ok {
 		state = state.Add(itx.TakeDelta())
@@ -196,9 +207,10 @@ func linkAudit(tx store.Tx, k *keyring, h auditHead, e audit.Entry) (auditHead, 
 	if err := tx.Put("audit", auditKey(e.Seq), audit.Marshal(e)); err != nil {
 		return h, err
 	}
-	nh := newHead(k, e.Seq, e.Hash, state)
-	return nh, putJSON(tx, "meta", "audit_head", nh)
+	return newHead(k, e.Seq, e.Hash, state), nil
 }
+
+func putHead(tx store.Tx, h auditHead) error { return putJSON(tx, "meta", "audit_head", h) }
 
 // checkState recomputes the state digest over the stored protected
 // records and compares it with the authenticated head's. On a mismatch it
