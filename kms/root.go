@@ -157,9 +157,9 @@ type keyring struct {
 	checkpoint ed25519.PrivateKey
 
 	mu      sync.RWMutex
-	appKeys map[string][]byte      // app id -> HMAC signing key
-	appGen  map[string]uint64      // app id -> times its key was forgotten
-	aeads   map[string]cipher.AEAD // "key id/version" -> AEAD of that key version
+	appKeys map[string][]byte        // app id -> HMAC signing key
+	appGen  map[string]uint64        // app id -> times its key was forgotten
+	aeads   map[string]cipher.AEAD   // "key id/version" -> AEAD of that key version
 	decoded map[string]decodedRecord // "bucket/key" -> checked and decoded record (getVerified)
 	creds   map[string]appCred       // app id -> credential (shared stores, authenticateShared)
 }
