@@ -80,6 +80,7 @@ type PostgresOptions struct {
 // Postgres is the Store on a PostgreSQL database.
 type Postgres struct {
 	pool      *pgxpool.Pool
+	batch     *batcher
 	lastSweep atomic.Int64 // Unix nanoseconds
 }
 
@@ -98,12 +99,13 @@ func OpenPostgres(ctx context.Context, url string, opt PostgresOptions) (*Postgr
 	if err != nil {
 		return nil, fmt.Errorf("connecting to PostgreSQL: %w", err)
 	}
-	p := &Postgres{pool: pool}
+	p := &Postgres{pool: pool, batch: newBatcher(pool)}
 	target := opt.TargetVersion
 	if target == 0 {
 		target = SchemaVersion
 	}
 	if err := p.migrate(ctx, target); err != nil {
+		p.batch.close()
 		pool.Close()
 		return nil, err
 	}
@@ -284,6 +286,7 @@ func ConnectionFailure(err error) bool {
 
 // Close implements Store.
 func (p *Postgres) Close() error {
+	p.batch.close()
 	p.pool.Close()
 	return nil
 }
@@ -503,10 +506,11 @@ func (t *pgTx) Last(bucket string) (string, []byte, error) {
 }
 
 // GetOne implements OneReader: one statement, outside any transaction
-// (a statement reads one consistent snapshot by itself).
+// (a statement reads one consistent snapshot by itself), sent in a batch
+// with those of concurrent requests (pgbatch.go).
 func (p *Postgres) GetOne(ctx context.Context, bucket, key string) ([]byte, error) {
 	var value, mac []byte
-	err := p.pool.QueryRow(ctx, "SELECT value, mac FROM kms_records WHERE bucket = $1 AND key = $2", bucket, []byte(key)).Scan(&value, &mac)
+	err := p.batch.do(ctx, "SELECT value, mac FROM kms_records WHERE bucket = $1 AND key = $2", []any{bucket, []byte(key)}, &value, &mac)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -555,17 +559,17 @@ type NonceGetter interface {
 // UseNonceGet is UseNonce that also returns, from the same statement, the
 // stored record (bucket, key), or nil when there is none: the key service
 // checks an app's credential as of the moment its nonce is recorded, in
-// one round trip.
+// one round trip, shared with concurrent requests (pgbatch.go).
 func (p *Postgres) UseNonceGet(ctx context.Context, app, nonce string, expires, now time.Time, bucket, key string) ([]byte, error) {
 	var used int
 	var value, mac []byte
-	err := p.pool.QueryRow(ctx, `WITH n AS (
+	err := p.batch.do(ctx, `WITH n AS (
 			INSERT INTO kms_nonces (app, nonce, expires) VALUES ($1, $2, $3)
 			ON CONFLICT (app, nonce) DO UPDATE SET expires = EXCLUDED.expires WHERE kms_nonces.expires <= $4
 			RETURNING 1)
 		SELECT (SELECT count(*) FROM n)::int, r.value, r.mac
 		FROM (SELECT 1) AS one LEFT JOIN kms_records r ON r.bucket = $5 AND r.key = $6`,
-		app, nonce, expires, now, bucket, []byte(key)).Scan(&used, &value, &mac)
+		[]any{app, nonce, expires, now, bucket, []byte(key)}, &used, &value, &mac)
 	if err != nil {
 		var pe *pgconn.PgError
 		if !errors.As(err, &pe) && ctx.Err() == nil {
