@@ -533,53 +533,118 @@ func isToken(s string) bool {
 // nonceCache remembers (app, nonce) pairs until their timestamp leaves the
 // window, so a captured request cannot be replayed. Each app has its own
 // bound: an app that fills its share (by accident or on purpose) gets
-// replay_cache_full while every other app is served.
+// replay_cache_full while every other app is served. The bound is also a
+// rate: since a nonce must be kept until its timestamp leaves the window,
+// one app can sustain at most max / (window + 1 s) signed requests per
+// second on one server (333/s with the defaults), in bursts more until its
+// share is full (docs/kms.md).
+//
+// Each app has its own lock, and its nonces are expired in the order of
+// their expiry (a heap), a few at each request: there is no pause to
+// sweep the whole cache.
 type nonceCache struct {
-	mu        sync.Mutex
 	max       int // per app
-	apps      map[string]map[string]time.Time
+	mu        sync.Mutex
+	apps      map[string]*appNonces
 	lastSweep time.Time
 }
 
-func newNonceCache(max int) *nonceCache {
-	return &nonceCache{max: max, apps: map[string]map[string]time.Time{}}
+type appNonces struct {
+	mu    sync.Mutex
+	seen  map[string]int64 // nonce -> expiry (Unix nanoseconds)
+	order nonceHeap
 }
 
-func sweepNonces(m map[string]time.Time, now time.Time) {
-	for k, e := range m {
-		if !e.After(now) {
-			delete(m, k)
+type nonceExpiry struct {
+	at    int64
+	nonce string
+}
+
+// nonceHeap is a min-heap of expiries.
+type nonceHeap []nonceExpiry
+
+func (h *nonceHeap) push(e nonceExpiry) {
+	*h = append(*h, e)
+	a := *h
+	for i := len(a) - 1; i > 0; {
+		p := (i - 1) / 2
+		if a[p].at <= a[i].at {
+			break
+		}
+		a[p], a[i] = a[i], a[p]
+		i = p
+	}
+}
+
+func (h *nonceHeap) pop() nonceExpiry {
+	a := *h
+	top := a[0]
+	n := len(a) - 1
+	a[0] = a[n]
+	a = a[:n]
+	for i := 0; ; {
+		l, m := 2*i+1, i
+		if l < n && a[l].at < a[m].at {
+			m = l
+		}
+		if l+1 < n && a[l+1].at < a[m].at {
+			m = l + 1
+		}
+		if m == i {
+			break
+		}
+		a[i], a[m] = a[m], a[i]
+		i = m
+	}
+	*h = a
+	return top
+}
+
+// expire forgets the nonces whose expiry is not after now.
+func (a *appNonces) expire(now int64) {
+	for len(a.order) > 0 && a.order[0].at <= now {
+		e := a.order.pop()
+		if at, ok := a.seen[e.nonce]; ok && at == e.at {
+			delete(a.seen, e.nonce)
 		}
 	}
+}
+
+func newNonceCache(max int) *nonceCache {
+	return &nonceCache{max: max, apps: map[string]*appNonces{}}
 }
 
 func (c *nonceCache) add(app, nonce string, expiry, now time.Time) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if now.Sub(c.lastSweep) > 10*time.Second {
-		for a, m := range c.apps {
-			sweepNonces(m, now)
-			if len(m) == 0 {
-				delete(c.apps, a)
+		// Forget apps with nothing left to remember.
+		for id, a := range c.apps {
+			a.mu.Lock()
+			a.expire(now.UnixNano())
+			if len(a.seen) == 0 {
+				delete(c.apps, id)
 			}
+			a.mu.Unlock()
 		}
 		c.lastSweep = now
 	}
-	m := c.apps[app]
-	if m == nil {
-		m = map[string]time.Time{}
-		c.apps[app] = m
+	a := c.apps[app]
+	if a == nil {
+		a = &appNonces{seen: map[string]int64{}}
+		c.apps[app] = a
 	}
-	if len(m) >= c.max {
-		sweepNonces(m, now)
-	}
-	if e, ok := m[nonce]; ok && e.After(now) {
+	a.mu.Lock()
+	c.mu.Unlock()
+	defer a.mu.Unlock()
+	a.expire(now.UnixNano())
+	if _, ok := a.seen[nonce]; ok {
 		return fail(ErrReplayed, "this request's nonce was already used")
 	}
-	if len(m) >= c.max {
+	if len(a.seen) >= c.max {
 		return fail(ErrReplayCacheFull, "this app sent more than %d signed requests within the time window; retry later", c.max)
 	}
-	m[nonce] = expiry
+	a.seen[nonce] = expiry.UnixNano()
+	a.order.push(nonceExpiry{at: expiry.UnixNano(), nonce: nonce})
 	return nil
 }
 
