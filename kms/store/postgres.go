@@ -505,6 +505,47 @@ func (t *pgTx) Last(bucket string) (string, []byte, error) {
 	return string(k), joinEnvelope(v, mac), nil
 }
 
+// ReadMany implements ManyReader: the reads go out in one round trip, with
+// BEGIN (or the writers' lock) and the queued writes before them.
+func (t *pgTx) ReadMany(reads []Read) error {
+	if !t.begun && !t.write {
+		t.pending = append(t.pending, queued{sql: beginRead, what: "beginning a transaction"})
+	}
+	b := &pgx.Batch{}
+	for _, q := range t.pending {
+		b.Queue(q.sql, q.args...)
+	}
+	for _, r := range reads {
+		if r.Last {
+			b.Queue("SELECT key, value, mac FROM kms_records WHERE bucket = $1 ORDER BY key DESC LIMIT 1", r.Bucket)
+		} else {
+			b.Queue("SELECT $2::bytea, value, mac FROM kms_records WHERE bucket = $1 AND key = $2", r.Bucket, []byte(r.Key))
+		}
+	}
+	br := t.conn.SendBatch(t.ctx, b)
+	err := t.results(br)
+	t.pending = t.pending[:0]
+	for i := range reads {
+		if err != nil {
+			break
+		}
+		r := &reads[i]
+		var k, v, mac []byte
+		switch e := br.QueryRow().Scan(&k, &v, &mac); {
+		case errors.Is(e, pgx.ErrNoRows):
+			r.Err = ErrNotFound
+		case e != nil:
+			err = dbError(t.ctx, "reading "+r.Bucket, e)
+		default:
+			r.Key, r.Value = string(k), joinEnvelope(v, mac)
+		}
+	}
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = dbError(t.ctx, "reading", cerr)
+	}
+	return err
+}
+
 // GetOne implements OneReader: one statement, outside any transaction
 // (a statement reads one consistent snapshot by itself), sent in a batch
 // with those of concurrent requests (pgbatch.go).
