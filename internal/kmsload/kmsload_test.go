@@ -53,16 +53,18 @@ func TestRunSmoke(t *testing.T) {
 		<-done
 		svc.Close()
 	})
-	r, err := Run(context.Background(), Config{URL: "https://" + ln.Addr().String(), CAPEM: certs.CAPEM,
-		AdminToken: ini.AdminToken, Clients: 4, Duration: time.Second, MixCreate: 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Log(r)
-	if r.Errors != 0 || r.Ops == 0 {
-		t.Fatalf("%d errors (%s), %d operations", r.Errors, r.FirstError, r.Ops)
-	}
-	if r.P50 <= 0 || r.P50 > r.P99 || r.P99 > r.Max || r.Elapsed < time.Second {
-		t.Fatalf("inconsistent figures: %+v", r)
+	for _, lean := range []bool{false, true} {
+		r, err := Run(context.Background(), Config{URL: "https://" + ln.Addr().String(), CAPEM: certs.CAPEM,
+			AdminToken: ini.AdminToken, Clients: 4, Duration: time.Second, MixCreate: 10, Lean: lean})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("lean %v: %s", lean, r)
+		if r.Errors != 0 || r.Ops == 0 {
+			t.Fatalf("lean %v: %d errors (%s), %d operations", lean, r.Errors, r.FirstError, r.Ops)
+		}
+		if r.P50 <= 0 || r.P50 > r.P99 || r.P99 > r.Max || r.Elapsed < time.Second {
+			t.Fatalf("lean %v: inconsistent figures: %+v", lean, r)
+		}
 	}
 }

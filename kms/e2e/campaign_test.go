@@ -626,7 +626,7 @@ func TestReplicasKill9CyclesAndPostgresRestart(t *testing.T) {
 // load of a shared machine falls on all of them alike.
 // VEIL_KMS_LOAD_CONFIGS picks configurations (bbolt, pg1, pg3; default
 // all), and VEIL_KMS_LOAD_PROFILE=DIR writes a CPU profile of each server
-// there.
+// there. VEIL_KMS_LOAD_LEAN=1 uses the lighter load client (kmsload.Config.Lean).
 func TestLoadEmbeddedAndReplicas(t *testing.T) {
 	clients := envInt(t, "VEIL_KMS_LOAD_CLIENTS", 8)
 	duration := envDuration(t, "VEIL_KMS_LOAD_DURATION", 2*time.Second)
@@ -640,6 +640,7 @@ func TestLoadEmbeddedAndReplicas(t *testing.T) {
 		configs = v
 	}
 	profDir := os.Getenv("VEIL_KMS_LOAD_PROFILE")
+	lean := os.Getenv("VEIL_KMS_LOAD_LEAN") == "1"
 	built := veil
 	t.Cleanup(func() { veil = built })
 	ctx := context.Background()
@@ -671,7 +672,7 @@ func TestLoadEmbeddedAndReplicas(t *testing.T) {
 				p := serve(t, append([]string{"--dev", "--data", t.TempDir()}, profile("bbolt", round)...)...)
 				ca, _ := os.ReadFile(p.env["VEIL_KMS_CA"])
 				r, err := kmsload.Run(ctx, kmsload.Config{URL: p.env["VEIL_KMS_URL"], CAPEM: ca, AdminToken: p.env["VEIL_ADMIN_TOKEN"],
-					Clients: clients, Duration: duration, ServerPIDs: []int{p.cmd.Process.Pid}})
+					Clients: clients, Duration: duration, Lean: lean, ServerPIDs: []int{p.cmd.Process.Pid}})
 				check("bbolt, one server", bin, r, err)
 				p.stop(t)
 			}
@@ -689,12 +690,12 @@ func TestLoadEmbeddedAndReplicas(t *testing.T) {
 			}
 			if strings.Contains(configs, "pg1") {
 				r, err := kmsload.Run(ctx, kmsload.Config{URL: rs.url(0), CAPEM: rs.ca, AdminToken: rs.admin,
-					Clients: clients, Duration: duration, ServerPIDs: append(rs.pg.PIDs(), pids[0])})
+					Clients: clients, Duration: duration, Lean: lean, ServerPIDs: append(rs.pg.PIDs(), pids[0])})
 				check("PostgreSQL, one replica", bin, r, err)
 			}
 			if n == 3 {
 				r, err := kmsload.Run(ctx, kmsload.Config{URL: rs.urls(), CAPEM: rs.ca, AdminToken: rs.admin,
-					Clients: clients, Duration: duration, ServerPIDs: append(rs.pg.PIDs(), pids...)})
+					Clients: clients, Duration: duration, Lean: lean, ServerPIDs: append(rs.pg.PIDs(), pids...)})
 				check("PostgreSQL, three replicas", bin, r, err)
 			}
 			rs.close()
