@@ -735,21 +735,9 @@ func (s *Service) auditWriter() {
 	defer close(s.writerDone)
 	const maxGroup = 1024
 	for {
-		var group []auditReq
-		select {
-		case r := <-s.auditQ:
-			group = append(group, r)
-		case <-s.closed:
+		group, ok := store.NextGroup(s.auditQ, s.closed, maxGroup)
+		if !ok {
 			return
-		}
-	drain:
-		for len(group) < maxGroup {
-			select {
-			case r := <-s.auditQ:
-				group = append(group, r)
-			default:
-				break drain
-			}
 		}
 		err := s.st.Update(context.Background(), func(tx store.Tx) error {
 			var h auditHead

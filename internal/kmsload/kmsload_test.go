@@ -2,13 +2,14 @@ package kmsload
 
 import (
 	"context"
-	"crypto/tls"
 	"net"
-
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/veil-tee/veil/kms"
+	devkms "github.com/veil-tee/veil/kms/dev"
 	"github.com/veil-tee/veil/kms/store"
 )
 
@@ -18,12 +19,22 @@ import (
 // the machine (scripts/kms-load.sh measures it).
 func TestRunSmoke(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	st, err := store.OpenBolt(t.TempDir(), store.BoltOptions{})
+	dir := t.TempDir()
+	st, err := store.OpenBolt(dir, store.BoltOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	ini, err := kms.Initialize(ctx, st, kms.ModeDev, 0, 0, time.Now())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A --dev service, as `veil kms serve --dev` sets it up.
+	ds, err := devkms.Setup(ctx, st, filepath.Join(dir, "dev"), ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(filepath.Join(dir, "dev", devkms.CAFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,31 +42,19 @@ func TestRunSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := svc.UnsealWithRootKey(ini.RootKey); err != nil {
-		t.Fatal(err)
-	}
-	certs, err := kms.NewDevCertificates([]string{"127.0.0.1"}, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(certs.CertPEM, certs.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	if err := svc.UnsealWithRootKey(ds.RootKey); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- svc.Serve(ctx, ln, cert) }()
+	go func() { done <- svc.Serve(ctx, ln, ds.Cert) }()
 	t.Cleanup(func() {
 		cancel()
 		<-done
 		svc.Close()
 	})
 	for _, lean := range []bool{false, true} {
-		r, err := Run(context.Background(), Config{URL: "https://" + ln.Addr().String(), CAPEM: certs.CAPEM,
-			AdminToken: ini.AdminToken, Clients: 4, Duration: time.Second, MixCreate: 10, Lean: lean})
+		r, err := Run(context.Background(), Config{URL: "https://" + ln.Addr().String(), CAPEM: ca,
+			AdminToken: ds.AdminToken, Clients: 4, Duration: time.Second, MixCreate: 10, Lean: lean})
 		if err != nil {
 			t.Fatal(err)
 		}

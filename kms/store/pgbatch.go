@@ -79,24 +79,35 @@ func (b *batcher) do(ctx context.Context, sql string, args []any, dest ...any) e
 func (b *batcher) work() {
 	defer b.wg.Done()
 	for {
-		var group []*stmt
-		select {
-		case s := <-b.q:
-			group = append(group, s)
-		case <-b.stop:
+		group, ok := NextGroup(b.q, b.stop, maxBatch)
+		if !ok {
 			return
-		}
-	drain:
-		for len(group) < maxBatch {
-			select {
-			case s := <-b.q:
-				group = append(group, s)
-			default:
-				break drain
-			}
 		}
 		b.run(group)
 	}
+}
+
+// NextGroup waits for the next item of q, then takes what else is queued
+// at that moment, up to max items in all: the group of a group commit,
+// which forms while the previous one is being written, with no waiting
+// added. It returns false once stop is closed.
+func NextGroup[T any](q <-chan T, stop <-chan struct{}, max int) ([]T, bool) {
+	var group []T
+	select {
+	case r := <-q:
+		group = append(group, r)
+	case <-stop:
+		return nil, false
+	}
+	for len(group) < max {
+		select {
+		case r := <-q:
+			group = append(group, r)
+		default:
+			return group, true
+		}
+	}
+	return group, true
 }
 
 func (b *batcher) run(group []*stmt) {
