@@ -100,7 +100,14 @@ func (e *errChain) Error() string { return e.reason }
 func checkChain(tx store.Tx, k *keyring) (auditHead, error) {
 	var h auditHead
 	var g auditGenesis
-	err := getJSON(tx, "meta", "audit_genesis", &g)
+	// The anchors and the last entry in one round trip where the store
+	// can (store.ReadMany): they are not protected records, they carry
+	// their own MACs.
+	rs := []store.Read{{Bucket: "meta", Key: "audit_genesis"}, {Bucket: "audit", Last: true}, {Bucket: "meta", Key: "audit_head"}}
+	if err := store.ReadMany(tx, rs); err != nil {
+		return h, err
+	}
+	err := decodeRead(rs[0], &g)
 	if errors.Is(err, store.ErrNotFound) {
 		return h, &errChain{"the audit log's genesis record is missing (the log was emptied or replaced)"}
 	} else if err != nil {
@@ -109,11 +116,11 @@ func checkChain(tx store.Tx, k *keyring) (auditHead, error) {
 	if !hmac.Equal([]byte(g.MAC), []byte(k.genesisMAC(g.Version, g.Created))) {
 		return h, &errChain{"the audit log's genesis record does not carry the service's MAC"}
 	}
-	lastKey, _, lastErr := tx.Last("audit")
+	lastKey, lastVal, lastErr := rs[1].Key, rs[1].Value, rs[1].Err
 	if lastErr != nil && !errors.Is(lastErr, store.ErrNotFound) {
 		return h, lastErr
 	}
-	err = getJSON(tx, "meta", "audit_head", &h)
+	err = decodeRead(rs[2], &h)
 	if errors.Is(err, store.ErrNotFound) {
 		if lastErr == nil {
 			return h, &errChain{fmt.Sprintf("the audit log's head is missing while entries up to %s are stored", trimSeq(lastKey))}
@@ -134,17 +141,32 @@ func checkChain(tx store.Tx, k *keyring) (auditHead, error) {
 		}
 		return h, nil
 	}
-	b, err := tx.Get("audit", auditKey(h.Seq))
-	if errors.Is(err, store.ErrNotFound) {
-		return h, &errChain{fmt.Sprintf("the audit entry at the head (%d) is missing", h.Seq)}
-	} else if err != nil {
-		return h, err
+	// The entry at the head is the last one, unless entries are missing.
+	b := lastVal
+	if lastErr != nil || lastKey != auditKey(h.Seq) {
+		b, err = tx.Get("audit", auditKey(h.Seq))
+		if errors.Is(err, store.ErrNotFound) {
+			return h, &errChain{fmt.Sprintf("the audit entry at the head (%d) is missing", h.Seq)}
+		} else if err != nil {
+			return h, err
+		}
 	}
 	e, err := audit.Parse(b)
 	if err != nil || e.Seq != h.Seq || e.Hash != h.Hash || audit.ComputeHash(e) != e.Hash {
 		return h, &errChain{fmt.Sprintf("the audit entry at the head (%d) does not match the head", h.Seq)}
 	}
 	return h, nil
+}
+
+// decodeRead decodes the JSON record of a store.Read.
+func decodeRead(r store.Read, v any) error {
+	if r.Err != nil {
+		return r.Err
+	}
+	if err := json.Unmarshal(r.Value, v); err != nil {
+		return fmt.Errorf("decoding %s/%s: %w", r.Bucket, r.Key, err)
+	}
+	return nil
 }
 
 // unreadable classifies a failed read of an anchor record: a record that
@@ -185,9 +207,20 @@ func (s *Service) appendAudit(tx store.Tx, k *keyring, e audit.Entry) error {
 	return err
 }
 
-// linkAudit appends e after the checked head h inside tx and returns the
-// new head (a group of entries in one transaction is checked once).
+// linkAudit appends e after the checked head h inside tx and writes the
+// new head, which it returns.
 func linkAudit(tx store.Tx, k *keyring, h auditHead, e audit.Entry) (auditHead, error) {
+	nh, err := chainEntry(tx, k, h, e)
+	if err != nil {
+		return h, err
+	}
+	return nh, putHead(tx, nh)
+}
+
+// chainEntry appends e after the checked head h inside tx and returns the
+// new head without writing it: a group of entries in one transaction is
+// checked once and its head written once (putHead), after the last.
+func chainEntry(tx store.Tx, k *keyring, h auditHead, e audit.Entry) (auditHead, error) {
 	state := h.state()
 	if itx, ok := tx.(*store.IntegrityTx); ok {
 		state = state.Add(itx.TakeDelta())
@@ -196,9 +229,10 @@ func linkAudit(tx store.Tx, k *keyring, h auditHead, e audit.Entry) (auditHead, 
 	if err := tx.Put("audit", auditKey(e.Seq), audit.Marshal(e)); err != nil {
 		return h, err
 	}
-	nh := newHead(k, e.Seq, e.Hash, state)
-	return nh, putJSON(tx, "meta", "audit_head", nh)
+	return newHead(k, e.Seq, e.Hash, state), nil
 }
+
+func putHead(tx store.Tx, h auditHead) error { return putJSON(tx, "meta", "audit_head", h) }
 
 // checkState recomputes the state digest over the stored protected
 // records and compares it with the authenticated head's. On a mismatch it

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -39,16 +40,29 @@ func (s *Service) loadKey(tx store.Tx, c Caller, ref string) (*keyRecord, error)
 		}
 		id = string(b)
 	}
-	var k keyRecord
-	err := getJSON(tx, "keys", id, &k)
+	kr, _ := s.keyring() // nil when sealed: no cache
+	k, err := getVerified(tx, kr, "keys", id, (*keyRecord).clone)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && c.Kind == KindApp && k.Owner != c.AppID) {
 		return nil, fail(ErrKeyNotFound, "key %q not found", ref)
 	}
 	if err != nil {
 		return nil, err
 	}
-	k.State = s.effectiveState(&k)
-	return &k, nil
+	k.State = s.effectiveState(k)
+	return k, nil
+}
+
+// clone copies k deeply enough that changing the copy (its state, versions
+// or policies) leaves k as it was.
+func (k *keyRecord) clone() *keyRecord {
+	c := *k
+	c.Versions = slices.Clone(k.Versions)
+	c.Policies = slices.Clone(k.Policies)
+	if k.DeletionTime != nil {
+		t := *k.DeletionTime
+		c.DeletionTime = &t
+	}
+	return &c
 }
 
 func usable(k *keyRecord) error {
@@ -377,8 +391,9 @@ func (s *Service) authorizeUse(tx store.Tx, c Caller, what, owner string, polici
 	}
 	var unmet []string
 	for _, pid := range policies {
-		var p policyRecord
-		if err := getJSON(tx, "policies", pid, &p); err != nil {
+		kr, _ := s.keyring()
+		p, err := getVerified(tx, kr, "policies", pid, func(p policyRecord) policyRecord { return p })
+		if err != nil {
 			if !errors.Is(err, store.ErrNotFound) {
 				return err // a record failing its integrity check is refused by name
 			}
@@ -460,7 +475,7 @@ func (s *Service) Encrypt(ctx context.Context, c Caller, ref string, req api.Enc
 	if err := checkAAD(req.AAD); err != nil {
 		return out, err
 	}
-	err := s.read(ctx, c, audit.Entry{Op: "key.encrypt"}, func(tx store.Tx, kr *keyring, e *audit.Entry) error {
+	err := s.release(ctx, c, audit.Entry{Op: "key.encrypt"}, func(tx store.Tx, kr *keyring, e *audit.Entry) error {
 		k, err := s.loadKey(tx, c, ref)
 		if err != nil {
 			return err
@@ -499,7 +514,7 @@ func (s *Service) GenerateDataKey(ctx context.Context, c Caller, ref string, req
 	if withoutPlaintext {
 		op += "-without-plaintext"
 	}
-	err := s.read(ctx, c, audit.Entry{Op: op}, func(tx store.Tx, kr *keyring, e *audit.Entry) error {
+	err := s.release(ctx, c, audit.Entry{Op: op}, func(tx store.Tx, kr *keyring, e *audit.Entry) error {
 		k, err := s.loadKey(tx, c, ref)
 		if err != nil {
 			return err
@@ -544,7 +559,7 @@ func (s *Service) Decrypt(ctx context.Context, c Caller, req api.DecryptRequest)
 	if err != nil {
 		return out, fail(ErrInvalidField, "field \"ciphertext\": %v", err)
 	}
-	err = s.read(ctx, c, audit.Entry{Op: "decrypt", Key: b.KeyID, KeyVersion: int(b.Version)}, func(tx store.Tx, kr *keyring, e *audit.Entry) error {
+	err = s.release(ctx, c, audit.Entry{Op: "decrypt", Key: b.KeyID, KeyVersion: int(b.Version)}, func(tx store.Tx, kr *keyring, e *audit.Entry) error {
 		if !isID(b.KeyID, "k") {
 			return fail(ErrKeyNotFound, "the ciphertext names key %q, which does not exist", b.KeyID)
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -490,5 +491,112 @@ func TestClientSkipsSealedReplica(t *testing.T) {
 	_, err = bob.PutSecret(ctx, "s2", []byte("v"), "")
 	if !strings.Contains(fmt.Sprint(err), "sealed") || time.Since(t0) > 5*time.Second {
 		t.Fatalf("all replicas sealed: %v after %s", err, time.Since(t0))
+	}
+}
+
+// TestPostgresRestartUnderLoadAnswersNo500: while clients release data
+// keys, create keys and write secrets on two replicas, PostgreSQL is
+// restarted (fast shutdown: every connection is ended, mid-transaction or
+// not). Every failed request must be refused as unavailable (503, so that
+// a client tries another replica or again), never as an internal error,
+// and every replica must serve again afterwards with its audit chain
+// intact. The clients do not retry, so that every answer is seen.
+func TestPostgresRestartUnderLoadAnswersNo500(t *testing.T) {
+	pg := pgtest.Start(t)
+	rs := newReplicas(t, pg.NewDatabase(t), 2)
+	r, err := rs[0].adminClient(t).Enroll(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cls []*client.Client
+	for _, s := range rs {
+		cls = append(cls, clientOn(t, s, client.Config{AppID: r.AppID, APIKey: r.APIKey, Retries: -1, Timeout: 20 * time.Second}))
+	}
+	if _, err := cls[0].CreateKey(ctx, "cmk", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	dk, err := cls[0].GenerateDataKey(ctx, "cmk", 32, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu      sync.Mutex
+		ok, bad int
+		codes   = map[string]int{}
+		other   []string
+		wg      sync.WaitGroup
+	)
+	stop := make(chan struct{})
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := cls[w%2]
+			for i := 0; i < 100_000; i++ { // bounded; ends when stop closes
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var err error
+				switch i % 4 {
+				case 0:
+					_, err = c.CreateKey(ctx, fmt.Sprintf("k-%d-%d", w, i), "", "")
+				case 1:
+					_, err = c.PutSecret(ctx, fmt.Sprintf("s-%d-%d", w, i), []byte("v"), "")
+				default:
+					_, err = c.Decrypt(ctx, dk.Ciphertext, nil)
+				}
+				mu.Lock()
+				var ce *client.Error
+				switch {
+				case err == nil:
+					ok++
+				case errors.As(err, &ce) && ce.Status == http.StatusServiceUnavailable:
+					bad++
+					codes[ce.Problem.Code]++
+				default:
+					if len(other) < 10 {
+						other = append(other, err.Error())
+					}
+				}
+				mu.Unlock()
+				if err != nil {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	pg.Restart(t)
+	// Serve again without a restart of the replicas.
+	deadline := time.Now().Add(20 * time.Second)
+	for i, c := range cls {
+		for {
+			_, err := c.Decrypt(ctx, dk.Ciphertext, nil)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("replica %d does not serve after the database restarted: %v", i, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	t.Logf("%d operations succeeded, %d refused as unavailable %v", ok, bad, codes)
+	if len(other) > 0 {
+		t.Fatalf("answers other than success or 503 during the restart: %q", other)
+	}
+	if ok == 0 {
+		t.Fatal("no operation succeeded")
+	}
+	for i, s := range rs {
+		h, err := s.adminClient(t).AuditHead(ctx)
+		if err != nil || !h.Authentic || h.Damaged != "" {
+			t.Fatalf("replica %d: audit head after the restart: %+v %v", i, h, err)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package kms
 
 import (
+	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
@@ -156,9 +157,11 @@ type keyring struct {
 	checkpoint ed25519.PrivateKey
 
 	mu      sync.RWMutex
-	appKeys map[string][]byte      // app id -> HMAC signing key
-	appGen  map[string]uint64      // app id -> times its key was forgotten
-	aeads   map[string]cipher.AEAD // "key id/version" -> AEAD of that key version
+	appKeys map[string][]byte        // app id -> HMAC signing key
+	appGen  map[string]uint64        // app id -> times its key was forgotten
+	aeads   map[string]cipher.AEAD   // "key id/version" -> AEAD of that key version
+	decoded map[string]decodedRecord // "bucket/key" -> checked and decoded record (getVerified)
+	creds   map[string]appCred       // app id -> credential (shared stores, authenticateShared)
 }
 
 // cached returns the value cached under k in m, or computes and caches it.
@@ -251,7 +254,7 @@ func newKeyring(root []byte) (*keyring, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &keyring{records: aead, auditK: ak, recordK: mk, stateK: sk, checkpoint: cp, appKeys: map[string][]byte{}, appGen: map[string]uint64{}, aeads: map[string]cipher.AEAD{}}, nil
+	return &keyring{records: aead, auditK: ak, recordK: mk, stateK: sk, checkpoint: cp, appKeys: map[string][]byte{}, appGen: map[string]uint64{}, aeads: map[string]cipher.AEAD{}, decoded: map[string]decodedRecord{}, creds: map[string]appCred{}}, nil
 }
 
 // seal encrypts plaintext under the record key, bound to label.
@@ -287,4 +290,59 @@ func checkRoot(meta rootMeta, root []byte) (*keyring, error) {
 		return nil, err
 	}
 	return k, nil
+}
+
+// decodedRecord is a stored record that passed its integrity check, with
+// its decoded value.
+type decodedRecord struct {
+	stored []byte // the stored form, MAC included
+	value  any
+}
+
+// maxDecoded bounds the decoded-record cache of a keyring; it is emptied
+// when full.
+const maxDecoded = 10_000
+
+// getVerified reads the protected record (bucket, key) of tx, a transaction
+// of Service.view or Service.update, and decodes it into a *T. A record
+// whose stored bytes are identical to those of a record already checked
+// and decoded under this root key is not checked and decoded again: the
+// same bytes give the same MAC verdict and the same value. Any change of
+// the stored record (a write by any replica, an edit by whoever can write
+// the store) changes its bytes and takes the full path. clone copies the
+// cached value so that callers may modify what they get.
+func getVerified[T any](tx store.Tx, kr *keyring, bucket, key string, clone func(T) T) (T, error) {
+	var zero T
+	itx, ok := tx.(*store.IntegrityTx)
+	if !ok || kr == nil {
+		var v T
+		err := getJSON(tx, bucket, key, &v)
+		return v, err
+	}
+	stored, err := itx.Raw().Get(bucket, key)
+	if err != nil {
+		return zero, err
+	}
+	ck := bucket + "/" + key
+	kr.mu.RLock()
+	d, hit := kr.decoded[ck]
+	kr.mu.RUnlock()
+	if hit && bytes.Equal(d.stored, stored) {
+		return clone(d.value.(T)), nil
+	}
+	b, err := itx.Check(bucket, key, stored)
+	if err != nil {
+		return zero, err
+	}
+	var v T
+	if err := json.Unmarshal(b, &v); err != nil {
+		return zero, fmt.Errorf("decoding %s/%s: %w", bucket, key, err)
+	}
+	kr.mu.Lock()
+	if len(kr.decoded) >= maxDecoded {
+		clear(kr.decoded)
+	}
+	kr.decoded[ck] = decodedRecord{stored: bytes.Clone(stored), value: clone(v)}
+	kr.mu.Unlock()
+	return v, nil
 }

@@ -1,6 +1,7 @@
 package kms
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -360,6 +361,9 @@ func (s *Service) AuthenticateAppMAC(ctx context.Context, appID string, t time.T
 	if !isID(appID, "a") {
 		return Caller{}, fail(ErrBadSignature, "unknown app id or bad signature")
 	}
+	if ng, ok := s.st.(store.NonceGetter); ok {
+		return s.authenticateShared(ctx, k, ng, appID, t, nonce, check)
+	}
 	load := func() ([]byte, error) {
 		var app appRecord
 		if err := s.view(ctx, k, func(tx store.Tx) error { return getJSON(tx, "apps", appID, &app) }); err != nil {
@@ -370,43 +374,151 @@ func (s *Service) AuthenticateAppMAC(ctx context.Context, appID string, t time.T
 		}
 		return k.open("app/"+app.ID, app.SigningKey)
 	}
-	var key []byte
-	if _, shared := s.st.(store.NonceStore); shared {
-		// Another server of the same store may have rotated the key or
-		// disabled the app: read it on every request instead of caching.
-		key, err = load()
-	} else {
-		key, err = k.appKey(appID, load)
-	}
+	key, err := k.appKey(appID, load)
 	if errors.Is(err, store.ErrNotFound) {
 		return Caller{}, fail(ErrBadSignature, "unknown app id or bad signature")
 	}
 	if err != nil {
 		return Caller{}, err
 	}
-	ok := check(key)
-	if !ok {
+	if !check(key) {
 		return Caller{}, fail(ErrBadSignature, "unknown app id or bad signature")
 	}
-	now := s.now()
-	w := s.opt.SignatureWindow
-	if t.Before(now.Add(-w)) || t.After(now.Add(w)) {
-		return Caller{}, fail(ErrStaleTimestamp, "request time %s is outside the %s window around the server time", t.UTC().Format(time.RFC3339), w)
+	if err := s.checkWindow(t); err != nil {
+		return Caller{}, err
 	}
-	if ns, ok := s.st.(store.NonceStore); ok {
-		// Replicas of one store share their nonces through it, so a
-		// request accepted by one is a replay on every other.
-		err := ns.UseNonce(ctx, appID, nonce, t.Add(w+time.Second), now)
-		if errors.Is(err, store.ErrNonceUsed) {
-			return Caller{}, fail(ErrReplayed, "this request's nonce was already used")
-		}
-		if err != nil {
-			return Caller{}, serviceError(err)
-		}
-	} else if err := s.nonces.add(appID, nonce, t.Add(w+time.Second), now); err != nil {
+	if err := s.nonces.add(appID, nonce, t.Add(s.opt.SignatureWindow+time.Second), s.now()); err != nil {
 		return Caller{}, err
 	}
 	return Caller{Kind: KindApp, AppID: appID}, nil
+}
+
+func (s *Service) checkWindow(t time.Time) error {
+	now := s.now()
+	w := s.opt.SignatureWindow
+	if t.Before(now.Add(-w)) || t.After(now.Add(w)) {
+		return fail(ErrStaleTimestamp, "request time %s is outside the %s window around the server time", t.UTC().Format(time.RFC3339), w)
+	}
+	return nil
+}
+
+// appCred is an app's credential as stored (MAC included) and as opened.
+type appCred struct {
+	stored   []byte
+	key      []byte // HMAC signing key
+	disabled bool
+}
+
+// openCred checks and opens a stored app record.
+func (s *Service) openCred(k *keyring, appID string, stored []byte) (appCred, error) {
+	b, err := store.OpenValue(k.recordK, "apps", appID, stored)
+	if err != nil {
+		var ie *store.IntegrityError
+		if errors.As(err, &ie) {
+			s.metrics.integrityFailure(ie)
+		}
+		return appCred{}, serviceError(err)
+	}
+	var app appRecord
+	if err := json.Unmarshal(b, &app); err != nil {
+		return appCred{}, fmt.Errorf("decoding apps/%s: %w", appID, err)
+	}
+	key, err := k.open("app/"+app.ID, app.SigningKey)
+	if err != nil || app.ID != appID {
+		return appCred{}, fail(ErrRecordIntegrity, "the signing key of app %s does not open under the root key", appID)
+	}
+	return appCred{stored: bytes.Clone(stored), key: key, disabled: app.Disabled}, nil
+}
+
+// authenticateShared authenticates an app request on a store shared by
+// replicas (PostgreSQL). Another replica may rotate the app's key or
+// disable the app at any moment, and that must hold at once everywhere,
+// so the credential is checked as stored at the moment the request's
+// nonce is recorded: one statement records the nonce and returns the
+// app's stored record (store.NonceGetter), which must be byte for byte
+// the one the signature was checked with. A replica keeps the last
+// credential it opened per app only to avoid decoding it again; a
+// request whose signature fails with it, or whose record changed, is
+// decided on the record as stored now.
+func (s *Service) authenticateShared(ctx context.Context, k *keyring, ng store.NonceGetter, appID string, t time.Time, nonce string, check func([]byte) bool) (Caller, error) {
+	badSig := fail(ErrBadSignature, "unknown app id or bad signature")
+	k.mu.RLock()
+	cred, cached := k.creds[appID]
+	k.mu.RUnlock()
+	fresh := func() (appCred, error) {
+		var stored []byte
+		var err error
+		if or, ok := s.st.(store.OneReader); ok {
+			stored, err = or.GetOne(ctx, "apps", appID)
+		} else {
+			err = s.st.View(ctx, func(tx store.Tx) error {
+				b, err := tx.Get("apps", appID)
+				stored = bytes.Clone(b)
+				return err
+			})
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			return appCred{}, badSig
+		}
+		if err != nil {
+			return appCred{}, serviceError(err)
+		}
+		return s.openCred(k, appID, stored)
+	}
+	if !cached || cred.disabled || !check(cred.key) {
+		var err error
+		if cred, err = fresh(); err != nil {
+			return Caller{}, err
+		}
+		if cred.disabled {
+			return Caller{}, fail(ErrAppDisabled, "app %s is disabled", appID)
+		}
+		if !check(cred.key) {
+			return Caller{}, badSig
+		}
+	}
+	if err := s.checkWindow(t); err != nil {
+		return Caller{}, err
+	}
+	now := s.now()
+	stored, err := ng.UseNonceGet(ctx, appID, nonce, t.Add(s.opt.SignatureWindow+time.Second), now, "apps", appID)
+	if errors.Is(err, store.ErrNonceUsed) {
+		return Caller{}, fail(ErrReplayed, "this request's nonce was already used")
+	}
+	if err != nil {
+		return Caller{}, serviceError(err)
+	}
+	if stored == nil {
+		return Caller{}, badSig
+	}
+	if !bytes.Equal(stored, cred.stored) {
+		// Rotated, disabled or otherwise rewritten since: decide on the
+		// record as it is now.
+		if cred, err = s.openCred(k, appID, stored); err != nil {
+			return Caller{}, err
+		}
+		if cred.disabled {
+			s.forgetCred(k, appID)
+			return Caller{}, fail(ErrAppDisabled, "app %s is disabled", appID)
+		}
+		if !check(cred.key) {
+			s.forgetCred(k, appID)
+			return Caller{}, badSig
+		}
+	}
+	k.mu.Lock()
+	if len(k.creds) >= maxDecoded {
+		clear(k.creds)
+	}
+	k.creds[appID] = cred
+	k.mu.Unlock()
+	return Caller{Kind: KindApp, AppID: appID}, nil
+}
+
+func (s *Service) forgetCred(k *keyring, appID string) {
+	k.mu.Lock()
+	delete(k.creds, appID)
+	k.mu.Unlock()
 }
 
 func isToken(s string) bool {
@@ -421,53 +533,118 @@ func isToken(s string) bool {
 // nonceCache remembers (app, nonce) pairs until their timestamp leaves the
 // window, so a captured request cannot be replayed. Each app has its own
 // bound: an app that fills its share (by accident or on purpose) gets
-// replay_cache_full while every other app is served.
+// replay_cache_full while every other app is served. The bound is also a
+// rate: since a nonce must be kept until its timestamp leaves the window,
+// one app can sustain at most max / (window + 1 s) signed requests per
+// second on one server (333/s with the defaults), in bursts more until its
+// share is full (docs/kms.md).
+//
+// Each app has its own lock, and its nonces are expired in the order of
+// their expiry (a heap), a few at each request: there is no pause to
+// sweep the whole cache.
 type nonceCache struct {
-	mu        sync.Mutex
 	max       int // per app
-	apps      map[string]map[string]time.Time
+	mu        sync.Mutex
+	apps      map[string]*appNonces
 	lastSweep time.Time
 }
 
-func newNonceCache(max int) *nonceCache {
-	return &nonceCache{max: max, apps: map[string]map[string]time.Time{}}
+type appNonces struct {
+	mu    sync.Mutex
+	seen  map[string]int64 // nonce -> expiry (Unix nanoseconds)
+	order nonceHeap
 }
 
-func sweepNonces(m map[string]time.Time, now time.Time) {
-	for k, e := range m {
-		if !e.After(now) {
-			delete(m, k)
+type nonceExpiry struct {
+	at    int64
+	nonce string
+}
+
+// nonceHeap is a min-heap of expiries.
+type nonceHeap []nonceExpiry
+
+func (h *nonceHeap) push(e nonceExpiry) {
+	*h = append(*h, e)
+	a := *h
+	for i := len(a) - 1; i > 0; {
+		p := (i - 1) / 2
+		if a[p].at <= a[i].at {
+			break
+		}
+		a[p], a[i] = a[i], a[p]
+		i = p
+	}
+}
+
+func (h *nonceHeap) pop() nonceExpiry {
+	a := *h
+	top := a[0]
+	n := len(a) - 1
+	a[0] = a[n]
+	a = a[:n]
+	for i := 0; ; {
+		l, m := 2*i+1, i
+		if l < n && a[l].at < a[m].at {
+			m = l
+		}
+		if l+1 < n && a[l+1].at < a[m].at {
+			m = l + 1
+		}
+		if m == i {
+			break
+		}
+		a[i], a[m] = a[m], a[i]
+		i = m
+	}
+	*h = a
+	return top
+}
+
+// expire forgets the nonces whose expiry is not after now.
+func (a *appNonces) expire(now int64) {
+	for len(a.order) > 0 && a.order[0].at <= now {
+		e := a.order.pop()
+		if at, ok := a.seen[e.nonce]; ok && at == e.at {
+			delete(a.seen, e.nonce)
 		}
 	}
+}
+
+func newNonceCache(max int) *nonceCache {
+	return &nonceCache{max: max, apps: map[string]*appNonces{}}
 }
 
 func (c *nonceCache) add(app, nonce string, expiry, now time.Time) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if now.Sub(c.lastSweep) > 10*time.Second {
-		for a, m := range c.apps {
-			sweepNonces(m, now)
-			if len(m) == 0 {
-				delete(c.apps, a)
+		// Forget apps with nothing left to remember.
+		for id, a := range c.apps {
+			a.mu.Lock()
+			a.expire(now.UnixNano())
+			if len(a.seen) == 0 {
+				delete(c.apps, id)
 			}
+			a.mu.Unlock()
 		}
 		c.lastSweep = now
 	}
-	m := c.apps[app]
-	if m == nil {
-		m = map[string]time.Time{}
-		c.apps[app] = m
+	a := c.apps[app]
+	if a == nil {
+		a = &appNonces{seen: map[string]int64{}}
+		c.apps[app] = a
 	}
-	if len(m) >= c.max {
-		sweepNonces(m, now)
-	}
-	if e, ok := m[nonce]; ok && e.After(now) {
+	a.mu.Lock()
+	c.mu.Unlock()
+	defer a.mu.Unlock()
+	a.expire(now.UnixNano())
+	if _, ok := a.seen[nonce]; ok {
 		return fail(ErrReplayed, "this request's nonce was already used")
 	}
-	if len(m) >= c.max {
+	if len(a.seen) >= c.max {
 		return fail(ErrReplayCacheFull, "this app sent more than %d signed requests within the time window; retry later", c.max)
 	}
-	m[nonce] = expiry
+	a.seen[nonce] = expiry.UnixNano()
+	a.order.push(nonceExpiry{at: expiry.UnixNano(), nonce: nonce})
 	return nil
 }
 
@@ -519,10 +696,12 @@ func (s *Service) AuthenticateWorkload(certs []*x509.Certificate) (Caller, error
 
 // auditBatch appends one entry through the group-commit writer and waits
 // until it is durable; opErr, when non-nil, marks it denied with the reason.
-func (s *Service) auditBatch(ctx context.Context, e audit.Entry, opErr error) {
+// It returns the error of the commit (nil once the entry is durable): a
+// caller about to release something must not answer when it fails.
+func (s *Service) auditBatch(ctx context.Context, e audit.Entry, opErr error) error {
 	k, err := s.keyring()
 	if err != nil {
-		return
+		return err
 	}
 	e.Time = s.now()
 	if opErr != nil {
@@ -534,11 +713,13 @@ func (s *Service) auditBatch(ctx context.Context, e audit.Entry, opErr error) {
 	select {
 	case s.auditQ <- req:
 	case <-s.closed:
-		return
+		return fail(ErrStoreUnavailable, "the key service is stopping")
 	}
 	if err := <-req.done; err != nil {
 		s.log.Error("appending audit entry", "op", e.Op, "err", err)
+		return err
 	}
+	return nil
 }
 
 type auditReq struct {
@@ -554,27 +735,20 @@ func (s *Service) auditWriter() {
 	defer close(s.writerDone)
 	const maxGroup = 1024
 	for {
-		var group []auditReq
-		select {
-		case r := <-s.auditQ:
-			group = append(group, r)
-		case <-s.closed:
+		group, ok := store.NextGroup(s.auditQ, s.closed, maxGroup)
+		if !ok {
 			return
-		}
-	drain:
-		for len(group) < maxGroup {
-			select {
-			case r := <-s.auditQ:
-				group = append(group, r)
-			default:
-				break drain
-			}
 		}
 		err := s.st.Update(context.Background(), func(tx store.Tx) error {
 			var h auditHead
 			var k *keyring
 			for _, r := range group {
 				if r.k != k { // check the chain once per group (and per root key)
+					if k != nil {
+						if err := putHead(tx, h); err != nil {
+							return err
+						}
+					}
 					var err error
 					if h, err = checkChain(tx, r.k); err != nil {
 						return s.chainDamaged(err)
@@ -582,12 +756,14 @@ func (s *Service) auditWriter() {
 					k = r.k
 				}
 				var err error
-				if h, err = linkAudit(tx, r.k, h, r.e); err != nil {
+				if h, err = chainEntry(tx, r.k, h, r.e); err != nil {
 					return err
 				}
 			}
-			return nil
+			// The head is written once, after the group's last entry.
+			return putHead(tx, h)
 		})
+		err = serviceError(err)
 		for _, r := range group {
 			r.done <- err
 		}

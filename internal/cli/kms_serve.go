@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -30,7 +31,7 @@ import (
 type kmsServeOptions struct {
 	dataDir, storeURL, listen, certFile, keyFile, logLevel, adminCA, simCA, collateral string
 	secretProvListen, secretProvSecret                                                 string
-	ehsmListen                                                                         string
+	ehsmListen, cpuProfile                                                             string
 	dev, attestSelf                                                                    bool
 }
 
@@ -57,6 +58,10 @@ func newKMSServeCmd(env *Env) *cobra.Command {
 	f.BoolVar(&o.attestSelf, "attest", false, "present evidence that the service's TLS key lives in a TEE (configfs-tsm, else the sim platform), for workloads whose veil.json kms[].attest asks for it")
 	f.StringVar(&o.secretProvListen, "secret-prov-listen", "", "also serve Gramine secret provisioning (secret_prov_attest clients) on this address; off by default")
 	f.StringVar(&o.secretProvSecret, "secret-prov-secret", "", "id of the secret (s_...) sent to enclaves that satisfy one of its release policies; with --secret-prov-listen")
+	// For performance work (docs/performance.md): a CPU profile of the
+	// whole life of the server, written when it stops.
+	f.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile (pprof) of the server to this file until it stops")
+	f.MarkHidden("cpu-profile")
 	return c
 }
 
@@ -79,6 +84,17 @@ func (o *kmsServeOptions) run(ctx context.Context, env *Env) error {
 		return usageErrorf("--log-level: %v", err)
 	}
 	log := slog.New(slog.NewJSONHandler(env.Stderr, &slog.HandlerOptions{Level: lvl}))
+	if o.cpuProfile != "" {
+		pf, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("creating --cpu-profile: %w", err)
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return fmt.Errorf("starting the CPU profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	st, where, err := openKMSStore(ctx, o.dataDir, o.storeURL)
 	if errors.Is(err, store.ErrLocked) {
 		return withHint(fmt.Errorf("refusing to start: %w", err), "another 'veil kms serve' uses "+o.dataDir+"; stop it first, or use --store postgres://... for replicas")

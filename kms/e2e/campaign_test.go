@@ -284,6 +284,7 @@ type replicaSet struct {
 	ca     []byte
 	ports  []int
 	ps     []*proc
+	extra  func(i int) []string // more arguments of replica i's serve
 }
 
 func freePort(t *testing.T) int {
@@ -295,8 +296,12 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func startReplicas(t *testing.T, n int) *replicaSet {
-	r := &replicaSet{t: t, pg: pgtest.Start(t), dir: t.TempDir()}
+func startReplicas(t *testing.T, n int) *replicaSet { return startReplicasWith(t, n, nil) }
+
+// startReplicasWith is startReplicas with extra arguments for each
+// replica's serve (nil: none).
+func startReplicasWith(t *testing.T, n int, extra func(i int) []string) *replicaSet {
+	r := &replicaSet{t: t, pg: pgtest.Start(t), dir: t.TempDir(), extra: extra}
 	r.store = r.pg.NewDatabase(t)
 	out := must(t, nil, "", "kms", "init", "--store", r.store, "--shares", "3", "--threshold", "2", "--json")
 	var ini struct {
@@ -325,6 +330,16 @@ func startReplicas(t *testing.T, n int) *replicaSet {
 	return r
 }
 
+// close stops the replicas (SIGTERM) and then the database.
+func (r *replicaSet) close() {
+	for _, p := range r.ps {
+		if p != nil {
+			p.stop(r.t)
+		}
+	}
+	r.pg.Stop()
+}
+
 func (r *replicaSet) url(i int) string { return fmt.Sprintf("https://127.0.0.1:%d", r.ports[i]) }
 
 func (r *replicaSet) urls() string {
@@ -341,8 +356,12 @@ func (r *replicaSet) env(i int) map[string]string {
 
 // start starts replica i and unseals it through the CLI.
 func (r *replicaSet) start(i int) {
-	r.ps[i] = serve(r.t, "--store", r.store, "--listen", fmt.Sprintf("127.0.0.1:%d", r.ports[i]),
-		"--tls-cert", filepath.Join(r.dir, "cert.pem"), "--tls-key", filepath.Join(r.dir, "key.pem"))
+	args := []string{"--store", r.store, "--listen", fmt.Sprintf("127.0.0.1:%d", r.ports[i]),
+		"--tls-cert", filepath.Join(r.dir, "cert.pem"), "--tls-key", filepath.Join(r.dir, "key.pem")}
+	if r.extra != nil {
+		args = append(args, r.extra(i)...)
+	}
+	r.ps[i] = serve(r.t, args...)
 	must(r.t, r.env(i), r.shares[i%3]+"\n", "kms", "unseal")
 	must(r.t, r.env(i), r.shares[(i+1)%3]+"\n", "kms", "unseal")
 }
@@ -599,37 +618,87 @@ func TestReplicasKill9CyclesAndPostgresRestart(t *testing.T) {
 // p50/p99, CPU per op of servers, database and client) are logged;
 // scripts/kms-load.sh runs it at full size (VEIL_KMS_LOAD_CLIENTS,
 // VEIL_KMS_LOAD_DURATION).
+//
+// For before/after comparisons in one run, VEIL_KMS_LOAD_BINARIES names
+// several veil binaries (comma-separated; default: the one built for the
+// test) and VEIL_KMS_LOAD_ROUNDS repeats the whole set: each round runs
+// every configuration with every binary in turn, alternating, so that the
+// load of a shared machine falls on all of them alike.
+// VEIL_KMS_LOAD_CONFIGS picks configurations (bbolt, pg1, pg3; default
+// all), and VEIL_KMS_LOAD_PROFILE=DIR writes a CPU profile of each server
+// there. VEIL_KMS_LOAD_LEAN=1 uses the lighter load client (kmsload.Config.Lean).
 func TestLoadEmbeddedAndReplicas(t *testing.T) {
 	clients := envInt(t, "VEIL_KMS_LOAD_CLIENTS", 8)
 	duration := envDuration(t, "VEIL_KMS_LOAD_DURATION", 2*time.Second)
+	rounds := envInt(t, "VEIL_KMS_LOAD_ROUNDS", 1)
+	bins := []string{veil}
+	if v := os.Getenv("VEIL_KMS_LOAD_BINARIES"); v != "" {
+		bins = strings.Split(v, ",")
+	}
+	configs := "bbolt,pg1,pg3"
+	if v := os.Getenv("VEIL_KMS_LOAD_CONFIGS"); v != "" {
+		configs = v
+	}
+	profDir := os.Getenv("VEIL_KMS_LOAD_PROFILE")
+	lean := os.Getenv("VEIL_KMS_LOAD_LEAN") == "1"
+	built := veil
+	t.Cleanup(func() { veil = built })
 	ctx := context.Background()
-	check := func(name string, r kmsload.Result, err error) {
+	check := func(name, bin string, r kmsload.Result, err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 		up, _ := os.ReadFile("/proc/loadavg")
-		t.Logf("%s, %d clients: %s (load avg %s)", name, clients, r, strings.Join(strings.Fields(string(up))[:3], " "))
+		label := ""
+		if len(bins) > 1 {
+			label = " [" + bin + "]"
+		}
+		t.Logf("%s%s, %d clients: %s (load avg %s)", name, label, clients, r, strings.Join(strings.Fields(string(up))[:3], " "))
 		if r.Errors > 0 || r.Ops == 0 {
 			t.Fatalf("%s: %d errors (%s), %d operations", name, r.Errors, r.FirstError, r.Ops)
 		}
 	}
-	p := serve(t, "--dev", "--data", t.TempDir())
-	ca, _ := os.ReadFile(p.env["VEIL_KMS_CA"])
-	r, err := kmsload.Run(ctx, kmsload.Config{URL: p.env["VEIL_KMS_URL"], CAPEM: ca, AdminToken: p.env["VEIL_ADMIN_TOKEN"],
-		Clients: clients, Duration: duration, ServerPIDs: []int{p.cmd.Process.Pid}})
-	check("bbolt, one server", r, err)
-	p.stop(t)
-
-	rs := startReplicas(t, 3)
-	var pids []int
-	for _, p := range rs.ps {
-		pids = append(pids, p.cmd.Process.Pid)
+	profile := func(name string, i int) []string {
+		if profDir == "" {
+			return nil
+		}
+		return []string{"--cpu-profile", filepath.Join(profDir, fmt.Sprintf("%s-%d-%s.prof", name, i, filepath.Base(veil)))}
 	}
-	r, err = kmsload.Run(ctx, kmsload.Config{URL: rs.url(0), CAPEM: rs.ca, AdminToken: rs.admin,
-		Clients: clients, Duration: duration, ServerPIDs: append(rs.pg.PIDs(), pids[0])})
-	check("PostgreSQL, one replica", r, err)
-	r, err = kmsload.Run(ctx, kmsload.Config{URL: rs.urls(), CAPEM: rs.ca, AdminToken: rs.admin,
-		Clients: clients, Duration: duration, ServerPIDs: append(rs.pg.PIDs(), pids...)})
-	check("PostgreSQL, three replicas", r, err)
+	for round := range rounds {
+		for _, bin := range bins {
+			veil = bin
+			if strings.Contains(configs, "bbolt") {
+				p := serve(t, append([]string{"--dev", "--data", t.TempDir()}, profile("bbolt", round)...)...)
+				ca, _ := os.ReadFile(p.env["VEIL_KMS_CA"])
+				r, err := kmsload.Run(ctx, kmsload.Config{URL: p.env["VEIL_KMS_URL"], CAPEM: ca, AdminToken: p.env["VEIL_ADMIN_TOKEN"],
+					Clients: clients, Duration: duration, Lean: lean, ServerPIDs: []int{p.cmd.Process.Pid}})
+				check("bbolt, one server", bin, r, err)
+				p.stop(t)
+			}
+			if !strings.Contains(configs, "pg") {
+				continue
+			}
+			n := 1
+			if strings.Contains(configs, "pg3") {
+				n = 3
+			}
+			rs := startReplicasWith(t, n, func(i int) []string { return profile(fmt.Sprintf("pg-replica%d", i), round) })
+			var pids []int
+			for _, p := range rs.ps {
+				pids = append(pids, p.cmd.Process.Pid)
+			}
+			if strings.Contains(configs, "pg1") {
+				r, err := kmsload.Run(ctx, kmsload.Config{URL: rs.url(0), CAPEM: rs.ca, AdminToken: rs.admin,
+					Clients: clients, Duration: duration, Lean: lean, ServerPIDs: append(rs.pg.PIDs(), pids[0])})
+				check("PostgreSQL, one replica", bin, r, err)
+			}
+			if n == 3 {
+				r, err := kmsload.Run(ctx, kmsload.Config{URL: rs.urls(), CAPEM: rs.ca, AdminToken: rs.admin,
+					Clients: clients, Duration: duration, Lean: lean, ServerPIDs: append(rs.pg.PIDs(), pids...)})
+				check("PostgreSQL, three replicas", bin, r, err)
+			}
+			rs.close()
+		}
+	}
 }

@@ -234,6 +234,15 @@ func (t *IntegrityTx) open(bucket, key string, v []byte) ([]byte, error) {
 	return out, nil
 }
 
+// Raw returns the transaction under t, which neither seals nor checks.
+func (t *IntegrityTx) Raw() Tx { return t.tx }
+
+// Check checks stored, the stored form of (bucket, key) as Raw().Get
+// returned it, exactly as Get would, and returns its value.
+func (t *IntegrityTx) Check(bucket, key string, stored []byte) ([]byte, error) {
+	return t.open(bucket, key, stored)
+}
+
 // Get reads and checks a record.
 func (t *IntegrityTx) Get(bucket, key string) ([]byte, error) {
 	v, err := t.tx.Get(bucket, key)

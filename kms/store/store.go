@@ -67,3 +67,43 @@ type Tx interface {
 	// Last returns the greatest key of bucket and its value, or ErrNotFound.
 	Last(bucket string) (string, []byte, error)
 }
+
+// Read is one read of ReadMany: the record (Bucket, Key), or with Last the
+// greatest key of Bucket. ReadMany fills Key (for Last), Value (valid only
+// until the transaction ends, like Get's) and Err (ErrNotFound when there
+// is no such record).
+type Read struct {
+	Bucket, Key string
+	Last        bool
+	Value       []byte
+	Err         error
+}
+
+// ManyReader is implemented by transactions that send several reads in
+// one round trip (PostgreSQL).
+type ManyReader interface {
+	ReadMany(reads []Read) error
+}
+
+// ReadMany performs reads in tx, in one round trip where tx can; it
+// returns an error only when the reads could not be made at all (each
+// read's own outcome is in its Err). Records are returned as stored: an
+// IntegrityTx is read through its Raw transaction, so only unprotected
+// records should be read this way.
+func ReadMany(tx Tx, reads []Read) error {
+	if itx, ok := tx.(*IntegrityTx); ok {
+		tx = itx.Raw()
+	}
+	if mr, ok := tx.(ManyReader); ok {
+		return mr.ReadMany(reads)
+	}
+	for i := range reads {
+		r := &reads[i]
+		if r.Last {
+			r.Key, r.Value, r.Err = tx.Last(r.Bucket)
+		} else {
+			r.Value, r.Err = tx.Get(r.Bucket, r.Key)
+		}
+	}
+	return nil
+}

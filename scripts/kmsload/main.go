@@ -27,6 +27,7 @@ func main() {
 	flag.IntVar(&c.Clients, "clients", 32, "concurrent clients")
 	flag.DurationVar(&c.Duration, "duration", 10*time.Second, "how long to run")
 	flag.IntVar(&c.MixCreate, "create-percent", 0, "share of key creations among the operations, in percent")
+	flag.BoolVar(&c.Lean, "lean", false, "send unwraps over raw HTTP/1.1 on each client's TLS connection instead of through kms/client (a lighter client)")
 	flag.StringVar(&pids, "pids", "", "server process ids whose CPU time counts, comma-separated")
 	flag.Parse()
 	b, err := os.ReadFile(ca)
