@@ -49,6 +49,28 @@ type Table struct {
 	Rows   [][]string
 }
 
+// A Difference is the first difference Compare finds between two results.
+// The errors of the Compare functions wrap it: errors.As finds it.
+type Difference struct {
+	// Row is the row (1-based, after the header) of the difference, or the
+	// first row of the run of ties or of the rows compared in any order
+	// that holds it; 0 when the headers differ.
+	Row int
+	// Column is the name of the differing cell's column; empty when the
+	// headers differ or a row is missing or extra.
+	Column string
+	// Want and Got are the differing cells, or the headers or the missing
+	// or extra row as CSV (empty on the side without it).
+	Want, Got string
+	msg       string
+}
+
+func (d *Difference) Error() string { return d.msg }
+
+func differ(row int, column, want, got, format string, args ...any) *Difference {
+	return &Difference{Row: row, Column: column, Want: want, Got: got, msg: fmt.Sprintf(format, args...)}
+}
+
 // Options say how two tables are compared.
 type Options struct {
 	// Order names the columns the result is ordered by: consecutive rows
@@ -177,7 +199,8 @@ func Compare(want, got Table, o Options) error {
 		tol = DefaultTolerance
 	}
 	if !equalStrings(want.Header, got.Header) {
-		return fmt.Errorf("the headers differ: want %q, got %q", want.Header, got.Header)
+		w, g := strings.Join(want.Header, ","), strings.Join(got.Header, ",")
+		return differ(0, "", w, g, "the headers differ: want %q, got %q", w, g)
 	}
 	keys, err := columnIndexes(want.Header, o.Order)
 	if err != nil {
@@ -185,7 +208,7 @@ func Compare(want, got Table, o Options) error {
 	}
 	c := comparer{header: want.Header, tol: tol}
 	if o.Unordered {
-		return c.multiset(want.Rows, got.Rows, 0)
+		return asError(c.multiset(want.Rows, got.Rows, 0))
 	}
 	n := min(len(want.Rows), len(got.Rows))
 	for i := 0; i < n; {
@@ -203,24 +226,37 @@ func Compare(want, got Table, o Options) error {
 		}
 		end := min(j, len(got.Rows))
 		for k := i; k < end; k++ {
-			if !c.sameIn(want.Rows[i], got.Rows[k], keys) {
-				return c.row(k, want.Rows[k], got.Rows[k])
+			for _, col := range keys {
+				if w, g := want.Rows[k][col], got.Rows[k][col]; !c.cell(w, g) {
+					return c.cellDifference(k, col, w, g)
+				}
 			}
 		}
 		if err := c.multiset(want.Rows[i:end], got.Rows[i:end], i); err != nil {
-			return fmt.Errorf("among rows %d to %d, tied in %s: %w", i+1, end, strings.Join(o.Order, ", "), err)
+			err.msg = fmt.Sprintf("among rows %d to %d, tied in %s: %s", i+1, end, strings.Join(o.Order, ", "), err.msg)
+			return err
 		}
 		i = end
 	}
-	return countError(want.Rows, got.Rows)
+	return asError(countError(want.Rows, got.Rows))
 }
 
-func countError(want, got [][]string) error {
+// asError turns a nil *Difference into a nil error.
+func asError(d *Difference) error {
+	if d == nil {
+		return nil
+	}
+	return d
+}
+
+func countError(want, got [][]string) *Difference {
 	switch {
 	case len(want) > len(got):
-		return fmt.Errorf("%d rows instead of %d: row %d %q is missing", len(got), len(want), len(got)+1, want[len(got)])
+		w := strings.Join(want[len(got)], ",")
+		return differ(len(got)+1, "", w, "", "%d rows instead of %d: row %d %q is missing", len(got), len(want), len(got)+1, want[len(got)])
 	case len(got) > len(want):
-		return fmt.Errorf("%d rows instead of %d: row %d %q is extra", len(got), len(want), len(want)+1, got[len(want)])
+		g := strings.Join(got[len(want)], ",")
+		return differ(len(want)+1, "", "", g, "%d rows instead of %d: row %d %q is extra", len(got), len(want), len(want)+1, got[len(want)])
 	}
 	return nil
 }
@@ -252,13 +288,17 @@ type comparer struct {
 }
 
 // row compares row i (0-based) of both tables.
-func (c comparer) row(i int, want, got []string) error {
+func (c comparer) row(i int, want, got []string) *Difference {
 	for k := range want {
 		if !c.cell(want[k], got[k]) {
-			return fmt.Errorf("row %d, column %s: want %q, got %q", i+1, c.header[k], want[k], got[k])
+			return c.cellDifference(i, k, want[k], got[k])
 		}
 	}
 	return nil
+}
+
+func (c comparer) cellDifference(i, k int, want, got string) *Difference {
+	return differ(i+1, c.header[k], want, got, "row %d, column %s: want %q, got %q", i+1, c.header[k], want, got)
 }
 
 func (c comparer) sameIn(a, b []string, cols []int) bool {
@@ -272,7 +312,7 @@ func (c comparer) sameIn(a, b []string, cols []int) bool {
 
 // multiset compares want and got as multisets of rows: both sorted, then
 // row by row. first is the row number of their first row, for messages.
-func (c comparer) multiset(want, got [][]string, first int) error {
+func (c comparer) multiset(want, got [][]string, first int) *Difference {
 	w, g := c.sorted(want), c.sorted(got)
 	for i := range min(len(w), len(g)) {
 		if cmp := c.compareRows(w[i], g[i]); cmp != 0 {
@@ -283,13 +323,14 @@ func (c comparer) multiset(want, got [][]string, first int) error {
 			}
 			for k := range w[i] {
 				if !c.cell(w[i][k], g[i][k]) {
-					return fmt.Errorf("in any order: row %q %s (first difference in column %s: want %q, got %q)", missing, verb, c.header[k], w[i][k], g[i][k])
+					return differ(first+1, c.header[k], w[i][k], g[i][k], "in any order: row %q %s (first difference in column %s: want %q, got %q)", missing, verb, c.header[k], w[i][k], g[i][k])
 				}
 			}
 		}
 	}
 	if err := countError(w, g); err != nil {
-		return fmt.Errorf("in any order, from row %d: %w", first+1, err)
+		err.msg = fmt.Sprintf("in any order, from row %d: %s", first+1, err.msg)
+		return err
 	}
 	return nil
 }

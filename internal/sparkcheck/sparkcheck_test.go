@@ -1,6 +1,7 @@
 package sparkcheck
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -69,6 +70,20 @@ func wantErr(t *testing.T, err error, parts ...string) {
 	}
 }
 
+// wantDiff checks that err holds a Difference at row and column, and
+// that its message names parts.
+func wantDiff(t *testing.T, err error, row int, column string, parts ...string) {
+	t.Helper()
+	wantErr(t, err, parts...)
+	var d *Difference
+	if !errors.As(err, &d) {
+		t.Fatalf("error %q holds no Difference", err)
+	}
+	if d.Row != row || d.Column != column {
+		t.Fatalf("the difference is at row %d, column %q; want row %d, column %q (%v)", d.Row, d.Column, row, column, err)
+	}
+}
+
 func TestReadCSVDir(t *testing.T) {
 	one, err := ReadCSVDir("testdata/ordered1")
 	if err != nil {
@@ -130,7 +145,11 @@ func TestCompareOrdered(t *testing.T) {
 	}
 	// The ties come in another order: a strict comparison names row 1.
 	err := CompareCSVDirs("testdata/ordered1", "testdata/ordered3")
-	wantErr(t, err, "row 1, column customer", `want "7", got "3"`)
+	wantDiff(t, err, 1, "customer", "row 1, column customer", `want "7", got "3"`)
+	var d *Difference
+	if errors.As(err, &d); d.Want != "7" || d.Got != "3" {
+		t.Fatalf("the difference's cells are %q and %q", d.Want, d.Got)
+	}
 
 	// Ordered by total, ties in any order: equal, both ways.
 	byTotal := Options{Order: []string{"total"}}
@@ -151,28 +170,30 @@ func TestCompareFindsDifferences(t *testing.T) {
 		name     string
 		old, new string
 		opts     Options
+		row      int
+		column   string
 		want     []string
 	}{
 		// Row 16 is the first of the 150.00 run in ordered1.
-		{"a value in the ordered column", "2,\"Customer 2, of town 2\",150.00", "2,\"Customer 2, of town 2\",150.01", byTotal,
+		{"a value in the ordered column", "2,\"Customer 2, of town 2\",150.00", "2,\"Customer 2, of town 2\",150.01", byTotal, 16, "total",
 			[]string{"row 16, column total", `want "150.00", got "150.01"`}},
-		{"a cell within a run of ties", "Customer 6, of town 3", "Customer 6, of town 9", byTotal,
+		{"a cell within a run of ties", "Customer 6, of town 3", "Customer 6, of town 9", byTotal, 16, "name",
 			[]string{"rows 16 to 30, tied in total", `"6" "Customer 6, of town 3" "150.00"`, "is missing", "column name"}},
-		{"a cell, in any order", "Customer 9, of town 4", "Customer 9, of town 5", Options{Unordered: true},
+		{"a cell, in any order", "Customer 9, of town 4", "Customer 9, of town 5", Options{Unordered: true}, 1, "name",
 			[]string{"in any order", "Customer 9, of town 4", "column name"}},
-		{"a row in the wrong run", "5,\"Customer 5, of town 0\",125.00", "5,\"Customer 5, of town 0\",175.00", byTotal,
-			[]string{"column total", `want "125.00", got "175.00"`}},
-		{"a missing row", "8,\"Customer 8, of town 1\",100.00\n", "", byTotal,
+		{"a row in the wrong run", "5,\"Customer 5, of town 0\",125.00", "5,\"Customer 5, of town 0\",175.00", byTotal, 31, "total",
+			[]string{"row 31, column total", `want "125.00", got "175.00"`}},
+		{"a missing row", "8,\"Customer 8, of town 1\",100.00\n", "", byTotal, 60, "",
 			[]string{"59 rows instead of 60"}},
-		{"an extra row", "8,\"Customer 8, of town 1\",100.00\n", "8,\"Customer 8, of town 1\",100.00\n8,\"Customer 8, of town 1\",100.00\n", byTotal,
+		{"an extra row", "8,\"Customer 8, of town 1\",100.00\n", "8,\"Customer 8, of town 1\",100.00\n8,\"Customer 8, of town 1\",100.00\n", byTotal, 61, "",
 			[]string{"61 rows instead of 60", "row 61", "is extra"}},
-		{"the header", "customer,name,total", "customer,name,sum", byTotal,
+		{"the header", "customer,name,total", "customer,name,sum", byTotal, 0, "",
 			[]string{"headers differ"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := copyDir(t, "testdata/ordered1")
 			edit(t, dir, c.old, c.new)
-			wantErr(t, CompareCSVDirsWith("testdata/ordered1", dir, c.opts), c.want...)
+			wantDiff(t, CompareCSVDirsWith("testdata/ordered1", dir, c.opts), c.row, c.column, c.want...)
 		})
 	}
 }
@@ -184,28 +205,28 @@ func TestCompareTolerance(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := CompareCSVDirsWith("testdata/sums1", "testdata/sums7", Options{Tolerance: 1e-18})
-	wantErr(t, err, "row 1, column sum_y", `want "4999000.0", got "4999000.000000001"`)
+	wantDiff(t, err, 1, "sum_y", `want "4999000.0", got "4999000.000000001"`)
 
 	// A difference beyond the tolerance.
 	dir := copyDir(t, "testdata/sums1")
 	edit(t, dir, "4999500.0", "4999500.01")
-	wantErr(t, CompareCSVDirs("testdata/sums1", dir), "row 2, column sum_y")
+	wantDiff(t, CompareCSVDirs("testdata/sums1", dir), 2, "sum_y")
 
 	// Integers are exact: a count or a key that differs by one differs,
 	// however large it is.
 	w := Table{Header: []string{"key", "n"}, Rows: [][]string{{"1", "123456789012345"}}}
 	g := Table{Header: []string{"key", "n"}, Rows: [][]string{{"1", "123456789012346"}}}
-	wantErr(t, Compare(w, g, Options{Tolerance: 1e-6}), "row 1, column n")
+	wantDiff(t, Compare(w, g, Options{Tolerance: 1e-6}), 1, "n")
 	// Text that is no number is exact too.
 	g = Table{Header: []string{"key", "n"}, Rows: [][]string{{"1", "one"}}}
-	wantErr(t, Compare(w, g, Options{}), "row 1, column n")
+	wantDiff(t, Compare(w, g, Options{}), 1, "n")
 }
 
 func TestCompareEmpty(t *testing.T) {
 	if err := CompareCSVDirs("testdata/empty", "testdata/empty"); err != nil {
 		t.Fatal(err)
 	}
-	wantErr(t, CompareCSVDirs("testdata/ordered1", "testdata/empty"), "0 rows instead of 60", "row 1", "is missing")
+	wantDiff(t, CompareCSVDirs("testdata/ordered1", "testdata/empty"), 1, "", "0 rows instead of 60", "is missing")
 	wantErr(t, CompareCSVDirsWith("testdata/ordered1", "testdata/empty", Options{Unordered: true}), "0 rows instead of 60")
 }
 
@@ -266,7 +287,7 @@ func TestCompareQuery(t *testing.T) {
 	// Ordered by name: the ties of total are no ties.
 	byName := filepath.Join(dir, "by-name.sql")
 	os.WriteFile(byName, []byte("select customer, name, total from totals order by name"), 0o644)
-	wantErr(t, CompareQuery("testdata/ordered1", "testdata/ordered3", byName), "row 1, column customer")
+	wantDiff(t, CompareQuery("testdata/ordered1", "testdata/ordered3", byName), 1, "customer")
 	// No order at all: rows in any order.
 	unordered := filepath.Join(dir, "unordered.sql")
 	os.WriteFile(unordered, []byte("select customer, name, total from totals"), 0o644)
