@@ -104,10 +104,10 @@ for c in configs:
     med[c] = {q: statistics.median(v) for q, v in per.items()}
 base = configs[0]
 print("%-6s" % "query" + "".join("%10s" % c for c in configs)
-      + "".join("%12s" % ("%s/%s" % (c, base)) for c in configs[1:]))
+      + "".join("%14s" % ("%s/%s" % (c, base)) for c in configs[1:]))
 for q in names:
     row = "%-6s" % q + "".join("%10.2f" % med[c][q] for c in configs)
-    row += "".join("%12.2f" % (med[c][q] / med[base][q] if med[base][q] else float("nan")) for c in configs[1:])
+    row += "".join("%14.2f" % (med[c][q] / med[base][q] if med[base][q] else float("nan")) for c in configs[1:])
     print(row)
 EOF
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
