@@ -64,29 +64,46 @@ if [ ${#missing[@]} -gt 0 ]; then
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# pyspark for the Spark test: a pip target directory (what bom.python_packages
+# pip_target PACKAGE REQUIREMENTS DIR VARIABLE MARKER [SIZE]: installs the
+# requirements file (pinned by version and hash) into the pip target
+# directory DIR unless DIR/MARKER is there; VARIABLE is the environment
+# variable that names another DIR (the tests read the same).
+pip_target() {
+	local pkg=$1 reqs=$2 dir=$3 var=$4 marker=$5 size=${6:+ ($6)}
+	[ -e "$dir/$marker" ] && return 0
+	if $check_only; then
+		echo "setup: missing $pkg in $dir" >&2
+		exit 1
+	fi
+	if [ "$(id -u)" != 0 ] && [ -z "${!var:-}" ]; then
+		echo "setup: missing $pkg in $dir" >&2
+		echo "setup: hint: run as root, or set $var to a directory of yours (for the tests too)" >&2
+		exit 1
+	fi
+	echo "setup: installing $pkg into $dir$size"
+	rm -rf "$dir.tmp"
+	mkdir -p "$(dirname "$dir")"
+	(umask 022 && /usr/bin/python3 -m pip install -q --no-cache-dir --disable-pip-version-check --no-compile \
+		--require-hashes --target "$dir.tmp" -r "$reqs")
+	rm -rf "$dir" && mv "$dir.tmp" "$dir"
+}
+
+# pyspark for the Spark tests: a pip target directory (what bom.python_packages
 # places in an image), pinned by version and hash in
 # scripts/pyspark-requirements.txt, kept in /var/cache/veil/pip/pyspark-VERSION
-# (VEIL_PYSPARK_DIR overrides; the test reads the same variable). pyspark is
-# an sdist: pip builds its wheel with setuptools fetched from PyPI.
+# (VEIL_PYSPARK_DIR overrides). pyspark is an sdist: pip builds its wheel
+# with setuptools fetched from PyPI.
 pyspark_version=$(sed -n 's/^pyspark==\([^ ]*\) .*/\1/p' scripts/pyspark-requirements.txt)
-pyspark_dir=${VEIL_PYSPARK_DIR:-/var/cache/veil/pip/pyspark-$pyspark_version}
-if [ ! -d "$pyspark_dir/pyspark-$pyspark_version.dist-info" ]; then
-	if $check_only; then
-		echo "setup: missing pyspark $pyspark_version in $pyspark_dir" >&2
-		exit 1
-	fi
-	if [ "$(id -u)" != 0 ] && [ -z "${VEIL_PYSPARK_DIR:-}" ]; then
-		echo "setup: missing pyspark $pyspark_version in $pyspark_dir" >&2
-		echo "setup: hint: run as root, or set VEIL_PYSPARK_DIR to a directory of yours (for the tests too)" >&2
-		exit 1
-	fi
-	echo "setup: installing pyspark $pyspark_version into $pyspark_dir (about 340 MB)"
-	rm -rf "$pyspark_dir.tmp"
-	mkdir -p "$(dirname "$pyspark_dir")"
-	(umask 022 && /usr/bin/python3 -m pip install -q --no-cache-dir --disable-pip-version-check --no-compile \
-		--require-hashes --target "$pyspark_dir.tmp" -r scripts/pyspark-requirements.txt)
-	rm -rf "$pyspark_dir" && mv "$pyspark_dir.tmp" "$pyspark_dir"
-fi
+pip_target "pyspark $pyspark_version" scripts/pyspark-requirements.txt \
+	"${VEIL_PYSPARK_DIR:-/var/cache/veil/pip/pyspark-$pyspark_version}" VEIL_PYSPARK_DIR \
+	"pyspark-$pyspark_version.dist-info" "about 340 MB"
+
+# tpchgen-cli for the TPC-H data (scripts/tpch-gen.sh): a binary wheel,
+# pinned in scripts/tpchgen-requirements.txt, kept in
+# /var/cache/veil/pip/tpchgen-cli-VERSION (VEIL_TPCHGEN_DIR overrides).
+tpchgen_version=$(sed -n 's/^tpchgen-cli==\([^ ]*\) .*/\1/p' scripts/tpchgen-requirements.txt)
+pip_target "tpchgen-cli $tpchgen_version" scripts/tpchgen-requirements.txt \
+	"${VEIL_TPCHGEN_DIR:-/var/cache/veil/pip/tpchgen-cli-$tpchgen_version}" VEIL_TPCHGEN_DIR \
+	bin/tpchgen-cli
 
 $check_only || go mod download
