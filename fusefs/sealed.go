@@ -350,31 +350,33 @@ func (n *sealedNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 	if errno := n.acquire(flags); errno != 0 {
 		return nil, 0, errno
 	}
-	h := &sealedHandle{n: n, appendMode: n.sfs.appends(flags), direct: n.sfs.openFlags(flags)&fuse.FOPEN_DIRECT_IO != 0}
+	h, fl := n.sfs.newHandle(n, flags)
 	if flags&syscall.O_TRUNC != 0 {
 		if err := n.file.Truncate(0); err != nil {
 			n.release()
 			return nil, 0, n.errno("truncating", err)
 		}
 	}
-	return h, n.sfs.openFlags(flags), 0
+	return h, fl, 0
 }
 
-// openFlags are the FOPEN flags of a file opened with flags. The kernel may
-// keep pages across opens: every change goes through this mount, and what
-// it caches was authenticated when read. A descriptor opened write-only
-// (how shells, cp, Python's open(..., "w") and Java's FileOutputStream
-// write their output) bypasses the page cache (direct I/O): the kernel
-// hands the program's buffer to the mount without first copying it into
-// cached pages, which measured up to twice as fast for large sequential
-// writes (docs/performance.md). Such a descriptor cannot be mapped (mmap
-// needs read access), and the kernel drops cached pages of the range it
-// writes, so other descriptors still read the new data.
-func (sfs *sealedFS) openFlags(flags uint32) uint32 {
+// newHandle makes the handle of node n opened with flags, and the FOPEN
+// flags of the reply. The kernel may keep pages across opens: every change
+// goes through this mount, and what it caches was authenticated when read.
+// A descriptor opened write-only (how shells, cp, Python's open(..., "w")
+// and Java's FileOutputStream write their output) bypasses the page cache
+// (direct I/O): the kernel hands the program's buffer to the mount without
+// first copying it into cached pages, one copy per byte fewer for large
+// sequential writes (docs/performance.md). Such a descriptor cannot be
+// mapped (mmap needs read access), and cached pages of the range it writes
+// are dropped (Write), so other descriptors read the new data.
+func (sfs *sealedFS) newHandle(n *sealedNode, flags uint32) (*sealedHandle, uint32) {
+	h := &sealedHandle{n: n, appendMode: sfs.appends(flags)}
 	if flags&syscall.O_ACCMODE == syscall.O_WRONLY && !sfs.opts.WriteBackCache {
-		return fuse.FOPEN_DIRECT_IO
+		h.direct = true
+		return h, fuse.FOPEN_DIRECT_IO
 	}
-	return fuse.FOPEN_KEEP_CACHE
+	return h, fuse.FOPEN_KEEP_CACHE
 }
 
 func (n *sealedNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
@@ -384,7 +386,6 @@ func (n *sealedNode) Create(ctx context.Context, name string, flags uint32, mode
 	if len(n.sfs.opts.WriteKeys) == 0 {
 		return nil, nil, 0, syscall.EACCES
 	}
-	sfs := n.sfs
 	p := filepath.Join(n.backingPath(), name)
 	osf, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, os.FileMode(mode&0o7777))
 	if err != nil {
@@ -407,8 +408,8 @@ func (n *sealedNode) Create(ctx context.Context, name string, flags uint32, mode
 	out.FromStat(&st)
 	out.Attr.Size = 0
 	out.Attr.Blocks = 0
-	fl := sfs.openFlags(flags)
-	return ino, &sealedHandle{n: child, appendMode: sfs.appends(flags), direct: fl&fuse.FOPEN_DIRECT_IO != 0}, fl, 0
+	h, fl := n.sfs.newHandle(child, flags)
+	return ino, h, fl, 0
 }
 
 // loopbackID is the identity that go-fuse's loopback Lookup gives the
@@ -462,7 +463,7 @@ func (sfs *sealedFS) appends(flags uint32) bool {
 type sealedHandle struct {
 	n          *sealedNode
 	appendMode bool
-	direct     bool // opened write-only: direct I/O (openFlags)
+	direct     bool // opened write-only: direct I/O (newHandle)
 }
 
 var (
