@@ -49,7 +49,7 @@ type SealedOptions struct {
 	// fsync(2) and close(2) (close still commits everything written
 	// through the descriptor, as without it). Small random writes then
 	// cost a copy into the page cache instead of a round trip to the
-	// mount each (several times faster), but large sequential writes
+	// mount each (2-3 times faster, measured), but large sequential writes
 	// measured slower (docs/performance.md), and write errors surface at
 	// fsync(2) and close(2), as on a local file system, rather than at
 	// the write(2) that caused them. Sealing is the same either way.
