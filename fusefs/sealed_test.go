@@ -183,9 +183,17 @@ func TestSealedMountRoundTrip(t *testing.T) {
 }
 
 func TestSealedMountRandomIOAgainstModel(t *testing.T) {
+	for _, wb := range []bool{false, true} {
+		t.Run(map[bool]string{false: "write-through", true: "write-back-cache"}[wb], func(t *testing.T) {
+			randomIOAgainstModel(t, wb)
+		})
+	}
+}
+
+func randomIOAgainstModel(t *testing.T, writeBackCache bool) {
 	k := newKey(t)
 	src := t.TempDir()
-	m := mountSealed(t, src, SealedOptions{Keys: k, WriteKeys: []seal.KeyWrapper{k}, SegmentSize: 4096})
+	m := mountSealed(t, src, SealedOptions{Keys: k, WriteKeys: []seal.KeyWrapper{k}, SegmentSize: 4096, WriteBackCache: writeBackCache})
 	p := filepath.Join(m.dir, "f")
 	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
