@@ -175,7 +175,9 @@ func ownFDs(t testing.TB) int {
 	return n
 }
 
-func mountTestImage(t testing.TB, b *trustimage.LoadedBuild, key []byte, openFiles ...int) *imageMount {
+// mountTestImage mounts b; cacheBlocks, if given, bounds the mount's block
+// cache to that many 128 KiB blocks.
+func mountTestImage(t testing.TB, b *trustimage.LoadedBuild, key []byte, cacheBlocks ...int) *imageMount {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		veiltest.Skip(t, "FUSE mounts in tests need root")
@@ -191,8 +193,8 @@ func mountTestImage(t testing.TB, b *trustimage.LoadedBuild, key []byte, openFil
 	dir := t.TempDir()
 	lb := &logBuf{}
 	opts := ImageOptions{Reader: r, Logger: slog.New(slog.NewTextHandler(lb, nil))}
-	if len(openFiles) > 0 {
-		opts.OpenFiles = openFiles[0]
+	if len(cacheBlocks) > 0 {
+		opts.CacheSize = cacheBlocks[0] << 17
 	}
 	srv, err := MountImage(dir, opts)
 	if err != nil {
@@ -508,8 +510,8 @@ var time0 = time.Unix(0, 0)
 func TestImageMountConcurrentReads(t *testing.T) {
 	var src string
 	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", nil)
-	// Fewer open files than files read at once: every read may find its
-	// file evicted by another.
+	// A block cache smaller than the blocks read at once: every read may
+	// find its block evicted by another.
 	m := mountTestImage(t, b, nil, 2)
 	var files []string
 	filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
