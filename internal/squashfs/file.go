@@ -10,10 +10,10 @@ import (
 // ReadAt reads file content of in at off into p. It returns io.EOF when
 // it reached the end of the file, as io.ReaderAt does.
 //
-// The blocks p covers whole are decoded straight into p; a block p covers
-// only in part (the kernel's reads are page-aligned, not block-aligned)
-// and the fragment block holding a file's tail are decoded into the
-// cache, where the next read of the rest of them finds them.
+// Every data and fragment block is decoded once into the cache and copied
+// from there: concurrent readers of one block (the kernel's parallel
+// read-ahead requests and a reader going through the file ahead of them)
+// wait for one decoding instead of each decoding it.
 func (f *FS) ReadAt(in *Inode, p []byte, off int64) (int, error) {
 	if in.Type != File {
 		return 0, formatErr("not a regular file")
@@ -35,35 +35,18 @@ func (f *FS) ReadAt(in *Inode, p []byte, off int64) (int, error) {
 		pos := off + int64(n)
 		bi := pos / bs
 		inBlock := pos - bi*bs
+		var blk []byte
+		var err error
 		if bi >= int64(len(in.blockSizes)) { // the tail in a fragment
-			frag, err := f.fragment(in)
-			if err != nil {
-				return n, err
-			}
-			if inBlock >= int64(len(frag)) {
-				return n, formatErr("fragment shorter than the file")
-			}
-			n += copy(p[n:], frag[inBlock:])
-			continue
+			blk, err = f.fragment(in)
+		} else {
+			blk, err = f.block(in, int(bi), min(bs, size-bi*bs))
 		}
-		blockLen := min(bs, size-bi*bs) // plaintext length of block bi
-		if inBlock == 0 && int64(len(p)-n) >= blockLen {
-			// A run of whole blocks: one read of their stored bytes,
-			// decoded straight into p.
-			k := 1
-			for int(bi)+k < len(in.blockSizes) && int64(len(p)-n) >= min(bs*int64(k+1), size-bi*bs) {
-				k++
-			}
-			m, err := f.readRun(in, int(bi), k, p[n:])
-			n += m
-			if err != nil {
-				return n, err
-			}
-			continue
-		}
-		blk, err := f.block(in, int(bi), blockLen)
 		if err != nil {
 			return n, err
+		}
+		if inBlock >= int64(len(blk)) {
+			return n, formatErr("block shorter than the file")
 		}
 		n += copy(p[n:], blk[inBlock:])
 	}
@@ -143,19 +126,16 @@ func (f *FS) readRun(in *Inode, first, k int, p []byte) (int, error) {
 // block returns block i of in (blockLen bytes), from the cache or decoded
 // into it.
 func (f *FS) block(in *Inode, i int, blockLen int64) ([]byte, error) {
-	pos := in.blockPos(i)
 	if in.blockSizes[i]&^uncompressed == 0 {
 		return make([]byte, blockLen), nil // sparse: not cached, keyed by a shared position
 	}
-	if b := f.cache.get(pos); b != nil {
+	return f.cache.do(in.blockPos(i), func() ([]byte, error) {
+		b := make([]byte, blockLen, blockLen+overAlloc)
+		if _, err := f.readRun(in, i, 1, b); err != nil {
+			return nil, err
+		}
 		return b, nil
-	}
-	b := make([]byte, blockLen, blockLen+overAlloc)
-	if _, err := f.readRun(in, i, 1, b); err != nil {
-		return nil, err
-	}
-	f.cache.put(pos, b)
-	return b, nil
+	})
 }
 
 // fragment returns the tail of in, kept in its fragment block.
@@ -165,8 +145,7 @@ func (f *FS) fragment(in *Inode) ([]byte, error) {
 	}
 	fr := f.frags[in.fragIndex]
 	tail := int64(in.Size % uint64(f.blockSize))
-	blk := f.cache.get(fr.start)
-	if blk == nil {
+	blk, err := f.cache.do(fr.start, func() ([]byte, error) {
 		stored := int64(fr.size &^ uncompressed)
 		if stored > int64(f.blockSize) || fr.start < 0 || fr.start+stored > f.size {
 			return nil, formatErr("fragment block %d at %d of %d bytes", in.fragIndex, fr.start, stored)
@@ -175,14 +154,17 @@ func (f *FS) fragment(in *Inode) ([]byte, error) {
 		if _, err := readFull(f.r, raw, fr.start); err != nil {
 			return nil, fmt.Errorf("reading fragment block %d: %w", in.fragIndex, err)
 		}
-		blk = raw
-		if fr.size&uncompressed == 0 {
-			var err error
-			if blk, err = f.decompress(raw, make([]byte, 0, f.blockSize+overAlloc), int(f.blockSize)); err != nil {
-				return nil, fmt.Errorf("fragment block %d: %w", in.fragIndex, err)
-			}
+		if fr.size&uncompressed != 0 {
+			return raw, nil
 		}
-		f.cache.put(fr.start, blk)
+		blk, err := f.decompress(raw, make([]byte, 0, f.blockSize+overAlloc), int(f.blockSize))
+		if err != nil {
+			return nil, fmt.Errorf("fragment block %d: %w", in.fragIndex, err)
+		}
+		return blk, nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	end := int64(in.fragOffset) + tail
 	if end > int64(len(blk)) {
@@ -194,11 +176,47 @@ func (f *FS) fragment(in *Inode) ([]byte, error) {
 // blockCache keeps decompressed blocks by stored position, least
 // recently used dropped first, up to max bytes.
 type blockCache struct {
-	mu    sync.Mutex
-	max   int
-	bytes int
-	lru   list.List // of *cached, front = most recent
-	byPos map[int64]*list.Element
+	mu      sync.Mutex
+	max     int
+	bytes   int
+	lru     list.List // of *cached, front = most recent
+	byPos   map[int64]*list.Element
+	flights map[int64]*flight // blocks being decoded
+}
+
+// flight is one decoding of a block that other readers of it wait for.
+type flight struct {
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+// do returns the block at pos: cached, being decoded by another caller
+// (waited for), or decoded by decode now and cached.
+func (c *blockCache) do(pos int64, decode func() ([]byte, error)) ([]byte, error) {
+	c.mu.Lock()
+	if e := c.byPos[pos]; e != nil {
+		c.lru.MoveToFront(e)
+		c.mu.Unlock()
+		return e.Value.(*cached).data, nil
+	}
+	if fl := c.flights[pos]; fl != nil {
+		c.mu.Unlock()
+		<-fl.done
+		return fl.data, fl.err
+	}
+	fl := &flight{done: make(chan struct{})}
+	c.flights[pos] = fl
+	c.mu.Unlock()
+	fl.data, fl.err = decode()
+	c.mu.Lock()
+	delete(c.flights, pos)
+	if fl.err == nil {
+		c.putLocked(pos, fl.data)
+	}
+	c.mu.Unlock()
+	close(fl.done)
+	return fl.data, fl.err
 }
 
 type cached struct {
@@ -215,21 +233,10 @@ func (c *blockCache) init(max int) {
 	}
 	c.max = max
 	c.byPos = map[int64]*list.Element{}
+	c.flights = map[int64]*flight{}
 }
 
-func (c *blockCache) get(pos int64) []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e := c.byPos[pos]; e != nil {
-		c.lru.MoveToFront(e)
-		return e.Value.(*cached).data
-	}
-	return nil
-}
-
-func (c *blockCache) put(pos int64, data []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+func (c *blockCache) putLocked(pos int64, data []byte) {
 	if c.byPos[pos] != nil || len(data) > c.max {
 		return
 	}
