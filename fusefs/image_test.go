@@ -18,8 +18,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/veil-tee/veil/config"
 	"github.com/veil-tee/veil/trustimage"
@@ -560,5 +562,113 @@ func TestImageMountConcurrentReads(t *testing.T) {
 	check(2)
 	if m.log.String() != "" {
 		t.Errorf("unexpected log: %s", m.log.String())
+	}
+}
+
+// residentPages maps the file at p and reports how many of its pages are
+// in the kernel's page cache, and which of them.
+func residentPages(t *testing.T, p string) (int, []byte) {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatal(e)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n, vec
+}
+
+// TestImageMountReadAhead: a first small read of a file makes the mount
+// read the rest of it into the kernel's page cache, where later reads find
+// the file's own bytes; a block that fails verification is never stored,
+// so reading it is still EIO, logged once.
+func TestImageMountReadAhead(t *testing.T) {
+	var src string
+	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", nil)
+	late, err := os.ReadFile(filepath.Join(src, "app/unread/late.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Tamper with late.bin at 300 KiB (stored as is: incompressible).
+	img, err := os.ReadFile(b.ImagePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const at = 300 << 10
+	pos := bytes.Index(img, late[at:at+256])
+	if pos < 0 {
+		t.Fatal("file data not found in the image")
+	}
+	f, err := os.OpenFile(b.ImagePath, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{img[pos] ^ 0x01}, int64(pos)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	m := mountTestImage(t, b, nil)
+
+	read4K := func(rel string) {
+		g, err := os.Open(filepath.Join(m.dir, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		if _, err := g.ReadAt(make([]byte, 4096), 0); err != nil {
+			t.Fatalf("%s: %v", rel, err)
+		}
+	}
+	big := filepath.Join(m.dir, "app/big.bin")
+	want, _ := os.ReadFile(filepath.Join(src, "app/big.bin"))
+	pages := (len(want) + os.Getpagesize() - 1) / os.Getpagesize()
+	read4K("app/big.bin")
+	n := 0
+	for i := 0; i < 100 && n < pages; i++ {
+		time.Sleep(50 * time.Millisecond)
+		n, _ = residentPages(t, big)
+	}
+	if n < pages {
+		t.Errorf("app/big.bin: %d of %d pages cached after its first read", n, pages)
+	}
+	if got, err := os.ReadFile(big); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("app/big.bin read back from the cache differs: %v", err)
+	}
+
+	read4K("app/unread/late.bin")
+	bad := (at / os.Getpagesize())
+	var vec []byte
+	for i := 0; i < 40; i++ {
+		time.Sleep(50 * time.Millisecond)
+		if _, vec = residentPages(t, filepath.Join(m.dir, "app/unread/late.bin")); vec[bad-1]&1 != 0 {
+			break
+		}
+	}
+	if vec[bad]&1 != 0 {
+		t.Error("the page of the tampered block is in the page cache")
+	}
+	g, err := os.Open(filepath.Join(m.dir, "app/unread/late.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if _, err := g.ReadAt(make([]byte, 4096), at); !errors.Is(err, syscall.EIO) {
+		t.Errorf("reading the tampered block after read-ahead: %v, want EIO", err)
+	}
+	if c := strings.Count(m.log.String(), "image block failed verification"); c != 1 {
+		t.Errorf("%d log lines for one bad block, want 1:\n%s", c, m.log.String())
 	}
 }
