@@ -230,7 +230,8 @@ func ino(p string) uint64 {
 func (ifs *imageFS) entry(p string, in *squashfs.Inode) *imageEntry {
 	c := &imageEntry{
 		ifs: ifs, path: p, inode: in,
-		mode: uint32(in.Perm), uid: in.UID, gid: in.GID, mtime: time.Unix(in.Mtime, 0),
+		// Permission bits only: setuid, setgid and sticky are not served.
+		mode: uint32(in.Perm & 0o777), uid: in.UID, gid: in.GID, mtime: time.Unix(in.Mtime, 0),
 	}
 	switch in.Type {
 	case squashfs.Dir:
