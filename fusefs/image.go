@@ -75,7 +75,7 @@ type aheadJob struct {
 // ahead whole.
 const (
 	aheadQueue   = 256
-	aheadMaxFile = 64 << 20
+	aheadMaxFile = 8 << 20
 	aheadChunk   = 1 << 20
 )
 
