@@ -414,16 +414,15 @@ func TestImageMountRefusesWrites(t *testing.T) {
 	}
 }
 
-// TestImageMountTamperIsEIO changes one byte of a file's data in the image
-// file on disk while the image is mounted: reading that file is EIO and
-// the log names the file, the offset and the block; other files still read.
-func TestImageMountTamperIsEIO(t *testing.T) {
-	var src string
-	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", nil)
-	m := mountTestImage(t, b, nil)
+// tamperAt is where tamperLate changes app/unread/late.bin.
+const tamperAt = 300 << 10
 
-	// app/unread/late.bin is incompressible, so squashfs stores its bytes
-	// as they are: find them in the image file.
+// tamperLate flips one bit of app/unread/late.bin at tamperAt in the image
+// file on disk. The file is incompressible, so squashfs stores its bytes
+// as they are: they are found in the image file. It returns the file's
+// bytes and the index of the changed image block.
+func tamperLate(t *testing.T, b *trustimage.LoadedBuild, src string) ([]byte, int) {
+	t.Helper()
 	late, err := os.ReadFile(filepath.Join(src, "app/unread/late.bin"))
 	if err != nil {
 		t.Fatal(err)
@@ -432,8 +431,7 @@ func TestImageMountTamperIsEIO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const at = 300 << 10
-	pos := bytes.Index(img, late[at:at+256])
+	pos := bytes.Index(img, late[tamperAt:tamperAt+256])
 	if pos < 0 {
 		t.Fatal("file data not found in the image")
 	}
@@ -441,13 +439,23 @@ func TestImageMountTamperIsEIO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
 	if _, err := f.WriteAt([]byte{img[pos] ^ 0x01}, int64(pos)); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
-	block := pos / trustimage.BlockSize
+	return late, pos / trustimage.BlockSize
+}
 
-	_, err = os.ReadFile(filepath.Join(m.dir, "app/unread/late.bin"))
+// TestImageMountTamperIsEIO changes one byte of a file's data in the image
+// file on disk while the image is mounted: reading that file is EIO and
+// the log names the file, the offset and the block; other files still read.
+func TestImageMountTamperIsEIO(t *testing.T) {
+	var src string
+	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", nil)
+	m := mountTestImage(t, b, nil)
+	late, block := tamperLate(t, b, src)
+
+	_, err := os.ReadFile(filepath.Join(m.dir, "app/unread/late.bin"))
 	if !errors.Is(err, syscall.EIO) {
 		t.Fatalf("reading the tampered file: %v, want EIO", err)
 	}
@@ -460,7 +468,7 @@ func TestImageMountTamperIsEIO(t *testing.T) {
 	if _, err := g.ReadAt(head, 0); err != nil || !bytes.Equal(head, late[:4096]) {
 		t.Errorf("reading the start of the file: %v", err)
 	}
-	if _, err := g.ReadAt(head, at); !errors.Is(err, syscall.EIO) {
+	if _, err := g.ReadAt(head, tamperAt); !errors.Is(err, syscall.EIO) {
 		t.Errorf("reading at the tampered offset: %v, want EIO", err)
 	}
 	g.Close()
@@ -598,28 +606,7 @@ func residentPages(t *testing.T, p string) (int, []byte) {
 func TestImageMountReadAhead(t *testing.T) {
 	var src string
 	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", nil)
-	late, err := os.ReadFile(filepath.Join(src, "app/unread/late.bin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Tamper with late.bin at 300 KiB (stored as is: incompressible).
-	img, err := os.ReadFile(b.ImagePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const at = 300 << 10
-	pos := bytes.Index(img, late[at:at+256])
-	if pos < 0 {
-		t.Fatal("file data not found in the image")
-	}
-	f, err := os.OpenFile(b.ImagePath, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte{img[pos] ^ 0x01}, int64(pos)); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	tamperLate(t, b, src)
 	m := mountTestImage(t, b, nil)
 
 	read4K := func(rel string) {
@@ -649,7 +636,7 @@ func TestImageMountReadAhead(t *testing.T) {
 	}
 
 	read4K("app/unread/late.bin")
-	bad := (at / os.Getpagesize())
+	bad := tamperAt / os.Getpagesize()
 	var vec []byte
 	for i := 0; i < 40; i++ {
 		time.Sleep(50 * time.Millisecond)
@@ -665,7 +652,7 @@ func TestImageMountReadAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	if _, err := g.ReadAt(make([]byte, 4096), at); !errors.Is(err, syscall.EIO) {
+	if _, err := g.ReadAt(make([]byte, 4096), tamperAt); !errors.Is(err, syscall.EIO) {
 		t.Errorf("reading the tampered block after read-ahead: %v, want EIO", err)
 	}
 	if c := strings.Count(m.log.String(), "image block failed verification"); c != 1 {

@@ -107,6 +107,19 @@ func writeTree(t testing.TB, dir string) {
 	}
 }
 
+// treeImage packs a writeTree tree and returns the image's path and bytes.
+func treeImage(t *testing.T, compress bool) (string, []byte) {
+	t.Helper()
+	src := t.TempDir()
+	writeTree(t, src)
+	img := mksquashfs(t, src, compress)
+	raw, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, raw
+}
+
 // walk calls fn for every entry under dir, with its path.
 func walk(t testing.TB, fsys *FS, dir *Inode, p string, fn func(string, *Inode)) {
 	t.Helper()
@@ -248,13 +261,7 @@ func (f failingReader) ReadAt(p []byte, off int64) (int, error) {
 // TestErrorsKeepTheirType: an error of the underlying reader reaches the
 // caller wrapped, for data, fragment and metadata reads alike.
 func TestErrorsKeepTheirType(t *testing.T) {
-	src := t.TempDir()
-	writeTree(t, src)
-	img := mksquashfs(t, src, true)
-	raw, err := os.ReadFile(img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, raw := treeImage(t, true)
 	f, _ := os.Open(img)
 	defer f.Close()
 	good := openImage(t, img, nil, 0)
@@ -300,13 +307,7 @@ func TestErrorsKeepTheirType(t *testing.T) {
 // (everything after the data): every call returns data or an error,
 // never panics or runs away.
 func TestCorruptTablesNoPanic(t *testing.T) {
-	src := t.TempDir()
-	writeTree(t, src)
-	img := mksquashfs(t, src, false)
-	raw, err := os.ReadFile(img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, raw := treeImage(t, false)
 	good := openImage(t, img, nil, 0)
 	tables := good.inodeTab
 	rng := rand.New(rand.NewPCG(5, 6))
