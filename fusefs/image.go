@@ -76,7 +76,7 @@ type aheadJob struct {
 const (
 	aheadQueue   = 256
 	aheadMaxFile = 8 << 20
-	aheadChunk   = 1 << 20
+	aheadPiece   = 128 << 10 // aheadMaxFile / aheadPiece <= 64: one bit each in served
 )
 
 // imageNode is the FUSE node of an image entry. Entries outlive nodes: the
@@ -107,8 +107,11 @@ type imageEntry struct {
 	subdirs  uint32
 	dirErrno syscall.Errno
 
-	// Regular files: set when a read of the file queued its read-ahead.
+	// Regular files: set when a read of the file queued its read-ahead,
+	// and the aheadPiece pieces the kernel has (served by a read or stored
+	// by read-ahead), one bit each, for files up to aheadMaxFile.
 	queued atomic.Bool
+	served atomic.Uint64
 }
 
 var (
@@ -377,7 +380,9 @@ func (n *imageNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 	if err != nil && err != io.EOF {
 		return nil, n.ifs.fail(n.path, "reading", off+int64(got), err)
 	}
-	if end := off + int64(got); (off > 0 || end < int64(n.size)) && n.size <= aheadMaxFile && !n.queued.Swap(true) {
+	end := off + int64(got)
+	n.markServed(off, end)
+	if (off > 0 || end < int64(n.size)) && n.size <= aheadMaxFile && !n.queued.Swap(true) {
 		select {
 		case n.ifs.ahead <- aheadJob{n: n, from: end}:
 		default: // the queue is full: the kernel asks for the rest itself
@@ -395,7 +400,7 @@ func (n *imageNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 // stores was not verified first; a read that fails stops that file (the
 // program's own read of the block then fails and is logged).
 func (ifs *imageFS) readAhead() {
-	buf := make([]byte, aheadChunk)
+	buf := make([]byte, aheadPiece)
 	for {
 		var job aheadJob
 		select {
@@ -403,24 +408,46 @@ func (ifs *imageFS) readAhead() {
 			return
 		case job = <-ifs.ahead:
 		}
-		size := int64(job.n.size)
-		// From where the first read ended to the end, then the start.
-		start := job.from / aheadChunk * aheadChunk
-		for i := int64(0); i < size; i += aheadChunk {
-			off := (start + i) % ((size + aheadChunk - 1) / aheadChunk * aheadChunk)
+		n := job.n
+		pieces := (int64(n.size) + aheadPiece - 1) / aheadPiece
+		// From where the first read ended to the end, then the start;
+		// pieces the kernel already has are skipped.
+		for k := int64(0); k < pieces; k++ {
+			i := (job.from/aheadPiece + k) % pieces
+			if n.served.Load()&(1<<i) != 0 {
+				continue
+			}
 			select {
 			case <-ifs.stop:
 				return
 			default:
 			}
-			got, err := ifs.sq.ReadAt(job.n.inode, buf, off)
-			if err != nil && err != io.EOF {
+			off := i * aheadPiece
+			got, err := ifs.sq.ReadAt(n.inode, buf, off)
+			if (err != nil && err != io.EOF) || got == 0 || n.WriteCache(off, buf[:got]) != 0 {
 				break
 			}
-			if got == 0 || job.n.WriteCache(off, buf[:got]) != 0 {
-				break
-			}
+			n.markServed(off, off+int64(got))
 		}
+	}
+}
+
+// markServed records the read-ahead pieces that [off, end) covers whole
+// (the last one up to the end of the file).
+func (n *imageEntry) markServed(off, end int64) {
+	if n.size > aheadMaxFile {
+		return
+	}
+	first, last := (off+aheadPiece-1)/aheadPiece, end/aheadPiece
+	if end >= int64(n.size) {
+		last = (int64(n.size) + aheadPiece - 1) / aheadPiece
+	}
+	var m uint64
+	for i := first; i < last; i++ {
+		m |= 1 << i
+	}
+	if m != 0 {
+		n.served.Or(m)
 	}
 }
 
