@@ -108,10 +108,11 @@ type imageEntry struct {
 	dirErrno syscall.Errno
 
 	// Regular files: set when a read of the file queued its read-ahead,
-	// and the aheadPiece pieces the kernel has (served by a read or stored
+	// the aheadPiece pieces the kernel has (served by a read or stored
 	// by read-ahead), one bit each, for files up to aheadMaxFile.
-	queued atomic.Bool
-	served atomic.Uint64
+	queued  atomic.Bool
+	served  atomic.Uint64
+	lastEnd atomic.Int64 // where the last read ended
 }
 
 var (
@@ -382,7 +383,11 @@ func (n *imageNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 	}
 	end := off + int64(got)
 	n.markServed(off, end)
-	if (off > 0 || end < int64(n.size)) && n.size <= aheadMaxFile && !n.queued.Swap(true) {
+	// A read that starts where the previous one ended (a program reading
+	// the file through, or the kernel's read-ahead of it) queues the rest
+	// of the file; scattered reads (a mapped library's page faults) do not.
+	prev := n.lastEnd.Swap(end)
+	if off > 0 && off == prev && end < int64(n.size) && n.size <= aheadMaxFile && !n.queued.Swap(true) {
 		select {
 		case n.ifs.ahead <- aheadJob{n: n, from: end}:
 		default: // the queue is full: the kernel asks for the rest itself

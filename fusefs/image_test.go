@@ -599,8 +599,8 @@ func residentPages(t *testing.T, p string) (int, []byte) {
 	return n, vec
 }
 
-// TestImageMountReadAhead: a first small read of a file makes the mount
-// read the rest of it into the kernel's page cache, where later reads find
+// TestImageMountReadAhead: sequential reads of a file make the mount read
+// the rest of it into the kernel's page cache, where later reads find
 // the file's own bytes; a block that fails verification is never stored,
 // so reading it is still EIO, logged once.
 func TestImageMountReadAhead(t *testing.T) {
@@ -609,20 +609,33 @@ func TestImageMountReadAhead(t *testing.T) {
 	tamperLate(t, b, src)
 	m := mountTestImage(t, b, nil)
 
-	read4K := func(rel string) {
+	// Two sequential 4 KiB reads (the kernel's own read-ahead off) start
+	// the mount's read-ahead of the file; one read alone does not.
+	read4K := func(rel string, reads int) {
 		g, err := os.Open(filepath.Join(m.dir, rel))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer g.Close()
-		if _, err := g.ReadAt(make([]byte, 4096), 0); err != nil {
-			t.Fatalf("%s: %v", rel, err)
+		if err := unix.Fadvise(int(g.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
+			t.Fatal(err)
 		}
+		for i := range reads {
+			if _, err := g.ReadAt(make([]byte, 4096), int64(i)*4096); err != nil {
+				t.Fatalf("%s: %v", rel, err)
+			}
+		}
+	}
+	text := filepath.Join(m.dir, "app/text.txt")
+	read4K("app/text.txt", 1)
+	time.Sleep(200 * time.Millisecond)
+	if n, _ := residentPages(t, text); n > 2 {
+		t.Errorf("app/text.txt: %d pages cached after one 4 KiB read, want 1", n)
 	}
 	big := filepath.Join(m.dir, "app/big.bin")
 	want, _ := os.ReadFile(filepath.Join(src, "app/big.bin"))
 	pages := (len(want) + os.Getpagesize() - 1) / os.Getpagesize()
-	read4K("app/big.bin")
+	read4K("app/big.bin", 2)
 	n := 0
 	for i := 0; i < 100 && n < pages; i++ {
 		time.Sleep(50 * time.Millisecond)
@@ -635,7 +648,7 @@ func TestImageMountReadAhead(t *testing.T) {
 		t.Errorf("app/big.bin read back from the cache differs: %v", err)
 	}
 
-	read4K("app/unread/late.bin")
+	read4K("app/unread/late.bin", 2)
 	bad := tamperAt / os.Getpagesize()
 	var vec []byte
 	for i := 0; i < 40; i++ {
