@@ -158,6 +158,7 @@ func MountImage(mountpoint string, opts ImageOptions) (*fuse.Server, error) {
 		return nil, fmt.Errorf("mounting image: reading the squashfs tables: %w", err)
 	}
 	ifs.sq = sq
+	ifs.ahead, ifs.stop = make(chan aheadJob, aheadQueue), make(chan struct{})
 	rootInode, err := sq.Root()
 	if err != nil {
 		sq.Close()
@@ -190,7 +191,6 @@ func MountImage(mountpoint string, opts ImageOptions) (*fuse.Server, error) {
 		sq.Close()
 		return nil, mountError(err)
 	}
-	ifs.ahead, ifs.stop = make(chan aheadJob, aheadQueue), make(chan struct{})
 	go ifs.readAhead()
 	go func() { srv.Wait(); close(ifs.stop); sq.Close() }()
 	return srv, nil
