@@ -65,7 +65,8 @@ func (in *Inode) blockPos(i int) int64 {
 	return pos
 }
 
-// readRun decodes blocks [first, first+k) of in, all whole, into p.
+// readRun decodes blocks [first, first+k) of in, all whole, into p, with
+// one read of their stored bytes.
 func (f *FS) readRun(in *Inode, first, k int, p []byte) (int, error) {
 	bs := int64(f.blockSize)
 	size := int64(in.Size)

@@ -5,10 +5,10 @@
 //
 // It exists because the image mount reads every byte of a program's
 // start-up through it: it decompresses with one shared zstd decoder
-// instead of a new one per block, decodes whole data blocks straight into
-// the caller's buffer, keeps recently decompressed partial blocks, reads
-// runs of consecutive blocks with one ReadAt, and returns the ReaderAt's
-// errors wrapped (%w), so a caller can tell which verified block failed.
+// instead of a new one per block, decodes each block once into a
+// byte-bounded cache (concurrent readers of a block wait for the one
+// decoding), and returns the ReaderAt's errors wrapped (%w), so a caller
+// can tell which verified block failed.
 // It trusts nothing it reads beyond bounds checks: a malformed table is
 // an error wrapping ErrFormat, never a panic.
 package squashfs
