@@ -65,10 +65,10 @@ type imageFS struct {
 	stop  chan struct{} // closed when the mount ends
 }
 
-// aheadJob is a file whose first read did not cover all of it.
+// aheadJob is a file being read through.
 type aheadJob struct {
 	n    *imageNode
-	from int64 // where the first read ended
+	from int64 // where the read that queued it ended
 }
 
 // Read-ahead limits: files queued at once and the largest file read
