@@ -6,21 +6,17 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
-	"io/fs"
 	"log/slog"
-	"os"
 	"path"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/diskfs/go-diskfs/backend/file"
-	"github.com/diskfs/go-diskfs/filesystem"
-	"github.com/diskfs/go-diskfs/filesystem/squashfs"
-
+	"github.com/veil-tee/veil/internal/squashfs"
 	"github.com/veil-tee/veil/trustimage"
 )
 
@@ -37,103 +33,51 @@ type ImageOptions struct {
 	// the host IDs a sandbox's user namespace shows as 0, so the image's
 	// files are root's inside it as they are in the image.
 	UIDShift, GIDShift uint32
-	// OpenFiles is how many files are kept open between reads, each with
-	// its last decompressed block; zero means DefaultOpenFiles.
-	OpenFiles int
-	// CacheSize is the memory for decompressed squashfs metadata and
-	// fragment blocks; zero means DefaultImageCacheSize.
+	// CacheSize is the memory for decompressed data and fragment blocks
+	// kept between reads; zero means DefaultImageCacheSize. (Metadata
+	// blocks, a small part of an image, are kept for the life of the
+	// mount.)
 	CacheSize int
 }
 
 // DefaultImageCacheSize is the default decompressed-block cache of an
 // image mount.
-const DefaultImageCacheSize = 32 << 20
+const DefaultImageCacheSize = 16 << 20
 
 // imageTimeout is how long the kernel may cache entries and attributes:
 // the image cannot change while it is mounted.
 const imageTimeout = 24 * time.Hour
 
-// imageFS is the state shared by every node of one image mount.
-//
-// Reads of the squashfs run in parallel under rw's read lock. go-diskfs
-// keeps no error types, so a call that fails is run once more under the
-// write lock with tracking on: the wrapping ReaderAt then records the
-// Reader's error (the *trustimage.BlockError naming the block) in lastErr.
+// imageFS is the state shared by every node of one image mount. The
+// squashfs reader reads through the verifying trustimage.Reader and is
+// safe for concurrent use: reads of one file and of different files run
+// in parallel.
 type imageFS struct {
 	uidShift, gidShift uint32
 	r                  *trustimage.Reader
 	log                *slog.Logger
-	sq                 *squashfs.FileSystem
-
-	rw       sync.RWMutex
-	tracking bool  // set only under rw.Lock
-	lastErr  error // first error of the image Reader while tracking
+	sq                 *squashfs.FS
 
 	logMu  sync.Mutex
 	logged map[uint64]bool // blocks already reported
 
-	open openFiles // squashfs files kept open between reads
+	ahead chan aheadJob // files to read ahead (readAhead)
+	stop  chan struct{} // closed when the mount ends
 }
 
-// openFiles keeps the squashfs files most recently read open, so a read
-// that falls into the data block the previous read of that file
-// decompressed (and verified) is served from it: a program's loader and
-// the kernel's read-ahead often ask for neighbouring pieces of one block.
-// Bounded: each open file holds at most one block.
-type openFiles struct {
-	max   int
-	mu    sync.Mutex
-	files map[*imageEntry]*openFile
-	tick  uint64
+// aheadJob is a file being read through.
+type aheadJob struct {
+	n    *imageNode
+	from int64 // where the read that queued it ended
 }
 
-// DefaultOpenFiles bounds openFiles: at the default 128 KiB squashfs
-// block size, 8 MiB of decompressed data.
-const DefaultOpenFiles = 64
-
-type openFile struct {
-	mu   sync.Mutex
-	f    filesystem.File
-	used uint64
-}
-
-// get returns the open file of e, opening it (and closing the least
-// recently used one) if need be. The caller locks the result.
-func (o *openFiles) get(e *imageEntry) (*openFile, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.tick++
-	if of := o.files[e]; of != nil {
-		of.used = o.tick
-		return of, nil
-	}
-	f, err := e.entry.Open()
-	if err != nil {
-		return nil, err
-	}
-	if o.files == nil {
-		o.files = map[*imageEntry]*openFile{}
-	}
-	if len(o.files) >= o.max {
-		var oldest *imageEntry
-		for k, v := range o.files {
-			if oldest == nil || v.used < o.files[oldest].used {
-				oldest = k
-			}
-		}
-		delete(o.files, oldest) // its File is dropped; a reader holding it finishes first
-	}
-	of := &openFile{f: f, used: o.tick}
-	o.files[e] = of
-	return of, nil
-}
-
-// drop forgets the open file of e (after a failed read).
-func (o *openFiles) drop(e *imageEntry) {
-	o.mu.Lock()
-	delete(o.files, e)
-	o.mu.Unlock()
-}
+// Read-ahead limits: files queued at once and the largest file read
+// ahead whole.
+const (
+	aheadQueue   = 256
+	aheadMaxFile = 8 << 20
+	aheadPiece   = 128 << 10 // aheadMaxFile / aheadPiece <= 64: one bit each in served
+)
 
 // imageNode is the FUSE node of an image entry. Entries outlive nodes: the
 // kernel may forget a node and look its name up again, which makes a new
@@ -153,8 +97,8 @@ type imageEntry struct {
 	uid    uint32
 	gid    uint32
 	mtime  time.Time
-	target string            // symlink target
-	entry  squashfs.FileStat // nil for the root
+	target string // symlink target
+	inode  *squashfs.Inode
 
 	// Directories: the entries as stored, loaded on first use.
 	dirOnce  sync.Once
@@ -162,6 +106,13 @@ type imageEntry struct {
 	byName   map[string]*imageEntry
 	subdirs  uint32
 	dirErrno syscall.Errno
+
+	// Regular files: set when a read of the file queued its read-ahead,
+	// the aheadPiece pieces the kernel has (served by a read or stored
+	// by read-ahead), one bit each, for files up to aheadMaxFile.
+	queued  atomic.Bool
+	served  atomic.Uint64
+	lastEnd atomic.Int64 // where the last read ended
 }
 
 var (
@@ -195,37 +146,31 @@ func MountImage(mountpoint string, opts ImageOptions) (*fuse.Server, error) {
 		return nil, errors.New("mounting image: no image reader")
 	}
 	ifs := &imageFS{r: opts.Reader, log: opts.Logger, logged: map[uint64]bool{}, uidShift: opts.UIDShift, gidShift: opts.GIDShift}
-	ifs.open.max = opts.OpenFiles
-	if ifs.open.max <= 0 {
-		ifs.open.max = DefaultOpenFiles
-	}
 	if ifs.log == nil {
 		ifs.log = slog.Default()
-	}
-	src := &trackedImage{ifs: ifs}
-	src.SectionReader = io.NewSectionReader(src, 0, opts.Reader.Size())
-	var sq *squashfs.FileSystem
-	rerr, err := ifs.do(func() (err error) {
-		sq, err = squashfs.Read(file.New(src, true), opts.Reader.Size(), 0, 0)
-		return err
-	})
-	if err != nil {
-		if rerr != nil {
-			return nil, fmt.Errorf("mounting image: reading the squashfs tables: %w", rerr)
-		}
-		return nil, fmt.Errorf("mounting image: reading the squashfs tables: %v", err)
 	}
 	cache := opts.CacheSize
 	if cache <= 0 {
 		cache = DefaultImageCacheSize
 	}
-	sq.SetCacheSize(cache)
+	sq, err := squashfs.Open(opts.Reader, opts.Reader.Size(), squashfs.Options{CacheBytes: cache})
+	if err != nil {
+		return nil, fmt.Errorf("mounting image: reading the squashfs tables: %w", err)
+	}
 	ifs.sq = sq
-
+	ifs.ahead, ifs.stop = make(chan aheadJob, aheadQueue), make(chan struct{})
+	rootInode, err := sq.Root()
+	if err != nil {
+		sq.Close()
+		return nil, fmt.Errorf("mounting image: reading the root directory: %w", err)
+	}
+	if rootInode.Type != squashfs.Dir {
+		sq.Close()
+		return nil, fmt.Errorf("mounting image: %w: the root is not a directory", squashfs.ErrFormat)
+	}
 	// The builder stores the root as 0755, owned by root, time zero
-	// (mksquashfs -root-mode 0755 -all-root -all-time 0); go-diskfs does
-	// not expose the root inode itself.
-	root := &imageNode{imageEntry: &imageEntry{ifs: ifs, path: "/", mode: syscall.S_IFDIR | 0o755, mtime: time.Unix(0, 0)}}
+	// (mksquashfs -root-mode 0755 -all-root -all-time 0).
+	root := &imageNode{imageEntry: ifs.entry("/", rootInode)}
 	tmo := imageTimeout
 	srv, err := gofs.Mount(mountpoint, root, &gofs.Options{
 		MountOptions: fuse.MountOptions{
@@ -243,62 +188,19 @@ func MountImage(mountpoint string, opts ImageOptions) (*fuse.Server, error) {
 		NegativeTimeout: &tmo,
 	})
 	if err != nil {
+		sq.Close()
 		return nil, mountError(err)
 	}
+	go ifs.readAhead()
+	go func() { srv.Wait(); close(ifs.stop); sq.Close() }()
 	return srv, nil
-}
-
-// trackedImage is the io.ReaderAt go-diskfs reads the squashfs from: the
-// verifying Reader, remembering the block error of a failed call.
-type trackedImage struct {
-	*io.SectionReader
-	ifs *imageFS
-}
-
-func (t *trackedImage) ReadAt(p []byte, off int64) (int, error) {
-	n, err := t.ifs.r.ReadAt(p, off)
-	if err != nil && err != io.EOF && t.ifs.tracking && t.ifs.lastErr == nil {
-		t.ifs.lastErr = err // rw.Lock is held by whoever called into go-diskfs
-	}
-	return n, err
-}
-
-func (t *trackedImage) Stat() (fs.FileInfo, error) { return imageSize(t.ifs.r.Size()), nil }
-func (t *trackedImage) Close() error               { return nil }
-
-type imageSize int64
-
-func (s imageSize) Name() string       { return trustimage.ImageFile }
-func (s imageSize) Size() int64        { return int64(s) }
-func (s imageSize) Mode() fs.FileMode  { return 0o444 }
-func (s imageSize) ModTime() time.Time { return time.Time{} }
-func (s imageSize) IsDir() bool        { return false }
-func (s imageSize) Sys() any           { return nil }
-
-// do runs f, a call into go-diskfs that may be repeated. If it fails, it
-// runs it again alone with tracking on, and returns the error the image
-// Reader gave (go-diskfs flattens it into text), if any, besides f's.
-func (ifs *imageFS) do(f func() error) (rerr, err error) {
-	ifs.rw.RLock()
-	err = f()
-	ifs.rw.RUnlock()
-	if err == nil {
-		return nil, nil
-	}
-	ifs.rw.Lock()
-	defer ifs.rw.Unlock()
-	ifs.tracking, ifs.lastErr = true, nil
-	err = f()
-	rerr = ifs.lastErr
-	ifs.tracking, ifs.lastErr = false, nil
-	return rerr, err
 }
 
 // fail maps an error of a squashfs read to the errno a program sees and
 // logs it: once per bad block, naming the file, the offset and the block.
-func (ifs *imageFS) fail(p, op string, off int64, rerr, err error) syscall.Errno {
+func (ifs *imageFS) fail(p, op string, off int64, err error) syscall.Errno {
 	var be *trustimage.BlockError
-	if errors.As(rerr, &be) {
+	if errors.As(err, &be) {
 		ifs.logMu.Lock()
 		seen := ifs.logged[be.Block]
 		ifs.logged[be.Block] = true
@@ -308,9 +210,6 @@ func (ifs *imageFS) fail(p, op string, off int64, rerr, err error) syscall.Errno
 				"block", be.Block, "area", be.Area, "reason", be.Reason)
 		}
 		return syscall.EIO
-	}
-	if rerr != nil {
-		err = rerr
 	}
 	ifs.log.Error("reading image failed", "file", p, "op", op, "offset", off, "err", err)
 	return syscall.EIO
@@ -330,61 +229,50 @@ func ino(p string) uint64 {
 	return n
 }
 
-// newChild describes a stored entry; ok is false for entries the mount
+// entry describes a stored inode at path p; nil for the kinds the mount
 // does not serve (devices, fifos, sockets).
-func (n *imageEntry) newChild(fi os.FileInfo) (*imageEntry, bool) {
-	st, ok := fi.Sys().(squashfs.FileStat)
-	if !ok {
-		return nil, false
-	}
+func (ifs *imageFS) entry(p string, in *squashfs.Inode) *imageEntry {
 	c := &imageEntry{
-		ifs: n.ifs, path: path.Join(n.path, fi.Name()), entry: st,
-		mode: uint32(fi.Mode().Perm()), uid: st.UID(), gid: st.GID(), mtime: fi.ModTime(),
+		ifs: ifs, path: p, inode: in,
+		// Permission bits only: setuid, setgid and sticky are not served.
+		mode: uint32(in.Perm & 0o777), uid: in.UID, gid: in.GID, mtime: time.Unix(in.Mtime, 0),
 	}
-	switch fi.Mode().Type() {
-	case fs.ModeDir:
+	switch in.Type {
+	case squashfs.Dir:
 		c.mode |= syscall.S_IFDIR
-	case fs.ModeSymlink:
+	case squashfs.Symlink:
 		c.mode |= syscall.S_IFLNK
-		t, err := st.Readlink()
-		if err != nil {
-			return nil, false
-		}
-		c.target = t
-		c.size = uint64(len(t))
-	case 0:
+		c.target = in.Target
+		c.size = uint64(len(in.Target))
+	case squashfs.File:
 		c.mode |= syscall.S_IFREG
-		c.size = uint64(fi.Size())
+		c.size = in.Size
 	default:
-		return nil, false
+		return nil
 	}
-	return c, true
+	return c
 }
 
 // load reads the directory's entries once, in stored order.
 func (n *imageEntry) load() syscall.Errno {
 	n.dirOnce.Do(func() {
-		var infos []os.FileInfo
-		be, err := n.ifs.do(func() (err error) {
-			infos, err = n.ifs.sq.ReadDir(n.path)
-			return err
-		})
+		ents, err := n.ifs.sq.ReadDir(n.inode)
 		if err != nil {
-			n.dirErrno = n.ifs.fail(n.path, "listing directory", 0, be, err)
+			n.dirErrno = n.ifs.fail(n.path, "listing directory", 0, err)
 			return
 		}
-		n.byName = make(map[string]*imageEntry, len(infos))
-		for _, fi := range infos {
-			c, ok := n.newChild(fi)
-			if !ok {
-				n.ifs.log.Debug("image entry not served", "file", path.Join(n.path, fi.Name()), "mode", fi.Mode().String())
+		n.byName = make(map[string]*imageEntry, len(ents))
+		for _, e := range ents {
+			c := n.ifs.entry(path.Join(n.path, e.Name), e.Inode)
+			if c == nil {
+				n.ifs.log.Debug("image entry not served", "file", path.Join(n.path, e.Name))
 				continue
 			}
 			if c.mode&syscall.S_IFMT == syscall.S_IFDIR {
 				n.subdirs++
 			}
 			n.children = append(n.children, c)
-			n.byName[fi.Name()] = c
+			n.byName[e.Name] = c
 		}
 	})
 	return n.dirErrno
@@ -470,7 +358,7 @@ func (n *imageNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, ui
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND|syscall.O_CREAT) != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	if n.mode&syscall.S_IFMT != syscall.S_IFREG || n.entry == nil {
+	if n.mode&syscall.S_IFMT != syscall.S_IFREG {
 		return nil, 0, syscall.EISDIR
 	}
 	return nil, 0, syscall.ENOSYS
@@ -481,52 +369,91 @@ func (n *imageNode) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno
 	return syscall.ENOSYS
 }
 
-// Read serves file content. Each call reads through a new go-diskfs file
-// (a small struct), so reads of one file and of different files run in
-// parallel; decompressed fragment and metadata blocks are shared through
-// go-diskfs's cache. The kernel keeps what it read in its page cache (the
-// image is immutable and those pages were verified when they were read).
+// Read serves file content, read, verified and decompressed by the
+// squashfs reader; reads of one file and of different files run in
+// parallel. The kernel keeps what it read in its page cache (the image is
+// immutable and those pages were verified when they were read).
 func (n *imageNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if n.mode&syscall.S_IFMT != syscall.S_IFREG || n.entry == nil {
+	if n.mode&syscall.S_IFMT != syscall.S_IFREG {
 		return nil, syscall.EISDIR
 	}
-	if off >= int64(n.size) {
-		return fuse.ReadResultData(nil), 0
+	got, err := n.ifs.sq.ReadAt(n.inode, dest, off)
+	if err != nil && err != io.EOF {
+		return nil, n.ifs.fail(n.path, "reading", off+int64(got), err)
 	}
-	dest = dest[:min(int64(len(dest)), int64(n.size)-off)]
-	got := 0
-	rerr, err := n.ifs.do(func() error {
-		got = 0
-		of, err := n.ifs.open.get(n.imageEntry)
-		if err != nil {
-			return err
+	end := off + int64(got)
+	n.markServed(off, end)
+	// A read that starts where the previous one ended (a program reading
+	// the file through, or the kernel's read-ahead of it) queues the rest
+	// of the file; scattered reads (a mapped library's page faults) do not.
+	prev := n.lastEnd.Swap(end)
+	if off > 0 && off == prev && end < int64(n.size) && n.size <= aheadMaxFile && !n.queued.Swap(true) {
+		select {
+		case n.ifs.ahead <- aheadJob{n: n, from: end}:
+		default: // the queue is full: the kernel asks for the rest itself
 		}
-		of.mu.Lock()
-		defer of.mu.Unlock()
-		f := of.f
-		if _, err := f.Seek(off, io.SeekStart); err != nil {
-			return err
-		}
-		for got < len(dest) {
-			m, err := f.Read(dest[got:])
-			got += m
-			if err == io.EOF {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if m == 0 {
-				return io.ErrNoProgress
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		n.ifs.open.drop(n.imageEntry)
-		return nil, n.ifs.fail(n.path, "reading", off+int64(got), rerr, err)
 	}
 	return fuse.ReadResultData(dest[:got]), 0
+}
+
+// readAhead reads the rest of each queued file, through the same
+// verifying reader as Read, and stores it in the kernel's page cache
+// (FUSE_NOTIFY_STORE): the program's later reads and page faults of that
+// file are then served by the kernel without a round trip to the mount,
+// and the decoding runs beside the program instead of between its reads.
+// One goroutine: on two cores the other is the program's. Nothing it
+// stores was not verified first; a read that fails stops that file (the
+// program's own read of the block then fails and is logged).
+func (ifs *imageFS) readAhead() {
+	buf := make([]byte, aheadPiece)
+	for {
+		var job aheadJob
+		select {
+		case <-ifs.stop:
+			return
+		case job = <-ifs.ahead:
+		}
+		n := job.n
+		pieces := (int64(n.size) + aheadPiece - 1) / aheadPiece
+		// From where the first read ended to the end, then the start;
+		// pieces the kernel already has are skipped.
+		for k := int64(0); k < pieces; k++ {
+			i := (job.from/aheadPiece + k) % pieces
+			if n.served.Load()&(1<<i) != 0 {
+				continue
+			}
+			select {
+			case <-ifs.stop:
+				return
+			default:
+			}
+			off := i * aheadPiece
+			got, err := ifs.sq.ReadAt(n.inode, buf, off)
+			if (err != nil && err != io.EOF) || got == 0 || n.WriteCache(off, buf[:got]) != 0 {
+				break
+			}
+			n.markServed(off, off+int64(got))
+		}
+	}
+}
+
+// markServed records the read-ahead pieces that [off, end) covers whole
+// (the last one up to the end of the file).
+func (n *imageEntry) markServed(off, end int64) {
+	if n.size > aheadMaxFile {
+		return
+	}
+	first, last := (off+aheadPiece-1)/aheadPiece, end/aheadPiece
+	if end >= int64(n.size) {
+		last = (int64(n.size) + aheadPiece - 1) / aheadPiece
+	}
+	var m uint64
+	for i := first; i < last; i++ {
+		m |= 1 << i
+	}
+	if m != 0 {
+		n.served.Or(m)
+	}
 }
 
 // Every change is refused: the mount is also mounted ro, so the kernel

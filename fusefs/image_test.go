@@ -18,8 +18,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/veil-tee/veil/config"
 	"github.com/veil-tee/veil/trustimage"
@@ -175,7 +177,9 @@ func ownFDs(t testing.TB) int {
 	return n
 }
 
-func mountTestImage(t testing.TB, b *trustimage.LoadedBuild, key []byte, openFiles ...int) *imageMount {
+// mountTestImage mounts b; cacheBlocks, if given, bounds the mount's block
+// cache to that many 128 KiB blocks.
+func mountTestImage(t testing.TB, b *trustimage.LoadedBuild, key []byte, cacheBlocks ...int) *imageMount {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		veiltest.Skip(t, "FUSE mounts in tests need root")
@@ -191,8 +195,8 @@ func mountTestImage(t testing.TB, b *trustimage.LoadedBuild, key []byte, openFil
 	dir := t.TempDir()
 	lb := &logBuf{}
 	opts := ImageOptions{Reader: r, Logger: slog.New(slog.NewTextHandler(lb, nil))}
-	if len(openFiles) > 0 {
-		opts.OpenFiles = openFiles[0]
+	if len(cacheBlocks) > 0 {
+		opts.CacheSize = cacheBlocks[0] << 17
 	}
 	srv, err := MountImage(dir, opts)
 	if err != nil {
@@ -410,16 +414,15 @@ func TestImageMountRefusesWrites(t *testing.T) {
 	}
 }
 
-// TestImageMountTamperIsEIO changes one byte of a file's data in the image
-// file on disk while the image is mounted: reading that file is EIO and
-// the log names the file, the offset and the block; other files still read.
-func TestImageMountTamperIsEIO(t *testing.T) {
-	var src string
-	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", nil)
-	m := mountTestImage(t, b, nil)
+// tamperAt is where tamperLate changes app/unread/late.bin.
+const tamperAt = 300 << 10
 
-	// app/unread/late.bin is incompressible, so squashfs stores its bytes
-	// as they are: find them in the image file.
+// tamperLate flips one bit of app/unread/late.bin at tamperAt in the image
+// file on disk. The file is incompressible, so squashfs stores its bytes
+// as they are: they are found in the image file. It returns the file's
+// bytes and the index of the changed image block.
+func tamperLate(t *testing.T, b *trustimage.LoadedBuild, src string) ([]byte, int) {
+	t.Helper()
 	late, err := os.ReadFile(filepath.Join(src, "app/unread/late.bin"))
 	if err != nil {
 		t.Fatal(err)
@@ -428,8 +431,7 @@ func TestImageMountTamperIsEIO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const at = 300 << 10
-	pos := bytes.Index(img, late[at:at+256])
+	pos := bytes.Index(img, late[tamperAt:tamperAt+256])
 	if pos < 0 {
 		t.Fatal("file data not found in the image")
 	}
@@ -437,13 +439,23 @@ func TestImageMountTamperIsEIO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
 	if _, err := f.WriteAt([]byte{img[pos] ^ 0x01}, int64(pos)); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
-	block := pos / trustimage.BlockSize
+	return late, pos / trustimage.BlockSize
+}
 
-	_, err = os.ReadFile(filepath.Join(m.dir, "app/unread/late.bin"))
+// TestImageMountTamperIsEIO changes one byte of a file's data in the image
+// file on disk while the image is mounted: reading that file is EIO and
+// the log names the file, the offset and the block; other files still read.
+func TestImageMountTamperIsEIO(t *testing.T) {
+	var src string
+	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", nil)
+	m := mountTestImage(t, b, nil)
+	late, block := tamperLate(t, b, src)
+
+	_, err := os.ReadFile(filepath.Join(m.dir, "app/unread/late.bin"))
 	if !errors.Is(err, syscall.EIO) {
 		t.Fatalf("reading the tampered file: %v, want EIO", err)
 	}
@@ -456,7 +468,7 @@ func TestImageMountTamperIsEIO(t *testing.T) {
 	if _, err := g.ReadAt(head, 0); err != nil || !bytes.Equal(head, late[:4096]) {
 		t.Errorf("reading the start of the file: %v", err)
 	}
-	if _, err := g.ReadAt(head, at); !errors.Is(err, syscall.EIO) {
+	if _, err := g.ReadAt(head, tamperAt); !errors.Is(err, syscall.EIO) {
 		t.Errorf("reading at the tampered offset: %v, want EIO", err)
 	}
 	g.Close()
@@ -508,8 +520,8 @@ var time0 = time.Unix(0, 0)
 func TestImageMountConcurrentReads(t *testing.T) {
 	var src string
 	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", nil)
-	// Fewer open files than files read at once: every read may find its
-	// file evicted by another.
+	// A block cache smaller than the blocks read at once: every read may
+	// find its block evicted by another.
 	m := mountTestImage(t, b, nil, 2)
 	var files []string
 	filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
@@ -558,5 +570,105 @@ func TestImageMountConcurrentReads(t *testing.T) {
 	check(2)
 	if m.log.String() != "" {
 		t.Errorf("unexpected log: %s", m.log.String())
+	}
+}
+
+// residentPages maps the file at p and reports how many of its pages are
+// in the kernel's page cache, and which of them.
+func residentPages(t *testing.T, p string) (int, []byte) {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatal(e)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n, vec
+}
+
+// TestImageMountReadAhead: sequential reads of a file make the mount read
+// the rest of it into the kernel's page cache, where later reads find
+// the file's own bytes; a block that fails verification is never stored,
+// so reading it is still EIO, logged once.
+func TestImageMountReadAhead(t *testing.T) {
+	var src string
+	b := buildTestImage(t, func(dir string) { writeImageTree(t, dir); src = filepath.Join(dir, "image") }, "", nil)
+	tamperLate(t, b, src)
+	m := mountTestImage(t, b, nil)
+
+	// Two sequential 4 KiB reads (the kernel's own read-ahead off) start
+	// the mount's read-ahead of the file; one read alone does not.
+	read4K := func(rel string, reads int) {
+		g, err := os.Open(filepath.Join(m.dir, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		if err := unix.Fadvise(int(g.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
+			t.Fatal(err)
+		}
+		for i := range reads {
+			if _, err := g.ReadAt(make([]byte, 4096), int64(i)*4096); err != nil {
+				t.Fatalf("%s: %v", rel, err)
+			}
+		}
+	}
+	text := filepath.Join(m.dir, "app/text.txt")
+	read4K("app/text.txt", 1)
+	time.Sleep(200 * time.Millisecond)
+	if n, _ := residentPages(t, text); n > 2 {
+		t.Errorf("app/text.txt: %d pages cached after one 4 KiB read, want 1", n)
+	}
+	big := filepath.Join(m.dir, "app/big.bin")
+	want, _ := os.ReadFile(filepath.Join(src, "app/big.bin"))
+	pages := (len(want) + os.Getpagesize() - 1) / os.Getpagesize()
+	read4K("app/big.bin", 2)
+	n := 0
+	for i := 0; i < 100 && n < pages; i++ {
+		time.Sleep(50 * time.Millisecond)
+		n, _ = residentPages(t, big)
+	}
+	if n < pages {
+		t.Errorf("app/big.bin: %d of %d pages cached after its first read", n, pages)
+	}
+	if got, err := os.ReadFile(big); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("app/big.bin read back from the cache differs: %v", err)
+	}
+
+	read4K("app/unread/late.bin", 2)
+	bad := tamperAt / os.Getpagesize()
+	var vec []byte
+	for i := 0; i < 40; i++ {
+		time.Sleep(50 * time.Millisecond)
+		if _, vec = residentPages(t, filepath.Join(m.dir, "app/unread/late.bin")); vec[bad-1]&1 != 0 {
+			break
+		}
+	}
+	if vec[bad]&1 != 0 {
+		t.Error("the page of the tampered block is in the page cache")
+	}
+	g, err := os.Open(filepath.Join(m.dir, "app/unread/late.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if _, err := g.ReadAt(make([]byte, 4096), tamperAt); !errors.Is(err, syscall.EIO) {
+		t.Errorf("reading the tampered block after read-ahead: %v, want EIO", err)
+	}
+	if c := strings.Count(m.log.String(), "image block failed verification"); c != 1 {
+		t.Errorf("%d log lines for one bad block, want 1:\n%s", c, m.log.String())
 	}
 }

@@ -7,6 +7,10 @@
 # veil attestation, key release and mounts).
 #
 # usage: scripts/bench-people.sh [ROWS...]   (default: 1000000 10000000)
+#
+# BASELINE=/path/to/an/older/veil adds rows for that binary, run in the same
+# loop (plain, veil, baseline alternating) on the same instances: the
+# before/after of a change in one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${COUNT:-5}
@@ -19,7 +23,7 @@ export TMPDIR=${TMPDIR:-/var/tmp}
 people=$examples_dir/people
 
 echo "== machine"
-echo "date:  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "date:  $(date -u +%Y-%m-%dT%H:%M:%SZ), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "cpu:   $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores)"
 echo "mem:   $(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
 echo "veil:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -62,22 +66,27 @@ probe() {
 	"$VEIL" build -C "$d/inst" >/dev/null 2>&1
 	as_owner alice "$VEIL" kms policy create --name probe --from-instance "$d/inst" --key people-key --allow-sim >/dev/null
 	local what cmd i t
-	printf '\n%-44s %9s %9s\n' "start-up (medians of $COUNT)" plain veil
+	printf '\n%-44s %9s %9s %9s\n' "start-up (medians of $COUNT)" plain veil "${BASELINE:+baseline}"
 	for what in "python3 -c pass" "python3 -c 'import pandas'" "python3 -c 'open(\"/data/people.csv\").read()'"; do
 		case $what in
 		*pass) cmd=(-c pass) ;;
 		*pandas*) cmd=(-c "import pandas") ;;
 		*) cmd=(-c "open('/data/people.csv').read()") ;;
 		esac
-		local p=() v=()
+		local p=() v=() b=()
 		for i in $(seq "$COUNT"); do
 			if [[ $what != *open* ]]; then
 				s=$(now); "$PYTHON" "${cmd[@]}"; e=$(now); p+=("$(awk -v s="$s" -v e="$e" 'BEGIN {printf "%.3f", e - s}')")
 			fi
 			s=$(now); "$VEIL" run -C "$d/inst" /usr/bin/python3 "${cmd[@]}" 2>/dev/null; e=$(now)
 			v+=("$(awk -v s="$s" -v e="$e" 'BEGIN {printf "%.3f", e - s}')")
+			if [ -n "${BASELINE:-}" ]; then
+				s=$(now); "$BASELINE" run -C "$d/inst" /usr/bin/python3 "${cmd[@]}" 2>/dev/null; e=$(now)
+				b+=("$(awk -v s="$s" -v e="$e" 'BEGIN {printf "%.3f", e - s}')")
+			fi
 		done
-		printf '%-44s %9s %9s\n' "$what" "$( [ ${#p[@]} -gt 0 ] && printf '%s\n' "${p[@]}" | median || echo -)" "$(printf '%s\n' "${v[@]}" | median)"
+		printf '%-44s %9s %9s %9s\n' "$what" "$( [ ${#p[@]} -gt 0 ] && printf '%s\n' "${p[@]}" | median || echo -)" "$(printf '%s\n' "${v[@]}" | median)" \
+			"$( [ ${#b[@]} -gt 0 ] && printf '%s\n' "${b[@]}" | median || true)"
 	done
 	rm -rf "$d"
 }
@@ -98,17 +107,21 @@ for rows in "${sizes[@]}"; do
 	as_owner alice "$VEIL" kms policy create --name "bench-$rows" --from-instance "$d/inst" --key people-key --allow-sim >/dev/null
 	: >"$d/plain.txt"
 	: >"$d/veil.txt"
+	: >"$d/baseline.txt"
 	# Warm the page cache once for each, then alternate plain and veil runs.
 	timed "$d/err" "$PYTHON" "$people/app/query.py" "$d/plain/people.csv" "$d/plain/out.csv" >/dev/null
 	timed "$d/err" "$VEIL" run -C "$d/inst" /app/query.py >/dev/null
 	for i in $(seq "$COUNT"); do
 		timed "$d/err" "$PYTHON" "$people/app/query.py" "$d/plain/people.csv" "$d/plain/out.csv" >>"$d/plain.txt"
 		timed "$d/err" "$VEIL" run -C "$d/inst" /app/query.py >>"$d/veil.txt"
+		if [ -n "${BASELINE:-}" ]; then
+			timed "$d/err" "$BASELINE" run -C "$d/inst" /app/query.py >>"$d/baseline.txt"
+		fi
 	done
 	as_owner alice "$VEIL" decrypt -i "$d/host/out.csv" -o "$d/veil-out.csv" >/dev/null
 	cmp "$d/veil-out.csv" "$d/plain/out.csv"
 	pt=$(col 1 <"$d/plain.txt" | median)
-	for where in plain veil; do
+	for where in plain veil ${BASELINE:+baseline}; do
 		f=$d/$where.txt
 		t=$(col 1 <"$f" | median); r=$(col 2 <"$f" | median); c=$(col 3 <"$f" | median); w=$(col 4 <"$f" | median)
 		o=$(awk -v t="$t" -v r="$r" -v c="$c" -v w="$w" 'BEGIN {printf "%.3f", t - r - c - w}')
@@ -117,4 +130,5 @@ for rows in "${sizes[@]}"; do
 	done
 	rm -rf "$d"
 done
+echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "(seconds, medians of $COUNT; other = total - read - compute - write: interpreter start-up, and inside veil verification, attestation, key release, mounts, sandbox)"

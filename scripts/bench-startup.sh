@@ -5,7 +5,8 @@
 # service releases after checking the evidence). Prints medians of COUNT
 # runs in milliseconds. Needs root (or user namespaces), FUSE, mksquashfs
 # and Go (to build the trivial program). VEIL_TIMING=1 on one run shows
-# where the time goes.
+# where the time goes. BASELINE=/path/to/an/older/veil adds rows for that
+# binary, alternating with this one in the same loop (before/after).
 set -euo pipefail
 COUNT=${COUNT:-15}
 source "$(dirname "$0")/../examples/lib.sh"
@@ -46,17 +47,29 @@ PY
 "$VEIL" build -C "$WORK/hello-kms" >/dev/null 2>&1
 as_owner alice "$VEIL" kms policy create --from-instance "$WORK/hello-kms" --key bench-key --allow-sim >/dev/null
 
-nat=(); run=(); kms=()
+nat=(); run=(); kms=(); brun=(); bkms=()
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 for _ in $(seq "$COUNT"); do
 	nat+=("$(ms "$WORK/hello-bin")")
 	run+=("$(ms "$VEIL" run -C "$WORK/hello" /bin/hello)")
 	kms+=("$(ms "$VEIL" run -C "$WORK/hello-kms" /bin/hello)")
+	if [ -n "${BASELINE:-}" ]; then
+		brun+=("$(ms "$BASELINE" run -C "$WORK/hello" /bin/hello)")
+		bkms+=("$(ms "$BASELINE" run -C "$WORK/hello-kms" /bin/hello)")
+	fi
 done
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 n=$(printf '%s\n' "${nat[@]}" | median)
 r=$(printf '%s\n' "${run[@]}" | median)
 k=$(printf '%s\n' "${kms[@]}" | median)
 printf '%-44s %6s ms\n' "native exec (median of $COUNT)" "$n"
 printf '%-44s %6s ms  (overhead %s ms)\n' "veil run, sim, no key service" "$r" "$((r - n))"
 printf '%-44s %6s ms  (overhead %s ms)\n' "veil run, sim, attested key from local KMS" "$k" "$((k - n))"
+if [ -n "${BASELINE:-}" ]; then
+	r=$(printf '%s\n' "${brun[@]}" | median)
+	k=$(printf '%s\n' "${bkms[@]}" | median)
+	printf '%-44s %6s ms  (overhead %s ms)\n' "baseline: veil run, sim, no key service" "$r" "$((r - n))"
+	printf '%-44s %6s ms  (overhead %s ms)\n' "baseline: the same with the local KMS" "$k" "$((k - n))"
+fi
 echo "where the time goes (one run, VEIL_TIMING=1):"
 VEIL_TIMING=1 "$VEIL" run -C "$WORK/hello-kms" /bin/hello 2>&1 | grep 'timing:' | sed 's/^veil: timing: /  /'

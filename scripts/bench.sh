@@ -3,6 +3,11 @@
 # end-to-end 1 GiB seal/open measurement and the people query (plaintext vs
 # veil); print machine information first.
 # Results are copied by hand into docs/performance.md.
+# BASELINE=/path/to/an/older/veil makes the start-up and people runs time
+# that binary too, alternating with this one (before/after in one run).
+# The Go benchmarks include the image mount's (fusefs, ReadAll) and the
+# squashfs reader's (internal/squashfs); `go test` runs each once
+# (TestImageBenchmarks, TestBenchmarks) so that they keep working.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${COUNT:-5}
@@ -16,6 +21,7 @@ echo "cpu:   $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores)"
 echo "mem:   $(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
 echo "go:    $(go version)"
 echo "veil:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "load:  $(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo "== go benchmarks (count=$COUNT) -> $out"
 go test -run '^$' -bench . -benchmem -count "$COUNT" $PKGS | tee "$out" | grep -E '^(Benchmark|ok|FAIL)' || true

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 )
 
 // Reader errors.
@@ -175,11 +176,12 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 	}
 	first := uint64(off / BlockSize)
 	last := uint64((off + int64(len(p)) - 1) / BlockSize)
-	const chunk = 64
-	buf := make([]byte, min(last-first+1, chunk)*BlockSize)
+	bp := readBufs.Get().(*[]byte)
+	defer readBufs.Put(bp)
+	buf := *bp
 	n := 0
-	for b := first; b <= last; b += chunk {
-		cnt := min(chunk, last-b+1)
+	for b := first; b <= last; b += readChunk {
+		cnt := min(readChunk, last-b+1)
 		blk := buf[:cnt*BlockSize]
 		if err := r.readBlocks(blk, b); err != nil {
 			return n, err
@@ -195,6 +197,12 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return n, nil
 }
+
+// readChunk is how many blocks ReadAt reads, verifies and decrypts at a
+// time, into a pooled buffer.
+const readChunk = 64
+
+var readBufs = sync.Pool{New: func() any { b := make([]byte, readChunk*BlockSize); return &b }}
 
 // readBlocks reads, verifies and decrypts blocks [first, first+len/BlockSize).
 func (r *Reader) readBlocks(buf []byte, first uint64) error {
