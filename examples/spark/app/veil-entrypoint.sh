@@ -40,8 +40,8 @@ spark.ui.showConsoleProgress        false
 spark.driver.memory                 512m
 spark.executor.memory               768m
 spark.executor.cores                1
-spark.sql.shuffle.partitions        8
-spark.sql.files.maxPartitionBytes   4m
+spark.sql.shuffle.partitions        4
+spark.sql.files.maxPartitionBytes   1m
 spark.sql.adaptive.enabled          false
 spark.worker.cleanup.enabled        false
 spark.deploy.recoveryMode           NONE

@@ -1,0 +1,221 @@
+package sparkcluster
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/veil-tee/veil/internal/veiltest"
+)
+
+var veil string
+
+func TestMain(m *testing.M) { veiltest.Main(m, &veil) }
+
+// peopleRows is the size of the people query's input: enough for tasks
+// on both workers (1 MiB splits) and a job that outlasts a worker's kill.
+const peopleRows = 150000
+
+// TestCluster runs a Spark standalone cluster of veil instances on six
+// hosts (key service, owner, master, two workers, driver) plus a rogue
+// host, and checks, in one cluster to keep within the time budget:
+//
+//   - a worker started while the key service is down fails with an error
+//     naming the key service, within a bound (veil's three connection
+//     attempts), and starts once the service is back;
+//   - a worker built from a changed image (its measurement not in the
+//     policy) gets no secret, never starts a JVM and never registers;
+//   - the people query (examples/spark/jobs/people_query.py), submitted
+//     from the driver's host, survives the kill -9 of a worker's veil
+//     process in the middle of the job: its sealed part files, decrypted
+//     by the owner, hold the same rows as the same file run on the
+//     plaintext in local mode outside veil, and nothing stays mounted for
+//     the killed worker;
+//   - a sealed input tampered with on the shared storage fails the job
+//     (Spark reports the I/O error; the worker's veil names the file and
+//     the block that failed), and no part file appears.
+func TestCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a Spark cluster: minutes on two cores")
+	}
+	if err := exec.Command("/usr/bin/python3", "-c", "import numpy").Run(); err != nil {
+		veiltest.Skip(t, "needs the Debian package python3-numpy (the people generator)")
+	}
+	c := New(t, veil, 2, "rogue")
+	ex := ExampleDir()
+	job := filepath.Join(ex, "jobs", "people_query.py")
+
+	// The owner's data: people.csv, sealed onto the shared storage, and
+	// a tampered copy (one byte of its body flipped).
+	plainIn := filepath.Join(c.Work, "owner", "people.csv")
+	if out, err := exec.Command("/usr/bin/python3", filepath.Join(ex, "..", "people", "gen_people.py"),
+		"--rows", strconv.Itoa(peopleRows), plainIn).CombinedOutput(); err != nil {
+		t.Fatalf("gen_people.py: %v\n%s", err, out)
+	}
+	c.Seal(plainIn, "in/people.csv")
+	sealed, err := os.ReadFile(filepath.Join(c.Shared, "in", "people.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed[len(sealed)/2] ^= 0x40
+	writeFile(t, filepath.Join(c.Shared, "in", "tampered.csv"), sealed, 0o644)
+
+	// The plaintext run, outside veil, while the cluster comes up.
+	plainOut := filepath.Join(c.Work, "owner", "plain-out")
+	type result struct {
+		out []byte
+		err error
+	}
+	plainDone := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		out, err := Plain(ctx, c.Pyspark, job, plainIn, plainOut)
+		plainDone <- result{out, err}
+	}()
+
+	inst, took := c.Build("spark", nil)
+	t.Logf("veil build of the Spark instance: %v, measurement %s", took.Round(time.Millisecond), c.Measurement(inst))
+	rogue, _ := c.Build("rogue", map[string]string{"opt/spark/extra.txt": "a changed image\n"})
+	c.Allow(inst)
+
+	// The key service is down when a worker starts.
+	c.StopKMS()
+	start := time.Now()
+	w := c.Start("worker1", inst, "worker", c.MasterURL())
+	werr := w.Wait(time.Minute)
+	t.Logf("worker with the key service down: ended after %v: %v", time.Since(start).Round(time.Millisecond), werr)
+	if werr == nil || !regexp.MustCompile(`(?i)key service.*owner|owner.*key service`).MatchString(w.Output()) ||
+		strings.Contains(w.Output(), "Starting Spark worker") {
+		t.Fatalf("a worker with its key service down: %v, want an error naming the key service and no JVM:\n%s", werr, w.Output())
+	}
+	c.StartKMS()
+
+	clusterStart := time.Now()
+	master := c.Start("master", inst, "master")
+	master.WaitLog(`Starting Spark master at spark://`+regexp.QuoteMeta(c.Net.Host("master").IP), 3*time.Minute)
+	w1 := c.Start("worker1", inst, "worker", c.MasterURL())
+	w2 := c.Start("worker2", inst, "worker", c.MasterURL())
+	w1.WaitLog(`Successfully registered with master`, 3*time.Minute)
+	w2.WaitLog(`Successfully registered with master`, 3*time.Minute)
+	t.Logf("cluster up (master and two workers attested and registered): %v", time.Since(clusterStart).Round(time.Millisecond))
+
+	// A worker from a changed image.
+	rw := c.Start("rogue", rogue, "worker", c.MasterURL())
+	rerr := rw.Wait(time.Minute)
+	if rerr == nil || !strings.Contains(rw.Output(), "veil: error:") || strings.Contains(rw.Output(), "Starting Spark worker") {
+		t.Fatalf("the rogue worker: %v, want a refusal before any JVM:\n%s", rerr, rw.Output())
+	}
+	t.Logf("the rogue worker was refused: %s", lastLine(rw.Output()))
+
+	// The people query, with worker2 killed once it runs a task.
+	jobStart := time.Now()
+	d := c.Start("driver", inst, "driver", c.MasterURL(), "people_query", "/data/in/people.csv", "/data/out/people")
+	d.WaitLog(`Starting task .*\(`+regexp.QuoteMeta(c.Net.Host("worker2").IP)+`, executor`, 4*time.Minute)
+	if !w2.Kill(30 * time.Second) {
+		t.Fatal("worker2's veil did not end within 30 s of SIGKILL")
+	}
+	if !d.Running() {
+		t.Fatal("the job had ended before worker2 was killed: make its input bigger")
+	}
+	t.Logf("killed worker2's veil %v into the job", time.Since(jobStart).Round(time.Millisecond))
+	if err := d.Wait(5 * time.Minute); err != nil {
+		t.Fatalf("the people query failed after the kill: %v", err)
+	}
+	t.Logf("people query on the cluster (%d rows, a worker killed): %v", peopleRows, time.Since(jobStart).Round(time.Millisecond))
+	if !regexp.MustCompile(`(?i)lost executor|executor.*lost|Removing executor`).MatchString(d.Output()) {
+		t.Errorf("the driver never noticed the lost executor")
+	}
+	if m := Mounted("run/r-" + strconv.Itoa(w2.Cmd.Process.Pid)); len(m) > 0 {
+		t.Errorf("mounts left for the killed worker: %v", m)
+	}
+
+	pr := <-plainDone
+	if pr.err != nil {
+		t.Fatalf("the plaintext run: %v\n%s", pr.err, pr.out)
+	}
+	parts, _ := filepath.Glob(filepath.Join(c.Shared, "out", "people", "part-*.csv"))
+	if len(parts) == 0 {
+		t.Fatal("the cluster wrote no part files")
+	}
+	var got []byte
+	for i, p := range parts {
+		dec := filepath.Join(c.Work, "owner", "veil-part-"+strconv.Itoa(i)+".csv")
+		c.Decrypt(p, dec)
+		b, err := os.ReadFile(dec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, b...)
+	}
+	plainParts, _ := filepath.Glob(filepath.Join(plainOut, "part-*.csv"))
+	var want []byte
+	for _, p := range plainParts {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, b...)
+	}
+	gotRows, wantRows := rows(got), rows(want)
+	if len(wantRows) != 10 || !slices.Equal(gotRows, wantRows) {
+		t.Fatalf("the cluster's result differs from the plaintext run's:\n--- cluster\n%s\n--- plaintext\n%s",
+			strings.Join(gotRows, "\n"), strings.Join(wantRows, "\n"))
+	}
+	t.Logf("result (%d part files) equals the plaintext run's: %s", len(parts), strings.Join(gotRows, " "))
+
+	// A tampered sealed input fails the job, naming the file.
+	tstart := time.Now()
+	d2 := c.Start("driver", inst, "driver", c.MasterURL(), "people_query", "/data/in/tampered.csv", "/data/out/tampered")
+	if err := d2.Wait(4 * time.Minute); err == nil {
+		t.Fatal("the job on a tampered input succeeded")
+	}
+	t.Logf("the job on a tampered input failed after %v", time.Since(tstart).Round(time.Millisecond))
+	// Spark reports the read error (EIO); the worker's veil, whose sealed
+	// mount refused the block, names the file (its path in the mount).
+	if !strings.Contains(d2.Output(), "Input/output error") {
+		t.Errorf("the driver does not report the read error")
+	}
+	if !regexp.MustCompile(`sealed file failed its integrity check","file":"/in/tampered.csv"`).MatchString(w1.Output()) {
+		t.Errorf("the worker's log does not name the tampered file")
+	}
+	if p, _ := filepath.Glob(filepath.Join(c.Shared, "out", "tampered", "part-*")); len(p) > 0 {
+		t.Errorf("part files of the failed job: %v", p)
+	}
+
+	// The shared storage holds no plaintext.
+	filepath.WalkDir(c.Shared, func(p string, de os.DirEntry, err error) error {
+		if err == nil && de.Type().IsRegular() {
+			if b, _ := os.ReadFile(p); bytes.Contains(b, []byte("Engineer")) {
+				t.Errorf("plaintext on the shared storage: %s", p)
+			}
+		}
+		return nil
+	})
+}
+
+// rows is the sorted data rows of concatenated CSV part files (headers
+// dropped).
+func rows(b []byte) []string {
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l != "" && l != "job,count" {
+			out = append(out, l)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func lastLine(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}
