@@ -82,13 +82,13 @@ type Cluster struct {
 	Net     *netnstest.Net
 	Pyspark string
 
-	KMS                   *netnstest.Proc
-	kmsData               string
-	KMSURL, KMSCA, token  string
-	appID, apiKey         string
-	KeyID, SecretID       string
-	logMu                 sync.Mutex
-	logs                  []string
+	KMS                  *netnstest.Proc
+	kmsData              string
+	KMSURL, KMSCA, token string
+	appID, apiKey        string
+	KeyID, SecretID      string
+	logMu                sync.Mutex
+	logs                 []string
 }
 
 // Hosts are the hosts New creates besides the workers.
