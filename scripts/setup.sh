@@ -89,4 +89,28 @@ if [ ! -d "$pyspark_dir/pyspark-$pyspark_version.dist-info" ]; then
 	rm -rf "$pyspark_dir" && mv "$pyspark_dir.tmp" "$pyspark_dir"
 fi
 
+# tpchgen-cli for the TPC-H data (scripts/tpch-gen.sh): the same kind of pip
+# target directory, pinned in scripts/tpchgen-requirements.txt, kept in
+# /var/cache/veil/pip/tpchgen-cli-VERSION (VEIL_TPCHGEN_DIR overrides;
+# tpch-gen.sh and the tests read the same variable). A binary wheel.
+tpchgen_version=$(sed -n 's/^tpchgen-cli==\([^ ]*\) .*/\1/p' scripts/tpchgen-requirements.txt)
+tpchgen_dir=${VEIL_TPCHGEN_DIR:-/var/cache/veil/pip/tpchgen-cli-$tpchgen_version}
+if [ ! -x "$tpchgen_dir/bin/tpchgen-cli" ]; then
+	if $check_only; then
+		echo "setup: missing tpchgen-cli $tpchgen_version in $tpchgen_dir" >&2
+		exit 1
+	fi
+	if [ "$(id -u)" != 0 ] && [ -z "${VEIL_TPCHGEN_DIR:-}" ]; then
+		echo "setup: missing tpchgen-cli $tpchgen_version in $tpchgen_dir" >&2
+		echo "setup: hint: run as root, or set VEIL_TPCHGEN_DIR to a directory of yours (for the tests too)" >&2
+		exit 1
+	fi
+	echo "setup: installing tpchgen-cli $tpchgen_version into $tpchgen_dir"
+	rm -rf "$tpchgen_dir.tmp"
+	mkdir -p "$(dirname "$tpchgen_dir")"
+	(umask 022 && /usr/bin/python3 -m pip install -q --no-cache-dir --disable-pip-version-check --no-compile \
+		--require-hashes --target "$tpchgen_dir.tmp" -r scripts/tpchgen-requirements.txt)
+	rm -rf "$tpchgen_dir" && mv "$tpchgen_dir.tmp" "$tpchgen_dir"
+fi
+
 $check_only || go mod download
