@@ -65,6 +65,7 @@ for h in "${hosts[@]}"; do
 	ip -n "$(ns "$h")" link set lo up
 	printf '  %-8s %s\n' "$h" "${IP[$h]}"
 done
+for h in "${hosts[@]}" switch; do ns "$h"; done >"$WORK/netns"
 
 say "key service" "starts on host kms (dev mode)"
 kdir=$WORK/kms
@@ -84,21 +85,22 @@ echo "  at $KMS_OWNER_URL"
 
 say "data owner" "enrolls (from host owner), creates a key and Spark's authentication secret"
 # The owner's commands run on the owner's host.
+OWNER_VEIL=$WORK/veil-on-owner
+printf '#!/bin/sh\nexec ip netns exec %s %s "$@"\n' "$(ns owner)" "$VEIL" >"$OWNER_VEIL"
+chmod +x "$OWNER_VEIL"
 _veil=$VEIL
-VEIL=$WORK/veil-on-owner
-printf '#!/bin/sh\nexec ip netns exec %s %s "$@"\n' "$(ns owner)" "$_veil" >"$VEIL"
-chmod +x "$VEIL"
+VEIL=$OWNER_VEIL
 owner_enroll alice owner
 KEY=$(key_create alice people-key)
 echo "  key people-key = $KEY"
 od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$WORK/owner/spark-auth"
-SECRET=$(as_owner alice "$VEIL" kms secret put spark-auth --file "$WORK/owner/spark-auth" | cut -d' ' -f1)
+SECRET=$(as_owner alice "$OWNER_VEIL" kms secret put spark-auth --file "$WORK/owner/spark-auth" | cut -d' ' -f1)
 rm -f "$WORK/owner/spark-auth"
 echo "  secret spark-auth = $SECRET"
 
 say "data owner" "generates people.csv ($ROWS rows) and seals it onto the shared storage"
 "$PYTHON" "$here/../people/gen_people.py" --rows "$ROWS" "$WORK/owner/people.csv"
-show as_owner alice "$VEIL" encrypt --key kms:people-key -i "$WORK/owner/people.csv" -o "$WORK/shared/people.csv"
+show as_owner alice "$OWNER_VEIL" encrypt --key kms:people-key -i "$WORK/owner/people.csv" -o "$WORK/shared/people.csv"
 VEIL=$_veil
 
 say "developer" "builds the Spark instance: Debian's python3 and OpenJDK 17, pyspark, the entry point and the jobs"
@@ -107,6 +109,7 @@ instance_new "$inst"
 mkdir -p "$inst/image/opt/spark/jobs" "$inst/image/etc"
 cp "$here/app/veil-entrypoint.sh" "$inst/image/opt/spark/"
 cp "$here"/jobs/*.py "$inst/image/opt/spark/jobs/"
+cp -r "$here/jobs/tpch" "$inst/image/opt/spark/jobs/"
 printf '127.0.0.1\tlocalhost veil\n::1\tlocalhost\n' >"$inst/image/etc/hosts"
 printf 'root:x:0:0:root:/tmp:/usr/sbin/nologin\n' >"$inst/image/etc/passwd"
 fill_config "$here/veil.json" "$inst/veil.json" \
@@ -116,8 +119,35 @@ show "$VEIL" build -C "$inst"
 echo "  measurement $("$VEIL" print -C "$inst" mrenclave)"
 
 say "data owner" "releases the key and the secret to that measurement only"
-show as_owner alice ip netns exec "$(ns owner)" "$VEIL" kms policy create --name spark-cluster \
+show as_owner alice "$OWNER_VEIL" kms policy create --name spark-cluster \
 	--from-instance "$inst" --key people-key --secret spark-auth --allow-sim
+
+# since T0: seconds since T0 (date +%s%N), with one decimal.
+since() { local ms=$((($(date +%s%N) - $1) / 1000000)); printf '%d.%d s' $((ms / 1000)) $((ms % 1000 / 100)); }
+# plain_submit NAME JOB ARGS...: the job file in local mode outside veil.
+plain_submit() {
+	local name=$1
+	shift
+	PYTHONPATH=$PYSPARK_DIR SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$PYTHON "$PYSPARK_DIR/pyspark/bin/spark-submit" \
+		--master 'local[2]' --conf spark.ui.enabled=false --conf spark.driver.memory=1g \
+		--conf spark.sql.shuffle.partitions=4 "$@" >"$WORK/logs/plain-$name.log" 2>&1 || {
+		tail -30 "$WORK/logs/plain-$name.log" >&2
+		exit 1
+	}
+}
+# driver NAME JOB ARGS...: the job on the cluster, from the driver's host.
+driver() {
+	local name=$1 t0
+	shift
+	t0=$(date +%s%N)
+	printf '  $ veil run -C spark /opt/spark/veil-entrypoint.sh driver %s %s %s\n' "${IP[driver]}" "$master" "$*"
+	on driver "$VEIL" run -C "$inst" /opt/spark/veil-entrypoint.sh driver "${IP[driver]}" "$master" "$@" \
+		>"$WORK/logs/driver-$name.log" 2>&1 || {
+		tail -50 "$WORK/logs/driver-$name.log" >&2
+		exit 1
+	}
+	echo "  job done in $(since "$t0")"
+}
 
 # spark_start HOST ROLE ARGS...: veil run of the Spark instance on HOST.
 spark_start() {
@@ -141,42 +171,28 @@ wait_log() {
 }
 
 say "operator" "starts the cluster: the master and $WORKERS workers, each in veil run on its host"
-t0=$(date +%s.%N)
+t0=$(date +%s%N)
 spark_start master master
 wait_log master "Starting Spark master at" 120
 master=spark://${IP[master]}:7077
 for i in $(seq "$WORKERS"); do spark_start "worker$i" worker "$master"; done
 for i in $(seq "$WORKERS"); do wait_log "worker$i" "Successfully registered with master" 180; done
-printf '  cluster up (instances attested, workers registered) in %.1f s\n' "$(echo "$(date +%s.%N) - $t0" | bc)"
+echo "  cluster up (instances attested, workers registered) in $(since "$t0")"
 
 say "operator" "submits the people query from the driver's host"
-t0=$(date +%s.%N)
-printf '  $ veil run -C spark /opt/spark/veil-entrypoint.sh driver %s %s people_query /data/people.csv /data/out/people\n' "${IP[driver]}" "$master"
-on driver "$VEIL" run -C "$inst" /opt/spark/veil-entrypoint.sh driver "${IP[driver]}" "$master" \
-	people_query /data/people.csv /data/out/people >"$WORK/logs/driver.log" 2>&1 || {
-	tail -50 "$WORK/logs/driver.log" >&2
-	exit 1
-}
-printf '  job done in %.1f s\n' "$(echo "$(date +%s.%N) - $t0" | bc)"
+driver people people_query /data/people.csv /data/out/people
 echo "  the shared storage holds only sealed files:"
 find "$WORK/shared/out" -type f | sed "s|$WORK/||; s/^/    /"
 if grep -rq Engineer "$WORK/shared"; then echo "plaintext visible on the shared storage!" >&2; exit 1; fi
 
 say "data owner" "decrypts the part files"
 for f in "$WORK"/shared/out/people/part-*.csv; do
-	ip netns exec "$(ns owner)" env VEIL_KMS_URL="${OWNER_ALICE[url]}" VEIL_KMS_CA="${OWNER_ALICE[ca]}" \
-		VEIL_APP_ID="${OWNER_ALICE[app]}" VEIL_API_KEY="${OWNER_ALICE[key]}" \
-		"$VEIL" decrypt -i "$f" -o "$WORK/results/veil/$(basename "$f")"
+	as_owner alice "$OWNER_VEIL" decrypt -i "$f" -o "$WORK/results/veil/$(basename "$f")"
 done
 cat "$WORK"/results/veil/part-*.csv | sed 's/^/  /'
 
 say "data owner" "runs the same job file on the plaintext outside veil (local mode) and compares"
-PYTHONPATH=$PYSPARK_DIR "$PYSPARK_DIR/pyspark/bin/spark-submit" --master 'local[2]' \
-	--conf spark.ui.enabled=false --conf spark.driver.memory=512m --conf spark.sql.shuffle.partitions=8 \
-	"$here/jobs/people_query.py" "$WORK/owner/people.csv" "$WORK/results/plain/people" >"$WORK/logs/plain.log" 2>&1 || {
-	tail -30 "$WORK/logs/plain.log" >&2
-	exit 1
-}
+plain_submit people "$here/jobs/people_query.py" "$WORK/owner/people.csv" "$WORK/results/plain/people"
 rows() { tail -q -n +2 "$@" | LC_ALL=C sort; }
 if [ "$(rows "$WORK"/results/veil/part-*.csv)" = "$(rows "$WORK"/results/plain/people/part-*.csv)" ]; then
 	echo "  identical: the cluster's sealed run and the plaintext run agree"
@@ -185,3 +201,25 @@ else
 	echo "spark: results differ" >&2
 	exit 1
 fi
+
+[ -n "${TPCH_SF:-}" ] || exit 0
+say "data owner" "generates TPC-H at scale factor $TPCH_SF (tpchgen-cli, Parquet) and seals it onto the shared storage"
+"$here/../../scripts/tpch-gen.sh" "$TPCH_SF" "$WORK/owner/tpch" parquet >/dev/null
+show as_owner alice "$OWNER_VEIL" encrypt --key kms:people-key -i "$WORK/owner/tpch" -o "$WORK/shared/tpch"
+
+say "operator" "runs TPC-H queries ${TPCH_QUERIES:=1,6} (examples/spark/jobs/tpch.py) on the cluster"
+driver tpch tpch --data /data/tpch --format parquet --out /data/out/tpch --queries "$TPCH_QUERIES"
+grep '^tpch ' "$WORK/logs/driver-tpch.log" | sed 's/^/  /'
+
+say "data owner" "decrypts the results and compares them with the same job file on the plaintext"
+show as_owner alice "$OWNER_VEIL" decrypt -i "$WORK/shared/out/tpch" -o "$WORK/results/veil/tpch"
+plain_submit tpch "$here/jobs/tpch.py" --data "$WORK/owner/tpch" --format parquet --out "$WORK/results/plain/tpch" --queries "$TPCH_QUERIES"
+for q in ${TPCH_QUERIES//,/ }; do
+	if [ "$(cat "$WORK"/results/veil/tpch/q$q/part-*.csv)" = "$(cat "$WORK"/results/plain/tpch/q$q/part-*.csv)" ]; then
+		echo "  q$q: $(($(cat "$WORK"/results/veil/tpch/q$q/part-*.csv | wc -l) - 1)) rows, identical to the plaintext run"
+	else
+		diff <(cat "$WORK"/results/plain/tpch/q$q/part-*.csv) <(cat "$WORK"/results/veil/tpch/q$q/part-*.csv) >&2 || true
+		echo "spark: TPC-H q$q differs" >&2
+		exit 1
+	fi
+done

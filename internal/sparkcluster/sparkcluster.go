@@ -125,9 +125,14 @@ func New(t testing.TB, veil string, workers int, extra ...string) *Cluster {
 	t.Cleanup(c.dumpLogsOnFailure)
 	c.kmsData = filepath.Join(work, "kms")
 	c.StartKMS()
-	env, err := os.ReadFile(filepath.Join(work, "logs", "kms.env"))
-	if err != nil {
-		t.Fatal(err)
+	// It prints its address, CA and admin token once listening.
+	var env []byte
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		env, _ = os.ReadFile(filepath.Join(work, "logs", "kms.env"))
+		if bytes.Contains(env, []byte("VEIL_ADMIN_TOKEN=")) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	c.KMSURL, c.KMSCA, c.token = exportOf(env, "VEIL_KMS_URL"), exportOf(env, "VEIL_KMS_CA"), exportOf(env, "VEIL_ADMIN_TOKEN")
 	if c.KMSURL != "https://"+c.Net.Host("kms").IP+":"+KMSPort || c.KMSCA == "" || c.token == "" {
@@ -278,8 +283,10 @@ func (c *Cluster) Build(name string, extra map[string]string) (string, time.Dura
 	}
 	copyFile(filepath.Join(ex, "app", "veil-entrypoint.sh"), "opt/spark/veil-entrypoint.sh", 0o755)
 	jobs, _ := filepath.Glob(filepath.Join(ex, "jobs", "*.py"))
-	for _, j := range jobs {
-		copyFile(j, "opt/spark/jobs/"+filepath.Base(j), 0o644)
+	sql, _ := filepath.Glob(filepath.Join(ex, "jobs", "tpch", "*.sql"))
+	for _, j := range append(jobs, sql...) {
+		rel, _ := filepath.Rel(filepath.Join(ex, "jobs"), j)
+		copyFile(j, "opt/spark/jobs/"+rel, 0o644)
 	}
 	for p, content := range files {
 		writeFile(c.t, filepath.Join(dir, "image", p), []byte(content), 0o644)
