@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/veil-tee/veil/internal/sparkcheck"
 	"github.com/veil-tee/veil/internal/veiltest"
 )
 
@@ -20,9 +21,11 @@ var veil string
 
 func TestMain(m *testing.M) { veiltest.Main(m, &veil) }
 
-// peopleRows is the size of the people query's input: enough for tasks
-// on both workers (1 MiB splits) and a job that outlasts a worker's kill.
-const peopleRows = 150000
+// peopleRows is the size of the people query's input.
+const peopleRows = 50000
+
+// tpchQueries are the TPC-H queries the test runs at scale factor 0.1.
+const tpchQueries = "1,3,6"
 
 // TestCluster runs a Spark standalone cluster of veil instances on six
 // hosts (key service, owner, master, two workers, driver) plus a rogue
@@ -34,11 +37,13 @@ const peopleRows = 150000
 //   - a worker built from a changed image (its measurement not in the
 //     policy) gets no secret, never starts a JVM and never registers;
 //   - the people query (examples/spark/jobs/people_query.py), submitted
-//     from the driver's host, survives the kill -9 of a worker's veil
-//     process in the middle of the job: its sealed part files, decrypted
-//     by the owner, hold the same rows as the same file run on the
-//     plaintext in local mode outside veil, and nothing stays mounted for
-//     the killed worker;
+//     from the driver's host: its sealed part files, decrypted by the
+//     owner, hold the same rows as the same file run on the plaintext in
+//     local mode outside veil;
+//   - TPC-H Q1, Q3 and Q6 at scale factor 0.1 (examples/spark/jobs/tpch.py
+//     over sealed Parquet) survive the kill -9 of a worker's veil process
+//     in the middle of the job: the results equal the plaintext run's, and
+//     nothing stays mounted for the killed worker;
 //   - a sealed input tampered with on the shared storage fails the job
 //     (Spark reports the I/O error; the worker's veil names the file and
 //     the block that failed), and no part file appears.
@@ -67,18 +72,28 @@ func TestCluster(t *testing.T) {
 	}
 	sealed[len(sealed)/2] ^= 0x40
 	writeFile(t, filepath.Join(c.Shared, "in", "tampered.csv"), sealed, 0o644)
+	// TPC-H at SF 0.1 as Parquet, sealed as a tree.
+	tpchPlain := tpchGen(t, filepath.Join(c.Work, "owner", "tpch"))
+	c.Owner("", "encrypt", "--key", "kms:"+c.KeyID, "-i", tpchPlain, "-o", filepath.Join(c.Shared, "tpch"))
 
 	// The plaintext run, outside veil, while the cluster comes up.
 	plainOut := filepath.Join(c.Work, "owner", "plain-out")
+	plainTPCH := filepath.Join(c.Work, "owner", "plain-tpch")
 	type result struct {
 		out []byte
 		err error
 	}
 	plainDone := make(chan result, 1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 		defer cancel()
 		out, err := Plain(ctx, c.Pyspark, job, plainIn, plainOut)
+		if err == nil {
+			var o []byte
+			o, err = Plain(ctx, c.Pyspark, filepath.Join(ex, "jobs", "tpch.py"),
+				"--data", tpchPlain, "--format", "parquet", "--out", plainTPCH, "--queries", tpchQueries)
+			out = append(out, o...)
+		}
 		plainDone <- result{out, err}
 	}()
 
@@ -116,21 +131,31 @@ func TestCluster(t *testing.T) {
 	}
 	t.Logf("the rogue worker was refused: %s", lastLine(rw.Output()))
 
-	// The people query, with worker2 killed once it runs a task.
+	// The people query.
 	jobStart := time.Now()
 	d := c.Start("driver", inst, "driver", c.MasterURL(), "people_query", "/data/in/people.csv", "/data/out/people")
+	if err := d.Wait(5 * time.Minute); err != nil {
+		t.Fatalf("the people query failed: %v", err)
+	}
+	t.Logf("people query on the cluster (%d rows): %v", peopleRows, time.Since(jobStart).Round(time.Millisecond))
+
+	// TPC-H, with worker2 killed once it runs a task.
+	jobStart = time.Now()
+	d = c.Start("driver", inst, "driver", c.MasterURL(), "tpch", "--data", "/data/tpch", "--format", "parquet",
+		"--out", "/data/out/tpch", "--queries", tpchQueries)
 	d.WaitLog(`Starting task .*\(`+regexp.QuoteMeta(c.Net.Host("worker2").IP)+`, executor`, 4*time.Minute)
 	if !w2.Kill(30 * time.Second) {
 		t.Fatal("worker2's veil did not end within 30 s of SIGKILL")
 	}
 	if !d.Running() {
-		t.Fatal("the job had ended before worker2 was killed: make its input bigger")
+		t.Fatal("the job had ended before worker2 was killed")
 	}
-	t.Logf("killed worker2's veil %v into the job", time.Since(jobStart).Round(time.Millisecond))
-	if err := d.Wait(5 * time.Minute); err != nil {
-		t.Fatalf("the people query failed after the kill: %v", err)
+	t.Logf("killed worker2's veil %v into the TPC-H job", time.Since(jobStart).Round(time.Millisecond))
+	if err := d.Wait(6 * time.Minute); err != nil {
+		t.Fatalf("TPC-H failed after the kill: %v", err)
 	}
-	t.Logf("people query on the cluster (%d rows, a worker killed): %v", peopleRows, time.Since(jobStart).Round(time.Millisecond))
+	t.Logf("TPC-H %s at SF 0.1 on the cluster (a worker killed): %v; %s", tpchQueries,
+		time.Since(jobStart).Round(time.Millisecond), strings.Join(regexp.MustCompile(`(?m)^tpch \S+ \S+$`).FindAllString(d.Output(), -1), ", "))
 	if !regexp.MustCompile(`(?i)lost executor|executor.*lost|Removing executor`).MatchString(d.Output()) {
 		t.Errorf("the driver never noticed the lost executor")
 	}
@@ -171,6 +196,20 @@ func TestCluster(t *testing.T) {
 			strings.Join(gotRows, "\n"), strings.Join(wantRows, "\n"))
 	}
 	t.Logf("result (%d part files) equals the plaintext run's: %s", len(parts), strings.Join(gotRows, " "))
+
+	veilTPCH := filepath.Join(c.Work, "owner", "veil-tpch")
+	c.Decrypt(filepath.Join(c.Shared, "out", "tpch"), veilTPCH)
+	for _, q := range strings.Split(tpchQueries, ",") {
+		name := "q" + q
+		sql := filepath.Join(ex, "jobs", "tpch", name+".sql")
+		if err := sparkcheck.CompareQuery(filepath.Join(plainTPCH, name), filepath.Join(veilTPCH, name), sql); err != nil {
+			t.Errorf("TPC-H %s on the cluster differs from the plaintext run: %v", name, err)
+		}
+		tab, err := sparkcheck.ReadCSVDir(filepath.Join(veilTPCH, name))
+		if err != nil || len(tab.Rows) == 0 {
+			t.Errorf("TPC-H %s: no rows (%v)", name, err)
+		}
+	}
 
 	// A tampered sealed input fails the job, naming the file.
 	tstart := time.Now()
@@ -218,4 +257,32 @@ func rows(b []byte) []string {
 func lastLine(s string) string {
 	l := strings.Split(strings.TrimSpace(s), "\n")
 	return l[len(l)-1]
+}
+
+// tpchGen generates TPC-H at scale factor 0.1 as Parquet into dir with
+// scripts/tpch-gen.sh (hard links to the machine's cache: only read).
+func tpchGen(t *testing.T, dir string) string {
+	t.Helper()
+	root := filepath.Join(ExampleDir(), "..", "..")
+	req, err := os.ReadFile(filepath.Join(root, "scripts", "tpchgen-requirements.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^tpchgen-cli==(\S+) `).FindSubmatch(req)
+	if m == nil {
+		t.Fatal("scripts/tpchgen-requirements.txt pins no tpchgen-cli")
+	}
+	gen := os.Getenv("VEIL_TPCHGEN_DIR")
+	if gen == "" {
+		gen = "/var/cache/veil/pip/tpchgen-cli-" + string(m[1])
+	}
+	if _, err := os.Stat(filepath.Join(gen, "bin", "tpchgen-cli")); err != nil {
+		veiltest.Skip(t, "needs tpchgen-cli %s in %s (scripts/setup.sh installs it)", m[1], gen)
+	}
+	cmd := exec.Command("bash", filepath.Join(root, "scripts", "tpch-gen.sh"), "0.1", dir, "parquet")
+	cmd.Env = append(os.Environ(), "VEIL_TPCH_LINK=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("scripts/tpch-gen.sh 0.1: %v\n%s", err, out)
+	}
+	return dir
 }
