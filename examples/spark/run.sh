@@ -206,6 +206,7 @@ fi
 say "data owner" "generates TPC-H at scale factor $TPCH_SF (tpchgen-cli, Parquet) and seals it onto the shared storage"
 "$here/../../scripts/tpch-gen.sh" "$TPCH_SF" "$WORK/owner/tpch" parquet >/dev/null
 show as_owner alice "$OWNER_VEIL" encrypt --key kms:people-key -i "$WORK/owner/tpch" -o "$WORK/shared/tpch"
+chown -R 1073741824:1073741824 "$WORK/shared/tpch"
 
 say "operator" "runs TPC-H queries ${TPCH_QUERIES:=1,6} (examples/spark/jobs/tpch.py) on the cluster"
 driver tpch tpch --data /data/tpch --format parquet --out /data/out/tpch --queries "$TPCH_QUERIES"

@@ -75,6 +75,7 @@ func TestCluster(t *testing.T) {
 	// TPC-H at SF 0.1 as Parquet, sealed as a tree.
 	tpchPlain := tpchGen(t, filepath.Join(c.Work, "owner", "tpch"))
 	c.Owner("", "encrypt", "--key", "kms:"+c.KeyID, "-i", tpchPlain, "-o", filepath.Join(c.Shared, "tpch"))
+	c.GiveShared()
 
 	// The plaintext run, outside veil, while the cluster comes up.
 	plainOut := filepath.Join(c.Work, "owner", "plain-out")

@@ -253,6 +253,22 @@ func (c *Cluster) Seal(plain, rel string) {
 	c.Owner("", "encrypt", "--key", "kms:"+c.KeyID, "-i", plain, "-o", dst)
 }
 
+// GiveShared gives everything on the shared storage to the sandboxes'
+// root (host uid and gid 2^30), as an operator gives its storage to the
+// instances: veil encrypt writes a tree readable by its owner only.
+func (c *Cluster) GiveShared() {
+	c.t.Helper()
+	err := filepath.WalkDir(c.Shared, func(p string, _ os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, 1<<30, 1<<30)
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 // Decrypt decrypts a sealed file of the shared storage into a host file.
 func (c *Cluster) Decrypt(sealed, plain string) {
 	c.t.Helper()
@@ -364,13 +380,21 @@ type Role struct {
 }
 
 // Start runs `veil run -C inst /opt/spark/veil-entrypoint.sh ROLE IP
-// ARGS...` on host; its output goes to Work/logs/HOST.log.
+// ARGS...` on host; its output goes to Work/logs/HOST.log (HOST-2.log
+// for the host's second role, and so on).
 func (c *Cluster) Start(host, inst, role string, args ...string) *Role {
 	c.t.Helper()
 	h := c.Net.Host(host)
 	cmd := h.Command(context.Background(), c.Veil, append([]string{"run", "-C", inst, "/opt/spark/veil-entrypoint.sh", role, h.IP}, args...)...)
 	cmd.Env = append(os.Environ(), "VEIL_HOME="+c.Home)
-	f := c.logFile(host + ".log")
+	name := host
+	for i := 2; ; i++ {
+		if _, err := os.Stat(filepath.Join(c.Work, "logs", name+".log")); err != nil {
+			break
+		}
+		name = fmt.Sprintf("%s-%d", host, i)
+	}
+	f := c.logFile(name + ".log")
 	cmd.Stdout, cmd.Stderr = f, f
 	return &Role{Proc: h.Start(cmd), c: c, Name: host, Log: f.Name()}
 }
