@@ -70,7 +70,9 @@ for h in "${hosts[@]}" switch; do ns "$h"; done >"$WORK/netns"
 say "key service" "starts on host kms (dev mode)"
 kdir=$WORK/kms
 mkdir -p "$kdir"
-on kms "$VEIL" kms serve --dev --data "$kdir/data" --listen "${IP[kms]}:8443" >"$kdir/env" 2>"$kdir/log" &
+# (ip netns exec directly, not through a function: $! is then the key
+# service's own process, which the clean-up stops.)
+ip netns exec "$(ns kms)" "$VEIL" kms serve --dev --data "$kdir/data" --listen "${IP[kms]}:8443" >"$kdir/env" 2>"$kdir/log" &
 _kms_pids+=($!)
 for _ in $(seq 100); do
 	grep -q VEIL_ADMIN_TOKEN "$kdir/env" 2>/dev/null && break
@@ -153,7 +155,8 @@ driver() {
 spark_start() {
 	local h=$1 role=$2
 	shift 2
-	on "$h" "$VEIL" run -C "$inst" /opt/spark/veil-entrypoint.sh "$role" "${IP[$h]}" "$@" >"$WORK/logs/$h.log" 2>&1 &
+	ip netns exec "$(ns "$h")" "$VEIL" run -C "$inst" /opt/spark/veil-entrypoint.sh "$role" "${IP[$h]}" "$@" \
+		>"$WORK/logs/$h.log" 2>&1 &
 	PID[$h]=$!
 	_spark_pids+=($!)
 }
