@@ -220,11 +220,11 @@ func TestCluster(t *testing.T) {
 	}
 	t.Logf("the job on a tampered input failed after %v", time.Since(tstart).Round(time.Millisecond))
 	// Spark reports the read error (EIO); the worker's veil, whose sealed
-	// mount refused the block, names the file (its path in the mount).
+	// mount refused the block, names the mount and the file in it.
 	if !strings.Contains(d2.Output(), "Input/output error") {
 		t.Errorf("the driver does not report the read error")
 	}
-	if !regexp.MustCompile(`sealed file failed its integrity check","file":"/in/tampered.csv"`).MatchString(w1.Output()) {
+	if !regexp.MustCompile(`"msg":"sealed file failed its integrity check","mount":"/data","file":"/in/tampered.csv"`).MatchString(w1.Output()) {
 		t.Errorf("the worker's log does not name the tampered file")
 	}
 	if p, _ := filepath.Glob(filepath.Join(c.Shared, "out", "tampered", "part-*")); len(p) > 0 {
