@@ -11,7 +11,7 @@ BENCHTIME ?= 1x
 # go fetch it through the module proxy where the installed Go is older.
 export GOTOOLCHAIN ?= auto
 
-.PHONY: all build setup test fmt lint vet vulncheck bench demo clean
+.PHONY: all build setup test fmt lint vet vulncheck bench demo spark-demo clean
 
 all: build
 
@@ -51,6 +51,10 @@ bench: setup build
 
 demo: setup build
 	./scripts/demo.sh
+
+# A Spark cluster of veil instances on network-namespace hosts (root).
+spark-demo: setup build
+	./scripts/spark-demo.sh
 
 clean:
 	rm -rf bin

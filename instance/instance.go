@@ -500,7 +500,9 @@ func (in *Instance) mount(ctx context.Context, o Options) error {
 			if err := os.MkdirAll(mp, 0o700); err != nil {
 				return err
 			}
-			u, err := o.MountSealed(mp, *sm, in.log)
+			// Its log names files by their path in the mount; the
+			// mount's target makes that the workload's path.
+			u, err := o.MountSealed(mp, *sm, in.log.With("mount", m.Target))
 			if err != nil {
 				return fmt.Errorf("sealed mount %s: %w", m.Target, err)
 			}

@@ -21,6 +21,7 @@ PACKAGES=(
 	python3-pip                                # installs pyspark for the Spark test (below)
 	skopeo                                     # reads veil package's archives in the ociimage test
 	etcd-server                                # the store of the kube-apiserver that validates deploy/
+	iproute2                                   # network-namespace hosts of the Spark cluster test and demo (ip)
 )
 
 check_only=false
