@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/veil-tee/veil/fusefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -99,8 +100,9 @@ func abortFUSE(m string) {
 			continue
 		}
 		_, minor, ok := strings.Cut(fields[2], ":")
-		if ok && strings.Contains(sc.Text(), " - fuse") {
-			os.WriteFile("/sys/fs/fuse/connections/"+minor+"/abort", []byte("1"), 0)
+		n, err := strconv.ParseUint(minor, 10, 32)
+		if ok && err == nil && strings.Contains(sc.Text(), " - fuse") {
+			fusefs.AbortConnection(uint32(n))
 		}
 		return
 	}
