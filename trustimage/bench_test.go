@@ -61,6 +61,7 @@ func benchBuild(b *testing.B, opts Options) {
 		b.ReportMetric(st.PlanTime.Seconds(), "plan-s")
 		b.ReportMetric(st.PackTime.Seconds(), "pack-s")
 		b.ReportMetric(st.TreeTime.Seconds(), "tree-s")
+		b.ReportMetric(st.SyncTime.Seconds(), "sync-s")
 	}
 }
 
