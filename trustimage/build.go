@@ -428,8 +428,7 @@ func hashFile(f *os.File, size int64) ([]byte, error) {
 }
 
 func encryptAndHash(f *os.File, dataBlocks uint64, salt []byte, bc *blockCipher, progress func(int64)) ([]byte, error) {
-	leaves := make([]byte, dataBlocks*hashSize)
-	err := forEachChunk(dataBlocks, salt, progress, func(b uint64, p []byte, h *blockHasher) error {
+	return leavesOf(dataBlocks, salt, progress, func(b uint64, p []byte) error {
 		if _, err := f.ReadAt(p, int64(b*BlockSize)); err != nil {
 			return fmt.Errorf("reading image block %d: %w", b, err)
 		}
@@ -437,13 +436,8 @@ func encryptAndHash(f *os.File, dataBlocks uint64, salt []byte, bc *blockCipher,
 		if _, err := f.WriteAt(p, int64(b*BlockSize)); err != nil {
 			return fmt.Errorf("writing image block %d: %w", b, err)
 		}
-		h.hashInto(leaves[b*hashSize:], p)
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return leaves, nil
 }
 
 // manifestLine is one entry's contribution to the content digest.

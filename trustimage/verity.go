@@ -146,29 +146,23 @@ func parseSuperblock(sb []byte) (verityParams, error) {
 // *os.File does). progress, if not nil, is told about bytes read; calls to
 // it are serialized.
 func hashLeaves(r io.ReaderAt, dataBlocks uint64, salt []byte, progress func(int64)) ([]byte, error) {
-	leaves := make([]byte, dataBlocks*hashSize)
-	err := forEachChunk(dataBlocks, salt, progress, func(b uint64, p []byte, h *blockHasher) error {
+	return leavesOf(dataBlocks, salt, progress, func(b uint64, p []byte) error {
 		if _, err := r.ReadAt(p, int64(b*BlockSize)); err != nil {
 			return fmt.Errorf("reading image block %d: %w", b, err)
 		}
-		h.hashInto(leaves[b*hashSize:], p)
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return leaves, nil
 }
 
-// leafChunk is how many blocks a worker of forEachChunk handles at a time.
+// leafChunk is how many blocks a worker of leavesOf handles at a time.
 const leafChunk = 256
 
-// forEachChunk calls fn for consecutive chunks of up to leafChunk blocks
-// of dataBlocks, the first at block b, with a buffer p of the chunk's size
-// and a hasher salted with salt, on GOMAXPROCS workers. Chunks are disjoint, so fn may
-// write its own part of a shared slice or file. The first error stops the
-// workers and is returned.
-func forEachChunk(dataBlocks uint64, salt []byte, progress func(int64), fn func(b uint64, p []byte, h *blockHasher) error) error {
+// leavesOf returns the packed hashes of dataBlocks blocks, which fill puts
+// into p chunk by chunk (up to leafChunk blocks, the first at block b), on
+// GOMAXPROCS workers. Chunks are disjoint, so fill may write its own part
+// of a file. The first error stops the workers and is returned.
+func leavesOf(dataBlocks uint64, salt []byte, progress func(int64), fill func(b uint64, p []byte) error) ([]byte, error) {
+	leaves := make([]byte, dataBlocks*hashSize)
 	chunks := (dataBlocks + leafChunk - 1) / leafChunk
 	workers := uint64(max(1, runtime.GOMAXPROCS(0)))
 	workers = min(workers, chunks)
@@ -191,7 +185,10 @@ func forEachChunk(dataBlocks uint64, salt []byte, progress func(int64), fn func(
 				b := c * leafChunk
 				n := min(leafChunk, dataBlocks-b)
 				p := buf[:n*BlockSize]
-				err := fn(b, p, h)
+				err := fill(b, p)
+				if err == nil {
+					h.hashInto(leaves[b*hashSize:], p)
+				}
 				mu.Lock()
 				if err != nil && first == nil {
 					first = err
@@ -205,7 +202,10 @@ func forEachChunk(dataBlocks uint64, salt []byte, progress func(int64), fn func(
 		})
 	}
 	wg.Wait()
-	return first
+	if first != nil {
+		return nil, first
+	}
+	return leaves, nil
 }
 
 // blockHasher hashes blocks the dm-verity way with one reused SHA-256
