@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"runtime"
 	"strings"
 )
 
@@ -37,6 +38,41 @@ func (p *planner) queueIfELF(host, ip, origin string) {
 	p.elfSeen[key] = true
 	p.elfQueue = append(p.elfQueue, elfJob{host: host, ip: ip, origin: origin})
 	p.elfJobs = append(p.elfJobs, elfJob{host: host, ip: ip, origin: origin})
+	p.depsOf(host, true)
+}
+
+// parsedELF is readELFDeps' answer for one host file, ready once done is
+// closed.
+type parsedELF struct {
+	done chan struct{}
+	d    *elfDeps
+	err  error
+}
+
+// depsOf returns readELFDeps(host), parsing each file once. With ahead it
+// only starts the parse on another goroutine (at most GOMAXPROCS at once)
+// and returns nil, nil: the queue's files are parsed on every processor
+// while the planner resolves the ones before them, in order.
+func (p *planner) depsOf(host string, ahead bool) (*elfDeps, error) {
+	pe, ok := p.parsed[host]
+	if !ok {
+		pe = &parsedELF{done: make(chan struct{})}
+		p.parsed[host] = pe
+		if p.parsing == nil {
+			p.parsing = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)))
+		}
+		go func() {
+			p.parsing <- struct{}{}
+			pe.d, pe.err = readELFDeps(host)
+			<-p.parsing
+			close(pe.done)
+		}()
+	}
+	if ahead {
+		return nil, nil
+	}
+	<-pe.done
+	return pe.d, pe.err
 }
 
 // elfDeps lists what the loader needs to run the ELF file at host.
@@ -265,7 +301,7 @@ func (p *planner) findLib(name string, d *elfDeps) (lib string, viaCache, ok boo
 }
 
 func (p *planner) resolveELF(j elfJob) error {
-	d, err := readELFDeps(j.host)
+	d, err := p.depsOf(j.host, false)
 	if err != nil {
 		return nil // not an ELF object the loader would load either
 	}
@@ -360,7 +396,7 @@ func (p *planner) soname(host string) string {
 		return s
 	}
 	var s string
-	if d, err := readELFDeps(host); err == nil {
+	if d, err := p.depsOf(host, false); err == nil {
 		s = d.soname
 	}
 	p.sonames[host] = s

@@ -64,6 +64,8 @@ type planner struct {
 	elfQueue  []elfJob
 	elfJobs   []elfJob          // every ELF file queued, in order
 	sonames   map[string]string // host path -> DT_SONAME, read on demand
+	parsed    map[string]*parsedELF
+	parsing   chan struct{} // bounds the parses running at once
 	elfKinds  map[string]elfKind
 	needCache bool // a library is only found through ld.so.cache
 	resolve   bool
@@ -135,7 +137,7 @@ func Plan(imageDir string, b config.BOM, opts Options) (*Result, error) {
 	if opts.LDCache == "" {
 		opts.LDCache = "/etc/ld.so.cache"
 	}
-	p := &planner{opts: opts, entries: map[string]*Entry{}, elfSeen: map[string]bool{}, elfKinds: map[string]elfKind{}, sonames: map[string]string{}, resolve: b.ResolveELFEnabled(), included: map[string]bool{}, direct: map[string][]string{}}
+	p := &planner{opts: opts, entries: map[string]*Entry{}, elfSeen: map[string]bool{}, elfKinds: map[string]elfKind{}, sonames: map[string]string{}, parsed: map[string]*parsedELF{}, resolve: b.ResolveELFEnabled(), included: map[string]bool{}, direct: map[string][]string{}}
 	p.entries["/"] = &Entry{Path: "/", Kind: Dir, Mode: 0o755, Origin: "image/"}
 	if err := p.walkImage(imageDir); err != nil {
 		return nil, err

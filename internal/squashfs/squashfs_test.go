@@ -28,7 +28,7 @@ func mksquashfs(t testing.TB, dir string, compress bool) string {
 	args := []string{dir, out, "-noappend", "-reproducible", "-mkfs-time", "0", "-all-time", "0",
 		"-all-root", "-no-xattrs", "-no-progress", "-quiet"}
 	if compress {
-		args = append(args, "-comp", "zstd", "-Xcompression-level", "3")
+		args = append(args, "-comp", "zstd", "-Xcompression-level", "1")
 	} else {
 		args = append(args, "-noI", "-noD", "-noF", "-noX")
 	}
