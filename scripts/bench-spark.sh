@@ -41,6 +41,7 @@ java_home=${JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}
 [ -x "$java_home/bin/java" ] || die "no Java in $java_home" "install openjdk-17-jre-headless (scripts/setup.sh)"
 
 WORK=${WORK:-$(mktemp -d /var/tmp/veil-bench-spark.XXXXXX)}
+mkdir -p "$WORK"
 [ "${KEEP:-}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 
 echo "== machine"

@@ -111,7 +111,7 @@ func TestCluster(t *testing.T) {
 	}
 	plainDone := make(chan result, 1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 		defer cancel()
 		out, err := Plain(ctx, c.Pyspark, job, plainIn, plainOut)
 		if err == nil {
@@ -165,7 +165,7 @@ func TestCluster(t *testing.T) {
 	// The people query.
 	jobStart := time.Now()
 	d := c.Start("driver", inst, "driver", c.MasterURL(), "people_query", "/data/in/people.csv", "/data/out/people")
-	if err := d.Wait(5 * time.Minute); err != nil {
+	if err := d.Wait(10 * time.Minute); err != nil {
 		t.Fatalf("the people query failed: %v", err)
 	}
 	t.Logf("people query on the cluster (%d rows): %v", peopleRows, time.Since(jobStart).Round(time.Millisecond))
@@ -174,7 +174,7 @@ func TestCluster(t *testing.T) {
 	// result at /joint (sealed for A's and B's keys).
 	jobStart = time.Now()
 	d = c.Start("driver", inst, "driver", c.MasterURL(), "multi_party", "/data/in/party-a.csv", "/party-b/incomes.csv", "/joint/out")
-	if err := d.Wait(5 * time.Minute); err != nil {
+	if err := d.Wait(10 * time.Minute); err != nil {
 		t.Fatalf("the multi-party query failed: %v", err)
 	}
 	t.Logf("multi-party query on the cluster (%d rows of A): %v", partyRows, time.Since(jobStart).Round(time.Millisecond))
@@ -183,7 +183,7 @@ func TestCluster(t *testing.T) {
 	jobStart = time.Now()
 	d = c.Start("driver", inst, "driver", c.MasterURL(), "tpch", "--data", "/data/tpch", "--format", "parquet",
 		"--out", "/data/out/tpch", "--queries", tpchQueries)
-	d.WaitLog(`Starting task .*\(`+regexp.QuoteMeta(c.Net.Host("worker2").IP)+`, executor`, 4*time.Minute)
+	d.WaitLog(`Starting task .*\(`+regexp.QuoteMeta(c.Net.Host("worker2").IP)+`, executor`, 8*time.Minute)
 	if !w2.Kill(30 * time.Second) {
 		t.Fatal("worker2's veil did not end within 30 s of SIGKILL")
 	}
@@ -191,7 +191,7 @@ func TestCluster(t *testing.T) {
 		t.Fatal("the job had ended before worker2 was killed")
 	}
 	t.Logf("killed worker2's veil %v into the TPC-H job", time.Since(jobStart).Round(time.Millisecond))
-	if err := d.Wait(6 * time.Minute); err != nil {
+	if err := d.Wait(10 * time.Minute); err != nil {
 		t.Fatalf("TPC-H failed after the kill: %v", err)
 	}
 	t.Logf("TPC-H %s at SF 0.1 on the cluster (a worker killed): %v; %s", tpchQueries,
@@ -283,7 +283,7 @@ func TestCluster(t *testing.T) {
 	// A tampered sealed input fails the job, naming the file.
 	tstart := time.Now()
 	d2 := c.Start("driver", inst, "driver", c.MasterURL(), "people_query", "/data/in/tampered.csv", "/data/out/tampered")
-	if err := d2.Wait(4 * time.Minute); err == nil {
+	if err := d2.Wait(8 * time.Minute); err == nil {
 		t.Fatal("the job on a tampered input succeeded")
 	}
 	t.Logf("the job on a tampered input failed after %v", time.Since(tstart).Round(time.Millisecond))
