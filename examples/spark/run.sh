@@ -49,6 +49,9 @@ declare -A IP PID
 _spark_pids=()
 _netns_cleanup() {
 	local pid
+	# The key services first, gently (lib.sh's _cleanup waits for them).
+	for pid in "${_kms_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+	for pid in "${_kms_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 	for pid in "${_spark_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
 	for pid in "${_spark_pids[@]}"; do
 		for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
