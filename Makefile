@@ -11,7 +11,7 @@ BENCHTIME ?= 1x
 # go fetch it through the module proxy where the installed Go is older.
 export GOTOOLCHAIN ?= auto
 
-.PHONY: all build setup test fmt lint vet vulncheck bench demo spark-demo clean
+.PHONY: all build setup test fmt lint vet vulncheck bench bench-spark demo spark-demo clean
 
 all: build
 
@@ -49,10 +49,15 @@ test: setup lint build
 bench: setup build
 	./scripts/bench.sh
 
+# Spark TPC-H alone (make bench runs it too): SF=0.1 RUNS=1 for a quick run.
+bench-spark: setup build
+	./scripts/bench-spark.sh
+
 demo: setup build
 	./scripts/demo.sh
 
-# A Spark cluster of veil instances on network-namespace hosts (root).
+# A Spark cluster of veil instances on network-namespace hosts (root);
+# QUERIES=all runs TPC-H's 22 queries.
 spark-demo: setup build
 	./scripts/spark-demo.sh
 

@@ -69,3 +69,11 @@ if [ "${PEOPLE:-1}" = 1 ] && [ "$(id -u)" = 0 ] && /usr/bin/python3 -c 'import p
 	echo "== people query, plaintext vs veil (scripts/bench-people.sh)"
 	COUNT=$COUNT ./scripts/bench-people.sh
 fi
+
+# Spark TPC-H on the namespace cluster: plaintext, Spark's own encryption,
+# veil (scripts/bench-spark.sh; needs root, Java and pyspark; SPARK=0 skips
+# it; SPARK_SF (1) and SPARK_RUNS (3) size it).
+if [ "${SPARK:-1}" = 1 ] && [ "$(id -u)" = 0 ] && [ -x /usr/lib/jvm/java-17-openjdk-amd64/bin/java ]; then
+	echo "== Spark TPC-H: plaintext, Spark's encryption, veil (scripts/bench-spark.sh)"
+	SF=${SPARK_SF:-1} RUNS=${SPARK_RUNS:-3} ./scripts/bench-spark.sh
+fi

@@ -3,15 +3,16 @@
 # several hosts (examples/spark/run.sh): network namespaces as hosts, a dev
 # key service on one, the master, two workers and the driver each in veil
 # run on their own; the people query on sealed shared storage, then TPC-H
-# Q1 and Q6 at scale factor 0.1 (TPCH_SF, TPCH_QUERIES; TPCH_SF= skips
-# them), each compared with the same job file run on the plaintext outside
+# Q1 and Q6 at scale factor 0.1 (TPCH_SF; QUERIES or TPCH_QUERIES, e.g.
+# QUERIES=all for the 22; TPCH_SF= skips them), the multi-party query of
+# two owners with two key services (MULTI_PARTY=0 skips it), each compared with the same job file run on the plaintext outside
 # veil. Installs what it needs (scripts/setup.sh: Java, pyspark,
 # tpchgen-cli); leaves nothing running or mounted and no namespace behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export VEIL=${VEIL:-$PWD/bin/veil}
 export ROWS=${ROWS:-100000}
-export TPCH_SF=${TPCH_SF-0.1} TPCH_QUERIES=${TPCH_QUERIES:-1,6}
+export TPCH_SF=${TPCH_SF-0.1} TPCH_QUERIES=${QUERIES:-${TPCH_QUERIES:-1,6}}
 
 ./scripts/setup.sh
 if [ "$(id -u)" != 0 ]; then

@@ -11,31 +11,47 @@
 # workers, the executors the workers start, the driver) runs in veil run
 # with network: host in its host's namespace. The people query runs through
 # spark-submit on the cluster; the owner decrypts its part files and
-# compares them with the same job run on the plaintext outside veil.
+# compares them with the same job run on the plaintext outside veil. Then
+# the multi-party query: party B, with its own key service on host kmsb,
+# seals its incomes table under its own key; the job joins it with the
+# owner's (party A's) people and writes one result through a mount that
+# seals it for both keys; each party decrypts it with its own key service.
+# With TPCH_SF, TPC-H (Parquet, sealed) runs TPCH_RUNS times on the cluster.
 #
 # Environment: VEIL (default ./bin/veil), ROWS (default 20000), WORKERS
 # (default 2), PYSPARK_DIR (default /var/cache/veil/pip/pyspark-3.5.9),
-# WORK, KEEP=1. Needs root (namespaces, FUSE).
+# MULTI_PARTY (1; 0 skips it), TPCH_SF (none), TPCH_QUERIES (1,6; all for
+# the 22), TPCH_RUNS (1), SPARK_MODE (veil; plain or crypto run the same
+# entry point outside veil on the same hosts, for scripts/bench-spark.sh:
+# TPC-H only, on plaintext), WORK, KEEP=1. Needs root (namespaces, FUSE).
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../lib.sh"
 ROWS=${ROWS:-20000}
 WORKERS=${WORKERS:-2}
 PYSPARK_DIR=${PYSPARK_DIR:-/var/cache/veil/pip/pyspark-3.5.9}
 export JAVA_HOME=${JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}
-mkdir -p "$WORK"/{owner,shared,logs,results/veil,results/plain}
-# The shared storage: the sandboxes' root (a mapped uid) writes there
-# through the sealed mounts.
-chown 1073741824:1073741824 "$WORK/shared"
+SPARK_MODE=${SPARK_MODE:-veil}
+case $SPARK_MODE in veil | plain | crypto) ;; *) echo "spark: SPARK_MODE is veil, plain or crypto, not $SPARK_MODE" >&2; exit 2 ;; esac
+TPCH_RUNS=${TPCH_RUNS:-1}
+[ "${TPCH_QUERIES:-}" != all ] || TPCH_QUERIES=$(seq -s, 1 22)
+mkdir -p "$WORK"/{owner,shared,shared-b,joint,logs,results/veil,results/plain}
+# The shared storage (the owner's, party B's, the joint output): the
+# sandboxes' root (a mapped uid) writes there through the sealed mounts.
+chown 1073741824:1073741824 "$WORK/shared" "$WORK/shared-b" "$WORK/joint"
 
 # Hosts: namespaces named veil-<run>-<host>; 10.<a>.<b>.0/24, random per run.
 run_id=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
 net="10.$((0x${run_id:0:2} % 64 + 160)).$((0x${run_id:2:2}))"
-hosts=(kms owner master driver)
+hosts=(master driver)
+[ "$SPARK_MODE" != veil ] || hosts+=(kms kmsb owner)
 for i in $(seq "$WORKERS"); do hosts+=("worker$i"); done
 declare -A IP PID
 _spark_pids=()
 _netns_cleanup() {
 	local pid
+	# The key services first, gently (lib.sh's _cleanup waits for them).
+	for pid in "${_kms_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+	for pid in "${_kms_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 	for pid in "${_spark_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
 	for pid in "${_spark_pids[@]}"; do
 		for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -43,6 +59,9 @@ _netns_cleanup() {
 		wait "$pid" 2>/dev/null || true
 	done
 	local h
+	# Whatever is left in a host (outside veil, executors a killed worker
+	# started): only this run's namespaces.
+	for h in "${hosts[@]}"; do ip netns pids "veil-$run_id-$h" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true; done
 	for h in "${hosts[@]}" switch; do ip netns del "veil-$run_id-$h" 2>/dev/null || true; done
 }
 trap '_netns_cleanup; _cleanup' EXIT
@@ -67,23 +86,33 @@ for h in "${hosts[@]}"; do
 done
 for h in "${hosts[@]}" switch; do ns "$h"; done >"$WORK/netns"
 
-say "key service" "starts on host kms (dev mode)"
-kdir=$WORK/kms
-mkdir -p "$kdir"
-# (ip netns exec directly, not through a function: $! is then the key
-# service's own process, which the clean-up stops.)
-ip netns exec "$(ns kms)" "$VEIL" kms serve --dev --data "$kdir/data" --listen "${IP[kms]}:8443" >"$kdir/env" 2>"$kdir/log" &
-_kms_pids+=($!)
-for _ in $(seq 100); do
-	grep -q VEIL_ADMIN_TOKEN "$kdir/env" 2>/dev/null && break
-	kill -0 "${_kms_pids[-1]}" 2>/dev/null || { cat "$kdir/log" >&2; exit 1; }
-	sleep 0.1
-done
-KMS_OWNER_URL=$(sed -n 's/^export VEIL_KMS_URL=//p' "$kdir/env")
-KMS_OWNER_CA=$(sed -n 's/^export VEIL_KMS_CA=//p' "$kdir/env")
-KMS_OWNER_TOKEN=$(sed -n 's/^export VEIL_ADMIN_TOKEN=//p' "$kdir/env")
-KMS_OWNER_ADDR=${KMS_OWNER_URL#https://}
-echo "  at $KMS_OWNER_URL"
+# kms_on HOST NAME: a dev key service on HOST; sets KMS_<NAME>_URL, _CA,
+# _TOKEN and _ADDR (NAME in upper case, - as _).
+kms_on() {
+	local h=$1 up dir=$WORK/$1
+	up=$(echo "$2" | tr 'a-z-' 'A-Z_')
+	mkdir -p "$dir"
+	# (ip netns exec directly, not through a function: $! is then the key
+	# service's own process, which the clean-up stops.)
+	ip netns exec "$(ns "$h")" "$VEIL" kms serve --dev --data "$dir/data" --listen "${IP[$h]}:8443" >"$dir/env" 2>"$dir/log" &
+	_kms_pids+=($!)
+	for _ in $(seq 100); do
+		grep -q VEIL_ADMIN_TOKEN "$dir/env" 2>/dev/null && break
+		kill -0 "${_kms_pids[-1]}" 2>/dev/null || { cat "$dir/log" >&2; exit 1; }
+		sleep 0.1
+	done
+	local v
+	for v in URL CA TOKEN; do
+		printf -v "KMS_${up}_$v" '%s' "$(sed -n "s/^export VEIL_\(KMS\|ADMIN\)_$v=//p" "$dir/env")"
+	done
+	v=KMS_${up}_URL
+	printf -v "KMS_${up}_ADDR" '%s' "${!v#https://}"
+	echo "  at ${!v}"
+}
+if [ "$SPARK_MODE" = veil ]; then
+say "key services" "start on host kms (the owner's, party A's) and host kmsb (party B's), dev mode"
+kms_on kms owner
+kms_on kmsb party-b
 
 say "data owner" "enrolls (from host owner), creates a key and Spark's authentication secret"
 # The owner's commands run on the owner's host.
@@ -103,6 +132,15 @@ echo "  secret spark-auth = $SECRET"
 say "data owner" "generates people.csv ($ROWS rows) and seals it onto the shared storage"
 "$PYTHON" "$here/../people/gen_people.py" --rows "$ROWS" "$WORK/owner/people.csv"
 show as_owner alice "$OWNER_VEIL" encrypt --key kms:people-key -i "$WORK/owner/people.csv" -o "$WORK/shared/people.csv"
+
+say "party B" "enrolls at its own key service (kmsb), creates a key, seals its incomes table onto its storage"
+owner_enroll bob party-b
+KEY_B=$(key_create bob incomes-key)
+echo "  key incomes-key = $KEY_B"
+"$PYTHON" "$here/../multi-party/gen_parties.py" --rows "$ROWS" "$WORK/owner/party-a.csv" "$WORK/owner/party-b.csv"
+show as_owner alice "$OWNER_VEIL" encrypt --key kms:people-key -i "$WORK/owner/party-a.csv" -o "$WORK/shared/party-a.csv"
+show as_owner bob "$OWNER_VEIL" encrypt --key kms:incomes-key -i "$WORK/owner/party-b.csv" -o "$WORK/shared-b/incomes.csv"
+chown -R 1073741824:1073741824 "$WORK/shared" "$WORK/shared-b"
 VEIL=$_veil
 
 say "developer" "builds the Spark instance: Debian's python3 and OpenJDK 17, pyspark, the entry point and the jobs"
@@ -116,13 +154,57 @@ printf '127.0.0.1\tlocalhost veil\n::1\tlocalhost\n' >"$inst/image/etc/hosts"
 printf 'root:x:0:0:root:/tmp:/usr/sbin/nologin\n' >"$inst/image/etc/passwd"
 fill_config "$here/veil.json" "$inst/veil.json" \
 	DATA_DIR="$WORK/shared" KEY_ID="$KEY" SECRET_ID="$SECRET" PYSPARK_DIR="$PYSPARK_DIR" \
-	KMS_ADDRESS="$KMS_OWNER_ADDR" KMS_CA_CERT="@file:$KMS_OWNER_CA"
+	KMS_ADDRESS="$KMS_OWNER_ADDR" KMS_CA_CERT="@file:$KMS_OWNER_CA" \
+	PARTY_B_DIR="$WORK/shared-b" JOINT_DIR="$WORK/joint" KEY_B_ID="$KEY_B" \
+	KMS_B_ADDRESS="$KMS_PARTY_B_ADDR" KMS_B_CA_CERT="@file:$KMS_PARTY_B_CA"
 show "$VEIL" build -C "$inst"
 echo "  measurement $("$VEIL" print -C "$inst" mrenclave)"
 
 say "data owner" "releases the key and the secret to that measurement only"
 show as_owner alice "$OWNER_VEIL" kms policy create --name spark-cluster \
 	--from-instance "$inst" --key people-key --secret spark-auth --allow-sim
+say "party B" "releases its key to the same measurement at its own key service"
+show as_owner bob "$OWNER_VEIL" kms policy create --name spark-cluster \
+	--from-instance "$inst" --key incomes-key --allow-sim
+launch=("$VEIL" run -C "$inst" /opt/spark/veil-entrypoint.sh)
+DATA=/data
+else
+# Outside veil (the benchmark's baselines): the same entry point and jobs,
+# run directly with the machine's Java and pyspark on the same hosts. Each
+# role gets a mount namespace of its own with a tmpfs at /tmp (as in the
+# instance), the entry point and jobs at /opt/spark and the shared storage,
+# plaintext, at /opt/data. SPARK_MODE=plain deletes the entry point's three
+# protections (spark.authenticate, RPC and I/O encryption); crypto keeps it
+# as it is, with a random secret in _SPARK_AUTH_SECRET.
+say "operator" "outside veil ($SPARK_MODE): the entry point and jobs run directly with Java and pyspark of the machine"
+inst=$WORK/spark-outside
+mkdir -p "$inst/jobs"
+cp "$here"/jobs/*.py "$inst/jobs/"
+cp -r "$here/jobs/tpch" "$inst/jobs/"
+if [ "$SPARK_MODE" = plain ]; then
+	sed '/^spark\.authenticate  /d; /^spark\.network\.crypto\.enabled /d; /^spark\.io\.encryption\.enabled /d' \
+		"$here/app/veil-entrypoint.sh" >"$inst/veil-entrypoint.sh"
+else
+	cp "$here/app/veil-entrypoint.sh" "$inst/veil-entrypoint.sh"
+fi
+chmod 755 "$inst/veil-entrypoint.sh"
+_SPARK_AUTH_SECRET=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+export _SPARK_AUTH_SECRET
+boot='set -e
+pys=$3
+mount -t tmpfs -o mode=755 tmpfs /opt
+mkdir /opt/spark /opt/data
+mount --bind "$1" /opt/spark
+mount --bind "$2" /opt/data
+mount -t tmpfs -o size=1g tmpfs /tmp
+shift 3
+cd /
+exec env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME=/tmp PYTHONDONTWRITEBYTECODE=1 PYSPARK_PYTHON=/usr/bin/python3 \
+	JAVA_HOME="$JAVA_HOME" PYTHONPATH="$pys" SPARK_HOME="$pys/pyspark" _SPARK_AUTH_SECRET="$_SPARK_AUTH_SECRET" \
+	/opt/spark/veil-entrypoint.sh "$@"'
+launch=(unshare -m --propagation private bash -c "$boot" boot "$inst" "$WORK/shared" "$PYSPARK_DIR")
+DATA=/opt/data
+fi
 
 # since T0: seconds since T0 (date +%s%N), with one decimal.
 since() { local ms=$((($(date +%s%N) - $1) / 1000000)); printf '%d.%d s' $((ms / 1000)) $((ms % 1000 / 100)); }
@@ -142,8 +224,8 @@ driver() {
 	local name=$1 t0
 	shift
 	t0=$(date +%s%N)
-	printf '  $ veil run -C spark /opt/spark/veil-entrypoint.sh driver %s %s %s\n' "${IP[driver]}" "$master" "$*"
-	on driver "$VEIL" run -C "$inst" /opt/spark/veil-entrypoint.sh driver "${IP[driver]}" "$master" "$@" \
+	printf '  $ %s /opt/spark/veil-entrypoint.sh driver %s %s %s\n' "$(launcher)" "${IP[driver]}" "$master" "$*"
+	on driver "${launch[@]}" driver "${IP[driver]}" "$master" "$@" \
 		>"$WORK/logs/driver-$name.log" 2>&1 || {
 		tail -50 "$WORK/logs/driver-$name.log" >&2
 		exit 1
@@ -151,11 +233,13 @@ driver() {
 	echo "  job done in $(since "$t0")"
 }
 
-# spark_start HOST ROLE ARGS...: veil run of the Spark instance on HOST.
+launcher() { if [ "$SPARK_MODE" = veil ]; then echo "veil run -C spark"; else echo "(outside veil)"; fi; }
+# spark_start HOST ROLE ARGS...: veil run of the Spark instance on HOST
+# (outside veil: the entry point in a mount namespace of its own).
 spark_start() {
 	local h=$1 role=$2
 	shift 2
-	ip netns exec "$(ns "$h")" "$VEIL" run -C "$inst" /opt/spark/veil-entrypoint.sh "$role" "${IP[$h]}" "$@" \
+	ip netns exec "$(ns "$h")" "${launch[@]}" "$role" "${IP[$h]}" "$@" \
 		>"$WORK/logs/$h.log" 2>&1 &
 	PID[$h]=$!
 	_spark_pids+=($!)
@@ -173,14 +257,19 @@ wait_log() {
 	return 1
 }
 
-say "operator" "starts the cluster: the master and $WORKERS workers, each in veil run on its host"
+mkdir -p "$WORK/times"
+say "operator" "starts the cluster: the master and $WORKERS workers, each $(launcher) on its host"
 t0=$(date +%s%N)
 spark_start master master
 wait_log master "Starting Spark master at" 120
 master=spark://${IP[master]}:7077
 for i in $(seq "$WORKERS"); do spark_start "worker$i" worker "$master"; done
 for i in $(seq "$WORKERS"); do wait_log "worker$i" "Successfully registered with master" 180; done
-echo "  cluster up (instances attested, workers registered) in $(since "$t0")"
+up=$(since "$t0")
+echo "${up% s}" >"$WORK/times/cluster-up"
+echo "  cluster up (instances attested, workers registered) in $up"
+
+if [ "$SPARK_MODE" = veil ]; then
 
 say "operator" "submits the people query from the driver's host"
 driver people people_query /data/people.csv /data/out/people
@@ -205,15 +294,48 @@ else
 	exit 1
 fi
 
-[ -n "${TPCH_SF:-}" ] || exit 0
-say "data owner" "generates TPC-H at scale factor $TPCH_SF (tpchgen-cli, Parquet) and seals it onto the shared storage"
-"$here/../../scripts/tpch-gen.sh" "$TPCH_SF" "$WORK/owner/tpch" parquet >/dev/null
-show as_owner alice "$OWNER_VEIL" encrypt --key kms:people-key -i "$WORK/owner/tpch" -o "$WORK/shared/tpch"
-chown -R 1073741824:1073741824 "$WORK/shared/tpch"
+if [ "${MULTI_PARTY:-1}" = 1 ]; then
+	say "operator" "submits the multi-party query: A's people (/data) joined with B's incomes (/party-b)"
+	driver multi-party multi_party /data/party-a.csv /party-b/incomes.csv /joint/out
+	say "parties A and B" "each decrypt the one joined result with their own key service, and compare with a plaintext run"
+	part=$(ls "$WORK"/joint/out/part-*.csv)
+	show as_owner alice "$OWNER_VEIL" decrypt -i "$part" -o "$WORK/results/veil/mp-a.csv"
+	show as_owner bob "$OWNER_VEIL" decrypt -i "$part" -o "$WORK/results/veil/mp-b.csv"
+	plain_submit multi-party "$here/jobs/multi_party.py" "$WORK/owner/party-a.csv" "$WORK/owner/party-b.csv" "$WORK/results/plain/mp"
+	sed 's/^/  /' "$WORK/results/veil/mp-a.csv"
+	for p in a b; do
+		cmp -s "$WORK/results/veil/mp-$p.csv" "$WORK"/results/plain/mp/part-*.csv || { echo "spark: the multi-party result party ${p^^} decrypted differs" >&2; exit 1; }
+	done
+	echo "  identical for A and for B; B cannot open A's input:"
+	if as_owner bob "$OWNER_VEIL" decrypt -i "$WORK/shared/party-a.csv" -o "$WORK/results/stolen" >"$WORK/logs/stolen.log" 2>&1; then
+		echo "spark: party B decrypted party A's input" >&2
+		exit 1
+	fi
+	sed 's/^/    /' "$WORK/logs/stolen.log"
+fi
 
-say "operator" "runs TPC-H queries ${TPCH_QUERIES:=1,6} (examples/spark/jobs/tpch.py) on the cluster"
-driver tpch tpch --data /data/tpch --format parquet --out /data/out/tpch --queries "$TPCH_QUERIES"
-grep '^tpch ' "$WORK/logs/driver-tpch.log" | sed 's/^/  /'
+fi
+
+[ -n "${TPCH_SF:-}" ] || exit 0
+if [ "$SPARK_MODE" = veil ]; then
+	say "data owner" "generates TPC-H at scale factor $TPCH_SF (tpchgen-cli, Parquet) and seals it onto the shared storage"
+	VEIL_TPCH_LINK=1 "$here/../../scripts/tpch-gen.sh" "$TPCH_SF" "$WORK/owner/tpch" parquet >/dev/null
+	show as_owner alice "$OWNER_VEIL" encrypt --key kms:people-key -i "$WORK/owner/tpch" -o "$WORK/shared/tpch"
+	chown -R 1073741824:1073741824 "$WORK/shared/tpch"
+else
+	say "operator" "generates TPC-H at scale factor $TPCH_SF (tpchgen-cli, Parquet) onto the shared storage, plaintext"
+	VEIL_TPCH_LINK=1 "$here/../../scripts/tpch-gen.sh" "$TPCH_SF" "$WORK/shared/tpch" parquet >/dev/null
+fi
+
+say "operator" "runs TPC-H queries ${TPCH_QUERIES:=1,6} (examples/spark/jobs/tpch.py) on the cluster, $TPCH_RUNS time(s)"
+for r in $(seq "$TPCH_RUNS"); do
+	name=tpch
+	[ "$r" = 1 ] || name=tpch-$r
+	driver "$name" tpch --data "$DATA/tpch" --format parquet --out "$DATA/out/$name" --queries "$TPCH_QUERIES"
+	grep '^tpch ' "$WORK/logs/driver-$name.log" | tee "$WORK/times/tpch.$r" | sed 's/^/  /' | tr '\n' ' ' | fold -s -w 100 | sed 's/^/  /'
+	echo
+done
+[ "$SPARK_MODE" = veil ] || exit 0
 
 say "data owner" "decrypts the results and compares them with the same job file on the plaintext"
 show as_owner alice "$OWNER_VEIL" decrypt -i "$WORK/shared/out/tpch" -o "$WORK/results/veil/tpch"

@@ -24,6 +24,9 @@ func TestMain(m *testing.M) { veiltest.Main(m, &veil) }
 // peopleRows is the size of the people query's input.
 const peopleRows = 50000
 
+// partyRows is the size of party A's table in the multi-party query.
+const partyRows = 20000
+
 // tpchQueries are the TPC-H queries the test runs at scale factor 0.1.
 const tpchQueries = "1,3,6"
 
@@ -40,6 +43,12 @@ const tpchQueries = "1,3,6"
 //     from the driver's host: its sealed part files, decrypted by the
 //     owner, hold the same rows as the same file run on the plaintext in
 //     local mode outside veil;
+//   - the multi-party query (examples/spark/jobs/multi_party.py): party
+//     A's people sealed under A's key (key service on kms), party B's
+//     incomes under B's key (key service on kmsb), each unreadable by
+//     the other party; the joined result, written once through a mount
+//     that seals for both keys, decrypted by each party with its own key
+//     service, equals the same file run on the plaintext in local mode;
 //   - TPC-H Q1, Q3 and Q6 at scale factor 0.1 (examples/spark/jobs/tpch.py
 //     over sealed Parquet) survive the kill -9 of a worker's veil process
 //     in the middle of the job: the results equal the plaintext run's, and
@@ -72,6 +81,21 @@ func TestCluster(t *testing.T) {
 	}
 	sealed[len(sealed)/2] ^= 0x40
 	writeFile(t, filepath.Join(c.Shared, "in", "tampered.csv"), sealed, 0o644)
+	// The two parties' tables, each sealed by its owner under its key.
+	partyA, partyB := filepath.Join(c.Work, "owner", "party-a.csv"), filepath.Join(c.Work, "owner", "party-b.csv")
+	if out, err := exec.Command("/usr/bin/python3", filepath.Join(ex, "..", "multi-party", "gen_parties.py"),
+		"--rows", strconv.Itoa(partyRows), partyA, partyB).CombinedOutput(); err != nil {
+		t.Fatalf("gen_parties.py: %v\n%s", err, out)
+	}
+	c.Seal(partyA, "in/party-a.csv")
+	c.OwnerB("", "encrypt", "--key", "kms:"+c.KeyBID, "-i", partyB, "-o", filepath.Join(c.SharedB, "incomes.csv"))
+	// Neither party can open the other's input.
+	if out, err := c.OwnerBTry("decrypt", "-i", filepath.Join(c.Shared, "in", "party-a.csv"), "-o", filepath.Join(c.Work, "owner", "stolen-a")); err == nil {
+		t.Fatalf("party B decrypted party A's input:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(c.Work, "owner", "stolen-a")); err == nil {
+		t.Error("party B's failed decrypt left a file")
+	}
 	// TPC-H at SF 0.1 as Parquet, sealed as a tree.
 	tpchPlain := tpchGen(t, filepath.Join(c.Work, "owner", "tpch"))
 	c.Owner("", "encrypt", "--key", "kms:"+c.KeyID, "-i", tpchPlain, "-o", filepath.Join(c.Shared, "tpch"))
@@ -80,19 +104,25 @@ func TestCluster(t *testing.T) {
 	// The plaintext run, outside veil, while the cluster comes up.
 	plainOut := filepath.Join(c.Work, "owner", "plain-out")
 	plainTPCH := filepath.Join(c.Work, "owner", "plain-tpch")
+	plainMP := filepath.Join(c.Work, "owner", "plain-mp")
 	type result struct {
 		out []byte
 		err error
 	}
 	plainDone := make(chan result, 1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 		defer cancel()
 		out, err := Plain(ctx, c.Pyspark, job, plainIn, plainOut)
 		if err == nil {
 			var o []byte
 			o, err = Plain(ctx, c.Pyspark, filepath.Join(ex, "jobs", "tpch.py"),
 				"--data", tpchPlain, "--format", "parquet", "--out", plainTPCH, "--queries", tpchQueries)
+			out = append(out, o...)
+		}
+		if err == nil {
+			var o []byte
+			o, err = Plain(ctx, c.Pyspark, filepath.Join(ex, "jobs", "multi_party.py"), partyA, partyB, plainMP)
 			out = append(out, o...)
 		}
 		plainDone <- result{out, err}
@@ -135,16 +165,25 @@ func TestCluster(t *testing.T) {
 	// The people query.
 	jobStart := time.Now()
 	d := c.Start("driver", inst, "driver", c.MasterURL(), "people_query", "/data/in/people.csv", "/data/out/people")
-	if err := d.Wait(5 * time.Minute); err != nil {
+	if err := d.Wait(10 * time.Minute); err != nil {
 		t.Fatalf("the people query failed: %v", err)
 	}
 	t.Logf("people query on the cluster (%d rows): %v", peopleRows, time.Since(jobStart).Round(time.Millisecond))
+
+	// The multi-party query: A's input at /data, B's at /party-b, the
+	// result at /joint (sealed for A's and B's keys).
+	jobStart = time.Now()
+	d = c.Start("driver", inst, "driver", c.MasterURL(), "multi_party", "/data/in/party-a.csv", "/party-b/incomes.csv", "/joint/out")
+	if err := d.Wait(10 * time.Minute); err != nil {
+		t.Fatalf("the multi-party query failed: %v", err)
+	}
+	t.Logf("multi-party query on the cluster (%d rows of A): %v", partyRows, time.Since(jobStart).Round(time.Millisecond))
 
 	// TPC-H, with worker2 killed once it runs a task.
 	jobStart = time.Now()
 	d = c.Start("driver", inst, "driver", c.MasterURL(), "tpch", "--data", "/data/tpch", "--format", "parquet",
 		"--out", "/data/out/tpch", "--queries", tpchQueries)
-	d.WaitLog(`Starting task .*\(`+regexp.QuoteMeta(c.Net.Host("worker2").IP)+`, executor`, 4*time.Minute)
+	d.WaitLog(`Starting task .*\(`+regexp.QuoteMeta(c.Net.Host("worker2").IP)+`, executor`, 8*time.Minute)
 	if !w2.Kill(30 * time.Second) {
 		t.Fatal("worker2's veil did not end within 30 s of SIGKILL")
 	}
@@ -152,7 +191,7 @@ func TestCluster(t *testing.T) {
 		t.Fatal("the job had ended before worker2 was killed")
 	}
 	t.Logf("killed worker2's veil %v into the TPC-H job", time.Since(jobStart).Round(time.Millisecond))
-	if err := d.Wait(6 * time.Minute); err != nil {
+	if err := d.Wait(10 * time.Minute); err != nil {
 		t.Fatalf("TPC-H failed after the kill: %v", err)
 	}
 	t.Logf("TPC-H %s at SF 0.1 on the cluster (a worker killed): %v; %s", tpchQueries,
@@ -198,6 +237,35 @@ func TestCluster(t *testing.T) {
 	}
 	t.Logf("result (%d part files) equals the plaintext run's: %s", len(parts), strings.Join(gotRows, " "))
 
+	// Each party decrypts the one joined result with its own key service.
+	mpParts, _ := filepath.Glob(filepath.Join(c.Joint, "out", "part-*.csv"))
+	wantMP, _ := filepath.Glob(filepath.Join(plainMP, "part-*.csv"))
+	if len(mpParts) != 1 || len(wantMP) != 1 {
+		t.Fatalf("multi-party part files: cluster %v, plaintext %v; want one each", mpParts, wantMP)
+	}
+	want, err = os.ReadFile(wantMP[0])
+	if err != nil || bytes.Count(want, []byte("\n")) < 3 {
+		t.Fatalf("the plaintext multi-party result: %q (%v)", want, err)
+	}
+	for _, party := range []struct {
+		name    string
+		decrypt func(string, ...string) string
+	}{{"A", c.Owner}, {"B", c.OwnerB}} {
+		dec := filepath.Join(c.Work, "owner", "veil-mp-"+party.name+".csv")
+		party.decrypt("", "decrypt", "-i", mpParts[0], "-o", dec)
+		b, err := os.ReadFile(dec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(b, want) {
+			t.Fatalf("the multi-party result decrypted by party %s differs from the plaintext run's:\n--- cluster\n%s--- plaintext\n%s", party.name, b, want)
+		}
+	}
+	t.Logf("multi-party result, decrypted by A and by B, equals the plaintext run's (%d lines)", bytes.Count(want, []byte("\n")))
+	if out, err := c.OwnerBTry("decrypt", "-i", filepath.Join(c.Shared, "out", "people", filepath.Base(parts[0])), "-o", filepath.Join(c.Work, "owner", "stolen-out")); err == nil {
+		t.Errorf("party B decrypted A's people query output:\n%s", out)
+	}
+
 	veilTPCH := filepath.Join(c.Work, "owner", "veil-tpch")
 	c.Decrypt(filepath.Join(c.Shared, "out", "tpch"), veilTPCH)
 	for _, q := range strings.Split(tpchQueries, ",") {
@@ -215,7 +283,7 @@ func TestCluster(t *testing.T) {
 	// A tampered sealed input fails the job, naming the file.
 	tstart := time.Now()
 	d2 := c.Start("driver", inst, "driver", c.MasterURL(), "people_query", "/data/in/tampered.csv", "/data/out/tampered")
-	if err := d2.Wait(4 * time.Minute); err == nil {
+	if err := d2.Wait(8 * time.Minute); err == nil {
 		t.Fatal("the job on a tampered input succeeded")
 	}
 	t.Logf("the job on a tampered input failed after %v", time.Since(tstart).Round(time.Millisecond))

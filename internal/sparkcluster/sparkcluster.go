@@ -87,17 +87,27 @@ type Cluster struct {
 	KMSURL, KMSCA, token string
 	appID, apiKey        string
 	KeyID, SecretID      string
-	logMu                sync.Mutex
-	logs                 []string
+
+	// Party B of the multi-party query: its own key service (host
+	// kmsb), its app and key, its storage (mounted at /party-b) and the
+	// joint output directory (mounted at /joint, sealed for both keys).
+	KMSB                    *netnstest.Proc
+	KMSBURL, KMSBCA         string
+	appIDB, apiKeyB, KeyBID string
+	SharedB, Joint          string
+
+	logMu sync.Mutex
+	logs  []string
 }
 
 // Hosts are the hosts New creates besides the workers.
-var Hosts = []string{"kms", "owner", "master", "driver"}
+var Hosts = []string{"kms", "kmsb", "owner", "master", "driver"}
 
 // New creates the hosts (those of Hosts, worker1..workerN and extra),
 // starts the key service on kms, enrolls the owner, creates the data key
 // people-key and Spark's authentication secret spark-auth (32 random
-// bytes, hex).
+// bytes, hex); and party B of the multi-party query: a second key service
+// on host kmsb, the owner bob enrolled there and B's key incomes-key.
 func New(t testing.TB, veil string, workers int, extra ...string) *Cluster {
 	t.Helper()
 	veiltest.NeedFUSE(t)
@@ -110,47 +120,71 @@ func New(t testing.TB, veil string, workers int, extra ...string) *Cluster {
 	names = append(names, extra...)
 	work := t.TempDir()
 	c := &Cluster{t: t, Veil: veil, Home: filepath.Join(work, "home"), Work: work,
-		Shared: filepath.Join(work, "shared"), Pyspark: pys}
-	for _, d := range []string{c.Shared, filepath.Join(work, "logs"), filepath.Join(work, "owner")} {
+		Shared: filepath.Join(work, "shared"), Pyspark: pys,
+		SharedB: filepath.Join(work, "shared-b"), Joint: filepath.Join(work, "joint")}
+	for _, d := range []string{c.Shared, c.SharedB, c.Joint, filepath.Join(work, "logs"), filepath.Join(work, "owner")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// The sandboxes' root (a mapped uid) writes there through the
 	// sealed mounts.
-	if err := os.Chown(c.Shared, 1<<30, 1<<30); err != nil {
-		t.Fatal(err)
+	for _, d := range []string{c.Shared, c.SharedB, c.Joint} {
+		if err := os.Chown(d, 1<<30, 1<<30); err != nil {
+			t.Fatal(err)
+		}
 	}
 	c.Net = netnstest.New(t, names...)
 	t.Cleanup(c.dumpLogsOnFailure)
 	c.kmsData = filepath.Join(work, "kms")
 	c.StartKMS()
-	// It prints its address, CA and admin token once listening.
-	var env []byte
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		env, _ = os.ReadFile(filepath.Join(work, "logs", "kms.env"))
-		if bytes.Contains(env, []byte("VEIL_ADMIN_TOKEN=")) || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	c.KMSURL, c.KMSCA, c.token = exportOf(env, "VEIL_KMS_URL"), exportOf(env, "VEIL_KMS_CA"), exportOf(env, "VEIL_ADMIN_TOKEN")
-	if c.KMSURL != "https://"+c.Net.Host("kms").IP+":"+KMSPort || c.KMSCA == "" || c.token == "" {
-		t.Fatalf("the key service printed %q", env)
-	}
+	var token, tokenB string
+	c.KMSURL, c.KMSCA, token = c.kmsEnv("kms")
+	c.token = token
+	c.KMSB = c.startKMS("kmsb", filepath.Join(work, "kmsb"))
+	c.KMSBURL, c.KMSBCA, tokenB = c.kmsEnv("kmsb")
 	out := c.ownerRun([]string{"VEIL_ADMIN_TOKEN=" + c.token}, "", "kms", "enroll", "--name", "alice")
 	c.appID, c.apiKey = exportOf([]byte(out), "VEIL_APP_ID"), exportOf([]byte(out), "VEIL_API_KEY")
-	out = c.Owner("", "kms", "key", "create", "--name", "people-key", "--json")
-	var k struct{ ID string }
-	if err := json.Unmarshal([]byte(out), &k); err != nil || k.ID == "" {
-		t.Fatalf("kms key create printed %q: %v", out, err)
-	}
-	c.KeyID = k.ID
+	c.KeyID = c.keyCreate(c.Owner, "people-key")
+	out = c.ownerRun([]string{"VEIL_ADMIN_TOKEN=" + tokenB, "VEIL_KMS_URL=" + c.KMSBURL, "VEIL_KMS_CA=" + c.KMSBCA},
+		"", "kms", "enroll", "--name", "bob")
+	c.appIDB, c.apiKeyB = exportOf([]byte(out), "VEIL_APP_ID"), exportOf([]byte(out), "VEIL_API_KEY")
+	c.KeyBID = c.keyCreate(c.OwnerB, "incomes-key")
 	var secret [32]byte
 	rand.Read(secret[:])
 	out = c.Owner(hex.EncodeToString(secret[:]), "kms", "secret", "put", "spark-auth")
 	c.SecretID = strings.Fields(out)[0]
 	return c
+}
+
+// kmsEnv waits until the key service of host prints its address, CA and
+// admin token (logs/HOST.env) and returns them.
+func (c *Cluster) kmsEnv(host string) (url, ca, token string) {
+	c.t.Helper()
+	var env []byte
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		env, _ = os.ReadFile(filepath.Join(c.Work, "logs", host+".env"))
+		if bytes.Contains(env, []byte("VEIL_ADMIN_TOKEN=")) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	url, ca, token = exportOf(env, "VEIL_KMS_URL"), exportOf(env, "VEIL_KMS_CA"), exportOf(env, "VEIL_ADMIN_TOKEN")
+	if url != "https://"+c.Net.Host(host).IP+":"+KMSPort || ca == "" || token == "" {
+		c.t.Fatalf("the key service on %s printed %q", host, env)
+	}
+	return url, ca, token
+}
+
+// keyCreate creates a data key with an owner's command (Owner, OwnerB).
+func (c *Cluster) keyCreate(owner func(string, ...string) string, name string) string {
+	c.t.Helper()
+	out := owner("", "kms", "key", "create", "--name", name, "--json")
+	var k struct{ ID string }
+	if err := json.Unmarshal([]byte(out), &k); err != nil || k.ID == "" {
+		c.t.Fatalf("kms key create printed %q: %v", out, err)
+	}
+	return k.ID
 }
 
 func exportOf(env []byte, name string) string {
@@ -165,15 +199,23 @@ func exportOf(env []byte, name string) string {
 // data, address and certificate) and waits until it answers.
 func (c *Cluster) StartKMS() {
 	c.t.Helper()
-	h := c.Net.Host("kms")
-	cmd := h.Command(context.Background(), c.Veil, "kms", "serve", "--dev", "--data", c.kmsData, "--listen", h.IP+":"+KMSPort)
+	c.KMS = c.startKMS("kms", c.kmsData)
+}
+
+// startKMS starts a dev key service on host with its data in data; its
+// output goes to logs/HOST.env and logs/HOST.log.
+func (c *Cluster) startKMS(host, data string) *netnstest.Proc {
+	c.t.Helper()
+	h := c.Net.Host(host)
+	cmd := h.Command(context.Background(), c.Veil, "kms", "serve", "--dev", "--data", data, "--listen", h.IP+":"+KMSPort)
 	cmd.Env = append(os.Environ(), "VEIL_HOME="+c.Home)
-	cmd.Stdout = c.logFile("kms.env")
-	cmd.Stderr = c.logFile("kms.log")
-	c.KMS = h.Start(cmd)
-	if err := c.Net.Host("owner").WaitTCP(h.IP+":"+KMSPort, 60*time.Second, c.KMS.Done()); err != nil {
-		c.t.Fatalf("the key service did not start: %v\n%s", err, c.readLog("kms.log"))
+	cmd.Stdout = c.logFile(host + ".env")
+	cmd.Stderr = c.logFile(host + ".log")
+	p := h.Start(cmd)
+	if err := c.Net.Host("owner").WaitTCP(h.IP+":"+KMSPort, 60*time.Second, p.Done()); err != nil {
+		c.t.Fatalf("the key service on %s did not start: %v\n%s", host, err, c.readLog(host+".log"))
 	}
+	return p
 }
 
 // StopKMS stops the key service.
@@ -242,6 +284,28 @@ func (c *Cluster) Owner(stdin string, args ...string) string {
 	return c.ownerRun([]string{"VEIL_APP_ID=" + c.appID, "VEIL_API_KEY=" + c.apiKey}, stdin, args...)
 }
 
+// OwnerB runs veil as party B (its app credentials at the key service on
+// kmsb) on host owner.
+func (c *Cluster) OwnerB(stdin string, args ...string) string {
+	c.t.Helper()
+	return c.ownerRun(c.envB(), stdin, args...)
+}
+
+func (c *Cluster) envB() []string {
+	return []string{"VEIL_APP_ID=" + c.appIDB, "VEIL_API_KEY=" + c.apiKeyB, "VEIL_KMS_URL=" + c.KMSBURL, "VEIL_KMS_CA=" + c.KMSBCA}
+}
+
+// OwnerBTry runs veil as party B and returns its output and error,
+// without failing the test.
+func (c *Cluster) OwnerBTry(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := c.Net.Host("owner").Command(ctx, c.Veil, args...)
+	cmd.Env = append(append(os.Environ(), "VEIL_HOME="+c.Home), c.envB()...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
 // Seal encrypts the host file plain under the data key into the shared
 // storage at rel.
 func (c *Cluster) Seal(plain, rel string) {
@@ -253,19 +317,22 @@ func (c *Cluster) Seal(plain, rel string) {
 	c.Owner("", "encrypt", "--key", "kms:"+c.KeyID, "-i", plain, "-o", dst)
 }
 
-// GiveShared gives everything on the shared storage to the sandboxes'
+// GiveShared gives everything on the shared storages (the owner's and
+// party B's) to the sandboxes'
 // root (host uid and gid 2^30), as an operator gives its storage to the
 // instances: veil encrypt writes a tree readable by its owner only.
 func (c *Cluster) GiveShared() {
 	c.t.Helper()
-	err := filepath.WalkDir(c.Shared, func(p string, _ os.DirEntry, err error) error {
+	for _, d := range []string{c.Shared, c.SharedB} {
+		err := filepath.WalkDir(d, func(p string, _ os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Lchown(p, 1<<30, 1<<30)
+		})
 		if err != nil {
-			return err
+			c.t.Fatal(err)
 		}
-		return os.Lchown(p, 1<<30, 1<<30)
-	})
-	if err != nil {
-		c.t.Fatal(err)
 	}
 }
 
@@ -315,9 +382,15 @@ func (c *Cluster) Build(name string, extra map[string]string) (string, time.Dura
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	caB, err := os.ReadFile(c.KMSBCA)
+	if err != nil {
+		c.t.Fatal(err)
+	}
 	cfg := Fill(string(tmpl), map[string]string{
 		"DATA_DIR": c.Shared, "KEY_ID": c.KeyID, "SECRET_ID": c.SecretID, "PYSPARK_DIR": c.Pyspark,
 		"KMS_ADDRESS": strings.TrimPrefix(c.KMSURL, "https://"), "KMS_CA_CERT": string(ca),
+		"PARTY_B_DIR": c.SharedB, "JOINT_DIR": c.Joint, "KEY_B_ID": c.KeyBID,
+		"KMS_B_ADDRESS": strings.TrimPrefix(c.KMSBURL, "https://"), "KMS_B_CA_CERT": string(caB),
 	})
 	if strings.Contains(cfg, "@") && regexp.MustCompile(`@[A-Z_]+@`).MatchString(cfg) {
 		c.t.Fatalf("unfilled placeholders in examples/spark/veil.json:\n%s", cfg)
@@ -364,11 +437,14 @@ func (c *Cluster) Measurement(inst string) string {
 	return strings.TrimSpace(c.veil("print", "-C", inst, "mrenclave"))
 }
 
-// Allow releases the data key and the secret to inst's measurement.
+// Allow releases the data key and the secret to inst's measurement, and
+// party B releases its key to the same measurement at its key service.
 func (c *Cluster) Allow(inst string) {
 	c.t.Helper()
 	c.Owner("", "kms", "policy", "create", "--name", "spark-"+filepath.Base(inst),
 		"--from-instance", inst, "--key", c.KeyID, "--secret", c.SecretID, "--allow-sim")
+	c.OwnerB("", "kms", "policy", "create", "--name", "spark-"+filepath.Base(inst),
+		"--from-instance", inst, "--key", c.KeyBID, "--allow-sim")
 }
 
 // Role is one Spark role's veil run on a host.

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# bench-spark.sh: TPC-H's 22 queries on the Spark cluster of
+# examples/spark/run.sh — network-namespace hosts, a master, two workers
+# and a driver, the same entry point and Spark configuration — in three
+# modes, one after the other:
+#
+#   plain   outside veil, Spark's protections off (the entry point with its
+#           spark.authenticate, RPC and I/O encryption lines deleted)
+#   crypto  outside veil, the entry point as it is: spark.authenticate,
+#           RPC encryption and shuffle/spill encryption on
+#   veil    every JVM in veil run, the data sealed on the shared storage
+#           and read through each host's sealed mount, the secret and the
+#           key from the key service
+#
+# Each mode starts its cluster once (the time until every worker has
+# registered, instances attested in veil mode, is reported apart) and runs
+# tpch.py RUNS times on it; per-query and total seconds are the medians of
+# those runs (as tpch.py times them, inside the driver: without the
+# driver's start-up), and each run's wall time of the driver is reported.
+#
+#   scripts/bench-spark.sh                 SF 1, RUNS 3, all 22 queries
+#   SF=0.1 RUNS=1 scripts/bench-spark.sh   a quick run
+#
+# Environment: SF (1), RUNS (3), QUERIES (all; e.g. 1,6), MODES ("plain
+# crypto veil"), VEIL (bin/veil), WORK (a new directory under /var/tmp;
+# KEEP=1 keeps it). Needs root (namespaces, FUSE), Java, pyspark and
+# tpchgen-cli (scripts/setup.sh).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+SF=${SF:-1}
+RUNS=${RUNS:-3}
+QUERIES=${QUERIES:-all}
+MODES=${MODES:-plain crypto veil}
+export VEIL=${VEIL:-$repo/bin/veil}
+die() { echo "bench-spark: error: $1" >&2; [ -z "${2:-}" ] || echo "bench-spark: hint: $2" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "needs root" "network namespaces and FUSE mounts: run as root"
+[ -x "$VEIL" ] || die "no veil binary at $VEIL" "run make build"
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS=$RUNS is not a positive number"
+java_home=${JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}
+[ -x "$java_home/bin/java" ] || die "no Java in $java_home" "install openjdk-17-jre-headless (scripts/setup.sh)"
+
+WORK=${WORK:-$(mktemp -d /var/tmp/veil-bench-spark.XXXXXX)}
+mkdir -p "$WORK"
+[ "${KEEP:-}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
+
+echo "== machine"
+echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "cpus: $(nproc) x $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1)"
+echo "memory: $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+echo "kernel: $(uname -r); java: $("$java_home/bin/java" -version 2>&1 | head -n1); veil: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== TPC-H SF $SF (Parquet), queries $QUERIES, $RUNS run(s) per mode; modes $MODES; master + 2 workers (1 core, 768 MiB executor each) + driver"
+
+for mode in $MODES; do
+	start=$(date +%s)
+	echo "-- $mode (load $(cut -d' ' -f1 /proc/loadavg))"
+	SPARK_MODE=$mode WORK=$WORK/$mode TPCH_SF=$SF TPCH_QUERIES=$QUERIES TPCH_RUNS=$RUNS ROWS=1000 MULTI_PARTY=0 WORKERS=2 \
+		"$repo/examples/spark/run.sh" >"$WORK/$mode.log" 2>&1 ||
+		{ tail -40 "$WORK/$mode.log" >&2; die "the $mode run failed; its log: $WORK/$mode.log (KEEP=1 keeps it)"; }
+	grep -E 'cluster up|job done|identical|differs' "$WORK/$mode.log" | sed 's/^ */   /'
+	echo "   $mode: $(($(date +%s) - start)) s in all (setup, build, data, runs, checks); load $(cut -d' ' -f1-3 /proc/loadavg)"
+done
+
+echo "== medians of $RUNS run(s), seconds"
+/usr/bin/python3 - "$WORK" "$RUNS" $MODES <<'EOF'
+import statistics, sys
+work, runs, modes = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+med, names, up = {}, [], {}
+for m in modes:
+    per = {}
+    for r in range(1, runs + 1):
+        for line in open("%s/%s/times/tpch.%d" % (work, m, r)):
+            f = line.split()
+            if len(f) == 3 and f[0] == "tpch":
+                per.setdefault(f[1], []).append(float(f[2]))
+                if f[1] not in names:
+                    names.append(f[1])
+    med[m] = {q: statistics.median(v) for q, v in per.items()}
+    up[m] = float(open("%s/%s/times/cluster-up" % (work, m)).read())
+base = "plain" if "plain" in modes else modes[0]
+others = [m for m in modes if m != base]
+print("%-8s" % "query" + "".join("%9s" % m for m in modes)
+      + "".join("%13s" % ("%s/%s" % (m, base)) for m in others))
+for q in names:
+    print("%-8s" % q + "".join("%9.2f" % med[m][q] for m in modes)
+          + "".join("%13.2f" % (med[m][q] / med[base][q] if med[base][q] else float("nan")) for m in others))
+print("%-8s" % "start" + "".join("%9.1f" % up[m] for m in modes)
+      + "".join("%13.2f" % (up[m] / up[base]) for m in others))
+print("(start: cluster start, master and two workers up and registered, attested in veil mode; one per mode)")
+if "veil" in others and "total" in med["veil"] and "total" in med[base]:
+    r = med["veil"]["total"] / med[base]["total"]
+    print("target veil <= 1.3 x %s in total: %.2f x, %s" % (base, r, "met" if r <= 1.3 else "not met"))
+EOF
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
