@@ -18,7 +18,7 @@ func TestBoundFilesInRun(t *testing.T) {
 	w.startKMS()
 	keyID := w.owner("bob")
 	data, work := t.TempDir(), t.TempDir()
-	os.WriteFile(filepath.Join(work, "people.csv"), []byte("name,job\nbob,engineer\nann,doctor\ncid,engineer\n"), 0o600)
+	os.WriteFile(filepath.Join(work, "people.csv"), []byte(peopleCSV), 0o600)
 	os.WriteFile(filepath.Join(work, "decoy.csv"), []byte("name,job\neve,engineer\n"), 0o600)
 	for _, n := range []string{"people.csv", "decoy.csv"} {
 		w.must("encrypt", "--key", "kms:bob-cmk", "-i", filepath.Join(work, n), "-o", filepath.Join(data, n), "--bind-mount", "/data", "--bind-path", n)

@@ -40,8 +40,7 @@ func TestKMSAttestedBothWays(t *testing.T) {
 	}
 	keyID := w.owner("bob")
 	data, work := t.TempDir(), t.TempDir()
-	os.WriteFile(filepath.Join(work, "people.csv"), []byte("name,job\nbob,engineer\nann,doctor\ncid,engineer\n"), 0o600)
-	w.must("encrypt", "--key", "kms:bob-cmk", "-i", filepath.Join(work, "people.csv"), "-o", filepath.Join(data, "people.csv"))
+	w.sealPeople(work, data)
 	app := w.app(keyID, data, job)
 
 	w.setKMSAttest(app, m)

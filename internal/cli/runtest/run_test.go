@@ -150,6 +150,19 @@ func (w *world) owner(name string) string {
 
 // app makes an instance whose /app/job.sh runs under dash, with a sealed
 // /data mount opened through the key service.
+// peopleCSV is the owner's plaintext of the run tests.
+const peopleCSV = "name,job\nbob,engineer\nann,doctor\ncid,engineer\n"
+
+// sealPeople writes peopleCSV to work/people.csv and seals it for the
+// key bob-cmk into data/people.csv, as the owner does.
+func (w *world) sealPeople(work, data string) {
+	w.t.Helper()
+	if err := os.WriteFile(filepath.Join(work, "people.csv"), []byte(peopleCSV), 0o600); err != nil {
+		w.t.Fatal(err)
+	}
+	w.must("encrypt", "--key", "kms:bob-cmk", "-i", filepath.Join(work, "people.csv"), "-o", filepath.Join(data, "people.csv"))
+}
+
 func (w *world) app(keyID, data, job string) string {
 	w.t.Helper()
 	dir := filepath.Join(w.t.TempDir(), "app")
@@ -195,8 +208,7 @@ func TestRunWithKMSAndDenial(t *testing.T) {
 	keyID := w.owner("bob")
 	data := t.TempDir()
 	work := t.TempDir()
-	os.WriteFile(filepath.Join(work, "people.csv"), []byte("name,job\nbob,engineer\nann,doctor\ncid,engineer\n"), 0o600)
-	w.must("encrypt", "--key", "kms:bob-cmk", "-i", filepath.Join(work, "people.csv"), "-o", filepath.Join(data, "people.csv"))
+	w.sealPeople(work, data)
 	app := w.app(keyID, data, job)
 	w.must("kms", "policy", "create", "--from-instance", app, "--key", "bob-cmk", "--allow-sim")
 
