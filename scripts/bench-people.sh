@@ -33,8 +33,7 @@ kms_start owner >/dev/null
 owner_enroll alice owner >/dev/null
 KEY=$(key_create alice people-key)
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-now() { date +%s.%N; }
+. scripts/benchlib.sh
 # timed OUTFILE CMD...: run CMD, print "total read compute write" seconds.
 timed() {
 	local err=$1 s e
@@ -87,6 +86,11 @@ probe() {
 		done
 		printf '%-44s %9s %9s %9s\n' "$what" "$( [ ${#p[@]} -gt 0 ] && printf '%s\n' "${p[@]}" | median || echo -)" "$(printf '%s\n' "${v[@]}" | median)" \
 			"$( [ ${#b[@]} -gt 0 ] && printf '%s\n' "${b[@]}" | median || true)"
+		if [[ $what == *pandas* ]]; then
+			local pm vm
+			pm=$(printf '%s\n' "${p[@]}" | median) vm=$(printf '%s\n' "${v[@]}" | median)
+			summary_row "\`python3 -c 'import pandas'\`, veil / plain" "$vm s" "plain $pm s" "$(calc "$vm / $pm")" "<=1.3" x
+		fi
 	done
 	rm -rf "$d"
 }
@@ -128,6 +132,11 @@ for rows in "${sizes[@]}"; do
 		ratio=$(awk -v t="$t" -v p="$pt" 'BEGIN {printf "%.2fx", t / p}')
 		printf '%-10s %-8s %9s %9s %9s %9s %9s %7s\n' "$rows" "$where" "$t" "$r" "$c" "$w" "$o" "$ratio"
 	done
+	vt=$(col 1 <"$d/veil.txt" | median)
+	case $rows in
+	1000000) summary_row "people query, 1 M rows, sealed in and out / plaintext" "$vt s" "plain $pt s" "$(calc "$vt / $pt")" "<=1.5" x ;;
+	10000000) summary_row "people query, 10 M rows, sealed in and out / plaintext" "$vt s" "plain $pt s" "$(calc "$vt / $pt")" "<=1.10" x ;;
+	esac
 	rm -rf "$d"
 done
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

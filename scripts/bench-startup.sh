@@ -11,7 +11,7 @@ set -euo pipefail
 COUNT=${COUNT:-15}
 source "$(dirname "$0")/../examples/lib.sh"
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+source "$(dirname "$0")/benchlib.sh"
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; "$@" >&2 || true; exit 1; }; e=$(date +%s%N); echo $(((e - s) / 1000000)); }
 
 "$VEIL" sim init >/dev/null
@@ -65,6 +65,8 @@ k=$(printf '%s\n' "${kms[@]}" | median)
 printf '%-44s %6s ms\n' "native exec (median of $COUNT)" "$n"
 printf '%-44s %6s ms  (overhead %s ms)\n' "veil run, sim, no key service" "$r" "$((r - n))"
 printf '%-44s %6s ms  (overhead %s ms)\n' "veil run, sim, attested key from local KMS" "$k" "$((k - n))"
+summary_row "\`veil run\` start-up overhead, no key service" "$r ms" "native exec $n ms" "$((r - n))" "<15" ms
+summary_row "\`veil run\` start-up overhead, attested key from a local key service" "$k ms" "native exec $n ms" "$((k - n))" "<150" ms
 if [ -n "${BASELINE:-}" ]; then
 	r=$(printf '%s\n' "${brun[@]}" | median)
 	k=$(printf '%s\n' "${bkms[@]}" | median)

@@ -2,7 +2,10 @@
 # make bench: run every package's benchmarks (medians of COUNT runs) and the
 # end-to-end 1 GiB seal/open measurement and the people query (plaintext vs
 # veil); print machine information first.
-# Results are copied by hand into docs/performance.md.
+# At the end it prints the summary table: every speed target with what this
+# run measured, its limit from the same run, and met / not met
+# (scripts/benchsummary). Results are copied by hand into
+# docs/performance.md.
 # BASELINE=/path/to/an/older/veil makes the start-up and people runs time
 # that binary too, alternating with this one (before/after in one run).
 # The Go benchmarks include the image mount's (fusefs, ReadAll) and the
@@ -10,10 +13,10 @@
 # (TestImageBenchmarks, TestBenchmarks) so that they keep working.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/benchlib.sh
 COUNT=${COUNT:-5}
 PKGS=${PKGS:-./...}
 out=${OUT:-bench.txt}
-BENCHSTAT_VERSION=v0.0.0-20260908200009-22c9c6c9d4da
 
 echo "== machine"
 echo "date:  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -25,21 +28,17 @@ echo "load:  $(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo "== go benchmarks (count=$COUNT) -> $out"
 go test -run '^$' -bench . -benchmem -count "$COUNT" $PKGS | tee "$out" | grep -E '^(Benchmark|ok|FAIL)' || true
-if ! command -v benchstat >/dev/null; then
-	go install "golang.org/x/perf/cmd/benchstat@${BENCHSTAT_VERSION}" >/dev/null 2>&1 || true
-fi
-if command -v benchstat >/dev/null || [ -x "$(go env GOPATH)/bin/benchstat" ]; then
-	echo "== medians (benchstat)"
-	PATH=$PATH:$(go env GOPATH)/bin benchstat "$out" || true
-fi
+echo "== medians (benchstat)"
+go tool benchstat "$out" || true
 
 echo "== veil encrypt/decrypt of a 1 GiB file (page cache warm, medians of $COUNT)"
 tmp=$(mktemp -d /var/tmp/veil-bench.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
+# The scripts below add their rows of the summary table here.
+export VEIL_BENCH_SUMMARY=$tmp/summary.tsv
+: >"$VEIL_BENCH_SUMMARY"
 ./bin/veil gen-key "$tmp/k" >/dev/null
 head -c $((1 << 30)) /dev/urandom >"$tmp/in"
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-calc() { awk "BEGIN {print $*}"; }
 secs() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); calc "$e - $s"; }
 enc=(); dec=(); cat=()
 for i in $(seq "$COUNT"); do
@@ -77,3 +76,7 @@ if [ "${SPARK:-1}" = 1 ] && [ "$(id -u)" = 0 ] && [ -x /usr/lib/jvm/java-17-open
 	echo "== Spark TPC-H: plaintext, Spark's encryption, veil (scripts/bench-spark.sh)"
 	SF=${SPARK_SF:-1} RUNS=${SPARK_RUNS:-3} ./scripts/bench-spark.sh
 fi
+
+echo "== summary: every speed target, measured in this run (scripts/benchsummary; docs/performance.md keeps them)"
+echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+go run ./scripts/benchsummary -go "$out" -rows "$VEIL_BENCH_SUMMARY"
