@@ -323,7 +323,11 @@ func startAPIServer(t *testing.T, c *Cluster, bin string) *kubeAPI {
 		"--service-cluster-ip-range", "10.96.0.0/16",
 		// No controller manager creates the default ServiceAccounts.
 		"--disable-admission-plugins", "ServiceAccount",
-		"--allow-privileged=true")
+		"--allow-privileged=true",
+		// Watches straight from etcd: Debian's etcd 3.4 lacks the
+		// progress notifications the watch cache needs for Spark's
+		// watches (from the latest version).
+		"--watch-cache=false")
 	owner := c.Net.Host("owner")
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
 		select {
@@ -404,6 +408,7 @@ func (k *kubeAPI) must(method, path string, body any, codes ...int) []byte {
 var kinds = map[string]string{
 	"v1/Namespace":                             "/api/v1/namespaces",
 	"v1/ConfigMap":                             "/api/v1/namespaces/%s/configmaps",
+	"v1/Secret":                                "/api/v1/namespaces/%s/secrets",
 	"v1/ServiceAccount":                        "/api/v1/namespaces/%s/serviceaccounts",
 	"rbac.authorization.k8s.io/v1/Role":        "/apis/rbac.authorization.k8s.io/v1/namespaces/%s/roles",
 	"rbac.authorization.k8s.io/v1/RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/%s/rolebindings",

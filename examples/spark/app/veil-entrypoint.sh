@@ -187,6 +187,7 @@ driver)
 		printf '%s' "$token" >/tmp/k8s/token
 		printf '%s\n' "$ca" >/tmp/k8s/ca.crt
 		cat >>"$SPARK_CONF_DIR/spark-defaults.conf" <<CONF
+spark.authenticate.secret.file           $auth_file
 spark.authenticate.secret.driver.file    $auth_file
 spark.authenticate.secret.executor.file  $auth_file
 spark.executor.instances                 $executors
@@ -206,8 +207,9 @@ CONF
 executor)
 	# What Spark's own image runs, with the options Spark's launcher
 	# gives every JVM on Java 17 (JavaModuleOptions); the executor reads
-	# the secret file before it asks the driver for the configuration,
-	# and that check wants a k8s:// master.
+	# the secret file (spark.authenticate.secret.file while it asks the
+	# driver for the configuration, .executor.file after) with a k8s://
+	# master only.
 	exec "$JAVA_HOME/bin/java" -Xms"$mem" -Xmx"$mem" \
 		-XX:+IgnoreUnrecognizedVMOptions \
 		--add-opens=java.base/java.lang=ALL-UNNAMED \
@@ -228,6 +230,7 @@ executor)
 		-Djdk.reflect.useDirectMethodHandle=false \
 		-Dspark.master=k8s://https://kubernetes.default.svc \
 		-Dspark.authenticate=true -Dspark.network.crypto.enabled=true \
+		-Dspark.authenticate.secret.file="$auth_file" \
 		-Dspark.authenticate.secret.executor.file="$auth_file" \
 		-Dspark.local.dir=/tmp/spark-local \
 		-cp "$SPARK_HOME/jars/*" org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend \
