@@ -14,9 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -127,10 +127,17 @@ func TestKubernetes(t *testing.T) {
 	api.create(map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
 		"metadata": map[string]any{"name": "veil-kms-client", "namespace": k8sNamespace},
 		"data":     map[string]any{"kms-address": kmsAddr, "VEIL_KMS_URL": c.KMSURL, "VEIL_KMS_CA": c.KMSCA}})
+	// What a controller manager would do: the driver's token in its
+	// Secret, the cluster's CA in every namespace.
 	token := api.serviceAccountToken(k8sNamespace, "veil-spark-driver")
+	api.must("PATCH", "/api/v1/namespaces/"+k8sNamespace+"/secrets/veil-spark-driver-token", mergePatch{
+		"data": map[string]any{"token": base64.StdEncoding.EncodeToString([]byte(token))}}, 200)
+	api.create(map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
+		"metadata": map[string]any{"name": "kube-root-ca.crt", "namespace": k8sNamespace},
+		"data":     map[string]any{"ca.crt": string(api.ca)}})
 
-	// The kubelet: executor 1 runs the rogue image, the others the
-	// instance the policy names.
+	// The kubelet: the driver pod on host driver; executor 1 runs the
+	// rogue image, the others the instance the policy names.
 	kl := startKubelet(t, c, api, func(pod map[string]any) string {
 		if objLabel(pod, "spark-exec-id") == "1" {
 			return rogue
@@ -138,48 +145,59 @@ func TestKubernetes(t *testing.T) {
 		return inst
 	})
 
-	// The driver, as its pod would run it.
-	t.Setenv("SPARK_K8S_NAMESPACE", k8sNamespace)
-	t.Setenv("SPARK_K8S_IMAGE", "registry.example.com/veil/spark@sha256:"+strings.Repeat("0", 64))
-	t.Setenv("SPARK_K8S_EXECUTORS", "2")
-	t.Setenv("SPARK_K8S_TOKEN", token)
-	t.Setenv("SPARK_K8S_CA_CERT", string(api.ca))
+	// The driver pod of deploy/k8s, as an operator creates it.
+	var driverPod map[string]any
+	if err := yaml.Unmarshal(readFile(t, filepath.Join(ex, "..", "..", "deploy", "k8s", "spark-driver-template.yaml")), &driverPod); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(api.must("POST", "/api/v1/namespaces/"+k8sNamespace+"/pods?fieldValidation=Strict", driverPod, 201), &driverPod); err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("set-up (data, API server, two builds, objects): %v", time.Since(start).Round(time.Millisecond))
 	jobStart := time.Now()
-	d := c.Start("driver", inst, "driver", api.masterURL(), "people_query", "/data/in/people.csv", "/data/out/people")
-	if err := d.Wait(8 * time.Minute); err != nil {
+	d := kl.waitRun(objName(driverPod), time.Minute)
+	if err := d.role.Wait(8 * time.Minute); err != nil {
 		t.Fatalf("the people query on Kubernetes failed: %v", err)
 	}
-	t.Logf("people query on Kubernetes (%d rows), veil run of the driver to its end: %v", peopleRows, time.Since(jobStart).Round(time.Millisecond))
+	t.Logf("people query on Kubernetes (%d rows), veil run of the driver pod to its end: %v", peopleRows, time.Since(jobStart).Round(time.Millisecond))
 	kl.stop()
 
 	// Two executors of the policy's image registered; the rogue one
 	// never started a JVM.
 	ids := map[string]bool{}
-	for _, m := range regexp.MustCompile(`Registered executor .* with ID (\d+)`).FindAllStringSubmatch(d.Output(), -1) {
+	for _, m := range regexp.MustCompile(`Registered executor .* with ID (\d+)`).FindAllStringSubmatch(d.role.Output(), -1) {
 		ids[m[1]] = true
 	}
 	if len(ids) < 2 || ids["1"] {
 		t.Errorf("executors registered with the driver: %v, want two, not 1 (the rogue image's)", ids)
 	}
-	runs := kl.runs()
 	var rogueRun *kubeletRun
-	for _, r := range runs {
+	var executors []*kubeletRun
+	for _, r := range kl.runs() {
 		if r.inst == rogue {
 			rogueRun = r
 		}
+		if objLabel(r.pod, "spark-role") == "executor" {
+			executors = append(executors, r)
+			// Spark made the driver's pod their owner.
+			md, _ := r.pod["metadata"].(map[string]any)
+			owners, _ := md["ownerReferences"].([]any)
+			if len(owners) != 1 || owners[0].(map[string]any)["name"] != objName(driverPod) {
+				t.Errorf("executor pod %s: owners %v, want the driver's pod %s", objName(r.pod), owners, objName(driverPod))
+			}
+		}
 	}
-	if rogueRun == nil {
-		t.Fatalf("the kubelet never ran executor 1 (the rogue image); runs: %d", len(runs))
+	if rogueRun == nil || len(executors) < 3 {
+		t.Fatalf("the kubelet ran %d executor pods, the rogue one %v; want executor 1 (the rogue image) and two more", len(executors), rogueRun != nil)
 	}
-	if out := rogueRun.role.Output(); rogueRun.role.Running() || !strings.Contains(out, "veil: error:") ||
+	if out := rogueRun.role.Output(); rogueRun.role.Running() || !strings.Contains(out, "veil: error: key service refused a key: secret spark-auth") ||
 		strings.Contains(out, "KubernetesExecutorBackend") || strings.Contains(out, "Started daemon") {
 		t.Errorf("the rogue executor (running %v): want veil's refusal before any JVM:\n%s", rogueRun.role.Running(), out)
 	} else {
-		t.Logf("the rogue executor was refused: %s", lastLine(out))
+		t.Logf("the rogue executor was refused: %s", firstLine(out, "veil: error:"))
 	}
-	first := runs[0].pod
-	t.Logf("an executor pod as Spark created it: args %v, env %s", firstContainer(first)["args"], envSummary(first))
+	t.Logf("an executor pod as Spark created it: command %v, args %v, env %s", firstContainer(executors[1].pod)["command"],
+		firstContainer(executors[1].pod)["args"], envSummary(executors[1].pod))
 
 	// The secret is in no object of the API server.
 	raw, err := hex.DecodeString(secret)
@@ -187,11 +205,7 @@ func TestKubernetes(t *testing.T) {
 		t.Fatal(err)
 	}
 	leaks := []string{secret, base64.StdEncoding.EncodeToString([]byte(secret)), base64.StdEncoding.EncodeToString(raw)}
-	objects := map[string][]byte{}
-	for _, r := range runs {
-		b, _ := json.Marshal(r.pod)
-		objects["pod "+objName(r.pod)+" (as first seen)"] = b
-	}
+	objects := kl.seen()
 	for _, res := range []string{"pods", "configmaps", "secrets"} {
 		var list struct{ Items []map[string]any }
 		if err := json.Unmarshal(api.must("GET", "/api/v1/"+res, nil, 200), &list); err != nil {
@@ -212,7 +226,7 @@ func TestKubernetes(t *testing.T) {
 			t.Errorf("%s names a secret variable", what)
 		}
 	}
-	t.Logf("the secret is in none of %d objects (executor pods as created, and every pod, ConfigMap and Secret at the end)", len(objects))
+	t.Logf("the secret is in none of %d objects (the pods and ConfigMaps while the pods ran, every pod, ConfigMap and Secret at the end)", len(objects))
 
 	if err := <-plainDone; err != nil {
 		t.Fatalf("the plaintext run: %v", err)
@@ -274,8 +288,6 @@ type kubeAPI struct {
 	ca     []byte // its certificate and CA (PEM)
 	client *http.Client
 }
-
-func (k *kubeAPI) masterURL() string { return "k8s://https://" + k.host + ":" + apiServerPort }
 
 // startAPIServer starts etcd (on the host's loopback) and kube-apiserver
 // on host apiserver, with a token file (an admin), service-account keys
@@ -359,9 +371,16 @@ func startAPIServer(t *testing.T, c *Cluster, bin string) *kubeAPI {
 	}
 }
 
-// do sends a request with the admin's token; body, if not nil, is JSON.
+// mergePatch is a JSON merge patch (RFC 7386) as a request body.
+type mergePatch map[string]any
+
+// do sends a request with the admin's token; body, if not nil, is JSON
+// (a merge patch if a mergePatch).
 func (k *kubeAPI) do(method, path, contentType string, body any) (int, []byte, error) {
 	var r io.Reader
+	if _, ok := body.(mergePatch); ok && contentType == "" {
+		contentType = "application/merge-patch+json"
+	}
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
@@ -460,8 +479,9 @@ func (k *kubeAPI) serviceAccountToken(ns, sa string) string {
 	return tr.Status.Token
 }
 
-// kubelet runs the executor pods of the namespace, each as `veil run` on
-// a free exec host, until stop.
+// kubelet runs the driver pod (label veil.dev/spark-role=driver, on host
+// driver) and the executor pods (spark-role=executor, each on a free exec
+// host) of the namespace, until stop.
 type kubelet struct {
 	t      *testing.T
 	c      *Cluster
@@ -473,6 +493,8 @@ type kubelet struct {
 	mu      sync.Mutex
 	running map[string]*kubeletRun // by pod name
 	all     []*kubeletRun
+	objects map[string][]byte // the pods and ConfigMaps as seen while pods ran
+	tried   map[string]bool   // pods run or refused
 }
 
 // kubeletRun is one pod's run.
@@ -485,7 +507,8 @@ type kubeletRun struct {
 
 func startKubelet(t *testing.T, c *Cluster, api *kubeAPI, choose func(map[string]any) string) *kubelet {
 	ctx, cancel := context.WithCancel(context.Background())
-	k := &kubelet{t: t, c: c, api: api, choose: choose, cancel: cancel, done: make(chan struct{}), running: map[string]*kubeletRun{}}
+	k := &kubelet{t: t, c: c, api: api, choose: choose, cancel: cancel, done: make(chan struct{}),
+		running: map[string]*kubeletRun{}, objects: map[string][]byte{}, tried: map[string]bool{}}
 	go k.loop(ctx)
 	t.Cleanup(k.stop)
 	return k
@@ -509,9 +532,30 @@ func (k *kubelet) runs() []*kubeletRun {
 	return slices.Clone(k.all)
 }
 
-// loop lists the executor pods every 300 ms (a watch's effect, simpler):
-// it starts new ones, reports ended ones, and stops and removes deleted
-// ones.
+// seen is every pod and ConfigMap of the namespace as the loop saw them
+// while pods ran (by kind, name and resourceVersion).
+func (k *kubelet) seen() map[string][]byte {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return maps.Clone(k.objects)
+}
+
+// waitRun waits up to timeout until the kubelet runs pod.
+func (k *kubelet) waitRun(pod string, timeout time.Duration) *kubeletRun {
+	k.t.Helper()
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		for _, r := range k.runs() {
+			if objName(r.pod) == pod {
+				return r
+			}
+		}
+	}
+	k.t.Fatalf("the kubelet did not run pod %s within %v", pod, timeout)
+	return nil
+}
+
+// loop lists the pods every 300 ms (a watch's effect, simpler): it
+// starts new ones, reports ended ones, and stops and removes deleted ones.
 func (k *kubelet) loop(ctx context.Context) {
 	defer close(k.done)
 	for {
@@ -520,23 +564,44 @@ func (k *kubelet) loop(ctx context.Context) {
 			return
 		case <-time.After(300 * time.Millisecond):
 		}
-		code, b, err := k.api.do("GET", "/api/v1/namespaces/"+k8sNamespace+"/pods?labelSelector="+url.QueryEscape("spark-role=executor"), "", nil)
-		if err != nil || code != 200 {
+		var pods, cms []map[string]any
+		if k.list("pods", &pods) != nil || k.list("configmaps", &cms) != nil {
 			continue
 		}
-		var list struct{ Items []map[string]any }
-		if json.Unmarshal(b, &list) != nil {
-			continue
-		}
-		k.sync(list.Items)
+		k.sync(pods, cms)
 	}
 }
 
-func (k *kubelet) sync(pods []map[string]any) {
+func (k *kubelet) list(resource string, items *[]map[string]any) error {
+	code, b, err := k.api.do("GET", "/api/v1/namespaces/"+k8sNamespace+"/"+resource, "", nil)
+	if err != nil || code != 200 {
+		return fmt.Errorf("listing %s: %d %v", resource, code, err)
+	}
+	var list struct{ Items []map[string]any }
+	if err := json.Unmarshal(b, &list); err != nil {
+		return err
+	}
+	*items = list.Items
+	return nil
+}
+
+func (k *kubelet) sync(pods, cms []map[string]any) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if len(k.running) > 0 {
+		for kind, list := range map[string][]map[string]any{"pod": pods, "configmap": cms} {
+			for _, o := range list {
+				md, _ := o["metadata"].(map[string]any)
+				b, _ := json.Marshal(o)
+				k.objects[fmt.Sprintf("%s %s (version %v)", kind, objName(o), md["resourceVersion"])] = b
+			}
+		}
+	}
 	present := map[string]bool{}
 	for _, pod := range pods {
+		if objLabel(pod, "spark-role") != "executor" && objLabel(pod, "veil.dev/spark-role") != "driver" {
+			continue
+		}
 		n := objName(pod)
 		present[n] = true
 		r := k.running[n]
@@ -550,10 +615,9 @@ func (k *kubelet) sync(pods []map[string]any) {
 			continue
 		}
 		if r == nil {
-			if phase, _ := pod["status"].(map[string]any)["phase"].(string); phase == "Succeeded" || phase == "Failed" {
-				continue
+			if !k.tried[n] {
+				k.run(pod)
 			}
-			k.run(pod)
 			continue
 		}
 		if !r.reported && !r.role.Running() {
@@ -567,8 +631,8 @@ func (k *kubelet) sync(pods []map[string]any) {
 				}
 			}
 			k.patchStatus(n, map[string]any{"phase": phase, "containerStatuses": []any{map[string]any{
-				"name": "spark-kubernetes-executor", "image": "", "imageID": "", "ready": false, "restartCount": 0,
-				"state": map[string]any{"terminated": map[string]any{"exitCode": exit, "reason": "Error"}}}}})
+				"name": firstContainer(pod)["name"], "image": firstContainer(pod)["image"], "imageID": "", "ready": false, "restartCount": 0,
+				"state": map[string]any{"terminated": map[string]any{"exitCode": exit, "reason": phase}}}}})
 		}
 	}
 	for n, r := range k.running {
@@ -579,46 +643,52 @@ func (k *kubelet) sync(pods []map[string]any) {
 	}
 }
 
-// run starts a pod on a free exec host: the container's command (the
-// template's `veil run -C /instance /opt/spark/veil-entrypoint.sh`, veil
-// and /instance as this node has them) and arguments, with the pod's
-// environment.
+// veilCommand is the command of deploy/k8s's Spark pods.
+var veilCommand = []string{"/usr/local/bin/veil", "run", "-C", "/instance", "/opt/spark/veil-entrypoint.sh"}
+
+// run starts a pod: the driver on host driver, an executor on a free exec
+// host. It runs the container's command (veil and /instance as this node
+// has them) and arguments ($(VAR) expanded), with the pod's environment.
 func (k *kubelet) run(pod map[string]any) {
 	n := objName(pod)
-	busy := map[string]bool{}
-	for _, r := range k.running {
-		busy[r.role.Name] = true
-	}
 	host := ""
-	for _, h := range executorHosts {
-		if !busy[h] {
-			host = h
-			break
+	if objLabel(pod, "veil.dev/spark-role") == "driver" {
+		host = "driver"
+	} else {
+		busy := map[string]bool{}
+		for _, r := range k.running {
+			busy[r.role.Name] = true
+		}
+		for _, h := range executorHosts {
+			if !busy[h] {
+				host = h
+				break
+			}
 		}
 	}
 	if host == "" {
 		return // no free node: the pod stays pending
 	}
+	k.tried[n] = true
 	h := k.c.Net.Host(host)
 	ctr := firstContainer(pod)
-	var command, args []string
-	for _, a := range ctr["command"].([]any) {
-		command = append(command, fmt.Sprint(a))
-	}
-	for _, a := range ctr["args"].([]any) {
-		args = append(args, fmt.Sprint(a))
-	}
-	if !slices.Equal(command, []string{"/usr/local/bin/veil", "run", "-C", "/instance", "/opt/spark/veil-entrypoint.sh"}) {
-		k.t.Errorf("executor pod %s: command %q, want the template's veil run of the instance's entry point", n, command)
+	command, _ := ctr["command"].([]any)
+	if !slices.Equal(strs(command), veilCommand) {
+		k.t.Errorf("pod %s: command %q, want the templates' veil run of the instance's entry point", n, command)
 		return
 	}
-	inst := k.choose(pod)
-	env, err := k.env(pod, ctr, h.IP)
+	env, vars, err := k.env(pod, ctr, h.IP)
 	if err != nil {
-		k.t.Errorf("executor pod %s: %v", n, err)
+		k.t.Errorf("pod %s: %v", n, err)
 		return
 	}
-	cmd := h.Command(context.Background(), k.c.Veil, append([]string{"run", "-C", inst, command[4]}, args...)...)
+	args, _ := ctr["args"].([]any)
+	inst := k.choose(pod)
+	cmdArgs := []string{"run", "-C", inst, veilCommand[4]}
+	for _, a := range strs(args) {
+		cmdArgs = append(cmdArgs, os.Expand(strings.NewReplacer("$(", "${", ")", "}").Replace(a), func(v string) string { return vars[v] }))
+	}
+	cmd := h.Command(context.Background(), k.c.Veil, cmdArgs...)
 	cmd.Env = env
 	f := k.c.logFile(n + ".log")
 	cmd.Stdout, cmd.Stderr = f, f
@@ -629,64 +699,104 @@ func (k *kubelet) run(pod map[string]any) {
 		"hostIP": h.IP, "startTime": time.Now().UTC().Format(time.RFC3339)})
 }
 
-// env is the pod's environment as a kubelet makes it: values, field
-// references (the pod's name, namespace and IP) and ConfigMap keys; on
-// top of this node's own variables (PATH and such, no SPARK_ or VEIL_
-// ones), VEIL_HOME being the node's veil home.
-func (k *kubelet) env(pod, ctr map[string]any, ip string) ([]string, error) {
-	var env []string
+func strs(l []any) []string {
+	out := make([]string, len(l))
+	for i, x := range l {
+		out[i] = fmt.Sprint(x)
+	}
+	return out
+}
+
+// env is the pod's environment as a kubelet makes it: the API server's
+// service variables (KUBERNETES_SERVICE_HOST and _PORT: here the server
+// itself, there is no service proxy), values, field references (the
+// pod's name, namespace and IP) and ConfigMap and Secret keys; on top of
+// this node's own variables (PATH and such, no SPARK_ or VEIL_ ones),
+// VEIL_HOME being the node's veil home. vars are the pod's variables,
+// for $(VAR) in arguments.
+func (k *kubelet) env(pod, ctr map[string]any, ip string) (env []string, vars map[string]string, err error) {
+	vars = map[string]string{"KUBERNETES_SERVICE_HOST": k.api.host, "KUBERNETES_SERVICE_PORT": apiServerPort}
+	list, _ := ctr["env"].([]any)
+	var names []string
+	for _, x := range list {
+		e := x.(map[string]any)
+		n := fmt.Sprint(e["name"])
+		names = append(names, n)
+		if v, ok := e["value"]; ok {
+			vars[n] = fmt.Sprint(v)
+			continue
+		}
+		from, _ := e["valueFrom"].(map[string]any)
+		var v string
+		switch {
+		case from["fieldRef"] != nil:
+			switch p := from["fieldRef"].(map[string]any)["fieldPath"]; p {
+			case "status.podIP":
+				v = ip
+			case "metadata.name":
+				v = objName(pod)
+			case "metadata.namespace":
+				v = objNamespace(pod)
+			default:
+				return nil, nil, fmt.Errorf("env %s: field %v", n, p)
+			}
+		case from["configMapKeyRef"] != nil:
+			v, err = k.key("configmaps", objNamespace(pod), from["configMapKeyRef"].(map[string]any), false)
+		case from["secretKeyRef"] != nil:
+			v, err = k.key("secrets", objNamespace(pod), from["secretKeyRef"].(map[string]any), true)
+		default:
+			err = fmt.Errorf("unsupported source %v", from)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("env %s: %w", n, err)
+		}
+		vars[n] = v
+	}
 	for _, e := range os.Environ() {
 		if !strings.HasPrefix(e, "SPARK_") && !strings.HasPrefix(e, "VEIL_") && !strings.HasPrefix(e, "_SPARK") {
 			env = append(env, e)
 		}
 	}
-	list, _ := ctr["env"].([]any)
-	for _, x := range list {
-		e := x.(map[string]any)
-		n := fmt.Sprint(e["name"])
-		if v, ok := e["value"]; ok {
-			env = append(env, n+"="+fmt.Sprint(v))
-			continue
-		}
-		from, _ := e["valueFrom"].(map[string]any)
-		switch {
-		case from["fieldRef"] != nil:
-			switch p := from["fieldRef"].(map[string]any)["fieldPath"]; p {
-			case "status.podIP":
-				env = append(env, n+"="+ip)
-			case "metadata.name":
-				env = append(env, n+"="+objName(pod))
-			case "metadata.namespace":
-				env = append(env, n+"="+objNamespace(pod))
-			default:
-				return nil, fmt.Errorf("env %s: field %v", n, p)
-			}
-		case from["configMapKeyRef"] != nil:
-			ref := from["configMapKeyRef"].(map[string]any)
-			code, b, err := k.api.do("GET", "/api/v1/namespaces/"+objNamespace(pod)+"/configmaps/"+fmt.Sprint(ref["name"]), "", nil)
-			var cm struct{ Data map[string]string }
-			if err != nil || code != 200 || json.Unmarshal(b, &cm) != nil {
-				return nil, fmt.Errorf("env %s: ConfigMap %v: %d %v", n, ref["name"], code, err)
-			}
-			v, ok := cm.Data[fmt.Sprint(ref["key"])]
-			if !ok {
-				return nil, fmt.Errorf("env %s: no key %v in ConfigMap %v", n, ref["key"], ref["name"])
-			}
-			env = append(env, n+"="+v)
-		default:
-			return nil, fmt.Errorf("env %s: unsupported source %v", n, from)
-		}
+	for _, n := range append(names, "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT") {
+		env = append(env, n+"="+vars[n])
 	}
 	// The pod's VEIL_HOME volume is this node's veil home.
-	return append(env, "VEIL_HOME="+k.c.Home), nil
+	return append(env, "VEIL_HOME="+k.c.Home), vars, nil
+}
+
+// key reads a key of a ConfigMap or Secret (base64 in the API).
+func (k *kubelet) key(resource, ns string, ref map[string]any, b64 bool) (string, error) {
+	code, b, err := k.api.do("GET", "/api/v1/namespaces/"+ns+"/"+resource+"/"+fmt.Sprint(ref["name"]), "", nil)
+	var obj struct{ Data map[string]string }
+	if err != nil || code != 200 || json.Unmarshal(b, &obj) != nil {
+		return "", fmt.Errorf("%s %v: %d %v", resource, ref["name"], code, err)
+	}
+	v, ok := obj.Data[fmt.Sprint(ref["key"])]
+	if !ok {
+		return "", fmt.Errorf("no key %v in %s %v", ref["key"], resource, ref["name"])
+	}
+	if b64 {
+		d, err := base64.StdEncoding.DecodeString(v)
+		return string(d), err
+	}
+	return v, nil
 }
 
 func (k *kubelet) patchStatus(pod string, status map[string]any) {
-	code, b, err := k.api.do("PATCH", "/api/v1/namespaces/"+k8sNamespace+"/pods/"+pod+"/status",
-		"application/merge-patch+json", map[string]any{"status": status})
+	code, b, err := k.api.do("PATCH", "/api/v1/namespaces/"+k8sNamespace+"/pods/"+pod+"/status", "", mergePatch{"status": status})
 	if err != nil || code != 200 {
 		k.t.Logf("patching the status of pod %s: %d %v %s", pod, code, err, b)
 	}
+}
+
+// firstLine is the first line of s that starts with prefix.
+func firstLine(s, prefix string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			return l
+		}
+	}
+	return ""
 }
 
 func objName(obj map[string]any) string {
