@@ -37,13 +37,13 @@ set -euo pipefail
 
 die() { echo "veil-entrypoint: $*" >&2; exit 2; }
 ipv4='^[0-9]{1,3}(\.[0-9]{1,3}){3}$'
-ip4() { [[ $1 =~ $ipv4 ]] || die "not an IPv4 address: $1"; }
-master_url() { [[ $1 =~ ^spark://[0-9]{1,3}(\.[0-9]{1,3}){3}:[0-9]{1,5}$ ]] || die "not a master URL spark://IP:PORT: $1"; }
+ip4() { [[ $1 =~ $ipv4 ]] || die "not an IPv4 address: $(printf '%q' "$1")"; }
+master_url() { [[ $1 =~ ^spark://[0-9]{1,3}(\.[0-9]{1,3}){3}:[0-9]{1,5}$ ]] || die "not a master URL spark://IP:PORT: $(printf '%q' "$1")"; }
 # check NAME REGEX WHAT: the host's variable NAME (untrusted) is set and
-# matches REGEX.
+# matches REGEX; the error shows the value quoted, on one line.
 check() {
 	[ -n "${!1:-}" ] || die "$1 is not set: want $3"
-	[[ ${!1} =~ $2 ]] || die "$1 is not $3: ${!1:0:80}"
+	[[ ${!1} =~ $2 ]] || die "$1 is not $3: $(printf '%q' "${!1:0:80}")"
 }
 dns_label='^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$'
 dns_name='^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$'
@@ -89,7 +89,7 @@ driver)
 	spark://*) master_url "$master" ;;
 	k8s://*)
 		[[ $master =~ ^k8s://https://[a-z0-9.-]{1,253}:[0-9]{1,5}$ ]] ||
-			die "not a Kubernetes API server k8s://https://HOST:PORT: $master"
+			die "not a Kubernetes API server k8s://https://HOST:PORT: $(printf '%q' "$master")"
 		: "${SPARK_K8S_NAMESPACE:=veil-jobs}" "${SPARK_K8S_EXECUTORS:=2}"
 		check SPARK_K8S_NAMESPACE "$dns_label" "a namespace name"
 		check SPARK_K8S_IMAGE '^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$' "an image reference"
@@ -103,9 +103,9 @@ driver)
 		k8s=1 namespace=$SPARK_K8S_NAMESPACE image=$SPARK_K8S_IMAGE executors=$SPARK_K8S_EXECUTORS
 		token=$SPARK_K8S_TOKEN ca=$SPARK_K8S_CA_CERT driver_pod=${SPARK_DRIVER_POD_NAME:-}
 		;;
-	*) die "not a master URL spark://IP:PORT or k8s://https://HOST:PORT: $master" ;;
+	*) die "not a master URL spark://IP:PORT or k8s://https://HOST:PORT: $(printf '%q' "$master")" ;;
 	esac
-	[[ $job =~ ^[a-z0-9_]+$ ]] && [ -f "/opt/spark/jobs/$job.py" ] || die "no job $job in the image"
+	[[ $job =~ ^[a-z0-9_]+$ ]] && [ -f "/opt/spark/jobs/$job.py" ] || die "no job $(printf '%q' "$job") in the image"
 	;;
 *)
 	die "unknown role $role (master, worker, driver or executor)"
