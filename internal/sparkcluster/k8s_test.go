@@ -44,24 +44,26 @@ const apiServerPort = "6443"
 var executorHosts = []string{"exec1", "exec2", "exec3", "exec4"}
 
 // TestKubernetes runs the Spark instance as Spark-on-Kubernetes driver
-// and executors: etcd and the real kube-apiserver on host apiserver, the
-// namespace, RuntimeClasses and the driver's service account and role of
-// deploy/k8s applied to it, the driver role (`veil run` of the instance
-// with a k8s:// master, the service account's token and the API server's
-// CA in the variables a driver pod passes) on host driver, and a test
-// kubelet that runs every executor pod Spark creates from the template
-// baked into the image: the pod's command and arguments, with its
-// environment (field and ConfigMap references resolved), as `veil run`
-// on a free exec host, the pod's status patched to Running with that
+// and executor pods: etcd and the real kube-apiserver on host apiserver;
+// deploy/k8s's namespace, RuntimeClasses, service accounts, token Secret
+// and role applied to it (the test fills the Secret from a TokenRequest and
+// publishes kube-root-ca.crt, as a controller manager would); the driver
+// pod of deploy/k8s/spark-driver-template.yaml created as an operator
+// creates it; and a test kubelet that runs the driver pod on host driver
+// and every executor pod Spark creates (from the template baked into the
+// image) on a free exec host: the pod's command and arguments ($(VAR)
+// expanded) with its environment (field, ConfigMap and Secret references
+// resolved) as `veil run`, the pod's status patched to Running with that
 // host's address. It checks:
 //
-//   - the people query completes with two executors, and its sealed part
-//     files, decrypted by the owner, hold the rows of the same file run on
-//     the plaintext in local mode outside veil;
-//   - no pod, ConfigMap or Secret the API server holds, nor any executor
-//     pod as the kubelet first saw it, contains Spark's authentication
-//     secret (as released by the key service, or base64 as Spark would
-//     send it);
+//   - the people query completes with two executors, owned by the
+//     driver's pod, and its sealed part files, decrypted by the owner,
+//     hold the rows of the same file run on the plaintext in local mode
+//     outside veil;
+//   - no pod or ConfigMap (as the kubelet saw them while pods ran), and no
+//     pod, ConfigMap or Secret at the end, contains Spark's
+//     authentication secret (as the key service releases it, or base64 as
+//     Spark would send it) or names a secret variable;
 //   - the first executor pod, run from an image whose measurement the
 //     policy does not name, gets no secret and never starts a JVM; Spark
 //     replaces it and the job completes.
