@@ -208,6 +208,16 @@ func TestKubernetes(t *testing.T) {
 	}
 	leaks := []string{secret, base64.StdEncoding.EncodeToString([]byte(secret)), base64.StdEncoding.EncodeToString(raw)}
 	objects := kl.seen()
+	// The scan covers what Spark made: the executors' ConfigMap and pods
+	// that name the secret's file, not the secret.
+	var confMap, fileRef bool
+	for what, b := range objects {
+		confMap = confMap || regexp.MustCompile(`^configmap spark-exec-\S+-conf-map `).MatchString(what)
+		fileRef = fileRef || (strings.HasPrefix(what, "pod ") && bytes.Contains(b, []byte("-Dspark.authenticate.secret.executor.file=/tmp/spark-auth/secret")))
+	}
+	if !confMap || !fileRef {
+		t.Errorf("the objects seen while pods ran hold Spark's executor ConfigMap %v and a pod naming the secret file %v; want both", confMap, fileRef)
+	}
 	for _, res := range []string{"pods", "configmaps", "secrets"} {
 		var list struct{ Items []map[string]any }
 		if err := json.Unmarshal(api.must("GET", "/api/v1/"+res, nil, 200), &list); err != nil {
