@@ -68,6 +68,8 @@ func TestEntryPointRefusesHostInput(t *testing.T) {
 		{"master with a path", []string{"driver", "10.1.2.5", "k8s://https://10.1.2.1:6443/x", "people_query"}, driver, nil,
 			"not a Kubernetes API server"},
 		{"another master", []string{"driver", "10.1.2.5", "yarn", "people_query"}, driver, nil, "not a master URL"},
+		{"a role over two lines", []string{"executor\nmaster"}, nil, nil, "unknown role"},
+		{"a job outside the image", []string{"driver", "10.1.2.5", "spark://10.1.2.2:7077", "../../tmp/x"}, nil, nil, "no job"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := exec.Command("/usr/bin/bash", append([]string{script}, tc.args...)...)

@@ -108,7 +108,7 @@ driver)
 	[[ $job =~ ^[a-z0-9_]+$ ]] && [ -f "/opt/spark/jobs/$job.py" ] || die "no job $(printf '%q' "$job") in the image"
 	;;
 *)
-	die "unknown role $role (master, worker, driver or executor)"
+	die "unknown role $(printf '%q' "$role") (master, worker, driver or executor)"
 	;;
 esac
 [ -n "${_SPARK_AUTH_SECRET:-}" ] || die "no Spark authentication secret (the key service released none)"
