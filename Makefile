@@ -37,12 +37,14 @@ vulncheck:
 	./scripts/vulncheck.sh
 
 test: setup lint build
+	# Built once per machine, cached: deploy/validate and
+	# internal/sparkcluster's TestKubernetes run the real API server.
+	./scripts/kube-apiserver.sh >/dev/null
 	$(GO) test -race -count=1 -timeout 20m ./...
 	# The sealed-file and sealed-mount benchmarks, once each on small
 	# inputs: they keep compiling and working (no time is asserted).
 	VEIL_BENCH_FILE_MIB=8 $(GO) test -count=1 -run '^$$' -bench . -benchtime $(BENCHTIME) ./seal
 	VEIL_BENCH_FILE_MIB=8 $(GO) test -count=1 -run '^$$' -bench 'Mount$$' -benchtime $(BENCHTIME) ./fusefs
-	./scripts/kube-apiserver.sh >/dev/null  # built once per machine, cached (deploy/validate needs it)
 	cd deploy/validate && $(GO) test -count=1 -timeout 10m ./...
 
 # Benchmarks: results go to docs/performance.md (see scripts/bench.sh).

@@ -148,6 +148,9 @@ inst=$WORK/spark
 instance_new "$inst"
 mkdir -p "$inst/image/opt/spark/jobs" "$inst/image/etc"
 cp "$here/app/veil-entrypoint.sh" "$inst/image/opt/spark/"
+# The executor pod template a driver on Kubernetes uses (measured with the image).
+mkdir -p "$inst/image/opt/spark/k8s"
+cp "$here/../../deploy/k8s/spark-executor-template.yaml" "$inst/image/opt/spark/k8s/executor-template.yaml"
 cp "$here"/jobs/*.py "$inst/image/opt/spark/jobs/"
 cp -r "$here/jobs/tpch" "$inst/image/opt/spark/jobs/"
 printf '127.0.0.1\tlocalhost veil\n::1\tlocalhost\n' >"$inst/image/etc/hosts"
