@@ -72,39 +72,12 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	if c.Clients < 1 {
 		c.Clients = 1
 	}
-	adm, err := client.New(client.Config{URL: c.URL, CAPEM: c.CAPEM, AdminToken: c.AdminToken})
-	if err != nil {
-		return Result{}, err
-	}
-	defer adm.Close()
 	// One app per ten clients: the server remembers at most 100,000
 	// nonces per app within the replay window (docs/kms.md), so one app
 	// alone would be refused after 100,000 requests in that window.
-	type appKey struct {
-		id, key string
-		ct, pt  []byte
-	}
-	var apps []appKey
-	for a := 0; a < (c.Clients+9)/10; a++ {
-		enr, err := adm.Enroll(ctx, fmt.Sprintf("load-%d-%d", time.Now().UnixNano(), a))
-		if err != nil {
-			return Result{}, fmt.Errorf("enrolling the load's app: %w", err)
-		}
-		setup, err := client.New(client.Config{URL: c.URL, CAPEM: c.CAPEM, AppID: enr.AppID, APIKey: enr.APIKey})
-		if err != nil {
-			return Result{}, err
-		}
-		k, err := setup.CreateKey(ctx, "load", "", "")
-		if err != nil {
-			setup.Close()
-			return Result{}, fmt.Errorf("creating the load's key: %w", err)
-		}
-		dk, err := setup.GenerateDataKey(ctx, k.ID, 32, nil)
-		setup.Close()
-		if err != nil {
-			return Result{}, fmt.Errorf("generating the load's data key: %w", err)
-		}
-		apps = append(apps, appKey{enr.AppID, enr.APIKey, dk.Ciphertext, dk.Plaintext})
+	apps, err := setupApps(ctx, c.URL, c.CAPEM, c.AdminToken, (c.Clients+9)/10)
+	if err != nil {
+		return Result{}, err
 	}
 	var (
 		mu    sync.Mutex
@@ -180,6 +153,45 @@ func Run(ctx context.Context, c Config) (Result, error) {
 		res.Max = lat[len(lat)-1]
 	}
 	return res, nil
+}
+
+// loadApp is an enrolled app with a data key of its own to unwrap.
+type loadApp struct {
+	id, key string
+	ct, pt  []byte
+}
+
+// setupApps enrolls n apps through the admin API and creates a key and a
+// data key for each.
+func setupApps(ctx context.Context, url string, caPEM []byte, adminToken string, n int) ([]loadApp, error) {
+	adm, err := client.New(client.Config{URL: url, CAPEM: caPEM, AdminToken: adminToken})
+	if err != nil {
+		return nil, err
+	}
+	defer adm.Close()
+	var apps []loadApp
+	for a := 0; a < n; a++ {
+		enr, err := adm.Enroll(ctx, fmt.Sprintf("load-%d-%d", time.Now().UnixNano(), a))
+		if err != nil {
+			return nil, fmt.Errorf("enrolling the load's app: %w", err)
+		}
+		setup, err := client.New(client.Config{URL: url, CAPEM: caPEM, AppID: enr.AppID, APIKey: enr.APIKey})
+		if err != nil {
+			return nil, err
+		}
+		k, err := setup.CreateKey(ctx, "load", "", "")
+		if err != nil {
+			setup.Close()
+			return nil, fmt.Errorf("creating the load's key: %w", err)
+		}
+		dk, err := setup.GenerateDataKey(ctx, k.ID, 32, nil)
+		setup.Close()
+		if err != nil {
+			return nil, fmt.Errorf("generating the load's data key: %w", err)
+		}
+		apps = append(apps, loadApp{enr.AppID, enr.APIKey, dk.Ciphertext, dk.Plaintext})
+	}
+	return apps, nil
 }
 
 // cpuTime is the user+system time of this process and of pids, from
