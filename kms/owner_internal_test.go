@@ -108,3 +108,20 @@ func TestForeignPolicyIgnoredAtRelease(t *testing.T) {
 		t.Fatalf("secret with another app's policy: %v", err)
 	}
 }
+
+// TestIsIDMatchesPattern: the hand-written isID accepts exactly what the
+// id pattern (idRE with the prefix) accepts.
+func TestIsIDMatchesPattern(t *testing.T) {
+	base := newID("k")
+	cases := []string{base, newID("a"), newID("p"), newID("s"), "", "k_", "k", base[:33], base + "0",
+		"K" + base[1:], "k-" + base[2:], base[:10] + "A" + base[11:], base[:10] + "g" + base[11:], base[:33] + "/",
+		"x_" + base[2:], "k_" + strings.Repeat("0", 32), "k_" + strings.Repeat("f", 32), "k_" + strings.Repeat(":", 32)}
+	for _, id := range cases {
+		for _, prefix := range []string{"a", "k", "p", "s", "x", "", "kk"} {
+			want := len(id) > 2 && id[:2] == prefix+"_" && idRE.MatchString(id)
+			if got := isID(id, prefix); got != want {
+				t.Errorf("isID(%q, %q) = %v, want %v", id, prefix, got, want)
+			}
+		}
+	}
+}

@@ -210,6 +210,7 @@ func (s *Service) Unseal(ctx context.Context, share string) (api.Status, error) 
 		s.mu.Unlock()
 		return s.Status(), fail(ErrBadShares, "the shares do not recombine into this server's root key; start again")
 	}
+	k.clocks, _ = s.st.(store.WriteClocker)
 	s.keys = k
 	s.mu.Unlock()
 	s.log.Info("unsealed")
@@ -230,6 +231,7 @@ func (s *Service) UnsealWithRootKey(root []byte) error {
 		s.mu.Unlock()
 		return fail(ErrBadShares, "the root key file does not match this data directory")
 	}
+	k.clocks, _ = s.st.(store.WriteClocker)
 	s.keys, s.pending = k, nil
 	s.mu.Unlock()
 	s.checkChainOnUnseal(context.Background(), k)
