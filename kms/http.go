@@ -627,7 +627,7 @@ type connIdentity struct {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
+	b, err := api.MarshalJSONResponse(v)
 	if err != nil {
 		writeProblem(w, err)
 		return

@@ -259,3 +259,19 @@ func FuzzMarshal(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkMarshal: an app's release entry through encoding/json and
+// written directly.
+func BenchmarkMarshal(b *testing.B) {
+	e := marshalCases()[0]
+	b.Run("encoding-json", func(b *testing.B) {
+		for b.Loop() {
+			json.Marshal(e)
+		}
+	})
+	b.Run("direct", func(b *testing.B) {
+		for b.Loop() {
+			Marshal(e)
+		}
+	})
+}
