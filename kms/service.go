@@ -747,7 +747,7 @@ func (s *Service) auditWriter() {
 			for _, r := range group {
 				if r.k != k { // check the chain once per group (and per root key)
 					if k != nil {
-						if err := putHead(tx, h); err != nil {
+						if err := putHead(tx, k, h); err != nil {
 							return err
 						}
 					}
@@ -763,7 +763,7 @@ func (s *Service) auditWriter() {
 				}
 			}
 			// The head is written once, after the group's last entry.
-			return putHead(tx, h)
+			return putHead(tx, k, h)
 		})
 		err = serviceError(err)
 		for _, r := range group {
