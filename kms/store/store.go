@@ -16,7 +16,9 @@
 // The networked backend (postgres.go, for replicas) implements the same
 // interface with one table (bucket, key, value, mac), writers ordered by a
 // row lock and reads on snapshots; the service logic never sees which
-// backend it runs on, apart from the optional NonceStore and Pinger.
+// backend it runs on, apart from the optional NonceStore and Pinger, and
+// WriteClocker (bbolt only: the count of writes per bucket that lets the
+// service keep checked records while nothing else can have changed them).
 package store
 
 import (
