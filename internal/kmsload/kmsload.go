@@ -38,6 +38,15 @@ type Config struct {
 	// of it to the server. Key creations (MixCreate) still go through
 	// kms/client.
 	Lean bool
+	// Rate, when positive, makes the load open-loop: the clients together
+	// send Rate operations per second, each client at fixed intervals
+	// (Clients/Rate seconds, staggered), whatever the answers' latency.
+	// Latency is then measured from when an operation was due, not from
+	// when it was sent, so that a server falling behind is charged for the
+	// waiting it causes. Zero: each client sends its next operation as soon
+	// as the last is answered (closed loop), where by Little's law the mean
+	// latency is Clients divided by the throughput.
+	Rate float64
 }
 
 // Result is what a run measured.
@@ -107,6 +116,12 @@ func Run(ctx context.Context, c Config) (Result, error) {
 			}
 			defer lean.close()
 		}
+		var every time.Duration
+		var due time.Time
+		if c.Rate > 0 {
+			every = time.Duration(float64(c.Clients) / c.Rate * float64(time.Second))
+			due = start.Add(every * time.Duration(w) / time.Duration(c.Clients))
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -115,6 +130,14 @@ func Run(ctx context.Context, c Config) (Result, error) {
 			var ferr string
 			for i := 0; i < 100_000_000 && time.Now().Before(deadline); i++ { // bounded by the deadline
 				t0 := time.Now()
+				if every > 0 {
+					if due.After(deadline) {
+						break
+					}
+					time.Sleep(time.Until(due))
+					t0 = due
+					due = due.Add(every)
+				}
 				var err error
 				if c.MixCreate > 0 && i%100 < c.MixCreate {
 					_, err = cl.CreateKey(ctx, fmt.Sprintf("k%d-%d", w, i), "", "")

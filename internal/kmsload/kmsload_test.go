@@ -27,3 +27,22 @@ func TestRunSmoke(t *testing.T) {
 		}
 	}
 }
+
+// TestRunOpenLoop: with a rate the clients offer that many operations per
+// second in all and no more, whatever the server could take.
+func TestRunOpenLoop(t *testing.T) {
+	tg := startKMS(t, 0)
+	const rate, clients = 50.0, 4
+	r, err := Run(context.Background(), Config{URL: tg.url, CAPEM: tg.ca, AdminToken: tg.adminToken,
+		Clients: clients, Duration: time.Second, Rate: rate, Lean: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s", r)
+	if r.Errors != 0 || r.Ops == 0 {
+		t.Fatalf("%d errors (%s), %d operations", r.Errors, r.FirstError, r.Ops)
+	}
+	if max := int64(rate*r.Elapsed.Seconds()) + clients; r.Ops > max {
+		t.Fatalf("%d operations in %s at %v per second offered: more than the %d offered", r.Ops, r.Elapsed, rate, max)
+	}
+}
