@@ -57,14 +57,14 @@ func SigningKey(apiKey string) []byte {
 // requestURI is the path and query exactly as sent on the request line.
 func StringToSign(method, requestURI string, ts int64, nonce string, body []byte) []byte {
 	bh := sha256.Sum256(body)
-	var b bytes.Buffer
-	b.WriteString("VEIL-HMAC-SHA256\n")
-	b.WriteString(method + "\n")
-	b.WriteString(requestURI + "\n")
-	b.WriteString(strconv.FormatInt(ts, 10) + "\n")
-	b.WriteString(nonce + "\n")
-	b.WriteString(hex.EncodeToString(bh[:]))
-	return b.Bytes()
+	const label = "VEIL-HMAC-SHA256\n"
+	b := make([]byte, 0, len(label)+len(method)+len(requestURI)+len(nonce)+20+4+2*len(bh))
+	b = append(b, label...)
+	b = append(append(b, method...), '\n')
+	b = append(append(b, requestURI...), '\n')
+	b = append(strconv.AppendInt(b, ts, 10), '\n')
+	b = append(append(b, nonce...), '\n')
+	return hex.AppendEncode(b, bh[:])
 }
 
 // Sign returns the hex HMAC-SHA256 signature of a request.
