@@ -322,8 +322,9 @@ const maxDecoded = 10_000
 // cached value so that callers may modify what they get.
 //
 // On a store only this process writes (kr.clocks, bbolt), a record read
-// while its bucket saw no write is served from the cache without reading
-// the store at all until the next write to that bucket (any record of it)
+// on its own (outside a transaction, as the first read of a release) while
+// its bucket saw no write is served from the cache without reading the
+// store at all until the next write to that bucket (any record of it)
 // begins; then it is read, and checked when its bytes changed, again.
 func getVerified[T any](tx store.Tx, kr *keyring, bucket, key string, clone func(T) T) (T, error) {
 	var zero T
@@ -337,17 +338,23 @@ func getVerified[T any](tx store.Tx, kr *keyring, bucket, key string, clone func
 	var clock *store.WriteClock
 	var gen uint64
 	var quiet bool
-	if kr.clocks != nil {
+	// Only a read outside any transaction (oneGetTx: its read starts after
+	// the clock is read, where a transaction's snapshot may be older) and
+	// only the first read of the request use the clock: a request that
+	// reads more records reads them all again in one transaction (the
+	// second read gets errNeedTx), so what it decides on is one snapshot.
+	if one, ok := itx.Raw().(*oneGetTx); ok && !one.used && kr.clocks != nil {
 		if clock = kr.clocks.WriteClock(bucket); clock != nil {
 			gen, quiet = clock.Now()
 		}
-	}
-	if quiet {
-		kr.mu.RLock()
-		d, hit := kr.decoded[ck]
-		kr.mu.RUnlock()
-		if hit && d.clocked && d.gen == gen {
-			return clone(d.value.(T)), nil
+		if quiet {
+			kr.mu.RLock()
+			d, hit := kr.decoded[ck]
+			kr.mu.RUnlock()
+			if hit && d.clocked && d.gen == gen {
+				one.used = true
+				return clone(d.value.(T)), nil
+			}
 		}
 	}
 	stored, err := itx.Raw().Get(bucket, key)
