@@ -516,6 +516,9 @@ func (s *Service) wrap(op string, auth int, fn handlerFunc) http.Handler {
 		if status >= 500 {
 			lvl = slog.LevelError
 		}
+		if !s.log.Enabled(r.Context(), lvl) {
+			return
+		}
 		attrs := []slog.Attr{slog.String("op", op), slog.Int("status", status), slog.Duration("duration", d)}
 		if code != "" {
 			attrs = append(attrs, slog.String("code", code))
