@@ -62,8 +62,7 @@ func (h auditHead) state() store.StateDigest {
 }
 
 func newHead(k *keyring, seq uint64, hash string, state store.StateDigest) auditHead {
-	st := hex.EncodeToString(state[:])
-	return auditHead{Seq: seq, Hash: hash, State: st, MAC: k.headMAC(seq, hash, st)}
+	return sealHead(k, auditHead{Seq: seq, Hash: hash, State: hex.EncodeToString(state[:])})
 }
 
 func (k *keyring) genesisMAC(version int, created time.Time) string {
@@ -214,12 +213,13 @@ func linkAudit(tx store.Tx, k *keyring, h auditHead, e audit.Entry) (auditHead, 
 	if err != nil {
 		return h, err
 	}
-	return nh, putHead(tx, nh)
+	return sealHead(k, nh), putHead(tx, k, nh)
 }
 
 // chainEntry appends e after the checked head h inside tx and returns the
-// new head without writing it: a group of entries in one transaction is
-// checked once and its head written once (putHead), after the last.
+// new head without writing it and without its MAC: a group of entries in
+// one transaction is checked once and its head MACed and written once
+// (putHead), after the last.
 func chainEntry(tx store.Tx, k *keyring, h auditHead, e audit.Entry) (auditHead, error) {
 	state := h.state()
 	if itx, ok := tx.(*store.IntegrityTx); ok {
@@ -229,10 +229,19 @@ func chainEntry(tx store.Tx, k *keyring, h auditHead, e audit.Entry) (auditHead,
 	if err := tx.Put("audit", auditKey(e.Seq), audit.Marshal(e)); err != nil {
 		return h, err
 	}
-	return newHead(k, e.Seq, e.Hash, state), nil
+	return auditHead{Seq: e.Seq, Hash: e.Hash, State: hex.EncodeToString(state[:])}, nil
 }
 
-func putHead(tx store.Tx, h auditHead) error { return putJSON(tx, "meta", "audit_head", h) }
+// sealHead sets h's MAC under k.
+func sealHead(k *keyring, h auditHead) auditHead {
+	h.MAC = k.headMAC(h.Seq, h.Hash, h.State)
+	return h
+}
+
+// putHead writes h, MACed under k, as the head of the audit log.
+func putHead(tx store.Tx, k *keyring, h auditHead) error {
+	return putJSON(tx, "meta", "audit_head", sealHead(k, h))
+}
 
 // checkState recomputes the state digest over the stored protected
 // records and compares it with the authenticated head's. On a mismatch it

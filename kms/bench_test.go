@@ -3,14 +3,13 @@ package kms_test
 import (
 	"crypto/tls"
 	"encoding/json"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/veil-tee/veil/internal/kmsload"
 	"github.com/veil-tee/veil/internal/pgtest"
 	"github.com/veil-tee/veil/kms"
 	"github.com/veil-tee/veil/kms/client"
@@ -18,52 +17,17 @@ import (
 
 // loadUnwrap runs b.N data-key unwraps with `workers` concurrent clients
 // over kept-alive TLS 1.3 connections to a real server on loopback, and
-// reports throughput and latency percentiles.
+// reports throughput, latency percentiles and CPU per op
+// (kmsload.BenchOps).
 func loadUnwrap(b *testing.B, c *client.Client, ct, aad []byte, workers int) {
-	var next atomic.Int64
-	lat := make([][]time.Duration, workers)
-	var wg sync.WaitGroup
-	var failed atomic.Int64
-	b.ResetTimer()
-	cpu0 := cpuTime()
-	start := time.Now()
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(b.N) {
-				t0 := time.Now()
-				if _, err := c.Decrypt(ctx, ct, aad); err != nil {
-					failed.Add(1)
-					b.Error(err)
-					return
-				}
-				lat[w] = append(lat[w], time.Since(t0))
-			}
-		}()
+	ops := make([]func() error, workers)
+	for w := range ops {
+		ops[w] = func() error {
+			_, err := c.Decrypt(ctx, ct, aad)
+			return err
+		}
 	}
-	wg.Wait()
-	el := time.Since(start)
-	cpu := cpuTime() - cpu0
-	b.StopTimer()
-	all := slices.Concat(lat...)
-	slices.Sort(all)
-	if len(all) == 0 {
-		return
-	}
-	pct := func(p float64) float64 { return float64(all[int(float64(len(all)-1)*p)].Microseconds()) / 1000 }
-	b.ReportMetric(float64(len(all))/el.Seconds(), "ops/s")
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
-	// CPU time of this process (server and load client together) per
-	// operation: less sensitive than ops/s to other load on the machine.
-	b.ReportMetric(float64(cpu.Microseconds())/float64(len(all)), "cpu-us/op")
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	kmsload.BenchOps(b, ops)
 }
 
 func BenchmarkAppDataKeyUnwrap(b *testing.B) {

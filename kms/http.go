@@ -516,6 +516,9 @@ func (s *Service) wrap(op string, auth int, fn handlerFunc) http.Handler {
 		if status >= 500 {
 			lvl = slog.LevelError
 		}
+		if !s.log.Enabled(r.Context(), lvl) {
+			return
+		}
 		attrs := []slog.Attr{slog.String("op", op), slog.Int("status", status), slog.Duration("duration", d)}
 		if code != "" {
 			attrs = append(attrs, slog.String("code", code))
@@ -627,7 +630,7 @@ type connIdentity struct {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
+	b, err := api.MarshalJSONResponse(v)
 	if err != nil {
 		writeProblem(w, err)
 		return
@@ -665,21 +668,29 @@ func TLSConfig(cert tls.Certificate) *tls.Config {
 	}
 }
 
-// Serve serves the API over TLS on ln until ctx is done, sweeping keys due
-// for deletion every minute.
-func (s *Service) Serve(ctx context.Context, ln net.Listener, cert tls.Certificate) error {
-	srv := &http.Server{
-		Handler:           s.Handler(),
+// HTTPServer is the HTTP server the key service runs h in (timeouts,
+// header limit, per-connection state); Serve wraps its listener in
+// TLSConfig. Exported so that a benchmark of the bare transport
+// (internal/kmsload BenchmarkTransport) runs exactly the same stack.
+func HTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, &connIdentity{})
 		},
 	}
+}
+
+// Serve serves the API over TLS on ln until ctx is done, sweeping keys due
+// for deletion every minute.
+func (s *Service) Serve(ctx context.Context, ln net.Listener, cert tls.Certificate) error {
+	srv := HTTPServer(s.Handler(), s.log)
 	tln := tls.NewListener(ln, TLSConfig(cert))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(tln) }()

@@ -108,3 +108,90 @@ func TestForeignPolicyIgnoredAtRelease(t *testing.T) {
 		t.Fatalf("secret with another app's policy: %v", err)
 	}
 }
+
+// TestIsIDMatchesPattern: the hand-written isID accepts exactly what the
+// id pattern (idRE with the prefix) accepts.
+func TestIsIDMatchesPattern(t *testing.T) {
+	base := newID("k")
+	cases := []string{base, newID("a"), newID("p"), newID("s"), "", "k_", "k", base[:33], base + "0",
+		"K" + base[1:], "k-" + base[2:], base[:10] + "A" + base[11:], base[:10] + "g" + base[11:], base[:33] + "/",
+		"x_" + base[2:], "k_" + strings.Repeat("0", 32), "k_" + strings.Repeat("f", 32), "k_" + strings.Repeat(":", 32)}
+	for _, id := range cases {
+		for _, prefix := range []string{"a", "k", "p", "s", "x", "", "kk"} {
+			want := len(id) > 2 && id[:2] == prefix+"_" && idRE.MatchString(id)
+			if got := isID(id, prefix); got != want {
+				t.Errorf("isID(%q, %q) = %v, want %v", id, prefix, got, want)
+			}
+		}
+	}
+}
+
+// countingReader counts the reads a oneGetTx makes of the store.
+type countingReader struct {
+	store.OneReader
+	n int
+}
+
+func (c *countingReader) GetOne(ctx context.Context, bucket, key string) ([]byte, error) {
+	c.n++
+	return c.OneReader.GetOne(ctx, bucket, key)
+}
+
+// TestRecordCacheOnlyFromSingleReads: on bbolt, a record read inside a
+// read transaction (whose snapshot may be older than the write clock) is
+// never taken as current; a read on its own is, and serves the next single
+// read without a store read, spending that request's one read (a second
+// read needs a transaction); a write to the bucket ends it.
+func TestRecordCacheOnlyFromSingleReads(t *testing.T) {
+	ctx := context.Background()
+	s := newDevService(t)
+	a, err := s.Enroll(ctx, Caller{Kind: KindAdmin}, api.EnrollRequest{Name: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := Caller{Kind: KindApp, AppID: a.AppID}
+	key, err := s.CreateKey(ctx, ca, api.CreateKeyRequest{Name: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, _ := s.keyring()
+	current := func() bool {
+		kr.mu.RLock()
+		defer kr.mu.RUnlock()
+		return kr.decoded["keys/"+key.ID].clocked
+	}
+	read := func(tx store.Tx) error {
+		_, err := getVerified(s.itx(tx, kr), kr, "keys", key.ID, (*keyRecord).clone)
+		return err
+	}
+	if err := s.st.View(ctx, read); err != nil || current() {
+		t.Fatalf("read in a transaction: taken as current %v, %v", current(), err)
+	}
+	cr := &countingReader{OneReader: s.st.(store.OneReader)}
+	single := func() *oneGetTx {
+		t.Helper()
+		one := &oneGetTx{ctx: ctx, r: cr}
+		if err := read(one); err != nil {
+			t.Fatal(err)
+		}
+		return one
+	}
+	single()
+	if cr.n != 1 || !current() {
+		t.Fatalf("single read: %d store reads, current %v", cr.n, current())
+	}
+	one := single()
+	if cr.n != 1 {
+		t.Fatalf("cached single read read the store (%d reads)", cr.n)
+	}
+	if _, err := one.Get("policies", "p"); !errors.Is(err, errNeedTx) {
+		t.Fatalf("second read of a request served from the cache: %v", err)
+	}
+	if _, err := s.UpdateKey(ctx, ca, key.ID, ActionDisable, 0); err != nil {
+		t.Fatal(err)
+	}
+	single()
+	if cr.n != 2 {
+		t.Fatalf("read after a write: %d store reads, want 2", cr.n)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/veil-tee/veil/kms/api"
@@ -86,8 +87,19 @@ var (
 	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 )
 
+// isID reports whether ref is an id with prefix ("k": k_ and 32
+// lower-case hex digits), the shape idRE matches, without a regexp: it
+// runs on every request.
 func isID(ref, prefix string) bool {
-	return len(ref) > 2 && ref[:2] == prefix+"_" && idRE.MatchString(ref)
+	if len(ref) != 34 || len(prefix) != 1 || ref[0] != prefix[0] || ref[1] != '_' || !strings.Contains("akps", prefix) {
+		return false
+	}
+	for i := 2; i < len(ref); i++ {
+		if c := ref[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func validName(field, name string) error {

@@ -162,6 +162,10 @@ type keyring struct {
 	aeads   map[string]cipher.AEAD   // "key id/version" -> AEAD of that key version
 	decoded map[string]decodedRecord // "bucket/key" -> checked and decoded record (getVerified)
 	creds   map[string]appCred       // app id -> credential (shared stores, authenticateShared)
+	// clocks is the store's write clocks when only this process can write
+	// it (bbolt): then getVerified serves a cached record without reading
+	// the store while its bucket's clock has not moved.
+	clocks store.WriteClocker
 }
 
 // cached returns the value cached under k in m, or computes and caches it.
@@ -297,6 +301,11 @@ func checkRoot(meta rootMeta, root []byte) (*keyring, error) {
 type decodedRecord struct {
 	stored []byte // the stored form, MAC included
 	value  any
+	// clocked: the record was read with its bucket's write clock quiet at
+	// gen before and after the read (keyring.clocks), so it is the stored
+	// record for as long as the clock reads (gen, quiet).
+	clocked bool
+	gen     uint64
 }
 
 // maxDecoded bounds the decoded-record cache of a keyring; it is emptied
@@ -311,6 +320,12 @@ const maxDecoded = 10_000
 // the stored record (a write by any replica, an edit by whoever can write
 // the store) changes its bytes and takes the full path. clone copies the
 // cached value so that callers may modify what they get.
+//
+// On a store only this process writes (kr.clocks, bbolt), a record read
+// on its own (outside a transaction, as the first read of a release) while
+// its bucket saw no write is served from the cache without reading the
+// store at all until the next write to that bucket (any record of it)
+// begins; then it is read, and checked when its bytes changed, again.
 func getVerified[T any](tx store.Tx, kr *keyring, bucket, key string, clone func(T) T) (T, error) {
 	var zero T
 	itx, ok := tx.(*store.IntegrityTx)
@@ -319,15 +334,48 @@ func getVerified[T any](tx store.Tx, kr *keyring, bucket, key string, clone func
 		err := getJSON(tx, bucket, key, &v)
 		return v, err
 	}
+	ck := bucket + "/" + key
+	var clock *store.WriteClock
+	var gen uint64
+	var quiet bool
+	// Only a read outside any transaction (oneGetTx: its read starts after
+	// the clock is read, where a transaction's snapshot may be older) and
+	// only the first read of the request use the clock: a request that
+	// reads more records reads them all again in one transaction (the
+	// second read gets errNeedTx), so what it decides on is one snapshot.
+	if one, ok := itx.Raw().(*oneGetTx); ok && !one.used && kr.clocks != nil {
+		if clock = kr.clocks.WriteClock(bucket); clock != nil {
+			gen, quiet = clock.Now()
+		}
+		if quiet {
+			kr.mu.RLock()
+			d, hit := kr.decoded[ck]
+			kr.mu.RUnlock()
+			if hit && d.clocked && d.gen == gen {
+				one.used = true
+				return clone(d.value.(T)), nil
+			}
+		}
+	}
 	stored, err := itx.Raw().Get(bucket, key)
 	if err != nil {
 		return zero, err
 	}
-	ck := bucket + "/" + key
+	// The read is current as of gen if no write to the bucket began
+	// since the clock was read.
+	if quiet {
+		g, q := clock.Now()
+		quiet = q && g == gen
+	}
 	kr.mu.RLock()
 	d, hit := kr.decoded[ck]
 	kr.mu.RUnlock()
 	if hit && bytes.Equal(d.stored, stored) {
+		if quiet && (!d.clocked || d.gen != gen) {
+			kr.mu.Lock()
+			kr.decoded[ck] = decodedRecord{stored: d.stored, value: d.value, clocked: true, gen: gen}
+			kr.mu.Unlock()
+		}
 		return clone(d.value.(T)), nil
 	}
 	b, err := itx.Check(bucket, key, stored)
@@ -342,7 +390,7 @@ func getVerified[T any](tx store.Tx, kr *keyring, bucket, key string, clone func
 	if len(kr.decoded) >= maxDecoded {
 		clear(kr.decoded)
 	}
-	kr.decoded[ck] = decodedRecord{stored: bytes.Clone(stored), value: clone(v)}
+	kr.decoded[ck] = decodedRecord{stored: bytes.Clone(stored), value: clone(v), clocked: quiet, gen: gen}
 	kr.mu.Unlock()
 	return v, nil
 }

@@ -210,6 +210,7 @@ func (s *Service) Unseal(ctx context.Context, share string) (api.Status, error) 
 		s.mu.Unlock()
 		return s.Status(), fail(ErrBadShares, "the shares do not recombine into this server's root key; start again")
 	}
+	k.clocks, _ = s.st.(store.WriteClocker)
 	s.keys = k
 	s.mu.Unlock()
 	s.log.Info("unsealed")
@@ -230,6 +231,7 @@ func (s *Service) UnsealWithRootKey(root []byte) error {
 		s.mu.Unlock()
 		return fail(ErrBadShares, "the root key file does not match this data directory")
 	}
+	k.clocks, _ = s.st.(store.WriteClocker)
 	s.keys, s.pending = k, nil
 	s.mu.Unlock()
 	s.checkChainOnUnseal(context.Background(), k)
@@ -745,7 +747,7 @@ func (s *Service) auditWriter() {
 			for _, r := range group {
 				if r.k != k { // check the chain once per group (and per root key)
 					if k != nil {
-						if err := putHead(tx, h); err != nil {
+						if err := putHead(tx, k, h); err != nil {
 							return err
 						}
 					}
@@ -761,7 +763,7 @@ func (s *Service) auditWriter() {
 				}
 			}
 			// The head is written once, after the group's last entry.
-			return putHead(tx, h)
+			return putHead(tx, k, h)
 		})
 		err = serviceError(err)
 		for _, r := range group {

@@ -38,6 +38,15 @@ type Config struct {
 	// of it to the server. Key creations (MixCreate) still go through
 	// kms/client.
 	Lean bool
+	// Rate, when positive, makes the load open-loop: the clients together
+	// send Rate operations per second, each client at fixed intervals
+	// (Clients/Rate seconds, staggered), whatever the answers' latency.
+	// Latency is then measured from when an operation was due, not from
+	// when it was sent, so that a server falling behind is charged for the
+	// waiting it causes. Zero: each client sends its next operation as soon
+	// as the last is answered (closed loop), where by Little's law the mean
+	// latency is Clients divided by the throughput.
+	Rate float64
 }
 
 // Result is what a run measured.
@@ -72,39 +81,12 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	if c.Clients < 1 {
 		c.Clients = 1
 	}
-	adm, err := client.New(client.Config{URL: c.URL, CAPEM: c.CAPEM, AdminToken: c.AdminToken})
-	if err != nil {
-		return Result{}, err
-	}
-	defer adm.Close()
 	// One app per ten clients: the server remembers at most 100,000
 	// nonces per app within the replay window (docs/kms.md), so one app
 	// alone would be refused after 100,000 requests in that window.
-	type appKey struct {
-		id, key string
-		ct, pt  []byte
-	}
-	var apps []appKey
-	for a := 0; a < (c.Clients+9)/10; a++ {
-		enr, err := adm.Enroll(ctx, fmt.Sprintf("load-%d-%d", time.Now().UnixNano(), a))
-		if err != nil {
-			return Result{}, fmt.Errorf("enrolling the load's app: %w", err)
-		}
-		setup, err := client.New(client.Config{URL: c.URL, CAPEM: c.CAPEM, AppID: enr.AppID, APIKey: enr.APIKey})
-		if err != nil {
-			return Result{}, err
-		}
-		k, err := setup.CreateKey(ctx, "load", "", "")
-		if err != nil {
-			setup.Close()
-			return Result{}, fmt.Errorf("creating the load's key: %w", err)
-		}
-		dk, err := setup.GenerateDataKey(ctx, k.ID, 32, nil)
-		setup.Close()
-		if err != nil {
-			return Result{}, fmt.Errorf("generating the load's data key: %w", err)
-		}
-		apps = append(apps, appKey{enr.AppID, enr.APIKey, dk.Ciphertext, dk.Plaintext})
+	apps, err := setupApps(ctx, c.URL, c.CAPEM, c.AdminToken, (c.Clients+9)/10)
+	if err != nil {
+		return Result{}, err
 	}
 	var (
 		mu    sync.Mutex
@@ -134,6 +116,12 @@ func Run(ctx context.Context, c Config) (Result, error) {
 			}
 			defer lean.close()
 		}
+		var every time.Duration
+		var due time.Time
+		if c.Rate > 0 {
+			every = time.Duration(float64(c.Clients) / c.Rate * float64(time.Second))
+			due = start.Add(every * time.Duration(w) / time.Duration(c.Clients))
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -142,6 +130,14 @@ func Run(ctx context.Context, c Config) (Result, error) {
 			var ferr string
 			for i := 0; i < 100_000_000 && time.Now().Before(deadline); i++ { // bounded by the deadline
 				t0 := time.Now()
+				if every > 0 {
+					if due.After(deadline) {
+						break
+					}
+					time.Sleep(time.Until(due))
+					t0 = due
+					due = due.Add(every)
+				}
 				var err error
 				if c.MixCreate > 0 && i%100 < c.MixCreate {
 					_, err = cl.CreateKey(ctx, fmt.Sprintf("k%d-%d", w, i), "", "")
@@ -180,6 +176,45 @@ func Run(ctx context.Context, c Config) (Result, error) {
 		res.Max = lat[len(lat)-1]
 	}
 	return res, nil
+}
+
+// loadApp is an enrolled app with a data key of its own to unwrap.
+type loadApp struct {
+	id, key string
+	ct, pt  []byte
+}
+
+// setupApps enrolls n apps through the admin API and creates a key and a
+// data key for each.
+func setupApps(ctx context.Context, url string, caPEM []byte, adminToken string, n int) ([]loadApp, error) {
+	adm, err := client.New(client.Config{URL: url, CAPEM: caPEM, AdminToken: adminToken})
+	if err != nil {
+		return nil, err
+	}
+	defer adm.Close()
+	var apps []loadApp
+	for a := 0; a < n; a++ {
+		enr, err := adm.Enroll(ctx, fmt.Sprintf("load-%d-%d", time.Now().UnixNano(), a))
+		if err != nil {
+			return nil, fmt.Errorf("enrolling the load's app: %w", err)
+		}
+		setup, err := client.New(client.Config{URL: url, CAPEM: caPEM, AppID: enr.AppID, APIKey: enr.APIKey})
+		if err != nil {
+			return nil, err
+		}
+		k, err := setup.CreateKey(ctx, "load", "", "")
+		if err != nil {
+			setup.Close()
+			return nil, fmt.Errorf("creating the load's key: %w", err)
+		}
+		dk, err := setup.GenerateDataKey(ctx, k.ID, 32, nil)
+		setup.Close()
+		if err != nil {
+			return nil, fmt.Errorf("generating the load's data key: %w", err)
+		}
+		apps = append(apps, loadApp{enr.AppID, enr.APIKey, dk.Ciphertext, dk.Plaintext})
+	}
+	return apps, nil
 }
 
 // cpuTime is the user+system time of this process and of pids, from

@@ -2,15 +2,8 @@ package kmsload
 
 import (
 	"context"
-	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/veil-tee/veil/kms"
-	devkms "github.com/veil-tee/veil/kms/dev"
-	"github.com/veil-tee/veil/kms/store"
 )
 
 // TestRunSmoke drives a real key service (bbolt store, TLS on loopback)
@@ -18,43 +11,10 @@ import (
 // figures must be consistent. It asserts no throughput: that depends on
 // the machine (scripts/kms-load.sh measures it).
 func TestRunSmoke(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	dir := t.TempDir()
-	st, err := store.OpenBolt(dir, store.BoltOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A --dev service, as `veil kms serve --dev` sets it up.
-	ds, err := devkms.Setup(ctx, st, filepath.Join(dir, "dev"), ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := os.ReadFile(filepath.Join(dir, "dev", devkms.CAFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := kms.New(ctx, kms.Options{Store: st})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.UnsealWithRootKey(ds.RootKey); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- svc.Serve(ctx, ln, ds.Cert) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		svc.Close()
-	})
+	tg := startKMS(t, 0)
 	for _, lean := range []bool{false, true} {
-		r, err := Run(context.Background(), Config{URL: "https://" + ln.Addr().String(), CAPEM: ca,
-			AdminToken: ds.AdminToken, Clients: 4, Duration: time.Second, MixCreate: 10, Lean: lean})
+		r, err := Run(context.Background(), Config{URL: tg.url, CAPEM: tg.ca,
+			AdminToken: tg.adminToken, Clients: 4, Duration: time.Second, MixCreate: 10, Lean: lean})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -65,5 +25,24 @@ func TestRunSmoke(t *testing.T) {
 		if r.P50 <= 0 || r.P50 > r.P99 || r.P99 > r.Max || r.Elapsed < time.Second {
 			t.Fatalf("lean %v: inconsistent figures: %+v", lean, r)
 		}
+	}
+}
+
+// TestRunOpenLoop: with a rate the clients offer that many operations per
+// second in all and no more, whatever the server could take.
+func TestRunOpenLoop(t *testing.T) {
+	tg := startKMS(t, 0)
+	const rate, clients = 50.0, 4
+	r, err := Run(context.Background(), Config{URL: tg.url, CAPEM: tg.ca, AdminToken: tg.adminToken,
+		Clients: clients, Duration: time.Second, Rate: rate, Lean: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s", r)
+	if r.Errors != 0 || r.Ops == 0 {
+		t.Fatalf("%d errors (%s), %d operations", r.Errors, r.FirstError, r.Ops)
+	}
+	if max := int64(rate*r.Elapsed.Seconds()) + clients; r.Ops > max {
+		t.Fatalf("%d operations in %s at %v per second offered: more than the %d offered", r.Ops, r.Elapsed, rate, max)
 	}
 }

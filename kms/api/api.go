@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -56,14 +57,14 @@ func SigningKey(apiKey string) []byte {
 // requestURI is the path and query exactly as sent on the request line.
 func StringToSign(method, requestURI string, ts int64, nonce string, body []byte) []byte {
 	bh := sha256.Sum256(body)
-	var b bytes.Buffer
-	b.WriteString("VEIL-HMAC-SHA256\n")
-	b.WriteString(method + "\n")
-	b.WriteString(requestURI + "\n")
-	b.WriteString(strconv.FormatInt(ts, 10) + "\n")
-	b.WriteString(nonce + "\n")
-	b.WriteString(hex.EncodeToString(bh[:]))
-	return b.Bytes()
+	const label = "VEIL-HMAC-SHA256\n"
+	b := make([]byte, 0, len(label)+len(method)+len(requestURI)+len(nonce)+20+4+2*len(bh))
+	b = append(b, label...)
+	b = append(append(b, method...), '\n')
+	b = append(append(b, requestURI...), '\n')
+	b = append(strconv.AppendInt(b, ts, 10), '\n')
+	b = append(append(b, nonce...), '\n')
+	return hex.AppendEncode(b, bh[:])
 }
 
 // Sign returns the hex HMAC-SHA256 signature of a request.
@@ -86,8 +87,17 @@ func (e *UnknownFieldError) Error() string { return fmt.Sprintf("unknown field %
 func (e *UnknownFieldError) Unwrap() error { return ErrUnknownField }
 
 // DecodeStrict decodes exactly one JSON value from b into v, rejecting
-// unknown fields (naming them) and trailing data.
+// unknown fields (naming them) and trailing data. A *DecryptRequest in the
+// compact form encoding/json writes is read without reflection
+// (decodeCompact); anything else takes encoding/json.
 func DecodeStrict(b []byte, v any) error {
+	if d, ok := v.(*DecryptRequest); ok && d.decodeCompact(b) {
+		return nil
+	}
+	return decodeStrictJSON(b, v)
+}
+
+func decodeStrictJSON(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -239,6 +249,88 @@ type CipherResponse struct {
 type DecryptRequest struct {
 	Ciphertext []byte `json:"ciphertext"`
 	AAD        []byte `json:"aad,omitempty"`
+}
+
+// decodeCompact fills an empty r from exactly `{"ciphertext":"B64"}` or
+// `{"ciphertext":"B64","aad":"B64"}` (standard base64 with padding, as
+// encoding/json writes []byte), optionally followed by one newline, and
+// reports whether it did. On any other input it leaves r alone and the
+// caller decodes with encoding/json, which gives the same value for these
+// inputs (FuzzDecryptRequestCompact) and its own errors for the rest.
+func (r *DecryptRequest) decodeCompact(b []byte) bool {
+	if r.Ciphertext != nil || r.AAD != nil {
+		return false
+	}
+	b = bytes.TrimSuffix(b, []byte("\n"))
+	field := func(b []byte, name string) (val, rest []byte, ok bool) {
+		b, ok = bytes.CutPrefix(b, []byte(`"`+name+`":"`))
+		if !ok {
+			return nil, nil, false
+		}
+		end := bytes.IndexByte(b, '"')
+		if end <= 0 {
+			return nil, nil, false
+		}
+		enc := b[:end]
+		for _, c := range enc {
+			if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '=') {
+				return nil, nil, false
+			}
+		}
+		val = make([]byte, base64.StdEncoding.DecodedLen(len(enc)))
+		n, err := base64.StdEncoding.Decode(val, enc)
+		if err != nil {
+			return nil, nil, false
+		}
+		return val[:n], b[end+1:], true
+	}
+	b, ok := bytes.CutPrefix(b, []byte("{"))
+	if !ok {
+		return false
+	}
+	ct, b, ok := field(b, "ciphertext")
+	if !ok {
+		return false
+	}
+	var aad []byte
+	if rest, found := bytes.CutPrefix(b, []byte(",")); found {
+		if aad, b, ok = field(rest, "aad"); !ok {
+			return false
+		}
+	}
+	if string(b) != "}" {
+		return false
+	}
+	r.Ciphertext, r.AAD = ct, aad
+	return true
+}
+
+// MarshalJSONResponse encodes a response body as encoding/json does (the
+// server adds a newline). A DecryptResponse, the answer of every data-key
+// unwrap, is written without reflection when its key id needs no escaping.
+func MarshalJSONResponse(v any) ([]byte, error) {
+	if r, ok := v.(DecryptResponse); ok && r.Plaintext != nil && plainJSONString(r.KeyID) {
+		b := make([]byte, 0, 64+len(r.KeyID)+base64.StdEncoding.EncodedLen(len(r.Plaintext)))
+		b = append(b, `{"key_id":"`...)
+		b = append(b, r.KeyID...)
+		b = append(b, `","key_version":`...)
+		b = strconv.AppendInt(b, int64(r.KeyVersion), 10)
+		b = append(b, `,"plaintext":"`...)
+		b = base64.StdEncoding.AppendEncode(b, r.Plaintext)
+		return append(b, `"}`...), nil
+	}
+	return json.Marshal(v)
+}
+
+// plainJSONString reports whether encoding/json writes s verbatim between
+// its quotes: printable ASCII other than '"', '\\', '<', '>' and '&'.
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }
 
 // DecryptResponse answers decrypt.

@@ -48,3 +48,12 @@ func FuzzDecodeStrict(f *testing.F) {
 		_ = DecodeStrict(b, &v) // must not panic
 	})
 }
+
+// BenchmarkStringToSign: the canonical string of an unwrap's request,
+// built on both ends of every signed request.
+func BenchmarkStringToSign(b *testing.B) {
+	body := make([]byte, 140)
+	for b.Loop() {
+		StringToSign("POST", "/v1/decrypt", 1764408601, "AAAAAAAAAAAAAAAAAAAAAAAA", body)
+	}
+}

@@ -199,3 +199,79 @@ func FuzzParseCheckpoint(f *testing.F) {
 		c.Check(c.PublicKey) // must not panic
 	})
 }
+
+// marshalCases are entries for which Marshal must give encoding/json's
+// bytes: plain ones (written directly) and every kind that falls back.
+func marshalCases() []Entry {
+	t0 := time.Date(2026, 11, 29, 9, 30, 1, 123456789, time.UTC)
+	plain := Entry{Seq: 7, Time: t0, Actor: Actor{Kind: "app", AppID: "a_0123"}, Op: "decrypt", Owner: "a_0123",
+		Key: "k_abc", KeyVersion: 2, Result: Granted, Prev: ZeroHash, Hash: ZeroHash}
+	var es []Entry
+	add := func(f func(e *Entry)) {
+		e := plain
+		f(&e)
+		es = append(es, e)
+	}
+	add(func(*Entry) {})
+	add(func(e *Entry) { *e = Entry{} })
+	add(func(e *Entry) { e.Time = t0.Truncate(time.Second) })
+	add(func(e *Entry) { e.Time = t0.In(time.FixedZone("x", -(5*3600 + 30*60))) })
+	add(func(e *Entry) { e.Time = time.Date(9999, 12, 31, 23, 59, 59, 1, time.UTC) })
+	add(func(e *Entry) { e.KeyVersion = -3 })
+	add(func(e *Entry) { e.Seq = 1<<64 - 1 })
+	add(func(e *Entry) {
+		e.Actor = Actor{Kind: "workload", Workload: &Claims{}}
+		e.Secret, e.Policy, e.App, e.Reason = "s_1", "p_1", "a_2", "policy p_1: measurement not allowed"
+	})
+	for _, s := range []string{"<", ">", "&", `"`, `\`, "\x00", "\n", "\x7f", "é", "\u2028", "\xff", " ~"} {
+		add(func(e *Entry) { e.Reason = "why" + s })
+		add(func(e *Entry) { e.Actor.AppID = s })
+	}
+	return es
+}
+
+// TestMarshalIsEncodingJSON: the stored form does not depend on which
+// path wrote it, so chains written before and after verify alike.
+func TestMarshalIsEncodingJSON(t *testing.T) {
+	for i, e := range marshalCases() {
+		want, err := json.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := Marshal(e); string(got) != string(want) {
+			t.Errorf("case %d: Marshal\n%s\nencoding/json\n%s", i, got, want)
+		}
+	}
+}
+
+func FuzzMarshal(f *testing.F) {
+	f.Add(uint64(1), int64(1764408601), 5, "app", "a_1", "decrypt", "k_1", "", "granted", "")
+	f.Add(uint64(0), int64(0), 0, "", "", "", "", "<&>", "denied", "\u2028\xff")
+	f.Fuzz(func(t *testing.T, seq uint64, unix int64, kv int, kind, app, op, key, secret, result, reason string) {
+		e := Entry{Seq: seq, Time: time.Unix(unix, int64(kv)).UTC(), Actor: Actor{Kind: kind, AppID: app}, Op: op, Key: key,
+			KeyVersion: kv, Secret: secret, Result: result, Reason: reason, Prev: ZeroHash, Hash: key}
+		want, err := json.Marshal(e)
+		if err != nil {
+			return // years encoding/json refuses
+		}
+		if got := Marshal(e); string(got) != string(want) {
+			t.Fatalf("Marshal\n%s\nencoding/json\n%s", got, want)
+		}
+	})
+}
+
+// BenchmarkMarshal: an app's release entry through encoding/json and
+// written directly.
+func BenchmarkMarshal(b *testing.B) {
+	e := marshalCases()[0]
+	b.Run("encoding-json", func(b *testing.B) {
+		for b.Loop() {
+			json.Marshal(e)
+		}
+	})
+	b.Run("direct", func(b *testing.B) {
+		for b.Loop() {
+			Marshal(e)
+		}
+	})
+}

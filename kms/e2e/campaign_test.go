@@ -626,7 +626,9 @@ func TestReplicasKill9CyclesAndPostgresRestart(t *testing.T) {
 // load of a shared machine falls on all of them alike.
 // VEIL_KMS_LOAD_CONFIGS picks configurations (bbolt, pg1, pg3; default
 // all), and VEIL_KMS_LOAD_PROFILE=DIR writes a CPU profile of each server
-// there. VEIL_KMS_LOAD_LEAN=1 uses the lighter load client (kmsload.Config.Lean).
+// there. VEIL_KMS_LOAD_LEAN=1 uses the lighter load client (kmsload.Config.Lean),
+// VEIL_KMS_LOAD_RATE=N offers N operations per second open-loop
+// (kmsload.Config.Rate) instead of sending back to back.
 func TestLoadEmbeddedAndReplicas(t *testing.T) {
 	clients := envInt(t, "VEIL_KMS_LOAD_CLIENTS", 8)
 	duration := envDuration(t, "VEIL_KMS_LOAD_DURATION", 2*time.Second)
@@ -641,6 +643,13 @@ func TestLoadEmbeddedAndReplicas(t *testing.T) {
 	}
 	profDir := os.Getenv("VEIL_KMS_LOAD_PROFILE")
 	lean := os.Getenv("VEIL_KMS_LOAD_LEAN") == "1"
+	var rate float64
+	if v := os.Getenv("VEIL_KMS_LOAD_RATE"); v != "" {
+		var err error
+		if rate, err = strconv.ParseFloat(v, 64); err != nil || rate < 0 {
+			t.Fatalf("VEIL_KMS_LOAD_RATE=%q: want operations per second", v)
+		}
+	}
 	built := veil
 	t.Cleanup(func() { veil = built })
 	ctx := context.Background()
@@ -672,7 +681,7 @@ func TestLoadEmbeddedAndReplicas(t *testing.T) {
 				p := serve(t, append([]string{"--dev", "--data", t.TempDir()}, profile("bbolt", round)...)...)
 				ca, _ := os.ReadFile(p.env["VEIL_KMS_CA"])
 				r, err := kmsload.Run(ctx, kmsload.Config{URL: p.env["VEIL_KMS_URL"], CAPEM: ca, AdminToken: p.env["VEIL_ADMIN_TOKEN"],
-					Clients: clients, Duration: duration, Lean: lean, ServerPIDs: []int{p.cmd.Process.Pid}})
+					Clients: clients, Duration: duration, Lean: lean, Rate: rate, ServerPIDs: []int{p.cmd.Process.Pid}})
 				check("bbolt, one server", bin, r, err)
 				p.stop(t)
 			}
@@ -690,12 +699,12 @@ func TestLoadEmbeddedAndReplicas(t *testing.T) {
 			}
 			if strings.Contains(configs, "pg1") {
 				r, err := kmsload.Run(ctx, kmsload.Config{URL: rs.url(0), CAPEM: rs.ca, AdminToken: rs.admin,
-					Clients: clients, Duration: duration, Lean: lean, ServerPIDs: append(rs.pg.PIDs(), pids[0])})
+					Clients: clients, Duration: duration, Lean: lean, Rate: rate, ServerPIDs: append(rs.pg.PIDs(), pids[0])})
 				check("PostgreSQL, one replica", bin, r, err)
 			}
 			if n == 3 {
 				r, err := kmsload.Run(ctx, kmsload.Config{URL: rs.urls(), CAPEM: rs.ca, AdminToken: rs.admin,
-					Clients: clients, Duration: duration, Lean: lean, ServerPIDs: append(rs.pg.PIDs(), pids...)})
+					Clients: clients, Duration: duration, Lean: lean, Rate: rate, ServerPIDs: append(rs.pg.PIDs(), pids...)})
 				check("PostgreSQL, three replicas", bin, r, err)
 			}
 			rs.close()

@@ -24,7 +24,8 @@ type BoltOptions struct {
 
 // Bolt is the embedded Store on a bbolt file.
 type Bolt struct {
-	db *bolt.DB
+	db     *bolt.DB
+	clocks map[string]*WriteClock // one per bucket of Buckets(), fixed at open
 }
 
 // OpenBolt opens (creating if needed) DIR/kms.db with mode 0600. A second
@@ -56,7 +57,28 @@ func OpenBolt(dir string, opt BoltOptions) (*Bolt, error) {
 		db.Close()
 		return nil, fmt.Errorf("creating buckets in %s: %w", path, err)
 	}
-	return &Bolt{db: db}, nil
+	b := &Bolt{db: db, clocks: map[string]*WriteClock{}}
+	for _, name := range Buckets() {
+		b.clocks[name] = new(WriteClock)
+	}
+	return b, nil
+}
+
+// WriteClock implements WriteClocker: bbolt's file lock keeps every other
+// process out while b is open, so every write to the file goes through
+// b.Update.
+func (b *Bolt) WriteClock(bucket string) *WriteClock { return b.clocks[bucket] }
+
+// GetOne implements OneReader: one record in a read-only transaction of
+// its own (a copy, valid after it ends).
+func (b *Bolt) GetOne(ctx context.Context, bucket, key string) ([]byte, error) {
+	var v []byte
+	err := b.View(ctx, func(tx Tx) error {
+		got, err := tx.Get(bucket, key)
+		v = bytes.Clone(got)
+		return err
+	})
+	return v, err
 }
 
 // View implements Store.
@@ -64,7 +86,7 @@ func (b *Bolt) View(ctx context.Context, fn func(Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return b.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	return b.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx: tx}) })
 }
 
 // Update implements Store.
@@ -72,13 +94,45 @@ func (b *Bolt) Update(ctx context.Context, fn func(Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return b.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	var touched []*WriteClock
+	defer func() {
+		// After the commit (or the rollback): the writes are visible to
+		// every transaction that starts from now on.
+		for _, c := range touched {
+			c.ended.Add(1)
+		}
+	}()
+	return b.db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx: tx, b: b, touched: &touched}) })
 }
 
 // Close implements Store.
 func (b *Bolt) Close() error { return b.db.Close() }
 
-type boltTx struct{ tx *bolt.Tx }
+type boltTx struct {
+	tx *bolt.Tx
+	// In Update: the store, and the clocks of the buckets written so far.
+	b       *Bolt
+	touched *[]*WriteClock
+}
+
+// writing starts the clock of bucket for this transaction's first write
+// to it, before the write can become visible.
+func (t boltTx) writing(bucket string) {
+	if t.touched == nil {
+		return
+	}
+	c := t.b.clocks[bucket]
+	if c == nil {
+		return
+	}
+	for _, d := range *t.touched {
+		if d == c {
+			return
+		}
+	}
+	c.begun.Add(1)
+	*t.touched = append(*t.touched, c)
+}
 
 func (t boltTx) bucket(name string) (*bolt.Bucket, error) {
 	bk := t.tx.Bucket([]byte(name))
@@ -105,6 +159,7 @@ func (t boltTx) Put(bucket, key string, value []byte) error {
 	if err != nil {
 		return err
 	}
+	t.writing(bucket)
 	return bk.Put([]byte(key), value)
 }
 
@@ -113,6 +168,7 @@ func (t boltTx) Delete(bucket, key string) error {
 	if err != nil {
 		return err
 	}
+	t.writing(bucket)
 	return bk.Delete([]byte(key))
 }
 

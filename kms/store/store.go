@@ -16,12 +16,15 @@
 // The networked backend (postgres.go, for replicas) implements the same
 // interface with one table (bucket, key, value, mac), writers ordered by a
 // row lock and reads on snapshots; the service logic never sees which
-// backend it runs on, apart from the optional NonceStore and Pinger.
+// backend it runs on, apart from the optional NonceStore and Pinger, and
+// WriteClocker (bbolt only: the count of writes per bucket that lets the
+// service keep checked records while nothing else can have changed them).
 package store
 
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 )
 
 // ErrNotFound is returned by Tx.Get for a missing key.
@@ -66,6 +69,33 @@ type Tx interface {
 	List(bucket, prefix string, fn func(key string, value []byte) error) error
 	// Last returns the greatest key of bucket and its value, or ErrNotFound.
 	Last(bucket string) (string, []byte, error)
+}
+
+// WriteClock counts the writes to one bucket of a store that no other
+// process can write while it is open (WriteClocker). A cache of that
+// bucket's records is current for as long as the clock reads the same
+// count with no write in progress.
+type WriteClock struct{ begun, ended atomic.Uint64 }
+
+// Now returns how many write transactions to the bucket have ended and
+// whether none is in progress. A record read between two calls that both
+// returned (n, true) is the record as of n; a value cached with n is
+// current while Now returns (n, true).
+func (c *WriteClock) Now() (n uint64, quiet bool) {
+	e := c.ended.Load()
+	// begun >= ended always; begun == e here means that, at this load, no
+	// write had begun that had not ended, and exactly e had ended.
+	return e, c.begun.Load() == e
+}
+
+// WriteClocker is implemented by stores written only through this process
+// (bbolt, whose file lock keeps other processes out): every write
+// transaction that puts or deletes a record of a bucket moves its clock,
+// the start before the write can be seen and the end after it commits or
+// rolls back. Shared stores (PostgreSQL, written by other replicas) do not
+// implement it.
+type WriteClocker interface {
+	WriteClock(bucket string) *WriteClock
 }
 
 // Read is one read of ReadMany: the record (Bucket, Key), or with Last the

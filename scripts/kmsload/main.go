@@ -28,6 +28,7 @@ func main() {
 	flag.DurationVar(&c.Duration, "duration", 10*time.Second, "how long to run")
 	flag.IntVar(&c.MixCreate, "create-percent", 0, "share of key creations among the operations, in percent")
 	flag.BoolVar(&c.Lean, "lean", false, "send unwraps over raw HTTP/1.1 on each client's TLS connection instead of through kms/client (a lighter client)")
+	flag.Float64Var(&c.Rate, "rate", 0, "open loop: operations per second offered by all clients together (latency counted from when each was due); 0: closed loop")
 	flag.StringVar(&pids, "pids", "", "server process ids whose CPU time counts, comma-separated")
 	flag.Parse()
 	b, err := os.ReadFile(ca)
