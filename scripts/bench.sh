@@ -69,6 +69,14 @@ if [ "${PEOPLE:-1}" = 1 ] && [ "$(id -u)" = 0 ] && /usr/bin/python3 -c 'import p
 	COUNT=$COUNT ./scripts/bench-people.sh
 fi
 
+# The key service under load: one bbolt server, one and three replicas on
+# PostgreSQL (scripts/kms-load.sh; KMS=0 skips it; KMS_CLIENTS (200) and
+# KMS_DURATION (20s) size it).
+if [ "${KMS:-1}" = 1 ]; then
+	echo "== key service load (scripts/kms-load.sh)"
+	CLIENTS=${KMS_CLIENTS:-200} DURATION=${KMS_DURATION:-20s} ./scripts/kms-load.sh
+fi
+
 # Spark TPC-H on the namespace cluster: plaintext, Spark's own encryption,
 # veil (scripts/bench-spark.sh; needs root, Java and pyspark; SPARK=0 skips
 # it; SPARK_SF (1) and SPARK_RUNS (3) size it).

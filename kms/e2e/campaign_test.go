@@ -653,6 +653,7 @@ func TestLoadEmbeddedAndReplicas(t *testing.T) {
 	built := veil
 	t.Cleanup(func() { veil = built })
 	ctx := context.Background()
+	results := map[string][]kmsload.Result{}
 	check := func(name, bin string, r kmsload.Result, err error) {
 		t.Helper()
 		if err != nil {
@@ -667,7 +668,13 @@ func TestLoadEmbeddedAndReplicas(t *testing.T) {
 		if r.Errors > 0 || r.Ops == 0 {
 			t.Fatalf("%s: %d errors (%s), %d operations", name, r.Errors, r.FirstError, r.Ops)
 		}
+		results[name] = append(results[name], r)
 	}
+	defer func() {
+		if len(bins) == 1 && !t.Failed() {
+			summaryRows(t, clients, rate, results)
+		}
+	}()
 	profile := func(name string, i int) []string {
 		if profDir == "" {
 			return nil
@@ -709,5 +716,54 @@ func TestLoadEmbeddedAndReplicas(t *testing.T) {
 			}
 			rs.close()
 		}
+	}
+}
+
+// summaryRows adds the load's figures to make bench's summary table when
+// VEIL_BENCH_SUMMARY names its file (scripts/bench.sh, scripts/benchlib.sh):
+// the targets, against the last round of each configuration.
+func summaryRows(t *testing.T, clients int, rate float64, results map[string][]kmsload.Result) {
+	path := os.Getenv("VEIL_BENCH_SUMMARY")
+	if path == "" {
+		return
+	}
+	last := func(name string) (kmsload.Result, bool) {
+		rs := results[name]
+		if len(rs) == 0 {
+			return kmsload.Result{}, false
+		}
+		return rs[len(rs)-1], true
+	}
+	how := fmt.Sprintf("%d clients", clients)
+	if rate > 0 {
+		how += fmt.Sprintf(", %.0f ops/s offered", rate)
+	}
+	var b strings.Builder
+	row := func(what, veil, limit, value, target, unit string) {
+		fmt.Fprintf(&b, "%s\t%s\t%s\t%s\t%s\t%s\n", what, veil, limit, value, target, unit)
+	}
+	figure := func(r kmsload.Result) string {
+		return fmt.Sprintf("%.0f ops/s, p99 %.1f ms, %d µs of CPU per op", r.OpsPerSec(), r.P99.Seconds()*1000, r.CPUPerOp().Microseconds())
+	}
+	if r, ok := last("bbolt, one server"); ok {
+		row("KMS data-key unwrap, bbolt, "+how, figure(r), "–", fmt.Sprintf("%.0f", r.OpsPerSec()), ">=15000", "ops/s")
+		row("KMS data-key unwrap, bbolt, p99, "+how, figure(r), "–", fmt.Sprintf("%.2f", r.P99.Seconds()*1000), "<5", "ms")
+	}
+	one, ok1 := last("PostgreSQL, one replica")
+	if ok1 {
+		row("KMS data-key unwrap, one PostgreSQL replica, "+how, figure(one), "–", fmt.Sprintf("%.0f", one.OpsPerSec()), ">=5000", "ops/s")
+	}
+	if three, ok := last("PostgreSQL, three replicas"); ok && ok1 {
+		row("KMS data-key unwrap, three replicas / one, "+how, figure(three), "one replica: "+fmt.Sprintf("%.0f ops/s", one.OpsPerSec()),
+			fmt.Sprintf("%.3f", three.OpsPerSec()/one.OpsPerSec()), ">=1", "x")
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Errorf("adding the summary rows: %v", err)
+		return
+	}
+	defer f.Close()
+	if _, err := f.WriteString(b.String()); err != nil {
+		t.Errorf("adding the summary rows: %v", err)
 	}
 }
