@@ -85,15 +85,29 @@ func watch(r *Role, patterns ...string) *marks {
 	return m
 }
 
-// at is when pattern first appeared, since watch (-1 if it did not).
+// at is when pattern first appeared, since watch (-1 if it did not);
+// the watch, which polls on its own, gets up to a second to see it.
 func (m *marks) at(pattern string) float64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	d, ok := m.seen[pattern]
-	if !ok {
-		return -1
+	get := func() (time.Duration, bool) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		d, ok := m.seen[pattern]
+		return d, ok
 	}
-	return d.Seconds()
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		if d, ok := get(); ok {
+			return d.Seconds()
+		}
+		select {
+		case <-m.done:
+			deadline = time.Time{}
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if d, ok := get(); ok {
+		return d.Seconds()
+	}
+	return -1
 }
 
 // driverMarks are the driver's milestones: its JVM starts (after veil
