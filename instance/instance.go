@@ -98,7 +98,10 @@ type Options struct {
 	Warn func(string)
 	// Info, when set, receives notes for the user (a key service attested).
 	Info func(string)
-	// KMSRetries and KMSTimeout bound the key service calls at start.
+	// KMSRetries and KMSTimeout bound the key service calls at start:
+	// each key service is tried up to KMSRetries times (default 3), 0.3 s
+	// apart, then 0.6 s, ..., at most 2 s; every failed try but the last
+	// is told to Info.
 	KMSRetries int
 	KMSTimeout time.Duration
 	// ExtendRTMR extends a TDX RTMR with the instance measurement before
@@ -302,13 +305,17 @@ func (in *Instance) attest(ctx context.Context, o Options) error {
 		for try := 0; try < o.KMSRetries; try++ {
 			if try > 0 {
 				select {
-				case <-time.After(time.Duration(try) * 300 * time.Millisecond):
+				case <-time.After(kmsRetryDelay(try)):
 				case <-ctx.Done():
 					return ctx.Err()
 				}
 			}
 			if _, last = cl.Status(ctx); last == nil || notPinned(last) {
 				break
+			}
+			if try+1 < o.KMSRetries && o.Info != nil {
+				o.Info(fmt.Sprintf("kms %s at %s: try %d of %d failed (%v); trying again in %v",
+					k.Name, k.Address, try+1, o.KMSRetries, last, kmsRetryDelay(try+1)))
 			}
 		}
 		if last != nil && notPinned(last) {
@@ -325,6 +332,12 @@ func (in *Instance) attest(ctx context.Context, o Options) error {
 		in.kms[k.Name] = cl
 	}
 	return nil
+}
+
+// kmsRetryDelay is the pause before try n (from 1) of a key service at
+// start: 300 ms more each time, at most 2 s.
+func kmsRetryDelay(n int) time.Duration {
+	return min(time.Duration(n)*300*time.Millisecond, 2*time.Second)
 }
 
 // attestKMS challenges a key service with a fresh nonce and checks that

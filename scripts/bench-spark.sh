@@ -2,7 +2,7 @@
 # bench-spark.sh: TPC-H's 22 queries on the Spark cluster of
 # examples/spark/run.sh — network-namespace hosts, a master, two workers
 # and a driver, the same entry point and Spark configuration — in three
-# modes, one after the other:
+# modes, each on a cluster of its own:
 #
 #   plain   outside veil, Spark's protections off (the entry point with its
 #           spark.authenticate, RPC and I/O encryption lines deleted)
@@ -12,11 +12,15 @@
 #           and read through each host's sealed mount, the secret and the
 #           key from the key service
 #
-# Each mode starts its cluster once (the time until every worker has
-# registered, instances attested in veil mode, is reported apart) and runs
-# tpch.py RUNS times on it; per-query and total seconds are the medians of
-# those runs (as tpch.py times them, inside the driver: without the
-# driver's start-up), and each run's wall time of the driver is reported.
+# The three clusters are brought up one after the other (separate hosts
+# and namespaces; each one's start, until every worker has registered,
+# instances attested in veil mode, is reported apart) and then stay up
+# together, so that the runs alternate mode by mode — plain run 1, crypto
+# run 1, veil run 1, plain run 2, ... — and a drift of the machine's load
+# spreads over the modes instead of landing on one. The load average is
+# recorded before each run. Per-query and total seconds are the medians of
+# each mode's RUNS runs (as tpch.py times them, inside the driver: without
+# the driver's start-up); each run's wall time of the driver is reported.
 #
 #   scripts/bench-spark.sh                 SF 1, RUNS 3, all 22 queries
 #   SF=0.1 RUNS=1 scripts/bench-spark.sh   a quick run
@@ -42,7 +46,6 @@ java_home=${JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}
 
 WORK=${WORK:-$(mktemp -d /var/tmp/veil-bench-spark.XXXXXX)}
 mkdir -p "$WORK"
-[ "${KEEP:-}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 
 echo "== machine"
 echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -50,17 +53,62 @@ echo "cpus: $(nproc) x $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1
 echo "memory: $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
 echo "kernel: $(uname -r); java: $("$java_home/bin/java" -version 2>&1 | head -n1); veil: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== TPC-H SF $SF (Parquet), queries $QUERIES, $RUNS run(s) per mode; modes $MODES; master + 2 workers (1 core, 768 MiB executor each) + driver"
+echo "== TPC-H SF $SF (Parquet), queries $QUERIES, $RUNS run(s) per mode, alternating; modes $MODES; each mode a cluster of master + 2 workers (1 core, 768 MiB executor each) + driver"
 
+declare -A PID
+# stop_all: every cluster ends its runs (run.sh's own clean-up removes its
+# hosts and mounts); waits up to 10 minutes for each.
+stop_all() {
+	local m
+	for m in "${!PID[@]}"; do touch "$WORK/$m.control/stop"; done
+	for m in "${!PID[@]}"; do
+		for _ in $(seq 3000); do kill -0 "${PID[$m]}" 2>/dev/null || break; sleep 0.2; done
+	done
+}
+trap 'stop_all; [ "${KEEP:-}" = 1 ] || rm -rf "$WORK"' EXIT
+# wait_for MODE FILE SECONDS: until FILE exists; the mode's run.sh ending
+# first, or the time running out, fails the benchmark.
+wait_for() {
+	local i
+	for i in $(seq $(($3 * 5))); do
+		[ -e "$2" ] && return 0
+		kill -0 "${PID[$1]}" 2>/dev/null || break
+		sleep 0.2
+	done
+	tail -40 "$WORK/$1.log" >&2
+	die "the $1 cluster ended or took over $3 s (waiting for $(basename "$2")); its log: $WORK/$1.log (KEEP=1 keeps it)"
+}
+
+echo "== the clusters, one after the other"
 for mode in $MODES; do
 	start=$(date +%s)
-	echo "-- $mode (load $(cut -d' ' -f1 /proc/loadavg))"
-	SPARK_MODE=$mode WORK=$WORK/$mode TPCH_SF=$SF TPCH_QUERIES=$QUERIES TPCH_RUNS=$RUNS ROWS=1000 MULTI_PARTY=0 WORKERS=2 \
-		"$repo/examples/spark/run.sh" >"$WORK/$mode.log" 2>&1 ||
-		{ tail -40 "$WORK/$mode.log" >&2; die "the $mode run failed; its log: $WORK/$mode.log (KEEP=1 keeps it)"; }
+	echo "-- $mode (load $(cut -d' ' -f1-3 /proc/loadavg))"
+	ctl=$WORK/$mode.control
+	mkdir -p "$ctl"
+	SPARK_MODE=$mode TPCH_CONTROL=$ctl WORK=$WORK/$mode TPCH_SF=$SF TPCH_QUERIES=$QUERIES \
+		ROWS=1000 MULTI_PARTY=0 WORKERS=2 "$repo/examples/spark/run.sh" >"$WORK/$mode.log" 2>&1 &
+	PID[$mode]=$!
+	wait_for "$mode" "$WORK/$mode.control/ready" 7200
 	grep -E 'cluster up|job done|identical|differs' "$WORK/$mode.log" | sed 's/^ */   /'
-	echo "   $mode: $(($(date +%s) - start)) s in all (setup, build, data, runs, checks); load $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "   $mode: ready in $(($(date +%s) - start)) s (hosts, build, data, the cluster; in veil mode the people query and its check)"
 done
+
+echo "== $RUNS run(s), the modes alternating"
+for r in $(seq "$RUNS"); do
+	for mode in $MODES; do
+		load=$(cut -d' ' -f1-3 /proc/loadavg)
+		echo "$load" >"$WORK/$mode/times/load.$r"
+		touch "$WORK/$mode.control/run.$r"
+		wait_for "$mode" "$WORK/$mode.control/done.$r" 14400
+		printf '   run %d %-7s %s; driver %s; load before %s\n' "$r" "$mode" \
+			"$(grep '^tpch total' "$WORK/$mode/times/tpch.$r")" "$(grep 'job done' "$WORK/$mode.log" | tail -1 | sed 's/^ *//')" "$load"
+	done
+done
+stop_all
+for mode in $MODES; do
+	wait "${PID[$mode]}" || { tail -40 "$WORK/$mode.log" >&2; die "the $mode cluster failed after its runs; its log: $WORK/$mode.log (KEEP=1 keeps it)"; }
+done
+grep -E 'identical|differs' "$WORK/veil.log" 2>/dev/null | sed 's/^ */   /' || true
 
 echo "== medians of $RUNS run(s), seconds"
 /usr/bin/python3 - "$WORK" "$RUNS" $MODES <<'EOF'

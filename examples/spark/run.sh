@@ -21,7 +21,8 @@
 # Environment: VEIL (default ./bin/veil), ROWS (default 20000), WORKERS
 # (default 2), PYSPARK_DIR (default /var/cache/veil/pip/pyspark-3.5.9),
 # MULTI_PARTY (1; 0 skips it), TPCH_SF (none), TPCH_QUERIES (1,6; all for
-# the 22), TPCH_RUNS (1), SPARK_MODE (veil; plain or crypto run the same
+# the 22), TPCH_RUNS (1), TPCH_CONTROL (a directory: run TPC-H when asked
+# there, for scripts/bench-spark.sh, instead of TPCH_RUNS times), SPARK_MODE (veil; plain or crypto run the same
 # entry point outside veil on the same hosts, for scripts/bench-spark.sh:
 # TPC-H only, on plaintext), WORK, KEEP=1. Needs root (namespaces, FUSE).
 here=$(cd "$(dirname "$0")" && pwd)
@@ -330,14 +331,41 @@ else
 	VEIL_TPCH_LINK=1 "$here/../../scripts/tpch-gen.sh" "$TPCH_SF" "$WORK/shared/tpch" parquet >/dev/null
 fi
 
-say "operator" "runs TPC-H queries ${TPCH_QUERIES:=1,6} (examples/spark/jobs/tpch.py) on the cluster, $TPCH_RUNS time(s)"
-for r in $(seq "$TPCH_RUNS"); do
-	name=tpch
-	[ "$r" = 1 ] || name=tpch-$r
+# tpch_run R: run R of the queries (the driver's log driver-tpch[-R].log,
+# the times tpch.py prints in times/tpch.R).
+tpch_run() {
+	local name=tpch
+	[ "$1" = 1 ] || name=tpch-$1
 	driver "$name" tpch --data "$DATA/tpch" --format parquet --out "$DATA/out/$name" --queries "$TPCH_QUERIES"
-	grep '^tpch ' "$WORK/logs/driver-$name.log" | tee "$WORK/times/tpch.$r" | sed 's/^/  /' | tr '\n' ' ' | fold -s -w 100 | sed 's/^/  /'
+	grep '^tpch ' "$WORK/logs/driver-$name.log" | tee "$WORK/times/tpch.$1" | sed 's/^/  /' | tr '\n' ' ' | fold -s -w 100 | sed 's/^/  /'
 	echo
-done
+}
+if [ -z "${TPCH_CONTROL:-}" ]; then
+	say "operator" "runs TPC-H queries ${TPCH_QUERIES:=1,6} (examples/spark/jobs/tpch.py) on the cluster, $TPCH_RUNS time(s)"
+	for r in $(seq "$TPCH_RUNS"); do tpch_run "$r"; done
+else
+	# Driven from outside (scripts/bench-spark.sh, which alternates the
+	# runs of several clusters): the cluster is ready once the file ready
+	# exists in the directory TPCH_CONTROL; each file run.R there asks for
+	# run R, answered by done.R; the file stop (or the end of the process
+	# that started this one, or 6 hours without a request) ends the runs.
+	say "operator" "runs TPC-H queries ${TPCH_QUERIES:=1,6} (examples/spark/jobs/tpch.py) on the cluster when $TPCH_CONTROL/run.N appears"
+	parent=$PPID
+	touch "$TPCH_CONTROL/ready"
+	r=1
+	while :; do
+		for _ in $(seq 108000); do
+			[ ! -e "$TPCH_CONTROL/run.$r" ] && [ ! -e "$TPCH_CONTROL/stop" ] && kill -0 "$parent" 2>/dev/null || break
+			sleep 0.2
+		done
+		[ -e "$TPCH_CONTROL/run.$r" ] || break
+		tpch_run "$r"
+		touch "$TPCH_CONTROL/done.$r"
+		r=$((r + 1))
+	done
+	TPCH_RUNS=$((r - 1))
+	[ "$TPCH_RUNS" -ge 1 ] || { echo "spark: no TPC-H run was asked for" >&2; exit 1; }
+fi
 [ "$SPARK_MODE" = veil ] || exit 0
 
 say "data owner" "decrypts the results and compares them with the same job file on the plaintext"

@@ -22,3 +22,13 @@ func TestKMSAddresses(t *testing.T) {
 		}
 	}
 }
+
+// --kms-tries below 1 is a usage error, before anything is opened.
+func TestKMSTriesBad(t *testing.T) {
+	for _, n := range []int{0, -1} {
+		r := runtimeOptions{dir: t.TempDir(), kmsTries: n}
+		if _, _, err := r.options(&Env{}); exitCode(err) != ExitUsage {
+			t.Errorf("--kms-tries %d: %v, want a usage error", n, err)
+		}
+	}
+}

@@ -42,6 +42,7 @@ func runExitCode(err error) int {
 type runtimeOptions struct {
 	dir, imageKey, logFile, kmsCollateral string
 	kmsAddrs                              []string // --kms-address NAME=ADDRESS
+	kmsTries                              int
 }
 
 func (r *runtimeOptions) add(c *cobra.Command) {
@@ -49,6 +50,7 @@ func (r *runtimeOptions) add(c *cobra.Command) {
 	c.Flags().StringVar(&r.imageKey, "image-key", "", "key of an encrypted image: kms:SECRETID@KMSNAME (released by the key service after attestation) or a key file")
 	c.Flags().StringVar(&r.logFile, "log", "", "write runtime events (integrity failures, mounts) to this file as JSON; default: standard error")
 	c.Flags().StringVar(&r.kmsCollateral, "kms-collateral", "", "Intel PCS collateral directory, for key services in SGX or TDX whose veil.json entry has an attest policy")
+	c.Flags().IntVar(&r.kmsTries, "kms-tries", 3, "how many times to try each key service of veil.json at start before giving up (0.3 s apart, then 0.6 s, ..., at most 2 s)")
 	c.Flags().StringArrayVar(&r.kmsAddrs, "kms-address", nil, "NAME=ADDRESS: reach key service NAME of veil.json at ADDRESS instead of its kms[].address (not measured; its pin still applies); also "+kmsAddressEnv+"NAME")
 }
 
@@ -64,6 +66,9 @@ func (r *runtimeOptions) supervisorArgs() []string {
 	for _, a := range r.kmsAddrs {
 		args = append(args, "--kms-address", a)
 	}
+	if r.kmsTries != 3 {
+		args = append(args, "--kms-tries", strconv.Itoa(r.kmsTries))
+	}
 	return args
 }
 
@@ -75,8 +80,12 @@ func (r *runtimeOptions) options(env *Env) (instance.Options, func(), error) {
 		MountAttestation: mountAttestation,
 		Warn:             func(s string) { fmt.Fprintf(env.Stderr, "veil: warning: %s\n", s) },
 		Info:             func(s string) { fmt.Fprintf(env.Stderr, "veil: %s\n", s) },
+		KMSRetries:       r.kmsTries,
 	}
 	done := func() {}
+	if r.kmsTries < 1 {
+		return o, done, usageErrorf("--kms-tries %d: want 1 or more", r.kmsTries)
+	}
 	var w io.Writer = env.Stderr
 	if r.logFile != "" {
 		f, err := os.OpenFile(r.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)

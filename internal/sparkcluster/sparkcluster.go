@@ -347,6 +347,51 @@ func (c *Cluster) Decrypt(sealed, plain string) {
 // and returns its directory and how long veil build took.
 func (c *Cluster) Build(name string, extra map[string]string) (string, time.Duration) {
 	c.t.Helper()
+	return c.BuildAsync(name, extra)()
+}
+
+// BuildAsync makes the instance as Build does and starts its veil build
+// in the background, so that several builds, or a build and other work,
+// overlap; the function it returns waits for the build and returns what
+// Build returns (call it from the test's goroutine: it fails the test if
+// the build failed).
+func (c *Cluster) BuildAsync(name string, extra map[string]string) func() (string, time.Duration) {
+	c.t.Helper()
+	dir := c.prepare(name, extra)
+	start := time.Now()
+	cmd := exec.Command(c.Veil, "build", "-C", dir)
+	cmd.Env = append(os.Environ(), "VEIL_HOME="+c.Home)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		c.t.Fatalf("veil build -C %s: %v", dir, err)
+	}
+	finished := make(chan struct{})
+	var err error
+	var took time.Duration
+	go func() { err = cmd.Wait(); took = time.Since(start); close(finished) }()
+	c.t.Cleanup(func() {
+		select {
+		case <-finished:
+		default:
+			cmd.Process.Kill()
+			<-finished
+		}
+	})
+	return func() (string, time.Duration) {
+		c.t.Helper()
+		<-finished
+		if err != nil {
+			c.t.Fatalf("veil build -C %s: %v\n%s", dir, err, out.String())
+		}
+		return dir, took
+	}
+}
+
+// prepare makes the instance directory Work/name of examples/spark, with
+// extra files put in its image, ready for veil build.
+func (c *Cluster) prepare(name string, extra map[string]string) string {
+	c.t.Helper()
 	ex := ExampleDir()
 	dir := filepath.Join(c.Work, name)
 	c.veil("new", dir)
@@ -396,9 +441,7 @@ func (c *Cluster) Build(name string, extra map[string]string) (string, time.Dura
 		c.t.Fatalf("unfilled placeholders in examples/spark/veil.json:\n%s", cfg)
 	}
 	writeFile(c.t, filepath.Join(dir, "veil.json"), []byte(cfg), 0o644)
-	start := time.Now()
-	c.veil("build", "-C", dir)
-	return dir, time.Since(start)
+	return dir
 }
 
 // Fill replaces every @NAME@ of a veil.json template by its value, JSON
@@ -460,8 +503,15 @@ type Role struct {
 // for the host's second role, and so on).
 func (c *Cluster) Start(host, inst, role string, args ...string) *Role {
 	c.t.Helper()
+	return c.StartWith(host, inst, nil, role, args...)
+}
+
+// StartWith is Start with flags for veil run (such as --kms-tries 60).
+func (c *Cluster) StartWith(host, inst string, flags []string, role string, args ...string) *Role {
+	c.t.Helper()
 	h := c.Net.Host(host)
-	cmd := h.Command(context.Background(), c.Veil, append([]string{"run", "-C", inst, "/opt/spark/veil-entrypoint.sh", role, h.IP}, args...)...)
+	run := append(append([]string{"run", "-C", inst}, flags...), "/opt/spark/veil-entrypoint.sh", role, h.IP)
+	cmd := h.Command(context.Background(), c.Veil, append(run, args...)...)
 	cmd.Env = append(os.Environ(), "VEIL_HOME="+c.Home)
 	name := host
 	for i := 2; ; i++ {

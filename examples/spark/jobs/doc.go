@@ -8,6 +8,8 @@
 //     over the tables scripts/tpch-gen.sh generates, as Parquet or CSV,
 //     and writes each result as CSV.
 //   - multi_party.py joins two owners' tables (examples/multi-party).
+//   - batch.py runs several of these job files, unchanged, one after the
+//     other in one Spark application (one driver start-up).
 //
 // jobs_test.go runs both in Spark's local mode outside veil and checks
 // them: the TPC-H results on Parquet input equal those on CSV input
