@@ -111,8 +111,8 @@ done
 grep -E 'identical|differs' "$WORK/veil.log" 2>/dev/null | sed 's/^ */   /' || true
 
 echo "== medians of $RUNS run(s), seconds"
-/usr/bin/python3 - "$WORK" "$RUNS" $MODES <<'EOF'
-import statistics, sys
+BENCH_SF=$SF /usr/bin/python3 - "$WORK" "$RUNS" $MODES <<'EOF'
+import os, statistics, sys
 work, runs, modes = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 med, names, up = {}, [], {}
 for m in modes:
@@ -139,5 +139,10 @@ print("(start: cluster start, master and two workers up and registered, attested
 if "veil" in others and "total" in med["veil"] and "total" in med[base]:
     r = med["veil"]["total"] / med[base]["total"]
     print("target veil <= 1.3 x %s in total: %.2f x, %s" % (base, r, "met" if r <= 1.3 else "not met"))
+    # A row of make bench's summary table (scripts/benchlib.sh, summary_row).
+    if os.environ.get("VEIL_BENCH_SUMMARY") and base == "plain":
+        with open(os.environ["VEIL_BENCH_SUMMARY"], "a") as f:
+            f.write("Spark TPC-H, SF %s, %d queries, veil / plain in total (medians of %d)\t%.1f s, cluster start %.1f s\t%.1f s, cluster start %.1f s\t%.3f\t<=1.3\tx\n"
+                    % (os.environ["BENCH_SF"], len(names) - 1, runs, med["veil"]["total"], up["veil"], med[base]["total"], up[base], r))
 EOF
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
